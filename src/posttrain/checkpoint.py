@@ -1,0 +1,201 @@
+"""Is this directory a finished Hugging Face checkpoint? The one test the watcher and `run` share.
+
+A trainer writes config, tokenizer and safetensors shards one after another, and a shard grows for
+seconds to minutes. A checkpoint counts as complete only when every piece is present, every shard
+is exactly as long as its own header says, and nothing changed during a short settle window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG = "config.json"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SINGLE_SAFETENSORS = "model.safetensors"
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# Any one of these sets makes a usable tokenizer for transformers and llama.cpp's converter.
+TOKENIZER_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
+# Files whose content defines the model; their hash names the checkpoint.
+_AUX_FILES = ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
+              "chat_template.jinja", "added_tokens.json")
+# A safetensors header above this is corrupt, not large (real ones are kilobytes to a few MB).
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass
+class Verdict:
+    """The detector's answer. `reason` is one plain sentence when the checkpoint is not complete."""
+
+    path: Path
+    complete: bool
+    reason: str = ""
+    architecture: str | None = None
+    model_type: str | None = None
+    weight_files: list[Path] = field(default_factory=list)
+    tokenizer_files: list[Path] = field(default_factory=list)
+    total_bytes: int = 0
+
+    def __bool__(self) -> bool:
+        return self.complete
+
+    def content_files(self) -> list[Path]:
+        """Every file whose bytes define the model, in a stable order."""
+        files = [self.path / CONFIG, *self.tokenizer_files, *self.weight_files]
+        files += [self.path / name for name in _AUX_FILES if (self.path / name).is_file()]
+        index = self.path / SAFETENSORS_INDEX
+        if index.is_file():
+            files.append(index)
+        return sorted(set(files))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def safetensors_expected_size(path: Path) -> int:
+    """The length the file must have according to its own header (8 + header + tensor data)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or n > _MAX_HEADER:
+            raise ValueError(f"header length {n} is not plausible")
+        raw = f.read(n)
+        if len(raw) < n:
+            raise ValueError("the JSON header itself is cut short")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"its JSON header does not parse ({e.__class__.__name__})") from None
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2):
+            raise ValueError(f"tensor {name!r} has no data_offsets")
+        end = max(end, int(offsets[1]))
+    return 8 + n + end
+
+
+def _weights(path: Path, allow_pickle: bool) -> list[Path] | str:
+    """The weight files this checkpoint names, or the reason there are none."""
+    index = path / SAFETENSORS_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+            return f"{SAFETENSORS_INDEX} does not parse or has no weight_map"
+        return [path / name for name in sorted(set(weight_map.values()))]
+    if (path / SINGLE_SAFETENSORS).is_file():
+        return [path / SINGLE_SAFETENSORS]
+    pickles = [path / name for name in PICKLE_WEIGHTS if (path / name).is_file()]
+    if pickles:
+        if not allow_pickle:
+            return ("only pickle weights (pytorch_model.bin) were found; they can run code when loaded: "
+                    "pass --allow-pickle if you trust this checkpoint")
+        return [pickles[0]]
+    return "no model weights: neither model.safetensors nor model.safetensors.index.json is present"
+
+
+def _snapshot(path: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for p in sorted(path.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            out[p.name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def inspect_checkpoint(path: str | Path, *, settle_seconds: float = 2.0,
+                       allow_pickle: bool = False) -> Verdict:
+    """Decide whether `path` holds a complete checkpoint; never raises for a bad checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        return Verdict(path, False, f"{path} is not a directory")
+    try:
+        before = _snapshot(path)
+        verdict = _inspect_once(path, allow_pickle)
+        if not verdict.complete or settle_seconds <= 0:
+            return verdict
+        time.sleep(settle_seconds)
+        after = _snapshot(path)
+    except PermissionError as e:
+        return Verdict(path, False, f"cannot read {e.filename or path}: permission denied")
+    except OSError as e:
+        return Verdict(path, False, f"cannot read {e.filename or path}: {e.strerror}")
+    if before != after:
+        changed = sorted(set(before) ^ set(after) | {k for k in before if k in after and before[k] != after[k]})
+        return Verdict(path, False, f"still being written: {', '.join(changed[:3])} changed during the last "
+                                    f"{settle_seconds:g} s")
+    return verdict
+
+
+def _inspect_once(path: Path, allow_pickle: bool) -> Verdict:
+    config_path = path / CONFIG
+    if not config_path.is_file():
+        return Verdict(path, False, "config.json is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return Verdict(path, False, "config.json does not parse as JSON (still being written?)")
+    if not isinstance(config, dict):
+        return Verdict(path, False, "config.json is not a JSON object")
+    architectures = config.get("architectures") or []
+    if not architectures:
+        return Verdict(path, False, "config.json names no architecture (\"architectures\" is missing or empty)")
+    architecture = str(architectures[0])
+
+    tokenizer = next((s for s in TOKENIZER_SETS if all((path / f).is_file() for f in s)), None)
+    if tokenizer is None:
+        return Verdict(path, False, "no tokenizer: none of tokenizer.json, tokenizer.model, "
+                                    "vocab.json+merges.txt is present", architecture=architecture)
+    tokenizer_files = [path / f for f in tokenizer]
+
+    weights = _weights(path, allow_pickle)
+    if isinstance(weights, str):
+        return Verdict(path, False, weights, architecture=architecture)
+    total = 0
+    count = len(weights)
+    for i, shard in enumerate(weights, 1):
+        label = shard.name if count == 1 else f"shard {i} of {count} ({shard.name})"
+        if not shard.is_file():
+            return Verdict(path, False, f"{label} is missing", architecture=architecture)
+        size = shard.stat().st_size
+        total += size
+        if shard.suffix != ".safetensors":
+            continue
+        try:
+            expected = safetensors_expected_size(shard)
+        except ValueError as e:
+            return Verdict(path, False, f"{label} is unreadable: {e}", architecture=architecture)
+        if size < expected:
+            return Verdict(path, False, f"{label} is truncated: {human_bytes(size)} of {human_bytes(expected)}",
+                           architecture=architecture)
+        if size > expected:
+            return Verdict(path, False, f"{label} is longer than its header says "
+                                        f"({human_bytes(size)} > {human_bytes(expected)})", architecture=architecture)
+    return Verdict(path, True, "complete", architecture=architecture, model_type=config.get("model_type"),
+                   weight_files=weights, tokenizer_files=tokenizer_files, total_bytes=total)
+
+
+def checkpoint_sha256(verdict: Verdict) -> str:
+    """A content hash of the files that define the model (names and bytes), for content-addressing."""
+    if not verdict.complete:
+        raise ValueError(f"cannot hash an incomplete checkpoint: {verdict.reason}")
+    h = hashlib.sha256()
+    for f in verdict.content_files():
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()

@@ -1,0 +1,40 @@
+"""`posttrain check` and `posttrain make-tiny`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from posttrain.checkpoint import human_bytes, inspect_checkpoint
+from posttrain.cli._app import app, console
+
+
+@app.command("check")
+def check(
+    path: Path = typer.Argument(..., help="Checkpoint directory (config.json, tokenizer, safetensors)."),
+    settle: float = typer.Option(2.0, help="Seconds the files must stay unchanged."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pytorch_model.bin (pickle) weights."),
+) -> None:
+    """Say whether PATH is a complete Hugging Face checkpoint, and if not, why. Exit 1 when not."""
+    verdict = inspect_checkpoint(path, settle_seconds=settle, allow_pickle=allow_pickle)
+    if verdict.complete:
+        console.print(f"[green]complete[/]: {verdict.architecture}, {len(verdict.weight_files)} weight file(s), "
+                      f"{human_bytes(verdict.total_bytes)}", highlight=False)
+        return
+    console.print(f"[red]incomplete[/]: {verdict.reason}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command("make-tiny")
+def make_tiny_cmd(
+    out: Path = typer.Argument(..., help="Directory to write the checkpoint to."),
+    tokenizer: str = typer.Option("spm", help="spm (SentencePiece) or bpe (byte-level BPE)."),
+    no_bos: bool = typer.Option(False, "--no-bos", help="A model that does not start with BOS (like SmolLM2)."),
+    seed: int = typer.Option(0, help="Seed for weights and tokenizer data."),
+) -> None:
+    """Write a tiny random Llama checkpoint (seconds, no download), for trying posttrain out."""
+    from posttrain.tiny import make_tiny
+
+    path = make_tiny(out, tokenizer=tokenizer, add_bos=not no_bos, seed=seed)
+    console.print(f"wrote {path}")

@@ -1,0 +1,37 @@
+"""Fixtures: tiny models made on the spot (seconds), real llama.cpp, real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the Hub; make the libraries fail fast instead of retrying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_spm(tmp_path_factory) -> Path:
+    """A tiny Llama with a SentencePiece tokenizer that starts with BOS."""
+    from posttrain.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("ckpt") / "tiny-spm", tokenizer="spm")
+
+
+@pytest.fixture(scope="session")
+def tiny_spm_nobos(tmp_path_factory) -> Path:
+    """A tiny Llama whose tokenizer adds no BOS (like SmolLM2, Qwen)."""
+    from posttrain.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("ckpt") / "tiny-nobos", tokenizer="spm", add_bos=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe(tmp_path_factory) -> Path:
+    """A tiny Llama with a freshly trained byte-level BPE tokenizer (unknown pre-tokenizer hash)."""
+    from posttrain.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("ckpt") / "tiny-bpe", tokenizer="bpe", seed=2)
