@@ -35,3 +35,12 @@ def tiny_bpe(tmp_path_factory) -> Path:
     from posttrain.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("ckpt") / "tiny-bpe", tokenizer="bpe", seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_spm, tmp_path_factory) -> dict[str, Path]:
+    """F16, Q8_0 and Q4_K_M GGUF files of `tiny_spm`, made by llama.cpp's converter and quantizer."""
+    from posttrain.convert import convert_checkpoint
+
+    result = convert_checkpoint(tiny_spm, tmp_path_factory.mktemp("gguf"), ["f16", "q8_0", "q4_k_m"])
+    return {v.quant: v.path for v in result.variants}

@@ -13,7 +13,10 @@ from posttrain.errors import PosttrainError
 
 # One module per command group; importing a module registers its commands.
 COMMAND_MODULES = [
+    "compare",
     "checkpoint",
+    "convert",
+    "doctor",
 ]
 
 

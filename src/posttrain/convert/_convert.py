@@ -1,0 +1,364 @@
+"""HF checkpoint → verified GGUF variants, with a manifest that makes reruns no-ops."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from posttrain.checkpoint import checkpoint_sha256, human_bytes, inspect_checkpoint
+from posttrain.convert import _verify
+from posttrain.convert._gguf_info import read_header
+from posttrain.convert._quant_types import CONVERTER_TYPES, NEEDS_IMATRIX, parse_quant_list, quantizer_types
+from posttrain.errors import CheckpointIncomplete, PosttrainError
+from posttrain.store import utcnow
+from posttrain.toolchain import ConverterTree, converter_env, find_converter
+
+MANIFEST = "manifest.json"
+MANIFEST_SCHEMA = "posttrain.convert/1"
+_SHIM = Path(__file__).with_name("_converter_shim.py")
+# Bytes per parameter of each output, for the disk-space check (k-quants and IQ types ≤ 0.75).
+_BYTES_PER_PARAM = {"F32": 4.0, "F16": 2.0, "BF16": 2.0, "Q8_0": 1.07}
+_GENERIC_DIR_NAMES = {"final_model", "final", "model", "output", "outputs", "best_model", "merged"}
+
+Progress = Callable[[str, str], None]  # (variant, status text)
+
+
+@dataclass
+class Variant:
+    quant: str
+    path: Path
+    sha256: str
+    size_bytes: int
+    seconds: float
+    made_by: str
+    cached: bool = False
+    header: dict = field(default_factory=dict)
+    verification: dict = field(default_factory=dict)
+
+    @property
+    def kld_vs_f16(self) -> float | None:
+        return self.verification.get("vs_f16", {}).get("mean_kld")
+
+    @property
+    def top1_vs_f16(self) -> float | None:
+        return self.verification.get("vs_f16", {}).get("top1_agreement")
+
+    @property
+    def fallbacks(self) -> dict[str, int]:
+        return self.header.get("fallback_types", {})
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["path"] = self.path.name
+        d.pop("cached")
+        return d
+
+
+@dataclass
+class ConvertResult:
+    checkpoint: Path
+    checkpoint_sha256: str
+    model_name: str
+    out_dir: Path
+    manifest_path: Path
+    toolchain: dict
+    variants: list[Variant]
+
+    def variant(self, quant: str) -> Variant:
+        return next(v for v in self.variants if v.quant == quant.upper())
+
+
+def default_model_name(checkpoint: Path) -> str:
+    """`runs/exp1/final_model` → `exp1`; `runs/exp1/checkpoint-500` → `exp1-checkpoint-500`."""
+    checkpoint = checkpoint.resolve()
+    name = checkpoint.name
+    if name in _GENERIC_DIR_NAMES and checkpoint.parent.name:
+        name = checkpoint.parent.name
+    elif name.startswith("checkpoint-") and checkpoint.parent.name:
+        name = f"{checkpoint.parent.name}-{name}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _count_params(weight_files: list[Path]) -> int:
+    total = 0
+    for f in weight_files:
+        if f.suffix != ".safetensors":
+            return max(total, f.stat().st_size // 2)
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for key, info in header.items():
+            if key != "__metadata__":
+                count = 1
+                for dim in info["shape"]:
+                    count *= dim
+                total += count
+    return total
+
+
+def _check_disk(out_dir: Path, n_params: int, quants: list[str]) -> None:
+    need = int(1.1 * sum(n_params * _BYTES_PER_PARAM.get(q, 0.75) for q in quants))
+    free = shutil.disk_usage(out_dir).free
+    if free < need:
+        raise PosttrainError(f"not enough disk space in {out_dir}: these variants need about {human_bytes(need)}, "
+                             f"{human_bytes(free)} is free", remedy="free some space or pass --out on another disk")
+
+
+@contextmanager
+def _locked(out_dir: Path):
+    # Two conversions into the same folder (a watcher and a manual run) take turns.
+    with open(out_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _converter_error(output: str, checkpoint: Path, quant: str, log: Path) -> PosttrainError:
+    if "BPE pre-tokenizer was not recognized" in output:
+        m = re.search(r"chkhsh:\s*([0-9a-f]{64})", output)
+        hsh = f" (hash {m.group(1)[:16]}…)" if m else ""
+        return PosttrainError(
+            f"llama.cpp's converter does not recognise this tokenizer's BPE pre-tokenizer{hsh}",
+            remedy="pass --pre-tokenizer NAME with the pre-tokenizer of the base model you fine-tuned "
+                   "(e.g. gpt-2, llama-bpe, qwen2, smollm; llama.cpp accepts 'gpt-2', not 'gpt2')")
+    m = re.search(r"Model (\S+) is not supported", output) or re.search(r"Architecture '?(\S+?)'? not supported", output)
+    if m:
+        return PosttrainError(f"architecture {m.group(1)} is not supported by llama.cpp's converter",
+                              remedy="check llama.cpp's supported models, or pass --llama-cpp-dir with a newer checkout")
+    if "No space left on device" in output or "Errno 28" in output:
+        return PosttrainError(f"out of disk space while writing {quant}", remedy="free some space or pass --out elsewhere")
+    if re.search(r"tokenizer", output, re.I) and ("FileNotFoundError" in output or "not found" in output):
+        return PosttrainError(f"the converter found no usable tokenizer in {checkpoint}",
+                              remedy="save the tokenizer next to the weights (tokenizer.save_pretrained(dir))")
+    last = next((ln for ln in reversed(output.strip().splitlines()) if ln.strip()), "no output")
+    return PosttrainError(f"llama.cpp's converter failed for {quant}: {last.strip()}", remedy=f"full log: {log}")
+
+
+def _run_converter(tree: ConverterTree, checkpoint: Path, quant: str, dest: Path, pre_tokenizer: str | None,
+                   log: Path) -> None:
+    cmd = [sys.executable, str(_SHIM), str(tree.root)]
+    if pre_tokenizer:
+        cmd.append(f"--pre-tokenizer={pre_tokenizer}")
+    cmd += ["--", str(checkpoint), "--outtype", quant.lower(), "--outfile", str(dest)]
+    with open(log, "w") as logf:
+        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=converter_env(tree))
+    if proc.returncode != 0:
+        raise _converter_error(log.read_text(errors="replace"), checkpoint, quant, log)
+
+
+def _find_quantize_binary(tree: ConverterTree) -> Path | None:
+    for candidate in (tree.root / "build" / "bin" / "llama-quantize", tree.root / "llama-quantize"):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("llama-quantize")
+    return Path(found) if found else None
+
+
+def _run_quantizer(tree: ConverterTree, src: Path, dest: Path, quant: str, imatrix: Path | None, log: Path) -> None:
+    if imatrix is not None:
+        # The Python binding cannot pass an importance matrix (a C++ map); llama.cpp's own binary can.
+        binary = _find_quantize_binary(tree)
+        if binary is None:
+            raise PosttrainError("--imatrix needs llama.cpp's llama-quantize binary",
+                                 remedy="put llama-quantize on PATH or pass --llama-cpp-dir with a built checkout")
+        with open(log, "w") as logf:
+            proc = subprocess.run([str(binary), "--imatrix", str(imatrix), str(src), str(dest), quant],
+                                  stdout=logf, stderr=subprocess.STDOUT)
+        ok = proc.returncode == 0
+    else:
+        import ctypes
+
+        import llama_cpp
+
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = quantizer_types()[quant]
+        params.nthread = os.cpu_count() or 1
+        with open(log, "w") as logf, _redirect_fd2(logf):
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
+        ok = rc == 0
+    if not ok:
+        remedy = (f"{quant} needs an importance matrix: pass --imatrix FILE" if quant in NEEDS_IMATRIX
+                  else f"see {log}")
+        raise PosttrainError(f"llama.cpp's quantizer failed to make {quant}", remedy=remedy)
+
+
+@contextmanager
+def _redirect_fd2(f):
+    saved = os.dup(2)
+    os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _load_manifest(out_dir: Path) -> dict:
+    path = out_dir / MANIFEST
+    if path.is_file():
+        with suppress(json.JSONDecodeError):
+            return json.loads(path.read_text())
+    return {}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def _reusable(entry: dict | None, out_dir: Path, ckpt_sha: str, toolchain: dict, options: dict,
+              manifest: dict) -> bool:
+    if not entry or manifest.get("checkpoint_sha256") != ckpt_sha or manifest.get("options") != options:
+        return False
+    if manifest.get("toolchain", {}).get("llama_cpp_python") != toolchain["llama_cpp_python"]:
+        return False
+    path = out_dir / entry["path"]
+    return path.is_file() and path.stat().st_size == entry["size_bytes"] and sha256_file(path) == entry["sha256"]
+
+
+def convert_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    quants: str | list[str] = ("f16", "q8_0", "q4_k_m"),
+    *,
+    model_name: str | None = None,
+    pre_tokenizer: str | None = None,
+    imatrix: str | Path | None = None,
+    llama_cpp_dir: str | Path | None = None,
+    verify: bool = True,
+    hf_reference: bool | None = None,
+    allow_pickle: bool = False,
+    settle_seconds: float = 0.0,
+    progress: Progress | None = None,
+) -> ConvertResult:
+    """Convert `checkpoint` into GGUF variants under `out_dir`; skip variants already made and verified.
+
+    F16 is always made (it is the quantizer's source and the verification reference). Q8_0, F32 and
+    BF16 come from llama.cpp's converter, every other type from its quantizer. Each file is written
+    under a temporary name and renamed only once its header reads back and it loads in llama.cpp.
+    """
+    checkpoint = Path(checkpoint)
+    out_dir = Path(out_dir)
+    say = progress or (lambda variant, text: None)
+    wanted = parse_quant_list(quants)
+    verdict = inspect_checkpoint(checkpoint, settle_seconds=settle_seconds, allow_pickle=allow_pickle)
+    if not verdict.complete:
+        raise CheckpointIncomplete(f"{checkpoint} is not a complete checkpoint: {verdict.reason}")
+    tree = find_converter(llama_cpp_dir)
+    toolchain = {"llama_cpp_python": tree.llama_cpp_python, "converter": tree.source,
+                 "sdist_sha256": tree.sdist_sha256, "converter_root": str(tree.root)}
+    name = model_name or default_model_name(checkpoint)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    imatrix_path = Path(imatrix) if imatrix else None
+    if imatrix_path is not None and not imatrix_path.is_file():
+        raise PosttrainError(f"importance matrix {imatrix_path} does not exist")
+
+    with _locked(out_dir):
+        say("checkpoint", "hashing")
+        ckpt_sha = checkpoint_sha256(verdict)
+        manifest = _load_manifest(out_dir)
+        options = {"pre_tokenizer": pre_tokenizer,
+                   "imatrix_sha256": sha256_file(imatrix_path) if imatrix_path else None}
+        same_source = manifest.get("checkpoint_sha256") == ckpt_sha and manifest.get("options") == options
+        entries: dict = manifest.get("variants", {}) if same_source else {}
+        todo = [q for q in wanted if not _reusable(entries.get(q), out_dir, ckpt_sha, toolchain, options, manifest)]
+        if todo:
+            _check_disk(out_dir, _count_params(verdict.weight_files), todo)
+        manifest = {"schema": MANIFEST_SCHEMA, "model_name": name, "checkpoint": str(checkpoint.resolve()),
+                    "checkpoint_sha256": ckpt_sha, "architecture": verdict.architecture, "toolchain": toolchain,
+                    "options": options, "variants": entries}
+        variants: list[Variant] = []
+        for quant in wanted:
+            entry = entries.get(quant)
+            if quant not in todo:
+                say(quant, "cached")
+                variants.append(Variant(**{**entry, "path": out_dir / entry["path"], "cached": True}))
+                continue
+            variants.append(_make_variant(quant, checkpoint, out_dir, name, tree, pre_tokenizer, imatrix_path, say))
+            # Record each variant as soon as it exists, so a crash later keeps it.
+            entries[quant] = variants[-1].to_json()
+            manifest["updated_at"] = utcnow()
+            _write_json_atomic(out_dir / MANIFEST, manifest)
+        if verify and any(not v.cached or not v.verification for v in variants):
+            _verify_all(variants, checkpoint, verdict.total_bytes, hf_reference, say)
+            for v in variants:
+                entries[v.quant] = v.to_json()
+            manifest["updated_at"] = utcnow()
+        _write_json_atomic(out_dir / MANIFEST, manifest)
+    return ConvertResult(checkpoint, ckpt_sha, name, out_dir, out_dir / MANIFEST, toolchain, variants)
+
+
+def _make_variant(quant: str, checkpoint: Path, out_dir: Path, name: str, tree: ConverterTree,
+                  pre_tokenizer: str | None, imatrix: Path | None, say: Progress) -> Variant:
+    final = out_dir / f"{name}-{quant}.gguf"
+    partial = out_dir / f".{final.name}.{os.getpid()}.partial"
+    log = out_dir / f"convert-{quant}.log"
+    started = time.perf_counter()
+    try:
+        if quant in CONVERTER_TYPES:
+            say(quant, "converting (llama.cpp convert_hf_to_gguf.py)")
+            _run_converter(tree, checkpoint, quant, partial, pre_tokenizer, log)
+            made_by = "converter"
+        else:
+            say(quant, "quantizing (llama.cpp quantizer)")
+            _run_quantizer(tree, out_dir / f"{name}-F16.gguf", partial, quant, imatrix, log)
+            made_by = "quantizer"
+        say(quant, "reading header")
+        header = read_header(partial, tree, intended=quant)
+        if header.tensor_count == 0:
+            raise PosttrainError(f"{quant}: the written GGUF holds no tensors")
+        _verify.load_check(partial)
+        os.replace(partial, final)
+    finally:
+        partial.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    return Variant(quant, final, sha256_file(final), final.stat().st_size, round(seconds, 3), made_by,
+                   header=header.to_json())
+
+
+def _verify_all(variants: list[Variant], checkpoint: Path, ckpt_bytes: int, hf_reference: bool | None,
+                say: Progress) -> None:
+    f16 = next(v for v in variants if v.quant == "F16")
+    say("F16", "verifying (probe text)")
+    tokens = _verify.probe_tokens(f16.path)
+    reference = _verify.gguf_logprobs(f16.path, tokens)
+    if hf_reference is None:
+        hf_reference = ckpt_bytes <= 1_500_000_000  # float32 copy of a ≤ 0.75B-param model fits easily
+    if hf_reference:
+        say("F16", "verifying against the Hugging Face model")
+        hf = _verify.hf_logprobs(checkpoint, tokens)
+        f16.verification["vs_hf"] = _verify.compare(hf, reference)
+        if f16.verification["vs_hf"]["max_abs_dlogprob"] > _verify.MAX_F16_VS_HF_DLOGPROB:
+            raise PosttrainError(f"F16 disagrees with the Hugging Face model on the probe text "
+                                 f"(max |Δ log p| = {f16.verification['vs_hf']['max_abs_dlogprob']:.3f})",
+                                 remedy="the conversion is wrong for this architecture; report it with the checkpoint's config.json")
+    f16.verification["vs_f16"] = {"mean_kld": 0.0, "max_kld": 0.0, "top1_agreement": 1.0,
+                                  "max_abs_dlogprob": 0.0, "n_positions": len(tokens) }
+    for v in variants:
+        if v.quant == "F16":
+            continue
+        say(v.quant, "verifying against F16")
+        v.verification["vs_f16"] = _verify.compare(reference, _verify.gguf_logprobs(v.path, tokens))
+        if v.verification["vs_f16"]["mean_kld"] > _verify.MAX_MEAN_KLD:
+            raise PosttrainError(f"{v.quant} fails verification: mean KL divergence from F16 is "
+                                 f"{v.verification['vs_f16']['mean_kld']:.3f} nats on the probe text",
+                                 remedy=f"delete {v.path} and convert again; if it persists, the quantizer is broken for this model")
+    for v in variants:
+        v.verification["probe_tokens"] = len(tokens)

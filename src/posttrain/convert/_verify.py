@@ -1,0 +1,121 @@
+"""Check a GGUF variant against F16 on a fixed probe text (the llama-perplexity KL-divergence idea).
+
+Every variant sees the same probe tokens (tokenized once by the F16 file's own vocabulary); the
+mean KL divergence of its next-token distributions from F16's, and how often its top-1 token
+agrees with F16's, say how much quantization moved the model. F16 itself is checked against the
+Hugging Face model on the same tokens when the checkpoint is small enough to load in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from posttrain.errors import PosttrainError
+
+PROBE_TEXT = (
+    "The quick brown fox jumps over the lazy dog. In 1969, Apollo 11 landed on the Moon, and "
+    "Neil Armstrong said: \"That's one small step for man.\" To compute 17 + 25, add the tens "
+    "(10 + 20 = 30) and the ones (7 + 5 = 12), which gives 42.\n"
+    "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+    "Paris is the capital of France; Berlin is the capital of Germany. Water boils at 100 degrees."
+)
+# Beyond these a variant is broken, not merely lossy (llama.cpp's Q4_K_M on LLaMA-3-8B: ~0.03 nats).
+MAX_MEAN_KLD = 1.0
+MAX_F16_VS_HF_DLOGPROB = 0.5
+
+
+@dataclass
+class ProbeLogprobs:
+    tokens: list[int]
+    logprobs: np.ndarray  # (positions, vocab), natural-log probabilities of the next token
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    # llama.cpp prints its load log on fd 2 even with verbose=False in some paths.
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _load(path: Path, n_ctx: int):
+    from llama_cpp import Llama
+
+    try:
+        with _quiet_stderr():
+            return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
+                         n_threads=max(1, (os.cpu_count() or 2)), seed=0)
+    except (ValueError, RuntimeError) as e:
+        raise PosttrainError(f"llama.cpp cannot load {path.name}: {e}",
+                             remedy="if the converter was given --pre-tokenizer, use a name llama.cpp knows "
+                                    "(e.g. gpt-2, llama-bpe, qwen2)") from None
+
+
+def probe_tokens(f16_path: Path) -> list[int]:
+    llm = _load(f16_path, 512)
+    try:
+        # The GGUF's own add_bos flag decides, exactly as llama.cpp will at inference time.
+        return llm.tokenize(PROBE_TEXT.encode(), add_bos=llm._model.add_bos_token())
+    finally:
+        llm.close()
+
+
+def gguf_logprobs(path: Path, tokens: list[int]) -> ProbeLogprobs:
+    llm = _load(path, max(512, len(tokens) + 8))
+    try:
+        llm.reset()
+        llm.eval(tokens)
+        logits = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    finally:
+        llm.close()
+    if not np.isfinite(logits).all():
+        raise PosttrainError(f"{path.name} produces non-finite logits on the probe text: the file is broken")
+    return ProbeLogprobs(tokens, _log_softmax(logits))
+
+
+def hf_logprobs(checkpoint: Path, tokens: list[int]) -> ProbeLogprobs:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    model.eval()
+    with torch.inference_mode():
+        logits = model(torch.tensor([tokens])).logits[0].numpy()
+    return ProbeLogprobs(tokens, _log_softmax(logits))
+
+
+def compare(reference: ProbeLogprobs, other: ProbeLogprobs) -> dict[str, float]:
+    """KL(reference ‖ other) per position, top-1 agreement, and the largest |Δ log p| of the probe's own tokens."""
+    p, q = reference.logprobs, other.logprobs
+    n_vocab = min(p.shape[1], q.shape[1])
+    p, q = p[:, :n_vocab], q[:, :n_vocab]
+    kld = (np.exp(p) * (p - q)).sum(axis=1)
+    top1 = float((p.argmax(axis=1) == q.argmax(axis=1)).mean())
+    nxt = np.array(reference.tokens[1:])
+    rows = np.arange(len(nxt))
+    dlogprob = np.abs(p[rows, nxt] - q[rows, nxt])
+    return {"mean_kld": float(kld.mean()), "max_kld": float(kld.max()), "top1_agreement": top1,
+            "max_abs_dlogprob": float(dlogprob.max()), "n_positions": int(len(kld))}
+
+
+def load_check(path: Path) -> None:
+    """The file loads in llama.cpp (weights and vocabulary); raises PosttrainError otherwise."""
+    _load(path, 64).close()

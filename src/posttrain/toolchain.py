@@ -1,0 +1,178 @@
+"""llama.cpp's official converter, provisioned to match the installed runtime.
+
+The llama-cpp-python wheel ships the runtime and the quantizer but not `convert_hf_to_gguf.py`.
+Its sdist carries the whole upstream tree under `vendor/llama.cpp/`, so the converter is taken from
+the sdist of the SAME version as the installed wheel: converter and runtime then agree on the GGUF
+format. The tree is fetched once into the cache, its sdist hash recorded, and its files checked
+against the recorded tree hash on every use. A user's own llama.cpp checkout can be used instead
+(`--llama-cpp-dir` or `$POSTTRAIN_LLAMA_CPP_DIR`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from posttrain.errors import PosttrainError, TransientError
+from posttrain.paths import cache_dir
+
+CONVERTER = "convert_hf_to_gguf.py"
+# What the converter needs from the tree; nothing else is extracted.
+_NEEDED = (CONVERTER, "conversion/", "gguf-py/", "LICENSE")
+PROVENANCE = "provenance.json"
+
+
+@dataclass(frozen=True)
+class ConverterTree:
+    root: Path
+    source: str  # "sdist" or "user"
+    llama_cpp_python: str
+    sdist_sha256: str | None = None
+
+    @property
+    def script(self) -> Path:
+        return self.root / CONVERTER
+
+    @property
+    def gguf_py(self) -> Path:
+        return self.root / "gguf-py"
+
+    def describe(self) -> str:
+        if self.source == "user":
+            return f"user checkout {self.root}"
+        return f"llama-cpp-python {self.llama_cpp_python} sdist (sha256 {self.sdist_sha256[:12]}…) at {self.root}"
+
+
+def llama_cpp_python_version() -> str:
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        raise PosttrainError("llama-cpp-python is not installed",
+                             remedy="pip install 'llama-cpp-python[server]' (builds llama.cpp, ~13 min on 2 cores)") from None
+
+
+def _tree_sha256(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != PROVENANCE and "__pycache__" not in p.parts:
+            h.update(p.relative_to(root).as_posix().encode() + b"\0")
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _check_user_tree(root: Path) -> ConverterTree:
+    root = root.expanduser().resolve()
+    if not (root / CONVERTER).is_file() or not (root / "gguf-py").is_dir():
+        raise PosttrainError(f"{root} is not a llama.cpp checkout: {CONVERTER} or gguf-py/ is missing",
+                             remedy="point --llama-cpp-dir at the top of a llama.cpp source tree")
+    return ConverterTree(root, "user", llama_cpp_python_version())
+
+
+def find_converter(llama_cpp_dir: str | Path | None = None, *, provision: bool = True) -> ConverterTree:
+    """The converter tree to use: the user's checkout if given, else the cached, verified sdist tree."""
+    given = llama_cpp_dir or os.environ.get("POSTTRAIN_LLAMA_CPP_DIR")
+    if given:
+        return _check_user_tree(Path(given))
+    ver = llama_cpp_python_version()
+    root = cache_dir() / "llama.cpp" / ver
+    tree = _verified_cached_tree(root, ver)
+    if tree is not None:
+        return tree
+    if not provision:
+        raise PosttrainError(f"llama.cpp's converter for llama-cpp-python {ver} is not provisioned",
+                             remedy="run `posttrain doctor --provision` (downloads the sdist once, ~75 MB)")
+    return provision_converter(ver, root)
+
+
+def _verified_cached_tree(root: Path, ver: str) -> ConverterTree | None:
+    meta_path = root / PROVENANCE
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("tree_sha256") != _tree_sha256(root):
+        raise PosttrainError(f"the provisioned converter tree at {root} was modified (tree hash mismatch)",
+                             remedy=f"delete {root} and run again to provision it afresh")
+    return ConverterTree(root, "sdist", ver, meta.get("sdist_sha256"))
+
+
+@retry(retry=retry_if_exception_type(TransientError), stop=stop_after_attempt(3),
+       wait=wait_exponential(multiplier=2, max=30), reraise=True)
+def _download_sdist(ver: str, dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           f"llama-cpp-python=={ver}", "-d", str(dest), "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise TransientError(f"pip could not download the llama-cpp-python {ver} sdist: {tail[0]}",
+                             remedy="check access to the package index, or pass --llama-cpp-dir")
+    found = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
+    if not found:
+        raise PosttrainError(f"pip downloaded no sdist for llama-cpp-python {ver}")
+    return found[0]
+
+
+def provision_converter(ver: str, root: Path) -> ConverterTree:
+    """Fetch the sdist of llama-cpp-python `ver` and extract only the converter's files into `root`."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=".provision-") as tmp:
+        tmp = Path(tmp)
+        sdist = _download_sdist(ver, tmp / "dl")
+        # pip checked the index's published hash while downloading; the hash is kept for provenance.
+        with open(sdist, "rb") as f:
+            sdist_sha = hashlib.file_digest(f, "sha256").hexdigest()
+        staging = tmp / "tree"
+        with tarfile.open(sdist) as tar:
+            prefix = None
+            for member in tar.getmembers():
+                parts = member.name.split("/", 1)
+                if len(parts) < 2 or not parts[1].startswith("vendor/llama.cpp/"):
+                    continue
+                rel = parts[1][len("vendor/llama.cpp/"):]
+                if not rel or not any(rel == n or rel.startswith(n) for n in _NEEDED):
+                    continue
+                prefix = parts[0]
+                member.name = rel
+                tar.extract(member, staging, filter="data")
+        if prefix is None or not (staging / CONVERTER).is_file():
+            raise PosttrainError(f"the llama-cpp-python {ver} sdist holds no vendor/llama.cpp/{CONVERTER}",
+                                 remedy="pass --llama-cpp-dir pointing at a llama.cpp checkout")
+        meta = {"llama_cpp_python": ver, "sdist": sdist.name, "sdist_sha256": sdist_sha,
+                "tree_sha256": _tree_sha256(staging)}
+        (staging / PROVENANCE).write_text(json.dumps(meta, indent=2))
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    return ConverterTree(root, "sdist", ver, sdist_sha)
+
+
+def converter_env(tree: ConverterTree) -> dict[str, str]:
+    """Environment for the converter subprocess: its own gguf-py first, the PyPI `gguf` is too old."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree.gguf_py), str(tree.root), env.get("PYTHONPATH")]))
+    env.pop("NO_LOCAL_GGUF", None)
+    return env
+
+
+def build_info() -> dict[str, str]:
+    """llama-cpp-python's version and llama.cpp's system info (build flags: AVX, BLAS, GPU backends)."""
+    info = {"llama_cpp_python": llama_cpp_python_version()}
+    try:
+        import llama_cpp
+
+        raw = llama_cpp.llama_print_system_info()
+        info["system_info"] = raw.decode(errors="replace").strip() if isinstance(raw, bytes) else str(raw)
+        info["gpu_offload"] = str(bool(llama_cpp.llama_supports_gpu_offload()))
+    except Exception as e:  # a broken build must still be reportable by `doctor`
+        info["error"] = f"{type(e).__name__}: {e}"
+    return info
