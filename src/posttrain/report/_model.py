@@ -1,0 +1,150 @@
+"""What a report is made of: typed, validated inputs (pydantic) and the derived views the templates use.
+
+The inputs are plain dicts at the public boundary (the pipeline builds them from the store); they are
+validated here once so the templates and plots can trust their shape. Unknown keys are kept
+(`extra="allow"`) so a newer producer does not break an older report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from posttrain.errors import PosttrainError
+
+REPORT_SCHEMA = "posttrain.report/1"
+COMPARE_SCHEMA = "posttrain.compare/1"
+VERDICTS = ("better", "worse", "no significant difference")
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class RunInfo(_Loose):
+    """`runs` row: what was evaluated and when."""
+
+    id: str
+    checkpoint: str | None = None
+    model_name: str | None = None
+    baseline: str | None = None
+    created_at: str | None = None
+    finished_at: str | None = None
+    status: str | None = None
+
+
+class VariantInfo(_Loose):
+    """One GGUF file from the convert manifest. `kld_vs_f16` / `top1_vs_f16` are null for F16 itself
+    or when the quality check was not run."""
+
+    quant: str
+    path: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    kld_vs_f16: float | None = None
+    top1_vs_f16: float | None = None
+
+
+class EvalInfo(_Loose):
+    """One aggregate score: `label` (a run_evals label such as "tiny-Q4_K_M" or "base-F16"), the task
+    (group name when the task is reported as a group), metric, filter, value, 95% CI, n items."""
+
+    label: str
+    task: str
+    metric: str
+    filter: str = "none"
+    value: float | None = None
+    ci: tuple[float, float] | None = None
+    n: int | None = None
+    task_hash: str | None = None
+    seconds: float | None = None
+    role: str | None = None  # "candidate" or "baseline"
+    quant: str | None = None  # the variant this score belongs to, when known
+
+    @field_validator("ci", mode="before")
+    @classmethod
+    def _ci_pair(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, (list, tuple)) and any(x is None for x in v)):
+            return None
+        return v
+
+
+class StepInfo(_Loose):
+    name: str
+    status: str | None = None
+    wall_s: float | None = None
+    peak_rss_bytes: int | None = None
+    error: str | None = None
+
+
+class FailureInfo(_Loose):
+    step: str
+    error: str | None = None
+
+
+class ReportInput(BaseModel):
+    """Everything `write_report` renders. `compare` is the `posttrain.compare/1` document, kept as a
+    dict so report.json can embed it byte-for-byte equal in content."""
+
+    compare: dict[str, Any]
+    run: RunInfo
+    variants: list[VariantInfo] = Field(default_factory=list)
+    evals: list[EvalInfo] = Field(default_factory=list)
+    steps: list[StepInfo] = Field(default_factory=list)
+    environment: dict[str, Any] = Field(default_factory=dict)
+    failures: list[FailureInfo] = Field(default_factory=list)
+
+    @field_validator("compare")
+    @classmethod
+    def _compare_schema(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # An empty dict means "no comparison was made" (e.g. the run failed before compare).
+        if v and v.get("schema") != COMPARE_SCHEMA:
+            raise PosttrainError(
+                f"compare document has schema {v.get('schema')!r}, expected {COMPARE_SCHEMA!r}",
+                remedy="re-run `posttrain compare` with this posttrain version",
+            )
+        return v
+
+
+# ---------------------------------------------------------------------------------------------------
+# Thinking text: evaluate strips it before storing, but a report must never show it even when a
+# producer forgot. We cut it out here and show only its hash.
+
+_THINK_BLOCK = re.compile(r"<(think|thinking|reasoning)>(.*?)</\1>", re.S | re.I)
+_THINK_OPEN = re.compile(r"<(think|thinking|reasoning)>(.*)\Z", re.S | re.I)
+_THINK_CLOSE_ONLY = re.compile(r"\A(.*?)</(think|thinking|reasoning)>", re.S | re.I)
+
+
+def strip_thinking(text: str | None) -> tuple[str | None, str | None]:
+    """(visible text, sha256 of the removed thinking or None). Handles closed blocks, an unclosed
+    opening tag (everything after it is thinking) and a bare closing tag (chat templates that put
+    the opening tag in the prompt)."""
+    if text is None:
+        return None, None
+    removed: list[str] = []
+
+    def cut(m: re.Match[str]) -> str:
+        removed.append(m.group(0))
+        return ""
+
+    visible = _THINK_BLOCK.sub(cut, text)
+    visible = _THINK_OPEN.sub(cut, visible)
+    visible = _THINK_CLOSE_ONLY.sub(cut, visible)
+    if not removed:
+        return text, None
+    return visible.strip(), hashlib.sha256("".join(removed).encode()).hexdigest()
+
+
+def finite(x: Any) -> float | None:
+    """A float or None: the report never shows NaN/inf."""
+    if x is None:
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None

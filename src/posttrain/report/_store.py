@@ -1,0 +1,191 @@
+"""Gather a report's inputs from the store (runs, steps, variants, evals, run_evals, items) and the
+compare document the pipeline saved at `<run_dir>/compare.json`."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from collections import defaultdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from posttrain import __version__
+from posttrain.errors import PosttrainError
+from posttrain.store import Store
+
+
+def _loads(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _pkg_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def run_dir(store: Store, run: dict[str, Any]) -> Path:
+    return Path(run["run_dir"]) if run.get("run_dir") else store.path.parent / "runs" / run["id"]
+
+
+def load_run(store: Store, run_id: str) -> dict[str, Any]:
+    rows = store.query("SELECT * FROM runs WHERE id = ?", (run_id,))
+    if not rows:
+        raise PosttrainError(f"no run {run_id!r} in {store.path}", remedy="`posttrain runs` lists the runs")
+    return dict(rows[0])
+
+
+def load_compare(path: Path) -> dict[str, Any]:
+    """The compare document, or {} when the run has none (it failed or stopped before compare)."""
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise PosttrainError(f"cannot read {path}: {e}", remedy="re-run the compare step of this run") from e
+
+
+def _quality(manifest: Any, sha256: str) -> dict[str, Any]:
+    """KL divergence / top-1 agreement vs F16 from a convert manifest: either the variant's own entry
+    or the whole manifest with a `variants` list."""
+    if not isinstance(manifest, dict):
+        return {}
+    entry = manifest
+    for v in manifest.get("variants") or []:
+        if isinstance(v, dict) and v.get("sha256") == sha256:
+            entry = v
+            break
+    found: dict[str, Any] = {}
+    for src in (entry, entry.get("quality") or {}, entry.get("metrics") or {}):
+        if not isinstance(src, dict):
+            continue
+        for key, names in (("kld_vs_f16", ("kld_vs_f16", "kld", "kl_divergence", "mean_kld")),
+                           ("top1_vs_f16", ("top1_vs_f16", "top1", "top1_agreement", "same_top_p"))):
+            for name in names:
+                if key not in found and isinstance(src.get(name), (int, float)):
+                    found[key] = float(src[name])
+    return found
+
+
+def load_variants(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
+    if not run.get("checkpoint_sha256"):
+        return []
+    rows = store.query("SELECT * FROM variants WHERE checkpoint_sha256 = ? ORDER BY size_bytes DESC",
+                       (run["checkpoint_sha256"],))
+    return [{"quant": r["quant"], "path": r["path"], "sha256": r["sha256"], "size_bytes": r["size_bytes"],
+             "toolchain": r["toolchain"], **_quality(_loads(r["manifest_json"]), r["sha256"])} for r in rows]
+
+
+def _interval(values: list[float]) -> tuple[float, tuple[float, float] | None]:
+    """Mean and 95% CI: Wilson for 0/1 scores (as compare uses), Student t otherwise."""
+    from scipy import stats
+    from statsmodels.stats.proportion import proportion_confint
+
+    n = len(values)
+    mean = sum(values) / n
+    if all(v in (0.0, 1.0) for v in values):
+        lo, hi = proportion_confint(int(sum(values)), n, alpha=0.05, method="wilson")
+        return mean, (float(lo), float(hi))
+    if n < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return mean, (mean - half, mean + half)
+
+
+def _from_aggregates(aggregates: Any, task: str) -> list[dict[str, Any]]:
+    """lm-eval style aggregates {"acc,none": 0.41, "acc_stderr,none": 0.02, ...} when no items exist."""
+    if not isinstance(aggregates, dict):
+        return []
+    inner = aggregates.get(task) if isinstance(aggregates.get(task), dict) else aggregates
+    out = []
+    for key, value in inner.items():
+        if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
+            continue
+        metric, flt = key.split(",", 1)
+        se = inner.get(f"{metric}_stderr,{flt}")
+        ci = (value - 1.96 * se, value + 1.96 * se) if isinstance(se, (int, float)) else None
+        out.append({"task": task, "metric": metric, "filter": flt, "value": float(value), "ci": ci, "n": None})
+    return out
+
+
+def load_evals(store: Store, run_id: str, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_model = {v["sha256"]: v["quant"] for v in variants} | {v["path"]: v["quant"] for v in variants}
+    rows = store.query(
+        "SELECT re.role, re.label, e.* FROM run_evals re JOIN evals e ON e.id = re.eval_id "
+        "WHERE re.run_id = ? ORDER BY re.role DESC, re.label, e.task", (run_id,))
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        common = {"label": r["label"], "role": r["role"], "task_hash": r["task_hash"], "seconds": r["seconds"],
+                  "quant": by_model.get(r["model_id"])}
+        groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        for item in store.query(
+                "SELECT COALESCE(task_group, task) AS t, filter, metric, value FROM items "
+                "WHERE eval_id = ? AND value IS NOT NULL", (r["id"],)):
+            groups[(item["t"], item["filter"], item["metric"])].append(float(item["value"]))
+        if groups:
+            for (task, flt, metric), values in sorted(groups.items()):
+                mean, ci = _interval(values)
+                out.append({**common, "task": task, "metric": metric, "filter": flt, "value": mean, "ci": ci,
+                            "n": len(values)})
+        else:
+            out.extend({**common, **agg} for agg in _from_aggregates(_loads(r["aggregates_json"]), r["task"]))
+    return out
+
+
+def load_steps(store: Store, run_id: str) -> list[dict[str, Any]]:
+    rows = store.query("SELECT * FROM steps WHERE run_id = ? ORDER BY COALESCE(started_at, '~'), rowid", (run_id,))
+    return [{"name": r["name"], "status": r["status"], "wall_s": r["wall_s"], "peak_rss_bytes": r["peak_rss_bytes"],
+             "error": r["error"], "attempts": r["attempts"]} for r in rows]
+
+
+def environment(store: Store, run_id: str, variants: list[dict[str, Any]]) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "posttrain": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "llama-cpp-python": _pkg_version("llama-cpp-python"),
+        "lm-eval": _pkg_version("lm-eval"),
+    }
+    toolchains = sorted({v["toolchain"] for v in variants if v.get("toolchain")})
+    if toolchains:
+        env["llama.cpp toolchain"] = "; ".join(toolchains)
+    rows = store.query("SELECT DISTINCT e.harness_version, e.backend, e.env_json FROM run_evals re "
+                       "JOIN evals e ON e.id = re.eval_id WHERE re.run_id = ?", (run_id,))
+    harness = sorted({r["harness_version"] for r in rows if r["harness_version"]})
+    if harness:
+        env["lm-eval (evaluations)"] = ", ".join(harness)
+    backends = sorted({r["backend"] for r in rows if r["backend"]})
+    if backends:
+        env["evaluation backend"] = ", ".join(backends)
+    for r in rows:
+        for k, v in (_loads(r["env_json"]) or {}).items():
+            env.setdefault(str(k), v)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def gather(store: Store, run_id: str) -> tuple[dict[str, Any], Path]:
+    """The keyword arguments for write_report, and the run's folder."""
+    run = load_run(store, run_id)
+    folder = run_dir(store, run)
+    variants = load_variants(store, run)
+    steps = load_steps(store, run_id)
+    inputs = {
+        "compare": load_compare(folder / "compare.json"),
+        "run": {k: run[k] for k in ("id", "checkpoint", "model_name", "baseline", "created_at", "finished_at",
+                                    "status")},
+        "variants": variants,
+        "evals": load_evals(store, run_id, variants),
+        "steps": steps,
+        "environment": environment(store, run_id, variants),
+        "failures": [{"step": s["name"], "error": s["error"]} for s in steps if s["status"] == "failed"],
+    }
+    return inputs, folder
