@@ -232,3 +232,16 @@ class Store:
 def dumps(obj: object) -> str:
     """JSON for the store: stable key order so equal content compares equal."""
     return json.dumps(obj, sort_keys=True, default=str)
+
+
+@migration
+def m005_pipeline_step_inputs_and_owner(db: sqlite3.Connection) -> None:
+    # inputs_sha256: a finished step is reused only while the outputs it was computed from are unchanged.
+    # owner_pid: which process drives a run, so `posttrain status` can tell a live run from a crashed one.
+    _script(
+        db,
+        """
+        ALTER TABLE steps ADD COLUMN inputs_sha256 TEXT;
+        ALTER TABLE runs ADD COLUMN owner_pid INTEGER
+        """
+    )

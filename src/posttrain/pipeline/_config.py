@@ -1,0 +1,289 @@
+"""The pipeline's settings: `posttrain.toml`, then `POSTTRAIN_*` variables, then command-line flags.
+
+Later sources win (flags over environment over file over defaults). Nested tables map to variables
+with a double underscore: `[ollama] url` is `POSTTRAIN_OLLAMA__URL`. List settings accept a comma-
+separated string in the environment (`POSTTRAIN_QUANTS=f16,q4_k_m`). Unknown keys are errors, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from posttrain import paths
+from posttrain.errors import PosttrainError
+from posttrain.store import dumps
+
+CONFIG_NAME = "posttrain.toml"
+_QUANT = re.compile(r"^[a-z0-9_]+$")
+_TASK = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _split(value: Any) -> Any:
+    # Environment and flags give "a,b,c"; TOML gives a real list.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+StrList = Annotated[list[str], NoDecode]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OllamaSettings(_Section):
+    url: str = "http://127.0.0.1:11434"
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    num_ctx: int = Field(4096, ge=128)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:11434")
+        return v.rstrip("/")
+
+
+class NotifySettings(_Section):
+    urls: StrList = Field(default_factory=list)
+    voice: bool = False
+
+    _split_urls = field_validator("urls", mode="before")(_split)
+
+
+class WatchSettings(_Section):
+    pattern: str = "**/final_model"
+    check_interval_s: float = Field(300.0, gt=0)
+    settle_s: float = Field(1.0, ge=0)
+    log_max_bytes: int = Field(10_000_000, ge=10_000)
+    log_backups: int = Field(5, ge=0)
+
+
+class Config(BaseSettings):
+    """Everything `posttrain run` and `posttrain watch` need to know."""
+
+    model_config = SettingsConfigDict(env_prefix="POSTTRAIN_", env_nested_delimiter="__", extra="forbid",
+                                      validate_default=True)
+
+    home: Path | None = None
+    quants: StrList = Field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"], min_length=1)
+    tasks: StrList = Field(default_factory=lambda: ["mmlu", "gsm8k", "hellaswag"], min_length=1)
+    data_dir: Path | None = None
+    limit: int | None = Field(None, ge=1)
+    per_subject: int | None = Field(None, ge=1)
+    seed: int = 0
+    baseline: str | None = None
+    allow_pickle: bool = False
+    retries: int = Field(3, ge=1, le=20)
+    retry_backoff_s: float = Field(2.0, ge=0)
+    jobs: int = Field(1, ge=1, le=64)
+    ollama: OllamaSettings = Field(default_factory=OllamaSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+
+    _split_lists = field_validator("quants", "tasks", mode="before")(_split)
+
+    @field_validator("quants")
+    @classmethod
+    def _quants(cls, v: list[str]) -> list[str]:
+        out: list[str] = []
+        for q in (q.strip().lower().replace("-", "_") for q in v):
+            if not _QUANT.match(q):
+                raise ValueError(f"{q!r} is not a GGUF type name (like f16, q8_0, q4_k_m)")
+            if q not in out:
+                out.append(q)
+        return out
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not _TASK.match(t):
+                raise ValueError(f"{t!r} is not a task name (like mmlu, gsm8k, hellaswag)")
+        return list(dict.fromkeys(v))
+
+    @field_validator("home", "data_dir")
+    @classmethod
+    def _expand(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def base_dir(self) -> Path:
+        return self.home or paths.home()
+
+    @property
+    def store_path(self) -> Path:
+        return paths.store_path(self.base_dir)
+
+    def gguf_dir(self, model_name: str) -> Path:
+        return self.base_dir / "gguf" / model_name
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.base_dir / "runs" / run_id
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that change a run's results. Where outputs go, retries or notification do not."""
+        return {
+            "quants": self.quants, "tasks": self.tasks,
+            "data_dir": str(self.data_dir) if self.data_dir else None,
+            "limit": self.limit, "per_subject": self.per_subject, "seed": self.seed, "baseline": self.baseline,
+            "ollama": {"temperature": self.ollama.temperature, "top_p": self.ollama.top_p,
+                       "num_ctx": self.ollama.num_ctx},
+        }
+
+    def fingerprint_sha256(self) -> str:
+        return hashlib.sha256(dumps(self.fingerprint()).encode()).hexdigest()
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """The already-parsed TOML file, as the lowest-priority source after the defaults."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self.data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.data
+
+
+def find_config_file(explicit: Path | None = None) -> Path | None:
+    """--config, else $POSTTRAIN_CONFIG, else ./posttrain.toml when there is one."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise PosttrainError(f"config file {explicit} does not exist", remedy="run `posttrain init` to write one")
+        return explicit
+    if env := os.environ.get("POSTTRAIN_CONFIG"):
+        return find_config_file(Path(env).expanduser())
+    here = Path.cwd() / CONFIG_NAME
+    return here if here.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise PosttrainError(f"{path} is not valid TOML: {e}", remedy="fix the line it names") from None
+    except OSError as e:
+        raise PosttrainError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _explain(e: ValidationError, source: Path | None) -> PosttrainError:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        parts.append(f"{where}: {msg}")
+    origin = f"{source}, POSTTRAIN_* variables or flags" if source else "POSTTRAIN_* variables or flags"
+    return PosttrainError(f"invalid configuration ({origin}): " + "; ".join(parts),
+                          remedy="see `posttrain init` for every setting and its default")
+
+
+def load_config(file: Path | None = None, *, discover: bool = True, **flags: Any) -> Config:
+    """Build the settings from the file (explicit or discovered), the environment and `flags`.
+
+    Flags that are None are "not given". Nested flags use the section name: `ollama={"url": ...}`.
+    """
+    path = find_config_file(file) if (file is not None or discover) else None
+    data = _read_toml(path) if path else {}
+    given = {k: v for k, v in flags.items() if v is not None and v != {}}
+
+    class _Bound(Config):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                       file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, _DictSource(settings_cls, data)
+
+    try:
+        bound = _Bound(**given)
+    except ValidationError as e:
+        raise _explain(e, path) from None
+    # A plain Config (not the throwaway subclass) so it pickles for --jobs and compares equal.
+    return Config.model_construct(**dict(bound))
+
+
+def config_template() -> str:
+    """The commented `posttrain.toml` that `posttrain init` writes: every setting at its default."""
+    d = Config.model_construct(**{k: f.get_default(call_default_factory=True)
+                                  for k, f in Config.model_fields.items()})
+    q = ", ".join(f'"{x}"' for x in d.quants)
+    t = ", ".join(f'"{x}"' for x in d.tasks)
+    return f"""\
+# posttrain.toml: settings for `posttrain run` and `posttrain watch`.
+# Precedence: command-line flags > POSTTRAIN_* environment variables > this file > defaults.
+# A table's keys map to variables with a double underscore: [ollama] url -> POSTTRAIN_OLLAMA__URL.
+
+# Where GGUF files (gguf/<model>/...), runs (runs/<run_id>/...) and the store (posttrain.db) go.
+# Default: $POSTTRAIN_HOME, else $XDG_DATA_HOME/posttrain (~/.local/share/posttrain).
+# home = "~/posttrain"
+
+# GGUF types to produce. F16 is always made first: it is the reference the others are quantized from.
+quants = [{q}]
+
+# lm-evaluation-harness tasks to run on every variant and on the baseline.
+tasks = [{t}]
+
+# Local copies of the benchmark data (no network is used). Default: posttrain's own lookup.
+# data_dir = "/data/benchmarks"
+
+# Evaluate only the first N items of each task (N per subject for MMLU with per_subject). Unset: all.
+# limit = 200
+# per_subject = 10
+seed = {d.seed}
+
+# What the new model is compared against: a Hugging Face directory (converted to F16 once, cached
+# by content hash), a .gguf file, or an Ollama model as "ollama:NAME".
+# baseline = "/models/base_model"
+
+# Accept pytorch_model.bin (pickle) weights. Pickle can run code when loaded: only for trusted checkpoints.
+allow_pickle = {str(d.allow_pickle).lower()}
+
+# Attempts for a step that fails with a transient error (a busy server, a dropped connection),
+# with exponential backoff starting at retry_backoff_s seconds.
+retries = {d.retries}
+retry_backoff_s = {d.retry_backoff_s}
+
+# Checkpoints processed at the same time (1: one after another).
+jobs = {d.jobs}
+
+[ollama]
+# Registration is skipped (not failed) when nothing answers here.
+url = "{d.ollama.url}"
+temperature = {d.ollama.temperature}
+top_p = {d.ollama.top_p}
+num_ctx = {d.ollama.num_ctx}
+
+[notify]
+# apprise URLs, e.g. "ntfy://my-topic", "mailto://user:pass@example.com". Empty: no notification.
+urls = []
+# Speak the verdict aloud on this machine (needs a speech synthesizer such as espeak).
+voice = {str(d.notify.voice).lower()}
+
+[watch]
+# Directories under the watched ones that are checkpoints (glob; ** matches any depth).
+pattern = "{d.watch.pattern}"
+# Full rescan interval in seconds, the fallback when file events do not arrive (network filesystems).
+check_interval_s = {d.watch.check_interval_s:g}
+# Seconds a checkpoint's files must stay unchanged before it counts as finished.
+settle_s = {d.watch.settle_s:g}
+# The watcher's log (<home>/logs/watch.log) rotates at this size, keeping this many old files.
+log_max_bytes = {d.watch.log_max_bytes}
+log_backups = {d.watch.log_backups}
+"""

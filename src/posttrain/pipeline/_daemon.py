@@ -1,0 +1,201 @@
+"""Running the watcher as a service: one instance per home, a PID file, a status file, signals, a log.
+
+The single-instance lock is an flock on `<home>/watch.lock`: the kernel drops it when the holder
+dies, however it dies, so a PID file left by a killed watcher is recognised as stale and replaced.
+`posttrain status` and `posttrain stop` work from any shell through the PID file (checked against
+the process's start time, so a recycled PID is not mistaken for the watcher) and the status file the
+watcher rewrites atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from posttrain.errors import PosttrainError
+from posttrain.store import utcnow
+
+log = logging.getLogger("posttrain.pipeline")
+
+PID_FILE = "watch.pid"
+LOCK_FILE = "watch.lock"
+STATUS_FILE = "watch.status.json"
+LOG_FILE = "logs/watch.log"
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+@dataclass
+class DaemonInfo:
+    """What the PID file says, and whether that process is really the watcher and still alive."""
+
+    pid: int
+    started_at: str
+    create_time: float
+    alive: bool
+    args: list[str]
+
+    @property
+    def uptime_s(self) -> float:
+        return max(0.0, time.time() - self.create_time)
+
+
+def read_pid_file(home: Path) -> DaemonInfo | None:
+    doc = read_json(home / PID_FILE)
+    if not doc or not isinstance(doc.get("pid"), int):
+        return None
+    pid, created = doc["pid"], float(doc.get("create_time") or 0)
+    try:
+        proc = psutil.Process(pid)
+        # A recycled PID belongs to a process that started later than the one that wrote the file.
+        alive = abs(proc.create_time() - created) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        alive = False
+    return DaemonInfo(pid, str(doc.get("started_at")), created, alive, list(doc.get("args") or []))
+
+
+class InstanceLock:
+    """Held for the watcher's whole life: a second watcher on the same home is refused with our PID."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.fd: int | None = None
+
+    def acquire(self, args: list[str] | None = None) -> InstanceLock:
+        fd = os.open(self.home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            info = read_pid_file(self.home)
+            pid = f"PID {info.pid}" if info else "PID unknown"
+            raise PosttrainError(f"a watcher is already running for {self.home} ({pid})",
+                                 remedy="`posttrain status` shows it; `posttrain stop` stops it") from None
+        self.fd = fd
+        stale = read_pid_file(self.home)
+        if stale is not None and stale.pid != os.getpid():
+            # We hold the lock, so whoever wrote this file is gone (or never released it by dying).
+            log.warning("removed a stale PID file: PID %d (started %s) is no longer running", stale.pid,
+                        stale.started_at)
+        me = psutil.Process()
+        write_json_atomic(self.home / PID_FILE, {"pid": os.getpid(), "started_at": utcnow(),
+                                                 "create_time": me.create_time(), "args": args or sys.argv})
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        for name in (PID_FILE, STATUS_FILE):
+            doc = read_json(self.home / name) or {}
+            if doc.get("pid") == os.getpid():
+                (self.home / name).unlink(missing_ok=True)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> InstanceLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT: let the current step finish, then exit 0. A second SIGINT aborts at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("%s received: finishing the current step, then stopping (resumable)", name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def setup_file_logging(home: Path, max_bytes: int = 10_000_000, backups: int = 5) -> Path:
+    """posttrain's log to <home>/logs/watch.log, rotated by size, `backups` old files kept."""
+    path = home / LOG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger("posttrain")
+    if not any(isinstance(h, logging.handlers.RotatingFileHandler) and Path(h.baseFilename) == path
+               for h in root.handlers):
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
+                                                       encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return path
+
+
+def spawn_detached(argv: list[str], home: Path, timeout: float = 30.0) -> int:
+    """Start `posttrain <argv>` in a new session, detached from this terminal; return its PID once
+    it holds the lock (or raise with the reason it gave up)."""
+    home.mkdir(parents=True, exist_ok=True)
+    out = home / "logs" / "watch.stdout.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "ab") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "posttrain", *argv], stdin=subprocess.DEVNULL,
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = read_pid_file(home)
+        if info is not None and info.pid == proc.pid and info.alive:
+            return proc.pid
+        code = proc.poll()
+        if code is not None:
+            tail = out.read_text(errors="replace").strip().splitlines()[-1:] if out.exists() else []
+            raise PosttrainError(f"the watcher exited at once (code {code}): {' '.join(tail) or 'no output'}",
+                                 remedy=f"see {out}")
+        time.sleep(0.1)
+    raise PosttrainError(f"the watcher (PID {proc.pid}) did not start within {timeout:g} s", remedy=f"see {out}")
+
+
+def stop_daemon(home: Path, grace_s: float = 60.0) -> tuple[int, str]:
+    """SIGTERM the watcher, wait up to `grace_s` for a clean stop, then SIGKILL. (pid, how it ended)."""
+    info = read_pid_file(home)
+    if info is None or not info.alive:
+        if info is not None:
+            (home / PID_FILE).unlink(missing_ok=True)
+            (home / STATUS_FILE).unlink(missing_ok=True)
+        raise PosttrainError(f"no watcher is running for {home}", remedy="start one with `posttrain watch DIR --daemon`")
+    proc = psutil.Process(info.pid)
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+        return info.pid, "stopped"
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        # Killed processes clean nothing up; the lock went with them, the files stay.
+        (home / PID_FILE).unlink(missing_ok=True)
+        (home / STATUS_FILE).unlink(missing_ok=True)
+        return info.pid, "killed"

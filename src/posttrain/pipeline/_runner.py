@@ -1,0 +1,414 @@
+"""A small step runner whose state lives in the store, so any crash resumes where it stopped.
+
+It knows nothing about conversion or evaluation: a step is a name, a function from a context to a
+JSON-able dict of outputs, a check that those outputs are still there and sound, and the steps it
+needs. A step is reused when it finished before, its outputs still verify, and the outputs of the
+steps it depends on are the ones it was computed from; otherwise it runs (again). A step found
+'running' is one whose process died (kill -9, power loss): the per-run lock says nobody holds it, so
+it simply runs again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from posttrain.errors import PosttrainError, TransientError
+from posttrain.store import Store, dumps, utcnow
+
+log = logging.getLogger("posttrain.pipeline")
+
+Outputs = dict[str, Any]
+
+DONE, FAILED, SKIPPED, RUNNING, PENDING = "done", "failed", "skipped", "running", "pending"
+
+
+class StepSkipped(Exception):
+    """Raised by a step that has nothing to do here (e.g. Ollama is not reachable): not a failure."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _always_valid(outputs: Outputs) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of work. `run` must be idempotent: after a crash it is simply called again.
+
+    `always` steps (the report) run even when a dependency failed, to say what failed; they still
+    wait for their dependencies and see only the outputs of those that finished.
+    """
+
+    name: str
+    run: Callable[[RunContext], Outputs]
+    verify: Callable[[Outputs], bool] = _always_valid
+    depends_on: tuple[str, ...] = ()
+    always: bool = False
+
+
+@dataclass
+class RunSpec:
+    """What identifies a run in the store. The same spec resumes the same run."""
+
+    run_id: str
+    checkpoint: str
+    run_dir: Path
+    checkpoint_sha256: str | None = None
+    model_name: str | None = None
+    baseline: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """What a step sees: where to write, the store, the config, and its dependencies' outputs."""
+
+    spec: RunSpec
+    store: Store
+    outputs: dict[str, Outputs]
+    step_status: dict[str, tuple[str, str | None]]
+    stop_requested: threading.Event
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    @property
+    def run_dir(self) -> Path:
+        return self.spec.run_dir
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.spec.config
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # done | failed | skipped
+    reused: bool = False
+    error: str | None = None
+    attempts: int = 0
+    wall_s: float | None = None
+    peak_rss_bytes: int | None = None
+    gpu_mem_bytes: int | None = None
+    outputs: Outputs = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    run_dir: Path
+    status: str  # succeeded | failed | interrupted
+    steps: list[StepResult]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+    def failures(self) -> list[StepResult]:
+        return [s for s in self.steps if s.status == FAILED]
+
+
+class RunLocked(PosttrainError):
+    """Another live process is driving this run right now."""
+
+
+class _RunLock:
+    """flock on <run_dir>/.lock: released by the kernel when its holder dies, however it dies."""
+
+    def __init__(self, run_dir: Path, run_id: str):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / ".lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise RunLocked(f"run {run_id} is already in progress (PID {holder})",
+                            remedy="wait for it to finish, or stop that process") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+class _ResourceSampler:
+    """Peak RSS of this process and its children while a step runs (children: converter, servers)."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+        self._gpu = _cuda()
+
+    def _sample(self) -> None:
+        try:
+            me = psutil.Process()
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass  # a child that exited between listing and reading
+            self.peak = max(self.peak, total)
+        except psutil.Error:
+            pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> _ResourceSampler:
+        if self._gpu is not None:
+            self._gpu.reset_peak_memory_stats()
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def gpu_peak(self) -> int | None:
+        return int(self._gpu.max_memory_allocated()) if self._gpu is not None else None
+
+
+def _cuda():
+    # Only if torch is already loaded by a stage: importing it just to learn there is no GPU costs seconds.
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            return torch.cuda
+    except Exception:  # a broken CUDA install must not fail the run; there is just no GPU figure
+        pass
+    return None
+
+
+def _inputs_sha256(step: Step, outputs: dict[str, Outputs], status: dict[str, tuple[str, str | None]]) -> str:
+    basis = {dep: {"status": status.get(dep, (PENDING, None))[0], "outputs": outputs.get(dep)}
+             for dep in step.depends_on}
+    return hashlib.sha256(dumps(basis).encode()).hexdigest()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, PosttrainError):
+        return exc.one_line()
+    text = str(exc).strip().replace("\n", " ")
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+class Runner:
+    """Runs steps in order, records each in the store, and resumes a run from what it recorded."""
+
+    def __init__(self, store: Store, steps: Iterable[Step], *, max_retries: int = 3,
+                 transient: tuple[type[BaseException], ...] = (TransientError,), backoff_s: float = 2.0,
+                 backoff_max_s: float = 60.0, stop_event: threading.Event | None = None,
+                 on_event: Callable[[str, str, str], None] | None = None):
+        self.store = store
+        self.steps = list(steps)
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate step names in {names}")
+        for s in self.steps:
+            unknown = [d for d in s.depends_on if d not in names[: names.index(s.name)]]
+            if unknown:
+                raise ValueError(f"step {s.name!r} depends on {unknown}, which do not come before it")
+        # `max_retries` counts attempts in all, as the project's convention says (default 3 attempts).
+        self.max_attempts = max(1, max_retries)
+        self.transient = transient
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.stop_event = stop_event or threading.Event()
+        self.on_event = on_event
+
+    # -- store ---------------------------------------------------------------------------------
+    def _open_run(self, spec: RunSpec) -> None:
+        with self.store.connect() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs (id, checkpoint, checkpoint_sha256, model_name, baseline, config_json,"
+                " status, created_at, run_dir) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (spec.run_id, spec.checkpoint, spec.checkpoint_sha256, spec.model_name, spec.baseline,
+                 dumps(spec.config), utcnow(), str(spec.run_dir)))
+            db.execute("UPDATE runs SET status='running', finished_at=NULL, owner_pid=? WHERE id=?",
+                       (os.getpid(), spec.run_id))
+            for step in self.steps:
+                db.execute("INSERT OR IGNORE INTO steps (run_id, name, status) VALUES (?, ?, 'pending')",
+                           (spec.run_id, step.name))
+
+    def _recorded(self, run_id: str) -> dict[str, Any]:
+        rows = self.store.query("SELECT * FROM steps WHERE run_id=?", (run_id,))
+        return {r["name"]: r for r in rows}
+
+    def _mark(self, run_id: str, name: str, **cols: Any) -> None:
+        sets = ", ".join(f"{k}=?" for k in cols)
+        with self.store.connect() as db:
+            db.execute(f"UPDATE steps SET {sets} WHERE run_id=? AND name=?", (*cols.values(), run_id, name))
+
+    def _emit(self, run_id: str, step: str, event: str) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(run_id, step, event)
+            except Exception:  # an observer (status file, progress bar) never breaks a run
+                log.exception("step event observer failed")
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, spec: RunSpec) -> RunResult:
+        lock = _RunLock(spec.run_dir, spec.run_id)
+        try:
+            self._open_run(spec)
+            results = self._run_steps(spec)
+        finally:
+            lock.release()
+        if self.stop_event.is_set() and len(results) < len(self.steps):
+            status = "interrupted"
+        elif any(r.status == FAILED for r in results):
+            status = "failed"
+        else:
+            status = "succeeded"
+        with self.store.connect() as db:
+            db.execute("UPDATE runs SET status=?, finished_at=?, owner_pid=NULL WHERE id=?",
+                       (status, utcnow() if status != "interrupted" else None, spec.run_id))
+        log.info("run %s %s", spec.run_id, status)
+        return RunResult(spec.run_id, spec.run_dir, status, results)
+
+    def _run_steps(self, spec: RunSpec) -> list[StepResult]:
+        recorded = self._recorded(spec.run_id)
+        outputs: dict[str, Outputs] = {}
+        status: dict[str, tuple[str, str | None]] = {}
+        results: list[StepResult] = []
+        for step in self.steps:
+            if self.stop_event.is_set():
+                log.info("stop requested: run %s stops before step %s (resumable)", spec.run_id, step.name)
+                break
+            result = self._one(spec, step, recorded.get(step.name), outputs, status)
+            results.append(result)
+            status[step.name] = (result.status, result.error)
+            if result.status == DONE:
+                outputs[step.name] = result.outputs
+        return results
+
+    def _blocked_by(self, step: Step, status: dict[str, tuple[str, str | None]]) -> str | None:
+        for dep in step.depends_on:
+            dep_status, dep_error = status.get(dep, (PENDING, None))
+            if dep_status == FAILED:
+                return f"{dep} failed"
+            if dep_status == SKIPPED and not step.always:
+                return f"{dep} skipped"
+        return None
+
+    def _one(self, spec: RunSpec, step: Step, row: Any, outputs: dict[str, Outputs],
+             status: dict[str, tuple[str, str | None]]) -> StepResult:
+        blocked = self._blocked_by(step, status)
+        if blocked and not step.always:
+            reason = f"skipped: {blocked}"
+            self._mark(spec.run_id, step.name, status=SKIPPED, error=reason, started_at=None,
+                       finished_at=utcnow(), outputs_json=None, inputs_sha256=None)
+            log.warning("run %s: step %s %s", spec.run_id, step.name, reason)
+            self._emit(spec.run_id, step.name, SKIPPED)
+            return StepResult(step.name, SKIPPED, error=reason)
+
+        inputs = _inputs_sha256(step, outputs, status)
+        reused = self._reusable(step, row, inputs)
+        if reused is not None:
+            log.info("run %s: step %s already done, outputs verified: skipped", spec.run_id, step.name)
+            self._emit(spec.run_id, step.name, "reused")
+            return StepResult(step.name, DONE, reused=True, attempts=row["attempts"], wall_s=row["wall_s"],
+                              peak_rss_bytes=row["peak_rss_bytes"], gpu_mem_bytes=row["gpu_mem_bytes"],
+                              outputs=reused)
+
+        ctx = RunContext(spec, self.store, {d: outputs[d] for d in step.depends_on if d in outputs},
+                         dict(status), self.stop_event)
+        self._mark(spec.run_id, step.name, status=RUNNING, started_at=utcnow(), finished_at=None, error=None,
+                   attempts=0, outputs_json=None, inputs_sha256=None)
+        log.info("run %s: step %s started", spec.run_id, step.name)
+        self._emit(spec.run_id, step.name, RUNNING)
+        attempts = 0
+
+        def attempt() -> Outputs:
+            nonlocal attempts
+            attempts += 1
+            self._mark(spec.run_id, step.name, attempts=attempts)
+            try:
+                out = step.run(ctx)
+            except self.transient as e:
+                log.warning("run %s: step %s attempt %d/%d: transient failure: %s", spec.run_id, step.name,
+                            attempts, self.max_attempts, _describe(e))
+                raise
+            if not isinstance(out, dict):
+                raise TypeError(f"step {step.name} returned {type(out).__name__}, not a dict of outputs")
+            return out
+
+        t0 = time.monotonic()
+        with _ResourceSampler() as sampler:
+            try:
+                out = Retrying(
+                    stop=stop_after_attempt(self.max_attempts),
+                    wait=wait_exponential(multiplier=self.backoff_s, max=self.backoff_max_s),
+                    retry=retry_if_exception_type(self.transient),
+                    reraise=True,
+                )(attempt)
+                out = json.loads(dumps(out))  # what the store will hold is what later steps see
+                if not step.verify(out):
+                    raise PosttrainError(f"step {step.name} finished but its outputs do not verify: {out}")
+                final, error = DONE, None
+            except StepSkipped as e:
+                out, final, error = {}, SKIPPED, f"skipped: {e.reason}"
+            except RetryError as e:  # pragma: no cover - reraise=True re-raises the last error instead
+                out, final, error = {}, FAILED, _describe(e.last_attempt.exception())
+            except Exception as e:
+                out, final, error = {}, FAILED, _describe(e)
+                if not isinstance(e, PosttrainError):
+                    log.exception("run %s: step %s crashed", spec.run_id, step.name)
+        wall = time.monotonic() - t0
+        self._mark(spec.run_id, step.name, status=final, finished_at=utcnow(), wall_s=wall,
+                   peak_rss_bytes=sampler.peak, gpu_mem_bytes=sampler.gpu_peak(), error=error,
+                   outputs_json=dumps(out) if final == DONE else None,
+                   inputs_sha256=inputs if final == DONE else None)
+        level = logging.INFO if final != FAILED else logging.ERROR
+        log.log(level, "run %s: step %s %s in %.1f s%s", spec.run_id, step.name, final, wall,
+                f": {error}" if error else "")
+        self._emit(spec.run_id, step.name, final)
+        return StepResult(step.name, final, error=error, attempts=attempts, wall_s=wall,
+                          peak_rss_bytes=sampler.peak, gpu_mem_bytes=sampler.gpu_peak(), outputs=out)
+
+    @staticmethod
+    def _reusable(step: Step, row: Any, inputs: str) -> Outputs | None:
+        if row is None or row["status"] != DONE or row["outputs_json"] is None:
+            return None
+        if row["inputs_sha256"] != inputs:
+            return None
+        try:
+            out = json.loads(row["outputs_json"])
+            return out if step.verify(out) else None
+        except Exception:  # outputs that cannot even be checked are outputs to recompute
+            log.exception("verifying recorded outputs of %s failed; running it again", step.name)
+            return None
+
+
+def step_rows(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """The recorded steps of a run, in the order they were created (for reports and `status`)."""
+    rows = store.query("SELECT * FROM steps WHERE run_id=? ORDER BY rowid", (run_id,))
+    return [dict(r) for r in rows]
