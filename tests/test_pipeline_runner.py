@@ -294,7 +294,7 @@ def test_outputs_that_no_longer_verify_are_recomputed_and_dependents_follow(tmp_
             runs.append(name)
             path = tmp_path / f"{name}.txt"
             path.write_text(f"{name}:{len(runs)}")
-            return {"path": str(path)}
+            return {"path": str(path), "text": path.read_text()}
         return run
 
     steps = [Step("a", make("a"), _verify_file), Step("b", make("b"), _verify_file, depends_on=("a",)),
