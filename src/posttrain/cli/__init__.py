@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "checkpoint",
     "convert",
     "doctor",
+    "serve",
 ]
 
 

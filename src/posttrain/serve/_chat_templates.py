@@ -1,0 +1,163 @@
+"""Hugging Face chat templates (Jinja) → Ollama TEMPLATE (Go text/template) for known families.
+
+Ollama renders prompts with its own Go template, not the checkpoint's Jinja. It guesses one from
+the GGUF's `tokenizer.chat_template` only when it recognises it; an imported fine-tune without the
+right TEMPLATE gets raw prompts and rambles. posttrain recognises the common families by their
+special-token markers and writes the Go template that produces the same turns. The templates use
+Ollama's `.Messages` (chat) with a `.Prompt` fallback (generate), and put `.System` where the
+family's own template puts a system prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ChatFamily:
+    name: str
+    template: str
+    stop: tuple[str, ...]
+
+
+CHATML = ChatFamily(
+    "chatml",
+    """{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}
+{{- if .Messages }}
+{{- range .Messages }}{{ if ne .Role "system" }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ end }}{{ end }}<|im_start|>assistant
+{{ else }}
+{{- if .Prompt }}<|im_start|>user
+{{ .Prompt }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}""",
+    ("<|im_start|>", "<|im_end|>"),
+)
+
+LLAMA3 = ChatFamily(
+    "llama3",
+    """{{- if .System }}<|start_header_id|>system<|end_header_id|>
+
+{{ .System }}<|eot_id|>
+{{- end }}
+{{- if .Messages }}
+{{- range .Messages }}{{ if ne .Role "system" }}<|start_header_id|>{{ .Role }}<|end_header_id|>
+
+{{ .Content }}<|eot_id|>
+{{- end }}{{ end }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ else }}
+{{- if .Prompt }}<|start_header_id|>user<|end_header_id|>
+
+{{ .Prompt }}<|eot_id|>
+{{- end }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ end }}{{ .Response }}{{ if .Response }}<|eot_id|>{{ end }}""",
+    ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+)
+
+# Gemma has no system role: its template folds the system prompt into the first user turn.
+GEMMA = ChatFamily(
+    "gemma",
+    """{{- $system := .System }}
+{{- if .Messages }}
+{{- range .Messages }}
+{{- if eq .Role "user" }}<start_of_turn>user
+{{ if $system }}{{ $system }}
+
+{{ $system = "" }}{{ end }}{{ .Content }}<end_of_turn>
+{{ else if eq .Role "assistant" }}<start_of_turn>model
+{{ .Content }}<end_of_turn>
+{{ end }}
+{{- end }}<start_of_turn>model
+{{ else }}<start_of_turn>user
+{{ if $system }}{{ $system }}
+
+{{ end }}{{ .Prompt }}<end_of_turn>
+<start_of_turn>model
+{{ end }}{{ .Response }}{{ if .Response }}<end_of_turn>{{ end }}""",
+    ("<start_of_turn>", "<end_of_turn>"),
+)
+
+# Mistral's instruct template puts the system prompt in front of the last user message.
+MISTRAL = ChatFamily(
+    "mistral",
+    """{{- if .Messages }}
+{{- range $i, $_ := .Messages }}
+{{- if eq .Role "user" }}[INST] {{ if and $.System (eq (len (slice $.Messages $i)) 1) }}{{ $.System }}
+
+{{ end }}{{ .Content }}[/INST]
+{{- else if eq .Role "assistant" }} {{ .Content }}</s>
+{{- end }}
+{{- end }}
+{{- else }}[INST] {{ if .System }}{{ .System }}
+
+{{ end }}{{ .Prompt }}[/INST]
+{{- end }} {{ .Response }}""",
+    ("[INST]", "[/INST]"),
+)
+
+PHI3 = ChatFamily(
+    "phi3",
+    """{{- if .System }}<|system|>
+{{ .System }}<|end|>
+{{ end }}
+{{- if .Messages }}
+{{- range .Messages }}{{ if ne .Role "system" }}<|{{ .Role }}|>
+{{ .Content }}<|end|>
+{{ end }}{{ end }}<|assistant|>
+{{ else }}
+{{- if .Prompt }}<|user|>
+{{ .Prompt }}<|end|>
+{{ end }}<|assistant|>
+{{ end }}{{ .Response }}{{ if .Response }}<|end|>{{ end }}""",
+    ("<|end|>", "<|user|>", "<|assistant|>", "<|system|>"),
+)
+
+FAMILIES = (CHATML, LLAMA3, GEMMA, MISTRAL, PHI3)
+
+
+def detect_family(chat_template: str | None) -> ChatFamily | None:
+    """The family whose turn markers the Jinja chat template uses, or None when unknown.
+
+    Checked most specific first: a Llama 2 template (`[INST]` with `<<SYS>>`) is not Mistral's and
+    Zephyr's `<|user|>…</s>` is not Phi-3's `<|user|>…<|end|>`, so both stay unknown.
+    """
+    if not chat_template:
+        return None
+    t = chat_template
+    if "<|start_header_id|>" in t and "<|eot_id|>" in t:
+        return LLAMA3
+    if "<|im_start|>" in t and "<|im_end|>" in t:
+        return CHATML
+    if "<start_of_turn>" in t and "<end_of_turn>" in t:
+        return GEMMA
+    if "<|user|>" in t and "<|end|>" in t:
+        return PHI3
+    if "[INST]" in t and "[/INST]" in t and "<<SYS>>" not in t:
+        return MISTRAL
+    return None
+
+
+def chat_template_from_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The checkpoint's chat template: `chat_template.jinja` (transformers ≥ 4.43 writes it) or
+    `tokenizer_config.json`'s `chat_template` (a string, or a list of named templates: "default")."""
+    jinja = checkpoint_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    config = checkpoint_dir / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default") or next(iter(named.values()), None)
+    return value if isinstance(value, str) else None

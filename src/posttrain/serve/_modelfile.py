@@ -1,0 +1,146 @@
+"""The Modelfile posttrain writes beside each GGUF, and reading back what Ollama's /api/show says."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from posttrain.errors import PosttrainError
+
+DEFAULT_PARAMETERS: dict[str, object] = {"temperature": 0.7, "top_p": 0.9, "num_ctx": 4096}
+
+# Ollama's PARAMETER types (api.Options): everything else is a float, `stop` a list of strings.
+_INT_PARAMS = {"num_ctx", "num_predict", "num_keep", "top_k", "repeat_last_n", "seed", "num_batch",
+               "num_gpu", "main_gpu", "num_thread", "mirostat"}
+_BOOL_PARAMS = {"penalize_newline", "use_mmap", "use_mlock", "numa", "low_vram", "vocab_only", "f16_kv"}
+_STR_PARAMS = {"stop"}
+
+
+def coerce_parameter(key: str, value: object) -> object:
+    """A `--param key=value` string typed the way Ollama's API expects it."""
+    if key in _STR_PARAMS:
+        return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+    if not isinstance(value, str):
+        return value
+    try:
+        if key in _INT_PARAMS:
+            return int(value)
+        if key in _BOOL_PARAMS:
+            if value.lower() not in {"true", "false", "1", "0"}:
+                raise ValueError(value)
+            return value.lower() in {"true", "1"}
+        return float(value)
+    except ValueError:
+        raise PosttrainError(f"parameter {key}={value!r} is not a valid value",
+                             remedy="see the PARAMETER table in Ollama's Modelfile docs") from None
+
+
+def merge_parameters(overrides: Mapping[str, object] | None, stop: tuple[str, ...] = ()) -> dict[str, object]:
+    """Defaults, then the family's stop tokens, then the user's overrides (a user `stop` replaces ours)."""
+    params: dict[str, object] = dict(DEFAULT_PARAMETERS)
+    if stop:
+        params["stop"] = list(stop)
+    for key, value in (overrides or {}).items():
+        params[key] = coerce_parameter(key, value)
+    return params
+
+
+def _quote(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def render_modelfile(gguf: Path, params: Mapping[str, object], template: str | None, system: str | None) -> str:
+    """A Modelfile with the same content as the API call: `ollama create NAME -f <gguf>.Modelfile`."""
+    lines = [f"# Written by posttrain. Reproduce by hand: ollama create NAME -f {gguf.name}.Modelfile",
+             f"FROM ./{gguf.name}"]
+    if template is not None:
+        if '"""' in template:
+            raise PosttrainError(f'the chat template for {gguf.name} contains """, which a Modelfile cannot quote')
+        lines.append(f'TEMPLATE """{template}"""')
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    for key, value in params.items():
+        for v in value if isinstance(value, list) else [value]:
+            lines.append(f"PARAMETER {key} {_quote(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def modelfile_path(gguf: Path) -> Path:
+    return gguf.with_name(gguf.name + ".Modelfile")
+
+
+def parse_show_parameters(text: str | None) -> dict[str, object]:
+    """/api/show's `parameters` ("key   value" lines; strings quoted Go-style; `stop` repeated)."""
+    params: dict[str, object] = {}
+    for line in (text or "").splitlines():
+        key, _, raw = line.strip().partition(" ")
+        if not key:
+            continue
+        raw = raw.strip()
+        try:
+            value: object = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if key in _STR_PARAMS:
+            params.setdefault(key, []).append(str(value))  # type: ignore[union-attr]
+        else:
+            params[key] = value
+    return params
+
+
+def same_parameters(a: Mapping[str, object], b: Mapping[str, object]) -> bool:
+    """Equal as Ollama stores them: numbers by value (4096 == 4096.0), stop lists as sets."""
+    if set(a) != set(b):
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, list) or isinstance(y, list):
+            if sorted(map(str, x if isinstance(x, list) else [x])) != sorted(map(str, y if isinstance(y, list) else [y])):
+                return False
+        elif isinstance(x, bool) or isinstance(y, bool):
+            if bool(x) != bool(y):
+                return False
+        elif isinstance(x, int | float) and isinstance(y, int | float):
+            if abs(float(x) - float(y)) > 1e-6 * max(1.0, abs(float(x))):
+                return False
+        elif str(x) != str(y):
+            return False
+    return True
+
+
+_FROM_BLOB = re.compile(r"^FROM\s+(\S.*?)\s*$", re.MULTILINE)
+_DIGEST = re.compile(r"sha256[-:]([0-9a-f]{64})")
+
+
+def from_line_path(modelfile: str | None) -> str | None:
+    """The FROM target of the Modelfile /api/show returns (Ollama writes its blob path there)."""
+    m = _FROM_BLOB.search(modelfile or "")
+    return m.group(1) if m else None
+
+
+def blob_digest_of(modelfile: str | None) -> str | None:
+    """`sha256:<hex>` of the weights blob named by the FROM line, if it names one."""
+    target = from_line_path(modelfile)
+    m = _DIGEST.search(target or "")
+    return f"sha256:{m.group(1)}" if m else None

@@ -1,0 +1,354 @@
+"""Import GGUF variants into Ollama through the official `ollama` client, idempotently.
+
+Per variant: upload the weights blob only when Ollama lacks that digest (`HEAD /api/blobs/…`),
+create `{model}_{quant}:latest` with `files`, `parameters` and a TEMPLATE mapped from the
+checkpoint's chat template, write the equivalent Modelfile beside the GGUF, then send one short chat
+as a smoke test. A model whose blob, parameters and template already match is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import ollama
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from posttrain.errors import PosttrainError, TransientError
+from posttrain.serve._chat_templates import ChatFamily, chat_template_from_checkpoint, detect_family
+from posttrain.serve._modelfile import (
+    blob_digest_of,
+    from_line_path,
+    merge_parameters,
+    modelfile_path,
+    parse_show_parameters,
+    render_modelfile,
+    same_parameters,
+    write_atomically,
+)
+from posttrain.serve._names import DEFAULT_TAG, variant_name
+from posttrain.serve._variants import Variant, discover_variants, gguf_metadata
+from posttrain.store import Store, dumps, utcnow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_URL = "http://127.0.0.1:11434"
+SMOKE_PROMPT = "Reply with one short sentence: what are you?"
+# Messages Ollama sends when a model cannot be loaded or a Modelfile is refused: retrying won't help.
+_PERMANENT_MARKERS = ("requires more system memory", "too large", "out of memory", "invalid", "unsupported",
+                      "unknown", "not found", "template:", "parse")
+# Waits between attempts; tests shorten it.
+RETRY_WAIT = wait_exponential(multiplier=0.5, min=0.5, max=8)
+
+
+@dataclass
+class Registration:
+    """What happened to one variant. `status` is created, replaced, unchanged, or "skipped: …"."""
+
+    name: str
+    variant: Path
+    quant: str
+    digest: str
+    status: str
+    modelfile: Path
+    parameters: dict[str, object]
+    template_family: str | None = None
+    uploaded: bool = False
+    smoke_text: str | None = None
+    smoke_latency_s: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def template_set(self) -> bool:
+        return self.template_family is not None
+
+    @property
+    def skipped(self) -> bool:
+        return self.status.startswith("skipped")
+
+
+def normalize_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = f"http://{url}"
+    scheme, _, rest = url.partition("://")
+    if ":" not in rest.split("/")[0]:
+        host, slash, path = rest.partition("/")
+        rest = f"{host}:11434{slash}{path}"
+    return f"{scheme}://{rest}"
+
+
+def _classify(e: Exception, what: str) -> Exception:
+    """Turn a client error into TransientError (retry) or PosttrainError naming the variant."""
+    if isinstance(e, ollama.ResponseError):
+        status, message = e.status_code, str(e.error)
+        lowered = message.lower()
+        if any(m in lowered for m in _PERMANENT_MARKERS) or 400 <= status < 500 and status != 429:
+            return PosttrainError(f"Ollama refused {what}: {message}",
+                                  remedy="check the Modelfile written beside the GGUF; a smaller quant if memory ran out")
+        if status == 429 or status >= 500 or status == -1:
+            return TransientError(f"Ollama failed {what} ({status}): {message}")
+        return PosttrainError(f"Ollama refused {what} ({status}): {message}")
+    return TransientError(f"connection to Ollama lost during {what}: {e}")
+
+
+def _retrying(attempts: int, what: str, fn: Callable[[], T]) -> T:
+    for attempt in Retrying(stop=stop_after_attempt(attempts), wait=RETRY_WAIT,
+                            retry=retry_if_exception_type(TransientError), reraise=True):
+        with attempt:
+            try:
+                return fn()
+            except (ollama.ResponseError, httpx.TransportError, ConnectionError) as e:
+                raise _classify(e, what) from e
+    raise AssertionError("unreachable")  # Retrying re-raises the last error
+
+
+class _Ollama:
+    """The official client plus the one documented endpoint it has no method for (HEAD blob)."""
+
+    def __init__(self, url: str, timeout: float, attempts: int):
+        self.url = url
+        self.attempts = attempts
+        self.client = ollama.Client(host=url, timeout=timeout)
+        self.http = httpx.Client(base_url=url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+        self.client._client.close()  # the client exposes no close() of its own in 0.6
+
+    def reachable(self) -> bool:
+        def probe() -> bool:
+            try:
+                r = self.http.get("/api/version")
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                return False  # nothing listening: not a fault that passes by retrying
+
+            if r.status_code >= 500:
+                raise ollama.ResponseError(r.text, r.status_code)
+            return r.is_success
+
+        return _retrying(self.attempts, "GET /api/version", probe)
+
+    def show(self, name: str) -> ollama.ShowResponse | None:
+        def call() -> ollama.ShowResponse | None:
+            try:
+                return self.client.show(name)
+            except ollama.ResponseError as e:
+                if e.status_code == 404:
+                    return None
+                raise
+
+        return _retrying(self.attempts, f"show {name}", call)
+
+    def has_blob(self, digest: str) -> bool:
+        def call() -> bool:
+            r = self.http.head(f"/api/blobs/{digest}")
+            if r.status_code == 404:
+                return False
+            if not r.is_success:
+                raise ollama.ResponseError(r.text or r.reason_phrase, r.status_code)
+            return True
+
+        return _retrying(self.attempts, f"HEAD blob {digest}", call)
+
+
+def _chat_template_for(variant: Variant, chat_template: str | None, checkpoint: Path | None) -> str | None:
+    if chat_template:
+        return chat_template
+    for ckpt in (checkpoint, variant.checkpoint):
+        if ckpt is not None and (found := chat_template_from_checkpoint(Path(ckpt))):
+            return found
+    return gguf_metadata(variant.path).get("tokenizer.chat_template")
+
+
+def _model_and_tag(name: str | None, variant: Variant) -> tuple[str, str]:
+    if not name:
+        return variant.model_name, DEFAULT_TAG
+    base, sep, tag = name.rpartition(":")
+    return (base, tag) if sep and "/" not in tag else (name, DEFAULT_TAG)
+
+
+def _created_by_posttrain(store: Store | None, url: str, name: str) -> bool:
+    if store is None:
+        return True  # without a store there is no record to check; the caller chose to trust the name
+    return bool(store.query("SELECT 1 FROM registrations WHERE ollama_url=? AND name=?", (url, name)))
+
+
+def _record(store: Store, url: str, reg: Registration, variant: Variant) -> None:
+    with store.connect() as db:
+        db.execute(
+            """INSERT INTO registrations (variant_sha256, ollama_url, name, blob_digest, params_json, template_set,
+                                          smoke_text, smoke_latency_s, created_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (ollama_url, name) DO UPDATE SET
+                 variant_sha256=excluded.variant_sha256, blob_digest=excluded.blob_digest,
+                 params_json=excluded.params_json, template_set=excluded.template_set,
+                 smoke_text=excluded.smoke_text, smoke_latency_s=excluded.smoke_latency_s""",
+            (variant.sha256, url, reg.name, reg.digest, dumps(reg.parameters), int(reg.template_set),
+             reg.smoke_text, reg.smoke_latency_s, utcnow()),
+        )
+
+
+def register_variants(
+    target: Path | list[Path],
+    *,
+    url: str = DEFAULT_URL,
+    name: str | None = None,
+    params: Mapping[str, object] | None = None,
+    store: Store | None = None,
+    system: str | None = None,
+    chat_template: str | None = None,
+    checkpoint: Path | None = None,
+    smoke: bool = True,
+    replace_foreign: bool = False,
+    attempts: int = 3,
+    timeout: float = 600.0,
+) -> list[Registration]:
+    """Import every GGUF variant in `target` (a directory, a file or a list of files) into Ollama.
+
+    `name` overrides the model part of `{model}_{quant}:latest` (`name:tag` sets the tag). `params`
+    override the default PARAMETERs. The chat template comes from `chat_template`, else the
+    checkpoint's tokenizer files, else the GGUF's `tokenizer.chat_template`. With a `store`, a model
+    that exists in Ollama but that posttrain did not create is never replaced unless
+    `replace_foreign` is set. An unreachable server gives registrations whose status says so.
+    """
+    url = normalize_url(url)
+    plans: list[tuple[Variant, Registration, ChatFamily | None]] = []
+    for variant in discover_variants(target):
+        family = detect_family(_chat_template_for(variant, chat_template, checkpoint))
+        model, tag = _model_and_tag(name, variant)
+        reg = Registration(
+            name=variant_name(model, variant.quant, tag), variant=variant.path, quant=variant.quant,
+            digest=f"sha256:{variant.sha256}", status="pending", modelfile=modelfile_path(variant.path),
+            parameters=merge_parameters(params, family.stop if family else ()),
+            template_family=family.name if family else None,
+        )
+        if family is None:
+            reg.warnings.append("template not set: chat template unknown or absent, Ollama will guess from the GGUF")
+        # The Modelfile is written whether or not Ollama is reachable: it is how a user imports by hand.
+        write_atomically(reg.modelfile, render_modelfile(variant.path, reg.parameters,
+                                                         family.template if family else None, system))
+        plans.append((variant, reg, family))
+
+    api = _Ollama(url, timeout, attempts)
+    try:
+        if not api.reachable():
+            for _, reg, _ in plans:
+                reg.status = f"skipped: Ollama not reachable at {url}"
+            return [reg for _, reg, _ in plans]
+        for variant, reg, family in plans:
+            _register_one(api, variant, reg, family, system, store, replace_foreign, smoke)
+            if store is not None:
+                _record(store, url, reg, variant)
+    finally:
+        api.close()
+    return [reg for _, reg, _ in plans]
+
+
+def _register_one(api: _Ollama, variant: Variant, reg: Registration, family: ChatFamily | None,
+                  system: str | None, store: Store | None, replace_foreign: bool, smoke: bool) -> None:
+    template = family.template if family else None
+    existing = api.show(reg.name)
+    if existing is not None:
+        same = (blob_digest_of(existing.modelfile) == reg.digest
+                and same_parameters(parse_show_parameters(existing.parameters), reg.parameters)
+                and (template is None or (existing.template or "") == template)
+                and (not system or system in (existing.modelfile or "")))
+        if same:
+            reg.status = "unchanged"
+        elif not replace_foreign and not _created_by_posttrain(store, api.url, reg.name):
+            raise PosttrainError(f"{reg.name} already exists in Ollama and was not created by posttrain "
+                                 f"(variant {variant.path.name}); not replacing it",
+                                 remedy="choose another --name, or remove it yourself with `ollama rm`")
+    if reg.status != "unchanged":
+        if not api.has_blob(reg.digest):
+            uploaded = _retrying(api.attempts, f"upload of {variant.path.name}",
+                                 lambda: api.client.create_blob(variant.path))
+            if uploaded != reg.digest:
+                raise PosttrainError(f"{variant.path.name} changed on disk: sha256 is {uploaded}, manifest says {reg.digest}",
+                                     remedy="re-run `posttrain convert`")
+            reg.uploaded = True
+
+        def create() -> list[str]:
+            statuses = []
+            for progress in api.client.create(model=reg.name, files={variant.path.name: reg.digest},
+                                              parameters=reg.parameters, template=template, system=system,
+                                              stream=True):
+                statuses.append(progress.status or "")
+            return statuses
+
+        statuses = _retrying(api.attempts, f"create of {reg.name} from {variant.path.name}", create)
+        if not statuses or statuses[-1] != "success":
+            raise PosttrainError(f"Ollama did not finish creating {reg.name} from {variant.path.name}: "
+                                 f"last status {statuses[-1] if statuses else 'none'!r}")
+        reg.status = "replaced" if existing is not None else "created"
+    if smoke:
+        _smoke(api, reg, variant)
+
+
+def _smoke(api: _Ollama, reg: Registration, variant: Variant) -> None:
+    def chat() -> str:
+        response = api.client.chat(model=reg.name, messages=[{"role": "user", "content": SMOKE_PROMPT}],
+                                   options={"num_predict": 32}, stream=False)
+        return response.message.content or ""
+
+    start = time.perf_counter()
+    reg.smoke_text = _retrying(api.attempts, f"smoke chat with {reg.name} ({variant.path.name})", chat)
+    reg.smoke_latency_s = round(time.perf_counter() - start, 3)
+
+
+def resolve_ollama_gguf(name: str, url: str = DEFAULT_URL, *, timeout: float = 30.0) -> Path | None:
+    """The GGUF blob behind an Ollama model, when this machine can read it (Ollama on localhost).
+
+    Ollama's /api/show returns a Modelfile whose FROM line is the blob path. None when the server is
+    unreachable, the model unknown, or the path is not readable here.
+    """
+    api = _Ollama(normalize_url(url), timeout, attempts=1)
+    try:
+        shown = api.show(name if ":" in name else f"{name}:{DEFAULT_TAG}")
+    except (TransientError, PosttrainError):
+        return None
+    finally:
+        api.close()
+    target = from_line_path(shown.modelfile if shown else None)
+    if not target:
+        return None
+    path = Path(target)
+    return path if path.is_file() and os.access(path, os.R_OK) else None
+
+
+def unregister(url: str, store: Store, names: list[str] | None = None, *, attempts: int = 3) -> list[str]:
+    """Delete models from Ollama that posttrain registered there (all of them, or `names`).
+
+    A name posttrain has no record of creating is refused, never deleted.
+    """
+    url = normalize_url(url)
+    recorded = [r["name"] for r in store.query("SELECT name FROM registrations WHERE ollama_url=? ORDER BY name", (url,))]
+    wanted = recorded if names is None else names
+    foreign = [n for n in wanted if n not in recorded]
+    if foreign:
+        raise PosttrainError(f"not deleting {', '.join(foreign)}: posttrain did not create it at {url}")
+    api = _Ollama(url, 60.0, attempts)
+    deleted = []
+    try:
+        for n in wanted:
+            def call(n: str = n) -> None:
+                try:
+                    api.client.delete(n)
+                except ollama.ResponseError as e:
+                    if e.status_code != 404:  # already gone is what we wanted
+                        raise
+            _retrying(attempts, f"delete of {n}", call)
+            with store.connect() as db:
+                db.execute("DELETE FROM registrations WHERE ollama_url=? AND name=?", (url, n))
+            deleted.append(n)
+    finally:
+        api.close()
+    return deleted
