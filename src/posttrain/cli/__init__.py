@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "convert",
     "doctor",
     "serve",
+    "report",
 ]
 
 

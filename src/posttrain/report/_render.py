@@ -117,6 +117,7 @@ def build_view(data: ReportInput) -> dict[str, Any]:
             "test": (c.get("test") or {}).get("name"), "mde_80": finite(c.get("mde_80")),
         })
 
+    multi_new = len({v["new_label"] for v in verdicts}) > 1
     counts = defaultdict(int)
     for v in verdicts:
         counts[v["verdict"]] += 1
@@ -174,7 +175,8 @@ def build_view(data: ReportInput) -> dict[str, Any]:
 
     forest_rows = [
         _plots.ForestRow(
-            label=f"{v['task']} · {v['metric']}" + ("" if v["filter"] == "none" else f" ({v['filter']})"),
+            label=(f"{v['new_label']}: " if multi_new else "") + f"{v['task']} · {v['metric']}"
+            + ("" if v["filter"] == "none" else f" ({v['filter']})"),
             mean=v["diff"], lo=finite((v["diff_ci"] or [None, None])[0]), hi=finite((v["diff_ci"] or [None, None])[1]),
             verdict=v["verdict"])
         for v in verdicts if v["diff"] is not None
@@ -191,6 +193,7 @@ def build_view(data: ReportInput) -> dict[str, Any]:
             "question": strip_thinking(d.get("question"))[0], "target": d.get("target"),
             "new_response": new_resp, "baseline_response": base_resp,
             "new_value": finite(d.get("new_value")), "baseline_value": finite(d.get("baseline_value")),
+            "new_label": d.get("new_label") or new_label, "baseline_label": d.get("baseline_label") or base_label,
             "new_think_sha256": d.get("new_think_sha256") or new_think,
             "baseline_think_sha256": d.get("baseline_think_sha256") or base_think,
         })
@@ -205,7 +208,7 @@ def build_view(data: ReportInput) -> dict[str, Any]:
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "posttrain_version": __version__,
         "headline": headline, "status": status, "counts": dict(counts),
-        "new_label": new_label, "baseline_label": base_label,
+        "new_label": new_label, "baseline_label": base_label, "multi_new": multi_new,
         "alpha": compare.get("alpha"), "correction": compare.get("correction"),
         "verdicts": verdicts, "task_tables": task_tables,
         "variants": [v.model_dump() for v in variants], "quant_tasks": score_tasks, "quant_bars": quant_bars,

@@ -54,21 +54,20 @@ def load_compare(path: Path) -> dict[str, Any]:
 
 
 def _quality(manifest: Any, sha256: str) -> dict[str, Any]:
-    """KL divergence / top-1 agreement vs F16 from a convert manifest: either the variant's own entry
-    or the whole manifest with a `variants` list."""
+    """KL divergence / top-1 agreement vs F16 from a convert manifest (`posttrain.convert/1`): either
+    the variant's own entry or the whole manifest, whose `variants` maps quant -> entry."""
     if not isinstance(manifest, dict):
         return {}
     entry = manifest
-    for v in manifest.get("variants") or []:
+    listed = manifest.get("variants") or {}
+    for v in (listed.values() if isinstance(listed, dict) else listed):
         if isinstance(v, dict) and v.get("sha256") == sha256:
             entry = v
             break
+    vs_f16 = ((entry.get("verification") or {}).get("vs_f16") or {}) if isinstance(entry, dict) else {}
     found: dict[str, Any] = {}
-    for src in (entry, entry.get("quality") or {}, entry.get("metrics") or {}):
-        if not isinstance(src, dict):
-            continue
-        for key, names in (("kld_vs_f16", ("kld_vs_f16", "kld", "kl_divergence", "mean_kld")),
-                           ("top1_vs_f16", ("top1_vs_f16", "top1", "top1_agreement", "same_top_p"))):
+    for key, names in (("kld_vs_f16", ("kld_vs_f16", "mean_kld")), ("top1_vs_f16", ("top1_vs_f16", "top1_agreement"))):
+        for src in (vs_f16, entry):
             for name in names:
                 if key not in found and isinstance(src.get(name), (int, float)):
                     found[key] = float(src[name])
@@ -142,7 +141,7 @@ def load_evals(store: Store, run_id: str, variants: list[dict[str, Any]]) -> lis
 
 
 def load_steps(store: Store, run_id: str) -> list[dict[str, Any]]:
-    rows = store.query("SELECT * FROM steps WHERE run_id = ? ORDER BY COALESCE(started_at, '~'), rowid", (run_id,))
+    rows = store.query("SELECT * FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,))
     return [{"name": r["name"], "status": r["status"], "wall_s": r["wall_s"], "peak_rss_bytes": r["peak_rss_bytes"],
              "error": r["error"], "attempts": r["attempts"]} for r in rows]
 

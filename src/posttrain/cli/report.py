@@ -1,0 +1,67 @@
+"""`posttrain report RUN` and `posttrain runs [--html]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from posttrain.cli._app import app, console
+from posttrain.errors import PosttrainError
+
+_HOME_HELP = "posttrain home holding posttrain.db (default: $POSTTRAIN_HOME)."
+
+
+def _open_store(home: Path | None):
+    from posttrain.paths import store_path
+    from posttrain.store import Store
+
+    db = store_path(home)
+    if not db.exists():
+        raise PosttrainError(f"no posttrain store at {db}", remedy="pass --home DIR or set POSTTRAIN_HOME")
+    return Store(db)
+
+
+@app.command("report")
+def report_cmd(
+    run_id: str = typer.Argument(..., help="Run id (see `posttrain runs`)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the report files (default: the run's folder)."),
+    home: Path | None = typer.Option(None, "--home", help=_HOME_HELP),
+) -> None:
+    """Write report.html (self-contained, with plots), report.md and report.json for RUN."""
+    from posttrain.report import report_from_store
+
+    paths = report_from_store(_open_store(home), run_id, out)
+    for kind in ("html", "md", "json"):
+        console.print(f"wrote {paths[kind]}", highlight=False, soft_wrap=True)
+
+
+@app.command("runs")
+def runs_cmd(
+    html: bool = typer.Option(False, "--html", help="Also write the index page (leaderboard linking each report)."),
+    out: Path | None = typer.Option(None, "--out", help="Index page path (default: HOME/runs/index.html)."),
+    home: Path | None = typer.Option(None, "--home", help=_HOME_HELP),
+) -> None:
+    """List the runs in the store, newest first, with their variants and verdicts."""
+    from posttrain.report import index_rows, write_index
+    from posttrain.report._render import fmt_bytes, fmt_num
+
+    store = _open_store(home)
+    rows = index_rows(store)
+    table = Table(title=f"runs in {store.path}", title_justify="left")
+    for col in ("run", "created", "model", "status", "quant", "size", "KLD vs F16", "scores", "verdict"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        scores = ", ".join(f"{k} {fmt_num(v)}" for k, v in r["scores"].items())
+        cells = (r["run_id"], (r["created_at"] or "")[:19], r["model_name"] or "", r["status"] or "",
+                 r["quant"] or "—", fmt_bytes(r["size_bytes"]), fmt_num(r["kld_vs_f16"], 5), scores, r["verdict"])
+        table.add_row(*(Text(c) for c in cells))  # Text: names like "[red]x" are shown, not parsed as markup
+    if rows:
+        console.print(table)
+    else:
+        console.print(f"no runs in {store.path}")
+    if html:
+        path = write_index(store, out or store.path.parent / "runs" / "index.html")
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)

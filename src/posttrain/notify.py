@@ -1,0 +1,198 @@
+"""Tell the user a run finished: apprise URLs, a desktop notification, and an optional spoken summary.
+
+A notifier is a courtesy, never a reason for a run to fail: every channel's outcome is returned as a
+dict (`{"channel", "target", "ok", "skipped", "detail"}`), failures are logged, and nothing raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+
+SUBPROCESS_TIMEOUT_S = 60
+
+
+class NotifySummary(BaseModel):
+    """What the notification says. `verdicts` are the compare sentences (one per comparison)."""
+
+    run_id: str
+    status: str  # succeeded | failed | interrupted
+    model_name: str | None = None
+    headline: str | None = None  # e.g. the report's verdict line
+    verdicts: list[str] = Field(default_factory=list)
+    failed_step: str | None = None
+    error: str | None = None
+    report: str | None = None  # path or URL of report.html
+
+    @classmethod
+    def from_run(cls, run: dict[str, Any], compare: dict[str, Any] | None = None,
+                 failures: list[dict[str, Any]] | None = None, report: str | Path | None = None) -> NotifySummary:
+        """Build the summary from the same inputs a report is made of."""
+        failures = failures or []
+        comps = (compare or {}).get("comparisons") or []
+        status = "failed" if failures else (run.get("status") or "succeeded")
+        return cls(run_id=run["id"], status=status, model_name=run.get("model_name"),
+                   verdicts=[c["sentence"] for c in comps if c.get("sentence")],
+                   failed_step=failures[0]["step"] if failures else None,
+                   error=failures[0].get("error") if failures else None,
+                   report=str(report) if report else None)
+
+    def title(self) -> str:
+        name = self.model_name or self.run_id
+        if self.status == "failed":
+            return f"posttrain: {name} failed" + (f" at {self.failed_step}" if self.failed_step else "")
+        return f"posttrain: {name} {self.status}"
+
+    def body(self) -> str:
+        lines: list[str] = []
+        if self.status == "failed":
+            stage = self.failed_step or "an unknown stage"
+            lines.append(f"Run {self.run_id} failed at stage {stage}.")
+            if self.error:
+                lines.append(_one_line(self.error, 300))
+        else:
+            lines.append(f"Run {self.run_id} {self.status}.")
+            if self.headline:
+                lines.append(self.headline)
+            lines.extend(self.verdicts)
+        if self.report:
+            lines.append(f"Report: {self.report}")
+        return "\n".join(lines)
+
+    def spoken(self) -> str:
+        """Short enough to listen to: the outcome and the first verdict or the failed stage."""
+        name = self.model_name or "the model"
+        if self.status == "failed":
+            return f"posttrain run for {name} failed at {self.failed_step or 'an unknown stage'}."
+        first = self.headline or (self.verdicts[0] if self.verdicts else "")
+        return f"posttrain run for {name} {self.status}. {first}".strip()
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _outcome(channel: str, target: str, ok: bool, detail: str = "", skipped: bool = False) -> dict[str, Any]:
+    return {"channel": channel, "target": target, "ok": ok, "skipped": skipped, "detail": detail}
+
+
+# --- apprise ----------------------------------------------------------------------------------------
+
+
+def _apprise(url: str, title: str, body: str) -> dict[str, Any]:
+    import apprise
+
+    shown = url.split("://", 1)[0] + "://…"  # never log a URL's credentials or tokens
+    try:
+        ap = apprise.Apprise()
+        if not ap.add(url):
+            return _outcome("apprise", shown, False, "not a URL apprise understands")
+        shown = ap[0].url(privacy=True)
+        ok = bool(ap.notify(body=body, title=title))
+        return _outcome("apprise", shown, ok, "" if ok else "delivery failed (see log)")
+    except Exception as e:  # a notifier must never end a run
+        return _outcome("apprise", shown, False, f"{type(e).__name__}: {e}")
+
+
+# --- desktop ----------------------------------------------------------------------------------------
+
+
+def _session_bus() -> bool:
+    if os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+        return True
+    return Path(f"/run/user/{os.getuid()}/bus").exists() if hasattr(os, "getuid") else False
+
+
+def _run(args: list[str], **kw: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, check=False, **kw)
+
+
+def _desktop(title: str, body: str) -> dict[str, Any]:
+    system = platform.system()
+    if system == "Darwin" and (osa := shutil.which("osascript")):
+        # The text travels as argv, never spliced into the AppleScript source.
+        args = [osa, "-e", "on run argv", "-e", "display notification (item 2 of argv) with title (item 1 of argv)",
+                "-e", "end run", title, body]
+        target = "osascript"
+    elif system == "Linux" or system.endswith("BSD"):
+        exe = shutil.which("notify-send")
+        if not exe:
+            return _outcome("desktop", "notify-send", False, "notify-send not installed", skipped=True)
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or not _session_bus():
+            return _outcome("desktop", "notify-send", False, "no desktop session (DISPLAY/WAYLAND_DISPLAY and "
+                            "a D-Bus session bus are needed)", skipped=True)
+        args = [exe, "--app-name=posttrain", "--", title, body]
+        target = "notify-send"
+    else:
+        return _outcome("desktop", system or "unknown", False, f"no desktop notifier for {system}", skipped=True)
+    try:
+        proc = _run(args)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return _outcome("desktop", target, False, f"{type(e).__name__}: {e}")
+    if proc.returncode != 0:
+        return _outcome("desktop", target, False, _one_line(proc.stderr or f"exit {proc.returncode}", 200))
+    return _outcome("desktop", target, True)
+
+
+# --- voice ------------------------------------------------------------------------------------------
+
+_SAPI = ("Add-Type -AssemblyName System.Speech; "
+         "(New-Object System.Speech.Synthesis.SpeechSynthesizer).Speak($env:POSTTRAIN_SAY)")
+
+
+def _voice(text: str) -> dict[str, Any]:
+    env = None
+    if exe := shutil.which("espeak-ng") or shutil.which("espeak"):
+        args = [exe, "--", text]
+    elif exe := shutil.which("say"):
+        args = [exe, "--", text]
+    elif exe := shutil.which("powershell") or shutil.which("pwsh"):
+        # The text goes through the environment, so nothing the model wrote is parsed as PowerShell.
+        args = [exe, "-NoProfile", "-NonInteractive", "-Command", _SAPI]
+        env = {**os.environ, "POSTTRAIN_SAY": text}
+    else:
+        return _outcome("voice", "tts", False, "no speech program (espeak-ng, say, PowerShell)", skipped=True)
+    target = Path(exe).name
+    try:
+        proc = _run(args, env=env)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return _outcome("voice", target, False, f"{type(e).__name__}: {e}")
+    if proc.returncode != 0:
+        return _outcome("voice", target, False, _one_line(proc.stderr or f"exit {proc.returncode}", 200))
+    return _outcome("voice", target, True)
+
+
+def notify(summary: NotifySummary | dict[str, Any], *, urls: list[str] | tuple[str, ...] = (),
+           desktop: bool = True, voice: bool = False) -> list[dict[str, Any]]:
+    """Send the summary to every apprise URL, the desktop and (if asked) the speakers.
+
+    Returns one outcome per channel; never raises (a broken notifier is logged as a warning)."""
+    outcomes: list[dict[str, Any]] = []
+    try:
+        s = summary if isinstance(summary, NotifySummary) else NotifySummary.model_validate(summary)
+        title, body = s.title(), s.body()
+    except Exception as e:  # even a malformed summary must not fail the run
+        log.warning("notification not sent: bad summary: %s", e)
+        return [_outcome("summary", "", False, f"{type(e).__name__}: {e}")]
+    for url in urls:
+        outcomes.append(_apprise(url, title, body))
+    if desktop:
+        outcomes.append(_desktop(title, body))
+    if voice:
+        outcomes.append(_voice(s.spoken()))
+    for o in outcomes:
+        if not o["ok"] and not o["skipped"]:
+            log.warning("notification via %s (%s) failed: %s", o["channel"], o["target"], o["detail"])
+        elif o["skipped"]:
+            log.info("notification via %s skipped: %s", o["channel"], o["detail"])
+    return outcomes
