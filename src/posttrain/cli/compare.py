@@ -1,0 +1,95 @@
+"""`posttrain compare NEW [NEW…] BASELINE`: paired statistics between evaluation results."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import typer
+
+from posttrain.cli._app import app, console
+from posttrain.errors import PosttrainError
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@app.command("compare")
+def compare_cmd(
+    sources: list[str] = typer.Argument(..., metavar="NEW [NEW…] BASELINE",
+                                        help="lm-eval --output_path folders (with --log_samples) or store "
+                                             "references eval:ID[,ID…] / run:RUN_ID:LABEL; the last one is the baseline."),
+    alpha: float = typer.Option(0.05, help="Family-wise error rate (Holm across every comparison)."),
+    cluster: str = typer.Option("", help="Cluster field per task for lm-eval folders, e.g. mmlu=subject,hellaswag=source_id "
+                                         "(TASK=none turns clustering off)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the posttrain.compare/1 JSON document instead of the table."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the JSON document to this file."),
+    mde: float | None = typer.Option(None, "--mde", help="Print how many items each task needs to detect this "
+                                                         "difference (metric units, 0.02 = 2 points) at 80% power."),
+    seed: int = typer.Option(0, help="Seed of the paired bootstrap."),
+    n_boot: int = typer.Option(10000, "--n-boot", help="Bootstrap resamples (continuous metrics)."),
+    home: Path | None = typer.Option(None, "--home", help="posttrain home holding posttrain.db (default: $POSTTRAIN_HOME)."),
+) -> None:
+    """Compare NEW with BASELINE item by item: CIs, paired difference, McNemar / paired t, clustered SE,
+    Holm-adjusted verdicts, minimum detectable effect."""
+    from posttrain.compare import compare_family, items_needed, load_items, parse_clusters, render_table
+
+    if len(sources) < 2:
+        raise PosttrainError("compare needs at least two sources: NEW BASELINE",
+                             remedy="posttrain compare NEW_DIR BASELINE_DIR")
+    clusters = parse_clusters(cluster)
+    store = None
+    if any(s.startswith(("eval:", "run:")) for s in sources):
+        from posttrain.paths import store_path
+        from posttrain.store import Store
+
+        db = store_path(home)
+        if not db.exists():
+            raise PosttrainError(f"no posttrain store at {db}", remedy="pass --home DIR or set POSTTRAIN_HOME")
+        store = Store(db)
+    loaded = [load_items(s, store=store, clusters=clusters) for s in sources]
+    labels = _distinct_labels([label for label, _ in loaded], sources)
+    base_label, base_items = labels[-1], loaded[-1][1]
+    pairs = [(labels[i], loaded[i][1], base_label, base_items) for i in range(len(loaded) - 1)]
+    doc = compare_family(pairs, alpha=alpha, clusters=clusters, seed=seed, n_boot=n_boot,
+                         sources=dict(zip(labels, sources, strict=True)))
+    text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
+    if out is not None:
+        _write_atomic(out, text + "\n")
+    if as_json:
+        typer.echo(text)
+    else:
+        console.print(render_table(doc))
+    if mde is not None:
+        for c in doc["comparisons"]:
+            sd = c["diff"]["se"] * (c["diff"]["n_clusters"] or c["n"]) ** 0.5 if c["diff"]["se"] else None
+            unit = "clusters" if c["diff"]["n_clusters"] else "items"
+            try:
+                need = f"{items_needed(mde, sd, alpha=alpha):,} {unit}"
+            except PosttrainError as e:
+                need = e.message
+            line = f"{c['new_label']} vs {c['baseline_label']} {c['task']} {c['metric']} ({c['filter']}): " \
+                   f"detecting {mde:g} at 80% power needs {need} (have {c['diff']['n_clusters'] or c['n']})"
+            # With --json, stdout stays one parseable document; the sample sizes go to stderr.
+            if as_json:
+                typer.echo(line, err=True)
+            else:
+                console.print(line, highlight=False)
+
+
+def _distinct_labels(labels: list[str], sources: list[str]) -> list[str]:
+    """Two folders of the same model get the same label from lm-eval; fall back to the source text."""
+    if len(set(labels)) == len(labels):
+        return labels
+    return [f"{label} ({src})" if labels.count(label) > 1 else label for label, src in zip(labels, sources, strict=True)]

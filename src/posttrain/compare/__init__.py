@@ -1,0 +1,26 @@
+"""Compare two models' per-item evaluation results with paired statistics.
+
+Pairs items on (task, doc_hash, filter, metric); reports per model means with CIs, the paired
+difference with naive and clustered SEs, McNemar / paired t / paired bootstrap, Holm-adjusted
+p-values across the whole family, the minimum detectable effect, and one sentence per comparison.
+"""
+
+from posttrain.compare._compare import SCHEMA, compare_family, compare_items, pair_items
+from posttrain.compare._items import ItemResult
+from posttrain.compare._power import items_needed, min_detectable_effect
+from posttrain.compare._render import render_table
+from posttrain.compare._sources import load_items, load_lm_eval_folder, parse_clusters
+
+__all__ = [
+    "SCHEMA",
+    "ItemResult",
+    "compare_family",
+    "compare_items",
+    "items_needed",
+    "load_items",
+    "load_lm_eval_folder",
+    "min_detectable_effect",
+    "pair_items",
+    "parse_clusters",
+    "render_table",
+]

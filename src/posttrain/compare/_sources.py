@@ -1,0 +1,272 @@
+"""Where per-item results come from: an lm-eval `--output_path` folder written with `--log_samples`,
+or the posttrain store (`eval:ID[,ID…]`, `run:RUN_ID:LABEL`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from posttrain.compare._items import ItemResult
+from posttrain.errors import PosttrainError
+from posttrain.store import Store
+
+# Doc fields that name a natural cluster when the user names none: MMLU's subject, HellaSwag's
+# activity label (items written from the same activity share vocabulary and difficulty).
+DEFAULT_CLUSTER_FIELDS = ("subject", "activity_label")
+# Keys of a lm-eval sample line that are never metrics.
+_SAMPLE_KEYS = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "filter", "metrics",
+                "doc_hash", "prompt_hash", "target_hash"}
+_QUESTION_CHARS = 600
+_SAMPLES_RE = re.compile(r"^samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[\d\-.]+)\.jsonl$")
+_RESULTS_RE = re.compile(r"^results_(?P<date>\d{4}-\d{2}-\d{2}T[\d\-.]+)\.json$")
+
+
+def parse_clusters(spec: str | None) -> dict[str, str]:
+    """`mmlu=subject,hellaswag=source_id` → {"mmlu": "subject", "hellaswag": "source_id"}."""
+    out: dict[str, str] = {}
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        task, sep, fld = part.partition("=")
+        if not sep or not task.strip() or not fld.strip():
+            raise PosttrainError(f"bad --cluster entry {part!r}", remedy="write TASK=FIELD[,TASK=FIELD…], e.g. mmlu=subject")
+        out[task.strip()] = fld.strip()
+    return out
+
+
+# ---------------------------------------------------------------- lm-eval folder
+
+
+def _pick_run_folder(root: Path) -> tuple[Path, str | None]:
+    """The folder holding samples_*.jsonl, and the date id of its newest lm-eval run."""
+    candidates = sorted({p.parent for p in root.rglob("samples_*.jsonl")})
+    if not candidates:
+        raise PosttrainError(f"{root} holds no lm-eval samples_*.jsonl files",
+                             remedy="run lm-eval with --log_samples --output_path DIR, then pass DIR")
+    if len(candidates) > 1:
+        names = ", ".join(str(c.relative_to(root)) or "." for c in candidates)
+        raise PosttrainError(f"{root} holds results of several models ({names})",
+                             remedy="pass the folder of the one model to compare")
+    folder = candidates[0]
+    dates = sorted(m["date"] for p in folder.glob("results_*.json") if (m := _RESULTS_RE.match(p.name)))
+    return folder, (dates[-1] if dates else None)
+
+
+def _latest_samples(folder: Path, date: str | None) -> dict[str, Path]:
+    """Task → samples file: those of the newest results file's run, else the newest per task."""
+    by_task: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for p in folder.glob("samples_*.jsonl"):
+        if m := _SAMPLES_RE.match(p.name):
+            by_task[m["task"]].append((m["date"], p))
+    if date is not None:
+        same_run = {t: p for t, files in by_task.items() for d, p in files if d == date}
+        if same_run:
+            return same_run
+    return {t: max(files)[1] for t, files in by_task.items()}
+
+
+def _group_of(results: dict) -> dict[str, str]:
+    """Leaf task → top-level group, from lm-eval's `group_subtasks` (groups may nest)."""
+    subtasks: dict[str, list[str]] = results.get("group_subtasks") or {}
+    parent = {child: g for g, children in subtasks.items() for child in children}
+    out = {}
+    for leaf in {c for cs in subtasks.values() for c in cs} - subtasks.keys():
+        top = leaf
+        while top in parent:
+            top = parent[top]
+        out[leaf] = top
+    return out
+
+
+def _loglikelihoods(sample: dict) -> list[float] | None:
+    try:
+        return [float(r[0]) for r in sample["filtered_resps"]]
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
+
+
+def _choices(sample: dict) -> list[str] | None:
+    args = sample.get("arguments")
+    if not isinstance(args, dict):
+        return None
+    try:
+        return [str(args[f"gen_args_{i}"]["arg_1"]) for i in range(len(args))]
+    except (KeyError, TypeError):
+        return None
+
+
+def _question(sample: dict) -> str | None:
+    args = sample.get("arguments")
+    if isinstance(args, dict) and "gen_args_0" in args:
+        prompt = str(args["gen_args_0"].get("arg_0", ""))
+        # The prompt ends with this item's own question; few-shot examples come before it.
+        text = prompt.rsplit("\n\n", 1)[-1].strip()
+        return text[-_QUESTION_CHARS:] if text else None
+    return None
+
+
+def _render_answers(sample: dict, metric: str) -> tuple[str | None, str | None]:
+    """(target, response) as a person reads them: the chosen/gold option's text for multiple choice,
+    the filtered generation for generative tasks."""
+    target = sample.get("target")
+    resps = sample.get("filtered_resps")
+    lls, choices = _loglikelihoods(sample), _choices(sample)
+    if lls and choices and len(lls) == len(choices) and len(lls) > 1:
+        scores = lls
+        if metric == "acc_norm":  # lm-eval normalises by the continuation's length in characters
+            scores = [ll / max(1, len(c)) for ll, c in zip(lls, choices, strict=True)]
+        pick = max(range(len(scores)), key=scores.__getitem__)
+        gold = None
+        try:
+            gold = choices[int(str(target))].strip()
+        except (ValueError, IndexError):
+            gold = str(target) if target is not None else None
+        return gold, choices[pick].strip()
+    response = resps[0] if isinstance(resps, list) and resps else resps
+    if isinstance(response, list):
+        response = response[0] if response else None
+    return (None if target is None else str(target)), (None if response is None else str(response))
+
+
+def _cluster(doc: Any, task: str, group: str | None, clusters: dict[str, str]) -> str | None:
+    if not isinstance(doc, dict):
+        return None
+    named = clusters.get(task) or (clusters.get(group) if group else None)
+    if named is not None:
+        if named.lower() in ("none", "off", ""):
+            return None
+        if named not in doc:
+            raise PosttrainError(f"--cluster {task}={named}: the documents of {task} have no field {named!r}",
+                                 remedy=f"pick one of: {', '.join(sorted(doc))}")
+        return str(doc[named])
+    for fld in DEFAULT_CLUSTER_FIELDS:
+        if fld in doc and doc[fld] is not None:
+            return str(doc[fld])
+    return None
+
+
+def load_lm_eval_folder(root: Path, clusters: dict[str, str] | None = None) -> tuple[str, list[ItemResult]]:
+    """Items of the newest lm-eval run under `root` (an `--output_path` folder, or its model subfolder)."""
+    clusters = clusters or {}
+    folder, date = _pick_run_folder(root)
+    results: dict = {}
+    if date is not None:
+        results = json.loads((folder / f"results_{date}.json").read_text(encoding="utf-8"))
+    groups = _group_of(results)
+    label = str(results.get("model_name") or folder.name)
+    if label.startswith(("/", ".", "~")):  # a local checkpoint path: its folder name reads better
+        label = Path(label).name or label
+    items: list[ItemResult] = []
+    for task, path in sorted(_latest_samples(folder, date).items()):
+        group = groups.get(task)
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    s = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise PosttrainError(f"{path}:{line_no} is not JSON ({e.msg})",
+                                         remedy="the file is truncated or damaged; rerun lm-eval") from e
+                metrics = s.get("metrics") or [k for k, v in s.items() if k not in _SAMPLE_KEYS
+                                               and isinstance(v, (int, float)) and not isinstance(v, bool)]
+                question = _question(s)
+                cluster = _cluster(s.get("doc"), task, group, clusters)
+                for metric in metrics:
+                    value = s.get(metric)
+                    if isinstance(value, bool):
+                        value = float(value)
+                    if not isinstance(value, (int, float)) or not math.isfinite(value):
+                        continue  # non-mean metrics (e.g. bleu's tuples) have no per-item score to pair
+                    target, response = _render_answers(s, metric)
+                    items.append(ItemResult(
+                        task=task, group=group, doc_id=int(s["doc_id"]),
+                        doc_hash=str(s.get("doc_hash") or f"doc_id:{s['doc_id']}"),
+                        filter=str(s.get("filter") or "none"), metric=metric, value=float(value),
+                        cluster=cluster, question=question, target=target, response=response))
+    return label, items
+
+
+# ---------------------------------------------------------------- store
+
+
+def _items_from_rows(rows) -> list[ItemResult]:
+    return [ItemResult(task=r["task"], group=r["task_group"], doc_id=int(r["doc_id"]),
+                       doc_hash=r["doc_hash"] or f"doc_id:{r['doc_id']}", filter=r["filter"] or "none",
+                       metric=r["metric"], value=float(r["value"]), cluster=r["cluster"],
+                       question=r["question"], target=r["target"], response=r["response"])
+            for r in rows if r["value"] is not None]
+
+
+_ITEM_COLUMNS = "task, task_group, doc_id, doc_hash, filter, metric, value, cluster, question, target, response"
+
+
+def _load_evals(store: Store, eval_ids: list[int]) -> tuple[str, list[ItemResult]]:
+    marks = ",".join("?" * len(eval_ids))
+    evals = store.query(f"SELECT id, model_id FROM evals WHERE id IN ({marks})", tuple(eval_ids))
+    missing = set(eval_ids) - {r["id"] for r in evals}
+    if missing:
+        raise PosttrainError(f"no evaluation with id {', '.join(map(str, sorted(missing)))} in {store.path}",
+                             remedy="list evaluations with `posttrain status`, or check --home")
+    rows = store.query(f"SELECT {_ITEM_COLUMNS} FROM items WHERE eval_id IN ({marks}) "
+                       "ORDER BY task, doc_id, filter, metric", tuple(eval_ids))
+    models = sorted({r["model_id"] for r in evals})
+    return " + ".join(models), _items_from_rows(rows)
+
+
+def _load_run(store: Store, run_id: str, label: str) -> tuple[str, list[ItemResult]]:
+    links = store.query("SELECT eval_id FROM run_evals WHERE run_id = ? AND label = ?", (run_id, label))
+    if not links:
+        links = store.query("SELECT eval_id FROM run_evals WHERE run_id = ? AND role = ?", (run_id, label))
+    if not links:
+        known = store.query("SELECT DISTINCT role, label FROM run_evals WHERE run_id = ?", (run_id,))
+        hint = ", ".join(f"{r['label']} ({r['role']})" for r in known) or "none"
+        raise PosttrainError(f"run {run_id} has no evaluations labelled {label!r} (it has: {hint})",
+                             remedy="use run:RUN_ID:LABEL with one of the labels listed")
+    _, items = _load_evals(store, sorted({r["eval_id"] for r in links}))
+    return label, items
+
+
+def load_items(source: str | Path, *, store: Store | None = None,
+               clusters: dict[str, str] | None = None) -> tuple[str, list[ItemResult]]:
+    """(label, items) from an lm-eval output folder, `eval:ID[,ID…]` or `run:RUN_ID:LABEL`.
+
+    `clusters` (task or group → doc field) applies to lm-eval folders; store items carry the
+    cluster the evaluate stage recorded.
+    """
+    text = str(source)
+    if text.startswith(("eval:", "run:")) and not Path(text).exists():
+        if store is None:
+            raise PosttrainError(f"{text} refers to the posttrain store, but no store was given",
+                                 remedy="pass --home DIR (the folder holding posttrain.db)")
+        kind, _, rest = text.partition(":")
+        if kind == "eval":
+            try:
+                ids = [int(x) for x in rest.split(",") if x.strip()]
+            except ValueError:
+                ids = []
+            if not ids:
+                raise PosttrainError(f"bad evaluation reference {text!r}", remedy="write eval:ID or eval:ID,ID")
+            label, items = _load_evals(store, ids)
+        else:
+            run_id, _, label = rest.partition(":")
+            if not run_id or not label:
+                raise PosttrainError(f"bad run reference {text!r}", remedy="write run:RUN_ID:LABEL")
+            label, items = _load_run(store, run_id, label)
+        if not items:
+            raise PosttrainError(f"{text} has no per-item results in {store.path}",
+                                 remedy="re-run the evaluation; items are stored by the evaluate stage")
+        return label, items
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise PosttrainError(f"{text} is neither an lm-eval output folder nor a store reference",
+                             remedy="pass an lm-eval --output_path folder, eval:ID or run:RUN_ID:LABEL")
+    label, items = load_lm_eval_folder(path, clusters)
+    if not items:
+        raise PosttrainError(f"{path} holds no per-item scores with a numeric metric",
+                             remedy="run lm-eval with --log_samples on tasks with per-item metrics (acc, exact_match)")
+    return label, items
