@@ -1,0 +1,446 @@
+"""A GGUF model in-process through llama.cpp's C API (llama-cpp-python's ctypes bindings).
+
+The high-level `llama_cpp.Llama` class evaluates one sequence at a time and, to give prompt
+log-probs, computes a full vocabulary row for every position. Scoring benchmarks is dominated by
+short sequences (a ~40-token context, ~10-token endings), where llama.cpp runs far below its
+prefill throughput unless many sequences share one `llama_decode`. So this module talks to the
+C API directly: one context with a unified KV cache and `n_seq_max` sequences, batches whose
+shared-context tokens belong to several sequences at once, and logits only at scored positions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from posttrain.errors import PosttrainError
+
+# Largest number of sequences one context holds; llama.cpp's own limit is 256 (LLAMA_MAX_SEQ).
+MAX_SEQUENCES = 64
+
+# KV cache element types (ggml_type values). llama.cpp's default is f16; f32 removes the cache's
+# rounding, which is what separates an F32 GGUF from the float32 Hugging Face reference.
+_KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Log-likelihood of one continuation and whether greedy decoding would have produced it."""
+
+    logprob: float
+    is_greedy: bool
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Tokens to condition on and tokens to score; `context` is never empty."""
+
+    context: tuple[int, ...]
+    continuation: tuple[int, ...]
+
+
+def _llama():
+    import llama_cpp
+    import llama_cpp._logger
+
+    return llama_cpp
+
+
+class LlamaCppEngine:
+    """Owns one loaded GGUF model and one llama.cpp context; not thread-safe."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        n_ctx: int | None = None,
+        n_ctx_cap: int = 8192,
+        n_batch: int = 2048,
+        n_ubatch: int = 512,
+        n_threads: int | None = None,
+        n_seq_max: int = MAX_SEQUENCES,
+        flash_attn: bool = False,
+        kv_type: str = "f16",
+        verbose: bool = False,
+    ) -> None:
+        lc = _llama()
+        lc._logger.set_verbose(verbose)
+        path = Path(model_path)
+        if not path.is_file():
+            raise PosttrainError(
+                f"GGUF model not found: {path}", remedy="pass the path of an existing .gguf file"
+            )
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"GGUF":
+            raise PosttrainError(
+                f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
+                remedy="convert the checkpoint with `posttrain convert` first",
+            )
+        lc.llama_backend_init()
+        mparams = lc.llama_model_default_params()
+        self._model = lc.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self._model:
+            raise PosttrainError(
+                f"llama.cpp could not load {path} (corrupt, truncated, or an architecture this "
+                f"llama.cpp build does not know)",
+                remedy="re-convert the checkpoint, or upgrade llama-cpp-python",
+            )
+        self.path = path
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(lc.llama_model_n_ctx_train(self._model))
+        self.add_bos = bool(lc.llama_vocab_get_add_bos(self._vocab))
+        bos, eos = int(lc.llama_vocab_bos(self._vocab)), int(lc.llama_vocab_eos(self._vocab))
+        self.bos_id: int | None = bos if bos >= 0 else None
+        self.eos_id: int | None = eos if eos >= 0 else None
+
+        self.n_threads = n_threads or max(1, len(os.sched_getaffinity(0)))
+        # Default KV size: the trained context (capped), and at least one full batch.
+        self.n_ctx = int(n_ctx) if n_ctx else max(min(self.n_ctx_train or 2048, n_ctx_cap), n_batch)
+        self.n_batch = int(min(n_batch, self.n_ctx))
+        self.n_seq_max = int(max(1, min(n_seq_max, 256)))
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = self.n_ctx
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = int(min(n_ubatch, self.n_batch))
+        cparams.n_seq_max = self.n_seq_max
+        cparams.n_threads = self.n_threads
+        cparams.n_threads_batch = self.n_threads
+        # One KV buffer shared by all sequences: a context token can then belong to every ending's
+        # sequence at once (no copies), and each sequence may use the whole n_ctx.
+        cparams.kv_unified = True
+        # llama.cpp's default (auto) turns flash attention on; on CPU with an F16 KV cache it moved
+        # F32 log-likelihoods ~1e-3 away from the reference per few tokens, plain attention ~1e-5.
+        cparams.flash_attn_type = 1 if flash_attn else 0
+        kv = _KV_TYPES.get(kv_type.lower())
+        if kv is None:
+            self.close()
+            raise PosttrainError(f"unknown kv_type {kv_type!r}", remedy=f"use one of {', '.join(_KV_TYPES)}")
+        cparams.type_k = cparams.type_v = kv
+        cparams.no_perf = True
+        self._ctx = lc.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            self.close()
+            raise PosttrainError(
+                f"llama.cpp could not create a context for {path} (n_ctx={self.n_ctx})",
+                remedy="lower n_ctx / n_batch, or free memory",
+            )
+        self._mem = lc.llama_get_memory(self._ctx)
+        self._batch = lc.llama_batch_init(self.n_batch, 0, self.n_seq_max)
+        self._batch_ok = True
+        # Tokens held in sequence 0 by the sequential paths, for prefix reuse between calls.
+        self._seq0: list[int] = []
+        self.tokens_evaluated = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        lc = _llama()
+        if getattr(self, "_batch_ok", False):
+            lc.llama_batch_free(self._batch)
+            self._batch_ok = False
+        if getattr(self, "_ctx", None):
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            lc.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ---------------------------------------------------------------- metadata and text
+
+    def metadata(self, key: str) -> str | None:
+        lc = _llama()
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            lc.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        """llama.cpp's tokenizer; `add_special` adds BOS only where the GGUF says so.
+
+        Special-token text (e.g. "<|im_start|>") is parsed as the special token, as Hugging Face
+        tokenizers do by default.
+        """
+        lc = _llama()
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
+        return list(buf[:n])
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        return self.detokenize_bytes(tokens, special=special).decode("utf-8", errors="replace")
+
+    def detokenize_bytes(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
+        lc = _llama()
+        if not tokens:
+            return b""
+        arr = (lc.llama_token * len(tokens))(*tokens)
+        cap = 8 * len(tokens) + 32
+        buf = ctypes.create_string_buffer(cap)
+        n = lc.llama_detokenize(self._vocab, arr, len(tokens), buf, cap, not special, special)
+        if n < 0:
+            cap = -n + 1
+            buf = ctypes.create_string_buffer(cap)
+            n = lc.llama_detokenize(self._vocab, arr, len(tokens), buf, cap, not special, special)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(_llama().llama_vocab_is_eog(self._vocab, token))
+
+    # ---------------------------------------------------------------- decoding primitives
+
+    def _clear(self) -> None:
+        _llama().llama_memory_clear(self._mem, True)
+        self._seq0 = []
+
+    def _decode(self, entries: list[tuple[int, int, Sequence[int], bool]]) -> None:
+        """One llama_decode of (token, position, seq_ids, wants_logits) entries."""
+        lc = _llama()
+        b = self._batch
+        for i, (tok, pos, seqs, want) in enumerate(entries):
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.n_seq_id[i] = len(seqs)
+            for j, s in enumerate(seqs):
+                b.seq_id[i][j] = s
+            b.logits[i] = want
+        b.n_tokens = len(entries)
+        rc = lc.llama_decode(self._ctx, b)
+        if rc != 0:
+            self._clear()
+            raise RuntimeError(f"llama_decode failed with status {rc} for a batch of {len(entries)} tokens")
+        self.tokens_evaluated += len(entries)
+
+    def _logits_rows(self, n_rows: int) -> np.ndarray:
+        """The logits of the last decode, one row per position that asked for them, in batch order."""
+        lc = _llama()
+        ptr = lc.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab))
+
+    @staticmethod
+    def _score_rows(
+        logits: np.ndarray, row_idx: Sequence[int], targets: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per (row of `logits`, target): log-softmax at the target token and whether the target is the argmax.
+
+        exp runs in float32 after subtracting the row maximum (every term ≤ 1), the sum and the
+        log in float64, so the normaliser loses nothing that matters over a 50k–250k vocabulary.
+        """
+        tgt = np.asarray(targets, dtype=np.int64)
+        out_lp = np.empty(len(tgt), dtype=np.float64)
+        out_greedy = np.empty(len(tgt), dtype=bool)
+        step = 64
+        for a in range(0, len(tgt), step):
+            block = logits[np.asarray(row_idx[a : a + step], dtype=np.int64)]
+            mx = block.max(axis=1)
+            sums = np.exp(block - mx[:, None]).sum(axis=1, dtype=np.float64)
+            t = tgt[a : a + step]
+            picked = block[np.arange(len(t)), t].astype(np.float64)
+            out_lp[a : a + step] = picked - mx.astype(np.float64) - np.log(sums)
+            out_greedy[a : a + step] = block.argmax(axis=1) == t
+        return out_lp, out_greedy
+
+    # ---------------------------------------------------------------- scoring: sequential path
+
+    def score_sequential(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
+        """One request per decode, in the given order, reusing the longest cached prefix.
+
+        Slow on small models but simple: the reference the batched path is checked against.
+        """
+        lc = _llama()
+        results: list[Scored] = []
+        for req in requests:
+            ctx, cont = list(req.context), list(req.continuation)
+            seq = ctx + cont[:-1]
+            first_scored = len(ctx) - 1
+            if len(seq) > self.n_ctx:
+                raise ValueError(f"sequence of {len(seq)} tokens does not fit n_ctx={self.n_ctx}")
+            keep = 0
+            for a, b in zip(self._seq0, seq):
+                if a != b:
+                    break
+                keep += 1
+            keep = min(keep, first_scored)  # the position whose logits we need must be decoded now
+            lc.llama_memory_seq_rm(self._mem, 0, keep, -1)
+            self._seq0 = self._seq0[:keep]
+            lps: list[float] = []
+            greedy = True
+            for start in range(keep, len(seq), self.n_batch):
+                chunk = range(start, min(start + self.n_batch, len(seq)))
+                entries = [(seq[p], p, (0,), p >= first_scored) for p in chunk]
+                self._decode(entries)
+                self._seq0.extend(seq[p] for p in chunk)
+                wanted = [p for p in chunk if p >= first_scored]
+                if wanted:
+                    targets = [seq[p + 1] if p + 1 < len(seq) else cont[-1] for p in wanted]
+                    lp, gr = self._score_rows(self._logits_rows(len(wanted)), range(len(wanted)), targets)
+                    lps.extend(lp.tolist())
+                    greedy = greedy and bool(gr.all())
+            results.append(Scored(float(sum(lps)), greedy))
+        return results
+
+    # ---------------------------------------------------------------- scoring: batched path
+
+    def score_batched(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
+        """Many sequences per llama_decode; each distinct context is evaluated once per batch.
+
+        Requests sharing a context form a group: the context tokens are put in the batch once,
+        tagged with the sequence id of every ending, and each ending follows with its own id.
+        Groups are packed into batches of up to n_batch tokens and n_seq_max sequences; the KV
+        cache is cleared between batches (so attention never spans unrelated old cells).
+        Results come back in the order of `requests`.
+        """
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.context, []).append(i)
+
+        # Units of work: (context, [request indices]) whose tokens fit one batch.
+        units: list[tuple[tuple[int, ...], list[int]]] = []
+        for ctx in sorted(groups):
+            idxs = groups[ctx]
+            cur: list[int] = []
+            size = len(ctx)
+            for i in idxs:
+                n = len(requests[i].continuation) - 1
+                if cur and (size + n > self.n_batch or len(cur) >= self.n_seq_max):
+                    units.append((ctx, cur))
+                    cur, size = [], len(ctx)
+                cur.append(i)
+                size += n
+            units.append((ctx, cur))
+
+        results: list[Scored | None] = [None] * len(requests)
+        self._clear()
+        pending: list[tuple[tuple[int, ...], list[int]]] = []
+        pending_tokens = 0
+        pending_seqs = 0
+        for ctx, idxs in units:
+            n_tok = len(ctx) + sum(len(requests[i].continuation) - 1 for i in idxs)
+            if n_tok > self.n_batch:  # one long context that alone exceeds a batch
+                if pending:
+                    self._run_packed(pending, requests, results)
+                    pending, pending_tokens, pending_seqs = [], 0, 0
+                for i in idxs:
+                    results[i] = self.score_sequential([requests[i]])[0]
+                self._clear()
+                continue
+            if pending and (pending_tokens + n_tok > self.n_batch or pending_seqs + len(idxs) > self.n_seq_max):
+                self._run_packed(pending, requests, results)
+                pending, pending_tokens, pending_seqs = [], 0, 0
+            pending.append((ctx, idxs))
+            pending_tokens += n_tok
+            pending_seqs += len(idxs)
+        if pending:
+            self._run_packed(pending, requests, results)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _run_packed(
+        self,
+        units: list[tuple[tuple[int, ...], list[int]]],
+        requests: Sequence[ScoreRequest],
+        results: list[Scored | None],
+    ) -> None:
+        entries: list[tuple[int, int, Sequence[int], bool]] = []
+        # Per logits row (batch order): the (request index, target token) pairs it scores. The
+        # last context position predicts the first token of every ending, so it has several.
+        rows: list[list[tuple[int, int]]] = []
+        seq = 0
+        for ctx, idxs in units:
+            seq_ids = tuple(range(seq, seq + len(idxs)))
+            for p, tok in enumerate(ctx[:-1]):
+                entries.append((tok, p, seq_ids, False))
+            entries.append((ctx[-1], len(ctx) - 1, seq_ids, True))
+            rows.append([(i, requests[i].continuation[0]) for i in idxs])
+            for k, i in enumerate(idxs):
+                cont = requests[i].continuation
+                for j, tok in enumerate(cont[:-1]):
+                    entries.append((tok, len(ctx) + j, (seq_ids[k],), True))
+                    rows.append([(i, cont[j + 1])])
+            seq += len(idxs)
+        self._decode(entries)
+        logits = self._logits_rows(len(rows))
+
+        row_idx = [r for r, pairs in enumerate(rows) for _ in pairs]
+        owners = [i for pairs in rows for i, _ in pairs]
+        targets = [t for pairs in rows for _, t in pairs]
+        lp, greedy = self._score_rows(logits, row_idx, targets)
+        sums: dict[int, float] = {}
+        flags: dict[int, bool] = {}
+        for i, v, g in zip(owners, lp.tolist(), greedy.tolist()):
+            sums[i] = sums.get(i, 0.0) + v
+            flags[i] = flags.get(i, True) and g
+        for i in sums:
+            results[i] = Scored(sums[i], flags[i])
+        self._clear()
+
+    # ---------------------------------------------------------------- generation
+
+    def generate_greedy(
+        self,
+        prompt: Sequence[int],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+    ) -> list[int]:
+        """Greedy continuation of `prompt`, ending at an end-of-generation token, a stop string
+        in the decoded text, or `max_tokens`. Returns the generated tokens (stop text included;
+        the caller cuts it)."""
+        lc = _llama()
+        prompt = list(prompt)
+        if len(prompt) + max_tokens > self.n_ctx:
+            raise ValueError(
+                f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) exceeds n_ctx={self.n_ctx}"
+            )
+        keep = 0
+        for a, b in zip(self._seq0, prompt):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(prompt) - 1)
+        lc.llama_memory_seq_rm(self._mem, 0, keep, -1)
+        self._seq0 = self._seq0[:keep]
+        for start in range(keep, len(prompt), self.n_batch):
+            chunk = range(start, min(start + self.n_batch, len(prompt)))
+            self._decode([(prompt[p], p, (0,), p == len(prompt) - 1) for p in chunk])
+            self._seq0.extend(prompt[p] for p in chunk)
+        out: list[int] = []
+        longest_stop = max((len(s.encode()) for s in stop), default=0)
+        while len(out) < max_tokens:
+            row = self._logits_rows(1)[0]
+            tok = int(row.argmax())
+            if self.is_eog(tok):
+                break
+            out.append(tok)
+            if stop:
+                # Only the tail can newly contain a stop string; decode a bounded window.
+                tail = self.detokenize(out[-(longest_stop + 8) :])
+                if any(s and s in tail for s in stop):
+                    break
+            if len(out) >= max_tokens:
+                break
+            pos = len(prompt) + len(out) - 1
+            self._decode([(tok, pos, (0,), True)])
+            self._seq0.append(tok)
+        return out
