@@ -143,7 +143,8 @@ def timings_chart(steps: Sequence[tuple[str, float, str]]) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------
 
-_DANGEROUS_TAGS = {"script", "foreignObject", "iframe", "object", "embed", "a", "animate", "set", "image"}
+# <metadata> is matplotlib's RDF block: a date and outside URLs, and nothing a reader needs.
+_DROPPED_TAGS = {"metadata", "script", "foreignObject", "iframe", "object", "embed", "a", "animate", "set", "image"}
 _URL_REF = re.compile(r"url\(#([^)]+)\)")
 
 
@@ -156,7 +157,7 @@ def sanitise_svg(svg: str, prefix: str) -> str:
     root = ET.fromstring(svg.encode())  # the default parser drops comments and the doctype
     for parent in list(root.iter()):
         for child in list(parent):
-            if _local(child.tag) in _DANGEROUS_TAGS:
+            if _local(child.tag) in _DROPPED_TAGS:
                 parent.remove(child)
     for el in root.iter():
         for attr in list(el.attrib):
