@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "doctor",
     "serve",
     "report",
+    "pipeline",
 ]
 
 

@@ -199,3 +199,46 @@ def stop_daemon(home: Path, grace_s: float = 60.0) -> tuple[int, str]:
         (home / PID_FILE).unlink(missing_ok=True)
         (home / STATUS_FILE).unlink(missing_ok=True)
         return info.pid, "killed"
+
+
+def serve_watch(home: Path, roots: list[Path], handler_factory, *, pattern: str, poll_interval_s: float,
+                settle_s: float, once: bool = False, use_events: bool = True, jobs: int = 1,
+                allow_pickle: bool = False, log_max_bytes: int = 10_000_000, log_backups: int = 5,
+                stop_event: threading.Event | None = None) -> int:
+    """The watcher as a service: lock, PID file, log, signals, status file; serve (or scan once).
+
+    `handler_factory(watcher, stop_event)` returns the per-checkpoint handler, so the handler can
+    report its stage to the watcher and stop at a step boundary when asked. Returns the exit code:
+    0, or 1 when `once` and a checkpoint failed.
+    """
+    from posttrain.pipeline._watcher import Watcher
+    from posttrain.store import Store
+    from posttrain import paths
+
+    stop = stop_event or threading.Event()
+    lock = InstanceLock(home).acquire(args=sys.argv)
+    try:
+        log_path = setup_file_logging(home, log_max_bytes, log_backups)
+        install_stop_handlers(stop)
+        store = Store(paths.store_path(home))
+        status_path = home / STATUS_FILE
+        pid = os.getpid()
+
+        def publish(doc: dict[str, Any]) -> None:
+            write_json_atomic(status_path, {**doc, "pid": pid, "home": str(home), "log": str(log_path),
+                                            "updated_at": utcnow(), "mode": "once" if once else "watch"})
+
+        watcher = Watcher(roots, lambda p, s: handler(p, s), store=store, pattern=pattern,
+                          poll_interval_s=poll_interval_s, settle_s=settle_s, use_events=use_events,
+                          allow_pickle=allow_pickle, jobs=jobs, stop_event=stop, on_status=publish)
+        handler = handler_factory(watcher, stop)
+        log.info("watcher started (PID %d): %s, pattern %s, %s, rescan every %g s", pid,
+                 ", ".join(map(str, watcher.roots)), pattern, "file events on" if use_events else "polling only",
+                 poll_interval_s)
+        if once:
+            results = watcher.run_once()
+            return 1 if any(r.get("status") == "failed" for r in results) else 0
+        watcher.serve()
+        return 0
+    finally:
+        lock.release()

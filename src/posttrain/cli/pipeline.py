@@ -1,0 +1,262 @@
+"""`posttrain run`, `watch`, `status`, `stop` and `init`: the unattended pipeline from the shell."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from posttrain.checkpoint import human_bytes
+from posttrain.cli._app import app, console, err_console
+from posttrain.errors import PosttrainError
+
+EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again" — an interrupted run resumes when rerun
+
+_CONFIG = typer.Option(None, "--config", "-c", help="posttrain.toml to read (default: ./posttrain.toml if present).")
+_HOME = typer.Option(None, "--home", help="Base directory for outputs and the store (default $POSTTRAIN_HOME).")
+_BASELINE = typer.Option(None, "--baseline", "-b", help="HF directory, .gguf file, or ollama:NAME to compare against.")
+_QUANT = typer.Option(None, "--quant", "-q", help="GGUF types, repeatable or comma-separated (default f16,q8_0,q4_k_m).")
+_TASKS = typer.Option(None, "--tasks", "-t", help="lm-eval tasks, repeatable or comma-separated.")
+_LIMIT = typer.Option(None, "--limit", help="Evaluate only N items per task.")
+_JOBS = typer.Option(None, "--jobs", "-j", help="Checkpoints processed at the same time (default 1).")
+
+
+def _config(config: Path | None, home: Path | None, baseline: str | None = None, quant: list[str] | None = None,
+            tasks: list[str] | None = None, limit: int | None = None, jobs: int | None = None, **watch):
+    from posttrain.pipeline import load_config
+
+    return load_config(config, home=home, baseline=baseline, quants=",".join(quant) if quant else None,
+                       tasks=",".join(tasks) if tasks else None, limit=limit, jobs=jobs,
+                       watch={k: v for k, v in watch.items() if v is not None})
+
+
+def _console_logging(verbose: bool = False) -> None:
+    root = logging.getLogger("posttrain")
+    if not any(getattr(h, "_posttrain_console", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler._posttrain_console = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _print_result(result) -> None:
+    colour = {"succeeded": "green", "failed": "red", "interrupted": "yellow"}[result.status]
+    table = Table(title=f"run {result.run_id}: [{colour}]{result.status}[/]", title_justify="left")
+    for col in ("step", "status", "time", "peak RSS", "note"):
+        table.add_column(col, overflow="fold")
+    for s in result.steps:
+        status = "reused" if s.reused else s.status
+        table.add_row(s.name, status, f"{s.wall_s:.1f} s" if s.wall_s is not None else "",
+                      human_bytes(s.peak_rss_bytes) if s.peak_rss_bytes else "", s.error or "")
+    console.print(table)
+    report = result.run_dir / "report.html"
+    if report.exists():
+        console.print(f"report: {report}", highlight=False)
+
+
+@app.command("run")
+def run_cmd(
+    checkpoints: list[Path] = typer.Argument(..., help="Finished checkpoint directories (processed in order)."),
+    baseline: str | None = _BASELINE,
+    config: Path | None = _CONFIG,
+    quant: list[str] | None = _QUANT,
+    tasks: list[str] | None = _TASKS,
+    limit: int | None = _LIMIT,
+    home: Path | None = _HOME,
+    jobs: int | None = _JOBS,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Convert, register, evaluate, compare, report and notify for each CHECKPOINT; resumes after any crash.
+
+    Exit 0 when every run succeeded, 1 when a step failed (the report says which), 75 when
+    interrupted (run the same command again to resume).
+    """
+    from posttrain.pipeline import install_stop_handlers
+    from posttrain.pipeline._stages import run_many
+
+    _console_logging(verbose)
+    cfg = _config(config, home, baseline, quant, tasks, limit, jobs)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    results = run_many(checkpoints, cfg, stop_event=stop)
+    code = 0
+    for ckpt, result in zip(checkpoints, results, strict=True):
+        if isinstance(result, PosttrainError):
+            err_console.print(f"[bold red]error:[/] {ckpt}: {result.one_line()}", highlight=False)
+            code = max(code, 1)
+            continue
+        _print_result(result)
+        if result.status == "failed":
+            code = max(code, 1)
+        elif result.status == "interrupted" and code == 0:
+            console.print(f"interrupted: run the same command again to resume run {result.run_id}")
+            code = EX_TEMPFAIL
+    raise typer.Exit(code)
+
+
+@app.command("watch")
+def watch_cmd(
+    dirs: list[Path] = typer.Argument(..., help="Directories to watch (recursively)."),
+    pattern: str | None = typer.Option(None, "--pattern", "-p", help="Checkpoint directories to pick up (default '**/final_model')."),
+    once: bool = typer.Option(False, "--once", help="Scan once, process finished checkpoints not processed before, exit."),
+    daemon: bool = typer.Option(False, "--daemon", "-d", help="Detach and keep watching in the background."),
+    interval: float | None = typer.Option(None, "--interval", help="Seconds between full rescans (default 300)."),
+    settle: float | None = typer.Option(None, "--settle", help="Seconds a checkpoint must stay unchanged (default 1)."),
+    no_events: bool = typer.Option(False, "--no-events", help="Poll only (for filesystems without inotify)."),
+    baseline: str | None = _BASELINE,
+    config: Path | None = _CONFIG,
+    quant: list[str] | None = _QUANT,
+    tasks: list[str] | None = _TASKS,
+    limit: int | None = _LIMIT,
+    home: Path | None = _HOME,
+    jobs: int | None = _JOBS,
+    detached: bool = typer.Option(False, "--detached", hidden=True),
+) -> None:
+    """Watch DIRS for finished checkpoints and run the pipeline on each one, once (by content hash).
+
+    One watcher per home: a second one refuses and names the running PID. SIGTERM/SIGINT let the
+    current step finish, then exit 0. `posttrain status` / `posttrain stop` from any shell.
+    """
+    from posttrain.pipeline._daemon import serve_watch, spawn_detached
+    from posttrain.pipeline._stages import pipeline_handler
+
+    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, pattern=pattern, check_interval_s=interval,
+                  settle_s=settle)
+    dirs = [d.expanduser().resolve() for d in dirs]
+    for d in dirs:
+        if not d.is_dir():
+            raise PosttrainError(f"cannot watch {d}: not a directory", remedy="create it or fix the path")
+    if daemon and not once:
+        argv = [a for a in sys.argv[1:] if a not in ("--daemon", "-d")]
+        argv = ["watch", *map(str, dirs), *_passthrough(argv), "--detached"]
+        pid = spawn_detached(argv, cfg.base_dir)
+        console.print(f"watcher started in the background: PID {pid}; `posttrain status` to follow, "
+                      f"`posttrain stop` to stop (log: {cfg.base_dir / 'logs' / 'watch.log'})", highlight=False)
+        return
+    if not detached:
+        _console_logging()
+    w = cfg.watch
+    code = serve_watch(cfg.base_dir, dirs, pipeline_handler(cfg), pattern=w.pattern, poll_interval_s=w.check_interval_s,
+                       settle_s=w.settle_s, once=once, use_events=not no_events, jobs=cfg.jobs,
+                       allow_pickle=cfg.allow_pickle, log_max_bytes=w.log_max_bytes, log_backups=w.log_backups)
+    raise typer.Exit(code)
+
+
+def _passthrough(argv: list[str]) -> list[str]:
+    """The options of this `watch` command line (not its positional directories), paths made absolute
+    so the detached child, whatever its working directory, reads the same files."""
+    out: list[str] = []
+    with_value = {"--pattern", "-p", "--interval", "--settle", "--baseline", "-b", "--config", "-c", "--quant", "-q",
+                  "--tasks", "-t", "--limit", "--home", "--jobs", "-j"}
+    paths = {"--config", "-c", "--home"}
+    args = argv[1:] if argv and argv[0] == "watch" else argv
+    i = 0
+    while i < len(args):
+        a = args[i]
+        name, eq, value = a.partition("=")
+        if name in with_value:
+            if not eq:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            if name in paths:
+                value = str(Path(value).expanduser().resolve())
+            out += [name, value]
+        elif a.startswith("-"):
+            out.append(a)
+        i += 1
+    return out
+
+
+@app.command("status")
+def status_cmd(
+    home: Path | None = _HOME,
+    config: Path | None = _CONFIG,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    last: int = typer.Option(5, "--last", help="How many recent runs to list."),
+) -> None:
+    """Is a watcher running (PID, uptime, watched dirs, queue, current stage), and the latest runs' verdicts.
+
+    Exit 0 when a watcher is running, 3 when none is (like `systemctl status`).
+    """
+    from posttrain.pipeline._status import gather_status
+
+    cfg = _config(config, home)
+    doc = gather_status(cfg.base_dir, last=last)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    else:
+        _print_status(doc)
+    raise typer.Exit(0 if doc["running"] else 3)
+
+
+def _print_status(doc: dict) -> None:
+    w = doc.get("watcher") or {}
+    if doc["running"]:
+        up = int(w.get("uptime_s") or 0)
+        console.print(f"[green]watcher running[/]: PID {w['pid']}, up {up // 3600}h{up % 3600 // 60:02d}m{up % 60:02d}s, "
+                      f"home {doc['home']}", highlight=False)
+        console.print(f"  watching: {', '.join(w.get('roots') or [])}  pattern {w.get('pattern')}  "
+                      f"({'file events + ' if w.get('events') else ''}rescan every {w.get('poll_interval_s', 0):g} s)",
+                      highlight=False)
+        console.print(f"  queue: {len(w.get('queue') or [])}" + "".join(f"\n    {q}" for q in w.get("queue") or []),
+                      highlight=False)
+        for path, cur in (w.get("current") or {}).items():
+            console.print(f"  now: {path}: step {cur.get('step') or 'starting'} (run {cur.get('run_id') or '…'})",
+                          highlight=False)
+        console.print(f"  log: {w.get('log')}", highlight=False)
+    else:
+        console.print(f"[yellow]no watcher running[/] for {doc['home']}", highlight=False)
+    for run in doc.get("active_runs") or []:
+        console.print(f"  active run {run['id']} (PID {run['owner_pid']}): step {run.get('step') or '?'}",
+                      highlight=False)
+    if doc.get("runs"):
+        table = Table(title="recent runs", title_justify="left")
+        for col in ("run", "status", "finished", "verdicts"):
+            table.add_column(col, overflow="fold")
+        for r in doc["runs"]:
+            verdicts = "\n".join(r.get("verdicts") or []) or (r.get("failed") or "")
+            table.add_row(r["id"], r["status"], r.get("finished_at") or "", verdicts)
+        console.print(table)
+
+
+@app.command("stop")
+def stop_cmd(
+    home: Path | None = _HOME,
+    config: Path | None = _CONFIG,
+    grace: float = typer.Option(120.0, "--grace", help="Seconds to wait for the current step before SIGKILL."),
+) -> None:
+    """Stop the watcher: SIGTERM (it finishes the current step), SIGKILL after the grace period."""
+    from posttrain.pipeline import stop_daemon
+
+    cfg = _config(config, home)
+    t0 = time.monotonic()
+    pid, how = stop_daemon(cfg.base_dir, grace_s=grace)
+    if how == "stopped":
+        console.print(f"watcher PID {pid} stopped cleanly in {time.monotonic() - t0:.1f} s", highlight=False)
+    else:
+        console.print(f"watcher PID {pid} did not stop within {grace:g} s and was killed; "
+                      "its run resumes on the next start", highlight=False)
+
+
+@app.command("init")
+def init_cmd(
+    path: Path = typer.Argument(Path("posttrain.toml"), help="Where to write the file."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented posttrain.toml with every setting at its default."""
+    from posttrain.pipeline import config_template
+
+    if path.exists() and not force:
+        raise PosttrainError(f"{path} already exists", remedy="pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(config_template())
+    tmp.replace(path)
+    console.print(f"wrote {path}", highlight=False)

@@ -1,0 +1,315 @@
+"""The stages as runner steps: the one place that knows the stage list and calls each stage's public API.
+
+detect → convert → register (Ollama, if reachable) → baseline → evaluate (each variant) →
+evaluate_baseline → compare (all variants vs the baseline, one Holm family) → report → notify.
+Each adapter returns a small JSON dict (paths and hashes) and a check that those outputs still
+exist, so a resumed run reuses what is there and redoes what is not. The heavy stages cache by
+content themselves (convert's manifest, evaluate's result cache), so a step cut short by a crash
+loses little when it runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
+from posttrain.errors import CheckpointIncomplete, PosttrainError
+from posttrain.pipeline._config import Config
+from posttrain.pipeline._runner import Outputs, RunContext, Runner, RunResult, RunSpec, Step, StepSkipped
+from posttrain.store import Store, dumps, utcnow
+
+log = logging.getLogger("posttrain.pipeline")
+
+STAGES = ("detect", "convert", "register", "baseline", "evaluate", "evaluate_baseline", "compare", "report",
+          "notify")
+BASELINE_LABEL = "baseline"
+
+
+# -- planning ------------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:60] or "model"
+
+
+def plan_run(checkpoint: str | Path, config: Config) -> RunSpec:
+    """Check the checkpoint and name its run: the id comes from the checkpoint's content hash and the
+    settings that change results, so the same command on the same checkpoint resumes the same run."""
+    from posttrain.convert import default_model_name
+
+    checkpoint = Path(checkpoint).expanduser().resolve()
+    verdict = inspect_checkpoint(checkpoint, settle_seconds=0, allow_pickle=config.allow_pickle)
+    if not verdict.complete:
+        raise CheckpointIncomplete(f"{checkpoint} is not a complete checkpoint: {verdict.reason}",
+                                   remedy="wait for training to finish, or `posttrain check` it")
+    sha = checkpoint_sha256(verdict)
+    model_name = default_model_name(checkpoint)
+    run_id = f"{_slug(model_name)}-{sha[:10]}-{config.fingerprint_sha256()[:8]}"
+    settings = {**config.fingerprint(), "checkpoint": str(checkpoint), "ollama_url": config.ollama.url}
+    return RunSpec(run_id=run_id, checkpoint=str(checkpoint), run_dir=config.run_dir(run_id), checkpoint_sha256=sha,
+                   model_name=model_name, baseline=config.baseline, config=settings)
+
+
+# -- small helpers -------------------------------------------------------------------------------
+def _write_json_atomic(path: Path, doc: Any) -> str:
+    text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _files_exist(*keys: str) -> Callable[[Outputs], bool]:
+    def verify(out: Outputs) -> bool:
+        return all(Path(out[k]).is_file() for k in keys)
+    return verify
+
+
+def _variants_intact(out: Outputs) -> bool:
+    return bool(out.get("variants")) and all(
+        Path(v["path"]).is_file() and Path(v["path"]).stat().st_size == v["size_bytes"] for v in out["variants"])
+
+
+def _link_evals(store: Store, run_id: str, role: str, label: str, eval_ids: Iterable[int]) -> None:
+    with store.connect() as db:
+        for eid in eval_ids:
+            db.execute("INSERT OR IGNORE INTO run_evals (run_id, role, label, eval_id) VALUES (?, ?, ?, ?)",
+                       (run_id, role, label, eid))
+
+
+# -- the stages ----------------------------------------------------------------------------------
+class Stages:
+    """Builds the step list for one configuration."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def steps(self) -> list[Step]:
+        return [
+            Step("detect", self.detect, lambda o: Path(o["checkpoint"]).is_dir()),
+            Step("convert", self.convert, _variants_intact, depends_on=("detect",)),
+            Step("register", self.register, depends_on=("convert",)),
+            Step("baseline", self.baseline, self._baseline_ok),
+            Step("evaluate", self.evaluate, depends_on=("convert",)),
+            Step("evaluate_baseline", self.evaluate_baseline, depends_on=("baseline",)),
+            Step("compare", self.compare, self._compare_ok, depends_on=("evaluate", "evaluate_baseline")),
+            Step("report", self.report, _files_exist("html", "md", "json"),
+                 depends_on=("detect", "convert", "register", "evaluate", "evaluate_baseline", "compare"),
+                 always=True),
+            Step("notify", self.notify, depends_on=("report",), always=True),
+        ]
+
+    # detect: the checkpoint must still be the one the run is named after.
+    def detect(self, ctx: RunContext) -> Outputs:
+        spec = ctx.spec
+        verdict = inspect_checkpoint(spec.checkpoint, settle_seconds=0, allow_pickle=self.config.allow_pickle)
+        if not verdict.complete:
+            raise CheckpointIncomplete(f"{spec.checkpoint} is no longer a complete checkpoint: {verdict.reason}")
+        sha = checkpoint_sha256(verdict)
+        if spec.checkpoint_sha256 and sha != spec.checkpoint_sha256:
+            raise PosttrainError(f"{spec.checkpoint} changed since run {spec.run_id} began",
+                                 remedy="run the command again: the new content gets its own run")
+        return {"checkpoint": spec.checkpoint, "sha256": sha, "architecture": verdict.architecture,
+                "model_type": verdict.model_type, "total_bytes": verdict.total_bytes,
+                "model_name": spec.model_name}
+
+    def convert(self, ctx: RunContext) -> Outputs:
+        from posttrain.convert import convert_checkpoint
+
+        name = ctx.spec.model_name or "model"
+        result = convert_checkpoint(ctx.spec.checkpoint, self.config.gguf_dir(name), self.config.quants,
+                                    model_name=name, allow_pickle=self.config.allow_pickle)
+        variants = [{"quant": v.quant, "path": str(v.path), "sha256": v.sha256, "size_bytes": v.size_bytes}
+                    for v in result.variants]
+        manifest = json.loads(Path(result.manifest_path).read_text())
+        with ctx.store.connect() as db:
+            for v in result.variants:
+                db.execute(
+                    "INSERT OR REPLACE INTO variants (sha256, path, quant, model_name, checkpoint_sha256, size_bytes,"
+                    " toolchain, manifest_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (v.sha256, str(v.path), v.quant, result.model_name, result.checkpoint_sha256, v.size_bytes,
+                     result.toolchain.get("llama_cpp_python") and f"llama-cpp-python {result.toolchain['llama_cpp_python']}",
+                     dumps(manifest), utcnow()))
+        return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants}
+
+    def register(self, ctx: RunContext) -> Outputs:
+        from posttrain.serve import register_variants
+
+        o = self.config.ollama
+        paths = [Path(v["path"]) for v in ctx.outputs["convert"]["variants"]]
+        regs = register_variants(paths, url=o.url, params={"temperature": o.temperature, "top_p": o.top_p,
+                                                           "num_ctx": o.num_ctx},
+                                 store=ctx.store, checkpoint=Path(ctx.spec.checkpoint))
+        if regs and all(r.status.startswith("skipped") for r in regs):
+            raise StepSkipped(regs[0].status.removeprefix("skipped: "))
+        return {"registrations": [{"name": r.name, "quant": r.quant, "status": r.status} for r in regs]}
+
+    # baseline: an HF directory (converted to F16 once, cached by content), a .gguf, or ollama:NAME.
+    def baseline(self, ctx: RunContext) -> Outputs:
+        ref = self.config.baseline
+        if not ref:
+            raise StepSkipped("no baseline given (--baseline or `baseline` in posttrain.toml)")
+        if ref.startswith("ollama:"):
+            return {"model": ref, "source": ref}
+        path = Path(ref).expanduser().resolve()
+        if path.is_file() and path.suffix == ".gguf":
+            return {"model": str(path), "source": ref, "sha256": _file_sha256(path)}
+        if path.is_dir():
+            from posttrain.convert import convert_checkpoint, default_model_name
+
+            name = f"{default_model_name(path)}"
+            result = convert_checkpoint(path, self.config.gguf_dir(name), ["f16"], model_name=name,
+                                        allow_pickle=self.config.allow_pickle)
+            f16 = result.variant("F16")
+            return {"model": str(f16.path), "source": ref, "sha256": f16.sha256}
+        raise PosttrainError(f"baseline {ref!r} not found",
+                             remedy="give a Hugging Face directory, a .gguf file or ollama:NAME")
+
+    @staticmethod
+    def _baseline_ok(out: Outputs) -> bool:
+        model = out["model"]
+        return model.startswith("ollama:") or (Path(model).is_file() and _file_sha256(Path(model)) == out["sha256"])
+
+    def _evaluate_one(self, ctx: RunContext, model: str, label: str) -> list[int]:
+        from posttrain.evaluate import evaluate
+
+        c = self.config
+        results = evaluate(model, c.tasks, data_dir=c.data_dir, limit=c.limit, per_subject=c.per_subject,
+                           seed=c.seed, store=ctx.store, out_dir=ctx.run_dir / "evals" / _slug(label),
+                           ollama_url=c.ollama.url, label=label)
+        return [r.eval_id for r in results]
+
+    def evaluate(self, ctx: RunContext) -> Outputs:
+        evals: dict[str, list[int]] = {}
+        sources: dict[str, str] = {}
+        name = ctx.spec.model_name or "model"
+        for v in ctx.outputs["convert"]["variants"]:
+            label = f"{name}-{v['quant']}"
+            evals[label] = self._evaluate_one(ctx, v["path"], label)
+            sources[label] = v["path"]
+            _link_evals(ctx.store, ctx.run_id, "candidate", label, evals[label])
+        return {"evals": evals, "sources": sources}
+
+    def evaluate_baseline(self, ctx: RunContext) -> Outputs:
+        ids = self._evaluate_one(ctx, ctx.outputs["baseline"]["model"], BASELINE_LABEL)
+        _link_evals(ctx.store, ctx.run_id, "baseline", BASELINE_LABEL, ids)
+        return {"evals": {BASELINE_LABEL: ids}}
+
+    def compare(self, ctx: RunContext) -> Outputs:
+        from posttrain.compare import compare_family, load_items
+
+        def items(ids: list[int]):
+            return load_items("eval:" + ",".join(map(str, ids)), store=ctx.store)[1]
+
+        base_ids = ctx.outputs["evaluate_baseline"]["evals"][BASELINE_LABEL]
+        base_items = items(base_ids)
+        candidates = ctx.outputs["evaluate"]["evals"]
+        pairs = [(label, items(ids), BASELINE_LABEL, base_items) for label, ids in sorted(candidates.items())]
+        sources = {**ctx.outputs["evaluate"]["sources"], BASELINE_LABEL: ctx.outputs["baseline"]["source"]}
+        doc = compare_family(pairs, seed=self.config.seed, sources=sources)
+        path = ctx.run_dir / "compare.json"
+        digest = _write_json_atomic(path, doc)
+        return {"path": str(path), "sha256": digest}
+
+    @staticmethod
+    def _compare_ok(out: Outputs) -> bool:
+        path = Path(out["path"])
+        return path.is_file() and _file_sha256(path) == out["sha256"]
+
+    def report(self, ctx: RunContext) -> Outputs:
+        from posttrain.report import report_from_store
+
+        if not ctx.outputs.get("compare"):
+            # A run that failed before compare must not show a stale comparison from an earlier attempt.
+            (ctx.run_dir / "compare.json").unlink(missing_ok=True)
+        paths = report_from_store(ctx.store, ctx.run_id, ctx.run_dir)
+        return {k: str(v) for k, v in paths.items()}
+
+    def notify(self, ctx: RunContext) -> Outputs:
+        from posttrain.notify import NotifySummary, notify
+
+        run = dict(ctx.store.query("SELECT * FROM runs WHERE id=?", (ctx.run_id,))[0])
+        compare_path = ctx.run_dir / "compare.json"
+        compare = json.loads(compare_path.read_text()) if ctx.outputs.get("compare") else None
+        failures = [{"step": name, "error": err} for name, (status, err) in ctx.step_status.items()
+                    if status == "failed"]
+        report = (ctx.outputs.get("report") or {}).get("html")
+        run["status"] = "failed" if failures else "succeeded"
+        summary = NotifySummary.from_run(run, compare, failures, report)
+        outcomes = notify(summary, urls=self.config.notify.urls, voice=self.config.notify.voice)
+        return {"outcomes": [{k: o.get(k) for k in ("channel", "target", "ok", "skipped", "detail")}
+                             for o in outcomes]}
+
+
+# -- running -------------------------------------------------------------------------------------
+def make_runner(config: Config, store: Store, *, stop_event: threading.Event | None = None,
+                on_event: Callable[[str, str, str], None] | None = None) -> Runner:
+    from posttrain.errors import TransientError
+
+    return Runner(store, Stages(config).steps(), max_retries=config.retries, backoff_s=config.retry_backoff_s,
+                  transient=(TransientError, ConnectionError, TimeoutError), stop_event=stop_event,
+                  on_event=on_event)
+
+
+def run_pipeline(checkpoint: str | Path, config: Config, *, store: Store | None = None,
+                 stop_event: threading.Event | None = None,
+                 on_event: Callable[[str, str, str], None] | None = None) -> RunResult:
+    """Run (or resume) the whole pipeline for one checkpoint."""
+    spec = plan_run(checkpoint, config)
+    store = store or Store(config.store_path)
+    log.info("run %s: %s → %s", spec.run_id, spec.checkpoint, spec.run_dir)
+    return make_runner(config, store, stop_event=stop_event, on_event=on_event).run(spec)
+
+
+def run_many(checkpoints: list[Path], config: Config, *, jobs: int | None = None,
+             stop_event: threading.Event | None = None,
+             on_event: Callable[[str, str, str], None] | None = None) -> list[RunResult | PosttrainError]:
+    """Several checkpoints: one after another, or `jobs` at a time. A checkpoint that cannot even be
+    planned (incomplete, unreadable) gives its error in its place; the others still run."""
+    store = Store(config.store_path)
+    jobs = jobs or config.jobs
+
+    def one(ckpt: Path) -> RunResult | PosttrainError:
+        if stop_event is not None and stop_event.is_set():
+            return PosttrainError(f"{ckpt}: not started (stop requested)")
+        try:
+            return run_pipeline(ckpt, config, store=store, stop_event=stop_event, on_event=on_event)
+        except PosttrainError as e:
+            log.error("%s: %s", ckpt, e.one_line())
+            return e
+
+    if jobs <= 1 or len(checkpoints) <= 1:
+        return [one(c) for c in checkpoints]
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="posttrain-run") as pool:
+        return list(pool.map(one, checkpoints))
+
+
+def pipeline_handler(config: Config, store: Store | None = None):
+    """The watcher's handler factory: each finished checkpoint goes through `run_pipeline`."""
+
+    def factory(watcher, stop: threading.Event):
+        def handle(path: Path, sha: str) -> dict[str, Any]:
+            def on_event(run_id: str, step: str, event: str) -> None:
+                if event == "running":
+                    watcher.note_stage(path, run_id, step)
+
+            result = run_pipeline(path, config, store=store or watcher.store, stop_event=stop, on_event=on_event)
+            failed = result.failures()
+            return {"status": result.status, "run_id": result.run_id,
+                    "error": "; ".join(f"{f.name}: {f.error}" for f in failed) or None}
+
+        return handle
+
+    return factory

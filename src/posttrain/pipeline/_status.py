@@ -1,0 +1,55 @@
+"""What `posttrain status` reports, gathered from the PID file, the watcher's status file and the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from posttrain import paths
+from posttrain.pipeline._daemon import STATUS_FILE, read_json, read_pid_file
+
+
+def _verdicts(run_dir: str | None) -> list[str]:
+    if not run_dir:
+        return []
+    try:
+        doc = json.loads((Path(run_dir) / "compare.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [c["sentence"] for c in doc.get("comparisons") or [] if c.get("sentence")]
+
+
+def gather_status(home: Path, last: int = 5) -> dict[str, Any]:
+    info = read_pid_file(home)
+    running = bool(info and info.alive)
+    doc: dict[str, Any] = {"home": str(home), "running": running, "watcher": None, "runs": [], "active_runs": []}
+    if running:
+        status = read_json(home / STATUS_FILE) or {}
+        doc["watcher"] = {**status, "pid": info.pid, "started_at": info.started_at, "uptime_s": info.uptime_s}
+    elif info is not None:
+        doc["stale_pid"] = info.pid
+    db = paths.store_path(home)
+    if not db.exists():
+        return doc
+    from posttrain.store import Store
+
+    store = Store(db)
+    try:
+        for r in store.query("SELECT id, status, created_at, finished_at, run_dir FROM runs "
+                             "ORDER BY COALESCE(finished_at, created_at) DESC LIMIT ?", (last,)):
+            failed = store.query("SELECT name, error FROM steps WHERE run_id=? AND status='failed'", (r["id"],))
+            doc["runs"].append({"id": r["id"], "status": r["status"], "finished_at": r["finished_at"],
+                                "verdicts": _verdicts(r["run_dir"]),
+                                "failed": "; ".join(f"{f['name']}: {f['error']}" for f in failed) or None})
+        for r in store.query("SELECT id, owner_pid FROM runs WHERE status='running' AND owner_pid IS NOT NULL"):
+            if not psutil.pid_exists(r["owner_pid"]):
+                continue  # crashed: it resumes when its command runs again
+            step = store.query("SELECT name FROM steps WHERE run_id=? AND status='running'", (r["id"],))
+            doc["active_runs"].append({"id": r["id"], "owner_pid": r["owner_pid"],
+                                       "step": step[0]["name"] if step else None})
+    finally:
+        store.close()
+    return doc
