@@ -85,7 +85,10 @@ def _from_manifest(manifest_path: Path, only: set[Path] | None) -> list[Variant]
     model = data.get("model_name") or data.get("model") or manifest_path.parent.name
     ckpt = data.get("checkpoint") or data.get("checkpoint_dir")
     out = []
-    for v in data.get("variants", []):
+    listed = data.get("variants") or []
+    # schema posttrain.convert/1 keys variants by quant; a plain list is accepted too.
+    entries = [dict(v, quant=v.get("quant") or q) for q, v in listed.items()] if isinstance(listed, dict) else listed
+    for v in entries:
         file = v.get("file") or v.get("path")
         if not file:
             continue
