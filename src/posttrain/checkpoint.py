@@ -108,6 +108,25 @@ def _weights(path: Path, allow_pickle: bool) -> list[Path] | str:
     return "no model weights: neither model.safetensors nor model.safetensors.index.json is present"
 
 
+def _tokenizer_file_loads(path: Path) -> bool:
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text())
+            return True
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False
+    import sentencepiece
+
+    try:
+        sentencepiece.SentencePieceProcessor(model_proto=path.read_bytes())
+        return True
+    except (RuntimeError, OSError):
+        # Llama 3's original tokenizer.model is tiktoken text, not a SentencePiece proto; it is whole
+        # if it ends with a newline, as tiktoken files do.
+        data = path.read_bytes()
+        return data.endswith(b"\n") and data[:1].isalnum()
+
+
 def _snapshot(path: Path) -> dict[str, tuple[int, int]]:
     out = {}
     for p in sorted(path.iterdir()):
@@ -161,6 +180,10 @@ def _inspect_once(path: Path, allow_pickle: bool) -> Verdict:
         return Verdict(path, False, "no tokenizer: none of tokenizer.json, tokenizer.model, "
                                     "vocab.json+merges.txt is present", architecture=architecture)
     tokenizer_files = [path / f for f in tokenizer]
+    # Every tokenizer file present must be whole: the converter reads tokenizer.model when it exists.
+    for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json", "tokenizer.model"):
+        if (path / name).is_file() and not _tokenizer_file_loads(path / name):
+            return Verdict(path, False, f"{name} does not load (still being written?)", architecture=architecture)
 
     weights = _weights(path, allow_pickle)
     if isinstance(weights, str):

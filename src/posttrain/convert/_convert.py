@@ -271,6 +271,9 @@ def convert_checkpoint(
         raise PosttrainError(f"importance matrix {imatrix_path} does not exist")
 
     with _locked(out_dir):
+        # Under the lock no other conversion writes here: leftovers are from a killed run.
+        for stale in out_dir.glob(".*.partial"):
+            stale.unlink(missing_ok=True)
         say("checkpoint", "hashing")
         ckpt_sha = checkpoint_sha256(verdict)
         manifest = _load_manifest(out_dir)
