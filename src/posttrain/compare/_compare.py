@@ -213,6 +213,8 @@ def compare_family(pairs: Sequence[tuple[str, Sequence[ItemResult], str, Sequenc
     disagreements: list[dict] = []
     skipped: list[dict] = []
     for new_label, new_items, base_label, base_items in pairs:
+        if new_label == base_label:
+            raise PosttrainError(f"both sides are labelled {new_label!r}", remedy="give the two sides distinct labels")
         for label, items in ((new_label, new_items), (base_label, base_items)):
             if not items:
                 raise PosttrainError(f"{label} has no per-item results",
@@ -292,8 +294,6 @@ def compare_items(new: Sequence[ItemResult], baseline: Sequence[ItemResult], *, 
                   baseline_source: str | None = None) -> dict:
     """Compare one model's per-item results with a baseline's: the `posttrain.compare/1` document,
     Holm-corrected across all (task, filter, metric) comparisons in it."""
-    if new_label == baseline_label:
-        raise PosttrainError(f"both sides are labelled {new_label!r}", remedy="give the two sides distinct labels")
     sources = {k: v for k, v in ((new_label, new_source), (baseline_label, baseline_source)) if v is not None}
     return compare_family([(new_label, list(new), baseline_label, list(baseline))], alpha=alpha,
                           clusters=clusters, seed=seed, n_boot=n_boot, sources=sources)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 from statsmodels.stats.power import TTestPower
 
 from posttrain.errors import PosttrainError
@@ -25,7 +26,7 @@ def _standardized_mde(nobs: int, alpha: float, power: float) -> float | None:
                                       alternative="two-sided")
     except (ValueError, RuntimeError, ZeroDivisionError):
         return None
-    es = float(es)
+    es = float(np.ravel(es)[0])  # solve_power returns a scalar or a 1-element array
     return es if math.isfinite(es) and es > 0 else None
 
 
@@ -56,5 +57,5 @@ def items_needed(effect: float, sd_diff: float, alpha: float = 0.05, power: floa
                                      alternative="two-sided")
     except (ValueError, RuntimeError, ZeroDivisionError) as e:  # pragma: no cover - solver failure
         raise PosttrainError(f"could not solve for the sample size: {e}") from e
-    n = float(n)
+    n = float(np.ravel(n)[0])
     return max(2, math.ceil(n)) if math.isfinite(n) else 2
