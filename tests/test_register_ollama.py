@@ -1,0 +1,246 @@
+"""Ollama import against the stand-in server (tests/ollama_standin.py): Ollama cannot be installed here.
+
+posttrain's code path is the production one: the official `ollama` client and plain HTTP to the
+documented endpoints. The stand-in verifies blob bytes against their digest and Ollama's name rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import ollama
+import pytest
+from typer.testing import CliRunner
+
+import posttrain.serve._ollama as ollama_mod
+from posttrain.errors import PosttrainError, TransientError
+from posttrain.serve import (
+    DEFAULT_PARAMETERS,
+    FAMILIES,
+    register_variants,
+    resolve_ollama_gguf,
+    unregister,
+)
+from posttrain.serve._chat_templates import CHATML, LLAMA3
+from posttrain.store import Store
+from ollama_standin import CANNED_REPLY, OllamaStandin
+
+CHATML_JINJA = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+                " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch):
+    from tenacity import wait_none
+
+    monkeypatch.setattr(ollama_mod, "RETRY_WAIT", wait_none())
+
+
+@pytest.fixture
+def gguf_dir(tiny_gguf, tmp_path) -> Path:
+    """A private copy of the convert output (GGUFs + manifest.json): register writes Modelfiles beside them."""
+    src = next(iter(tiny_gguf.values())).parent
+    out = tmp_path / "gguf"
+    out.mkdir()
+    for f in [*src.glob("*.gguf"), src / "manifest.json"]:
+        shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.fixture
+def standin(tmp_path):
+    with OllamaStandin(tmp_path / "ollama") as s:
+        yield s
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store(tmp_path / "posttrain.db")
+
+
+def _sha(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_variant_is_imported_with_its_blob_parameters_and_modelfile(gguf_dir, standin, store):
+    regs = register_variants(gguf_dir, url=standin.url, store=store)
+    model = json.loads((gguf_dir / "manifest.json").read_text())["model_name"]
+    ggufs = sorted(gguf_dir.glob("*.gguf"))
+    assert len(regs) == len(ggufs) == 3
+    assert {r.name for r in regs} == {f"{model}_{q}:latest" for q in ("f16", "q8_0", "q4_k_m")}
+
+    uploads = standin.requests_to("POST", "/api/blobs/")
+    assert sorted(u.path.removeprefix("/api/blobs/") for u in uploads) == sorted(_sha(g) for g in ggufs)
+    creates = [r.body for r in standin.requests_to("POST", "/api/create")]
+    for reg in regs:
+        assert reg.status == "created" and reg.uploaded
+        assert reg.digest == _sha(reg.variant)
+        body = next(c for c in creates if c["model"] == reg.name)
+        assert body["files"] == {reg.variant.name: reg.digest}
+        assert body["parameters"] == DEFAULT_PARAMETERS  # tiny model: no chat template, so no stop tokens
+        assert "template" not in body  # unknown family: Ollama's own detection, and a warning says so
+        assert any("template not set" in w for w in reg.warnings)
+        # the smoke chat went through Ollama and was timed
+        assert reg.smoke_text == CANNED_REPLY and reg.smoke_latency_s > 0
+        modelfile = (gguf_dir / f"{reg.variant.name}.Modelfile").read_text()
+        assert f"FROM ./{reg.variant.name}\n" in modelfile
+        assert "PARAMETER temperature 0.7" in modelfile and "PARAMETER num_ctx 4096" in modelfile
+        assert "TEMPLATE" not in modelfile
+    rows = store.query("SELECT name, blob_digest, smoke_text FROM registrations WHERE ollama_url=?", (standin.url,))
+    assert {(r["name"], r["blob_digest"]) for r in rows} == {(r.name, r.digest) for r in regs}
+    assert all(r["smoke_text"] == CANNED_REPLY for r in rows)
+
+
+def test_registering_again_uploads_nothing_and_creates_nothing(gguf_dir, standin, store):
+    register_variants(gguf_dir, url=standin.url, store=store)
+    standin.requests.clear()
+    again = register_variants(gguf_dir, url=standin.url, store=store)
+    assert [r.status for r in again] == ["unchanged"] * 3
+    assert not any(r.uploaded for r in again)
+    assert standin.requests_to("POST", "/api/blobs/") == []
+    assert standin.requests_to("POST", "/api/create") == []
+
+
+def test_a_changed_parameter_replaces_the_model_and_reuses_the_blob(gguf_dir, standin, store):
+    register_variants(gguf_dir, url=standin.url, store=store)
+    standin.requests.clear()
+    regs = register_variants(gguf_dir, url=standin.url, store=store, params={"temperature": "0.2", "stop": ["END"]})
+    assert [r.status for r in regs] == ["replaced"] * 3
+    assert not any(r.uploaded for r in regs)
+    assert len(standin.requests_to("HEAD", "/api/blobs/")) == 3  # asked, found, not uploaded
+    assert standin.requests_to("POST", "/api/blobs/") == []
+    for reg in regs:
+        stored = standin.models[reg.name]
+        assert stored.parameters == {"temperature": 0.2, "top_p": 0.9, "num_ctx": 4096, "stop": ["END"]}
+        assert 'PARAMETER stop "END"' in reg.modelfile.read_text()
+
+
+def test_a_known_chat_template_becomes_the_ollama_template_with_stop_tokens(gguf_dir, standin, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHATML_JINJA}))
+    regs = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")),
+                             url=standin.url, checkpoint=ckpt, name="My Chat Model")
+    (reg,) = regs
+    assert reg.name == "my-chat-model_q8_0:latest"
+    assert reg.template_family == "chatml" and reg.warnings == []
+    (create,) = [r.body for r in standin.requests_to("POST", "/api/create")]
+    assert create["template"] == CHATML.template
+    assert create["parameters"]["stop"] == ["<|im_start|>", "<|im_end|>"]
+    assert standin.models[reg.name].template == CHATML.template
+    assert f'TEMPLATE """{CHATML.template}"""' in reg.modelfile.read_text()
+    # same template again: unchanged; another family's template: replaced
+    assert register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, checkpoint=ckpt,
+                             name="My Chat Model")[0].status == "unchanged"
+    llama3 = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, name="My Chat Model",
+                               chat_template="<|start_header_id|>{{ role }}<|end_header_id|>{{ content }}<|eot_id|>")
+    assert llama3[0].status == "replaced" and standin.models[reg.name].template == LLAMA3.template
+
+
+def test_transient_503s_are_retried_until_they_pass(gguf_dir, standin):
+    standin.fail(2, 503, paths=("/api/create",))
+    standin.fail(1, 503, paths=("/api/blobs/",))
+    regs = register_variants(sorted(gguf_dir.glob("*F16.gguf")), url=standin.url)
+    assert regs[0].status == "created"
+    assert len(standin.requests_to("POST", "/api/create")) == 3
+
+
+def test_a_server_that_keeps_failing_gives_up_after_three_attempts(gguf_dir, standin):
+    standin.fail(10, 503, paths=("/api/create",))
+    with pytest.raises(TransientError, match="503"):
+        register_variants(sorted(gguf_dir.glob("*F16.gguf")), url=standin.url)
+    assert len(standin.requests_to("POST", "/api/create")) == 3
+
+
+def test_unreachable_ollama_is_skipped_but_modelfiles_are_written(gguf_dir, standin):
+    dead = standin.url
+    standin.__exit__(None, None, None)
+    regs = register_variants(gguf_dir, url=dead)
+    assert [r.status for r in regs] == [f"skipped: Ollama not reachable at {dead}"] * 3
+    assert all(r.modelfile.is_file() for r in regs)
+
+
+def test_a_rejected_modelfile_names_the_variant(gguf_dir, standin):
+    standin.create_error = "template: :3: unexpected \"}\" in operand"
+    with pytest.raises(PosttrainError) as e:
+        register_variants(sorted(gguf_dir.glob("*Q4_K_M.gguf")), url=standin.url)
+    assert "Q4_K_M.gguf" in e.value.message and "unexpected" in e.value.message
+    assert not isinstance(e.value, TransientError)
+
+
+def test_a_model_too_large_to_load_names_the_variant(gguf_dir, standin):
+    standin.chat_error = (500, "model requires more system memory (12.0 GiB) than is available (1.5 GiB)")
+    with pytest.raises(PosttrainError) as e:
+        register_variants(sorted(gguf_dir.glob("*F16.gguf")), url=standin.url)
+    assert "F16.gguf" in e.value.message and "more system memory" in e.value.message
+    assert len(standin.requests_to("POST", "/api/chat")) == 1  # not retried
+
+
+def test_a_model_posttrain_did_not_create_is_never_replaced_or_deleted(gguf_dir, standin, store):
+    f16 = sorted(gguf_dir.glob("*F16.gguf"))[0]
+    client = ollama.Client(host=standin.url)
+    digest = client.create_blob(f16)
+    name = register_variants([f16], url=standin.url, smoke=False)[0].name  # no store: nothing recorded
+    client.create(model=name, files={f16.name: digest}, parameters={"temperature": 1.5})  # the user's own
+    with pytest.raises(PosttrainError, match="not created by posttrain"):
+        register_variants([f16], url=standin.url, store=store)
+    assert standin.models[name].parameters == {"temperature": 1.5}
+    with pytest.raises(PosttrainError, match="did not create"):
+        unregister(standin.url, store, [name])
+    assert name in standin.models
+
+
+def test_unregister_deletes_only_what_posttrain_registered(gguf_dir, standin, store):
+    regs = register_variants(gguf_dir, url=standin.url, store=store, smoke=False)
+    deleted = unregister(standin.url, store)
+    assert sorted(deleted) == sorted(r.name for r in regs)
+    assert standin.models == {}
+    assert [r.body["model"] for r in standin.requests_to("DELETE", "/api/delete")] == sorted(deleted)
+    assert store.query("SELECT * FROM registrations") == []
+
+
+def test_resolve_finds_the_gguf_blob_behind_an_ollama_name(gguf_dir, standin):
+    reg = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, smoke=False)[0]
+    path = resolve_ollama_gguf(reg.name, standin.url)
+    assert path is not None and _sha(path) == reg.digest
+    assert resolve_ollama_gguf(reg.name.removesuffix(":latest"), standin.url) == path
+    assert resolve_ollama_gguf("no-such-model", standin.url) is None
+    assert resolve_ollama_gguf(reg.name, "http://127.0.0.1:9") is None
+
+
+def test_register_command_prints_a_table(gguf_dir, standin, tmp_path):
+    from posttrain.cli import app
+
+    result = CliRunner().invoke(app, ["register", str(gguf_dir), "--ollama", standin.url, "--name", "Demo",
+                                      "--param", "temperature=0.3", "--home", str(tmp_path / "home")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for quant in ("f16", "q8_0", "q4_k_m"):
+        assert f"demo_{quant}:latest" in result.output
+    assert "uploaded" in result.output and "not set" in result.output
+    assert all(m.parameters["temperature"] == 0.3 for m in standin.models.values())
+    again = CliRunner().invoke(app, ["register", str(gguf_dir), "--ollama", standin.url, "--name", "Demo",
+                                     "--param", "temperature=0.3", "--home", str(tmp_path / "home")],
+                               env={"COLUMNS": "200"})
+    assert again.output.count("unchanged") == 3 and "reused" in again.output
+
+
+def test_every_family_template_is_detected_from_its_markers():
+    samples = {
+        "chatml": CHATML_JINJA,
+        "llama3": "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}",
+        "gemma": "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}",
+        "mistral": "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% endif %}{% endfor %}",
+        "phi3": "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}{{ '<|user|>' }}",
+    }
+    from posttrain.serve import detect_family
+
+    assert {detect_family(t).name for t in samples.values()} == {f.name for f in FAMILIES}
+    for name, template in samples.items():
+        assert detect_family(template).name == name
+    llama2 = "[INST] <<SYS>>\\n{{ system }}\\n<</SYS>>\\n\\n{{ user }} [/INST]"
+    zephyr = "<|user|>\\n{{ content }}</s>\\n<|assistant|>"
+    assert detect_family(llama2) is None and detect_family(zephyr) is None and detect_family(None) is None
