@@ -40,7 +40,13 @@ class NotifySummary(BaseModel):
         failures = failures or []
         comps = (compare or {}).get("comparisons") or []
         status = "failed" if failures else (run.get("status") or "succeeded")
-        return cls(run_id=run["id"], status=status, model_name=run.get("model_name"),
+        counts: dict[str, int] = {}
+        for c in comps:
+            verdict = c.get("verdict") or "no significant difference"
+            counts[verdict] = counts.get(verdict, 0) + 1
+        headline = (f"{len(comps)} comparison(s) against {(compare or {}).get('baseline', {}).get('label')}: "
+                    + ", ".join(f"{n} {k}" for k, n in counts.items()) + ".") if comps else None
+        return cls(run_id=run["id"], status=status, model_name=run.get("model_name"), headline=headline,
                    verdicts=[c["sentence"] for c in comps if c.get("sentence")],
                    failed_step=failures[0]["step"] if failures else None,
                    error=failures[0].get("error") if failures else None,

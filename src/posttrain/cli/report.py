@@ -51,7 +51,8 @@ def runs_cmd(
     store = _open_store(home)
     rows = index_rows(store)
     table = Table(title=f"runs in {store.path}", title_justify="left")
-    for col in ("run", "created", "model", "status", "quant", "size", "KLD vs F16", "scores", "verdict"):
+    table.add_column("run", no_wrap=True)  # ids are copied into `posttrain report RUN`: never split them
+    for col in ("created", "model", "status", "quant", "size", "KLD vs F16", "scores", "verdict"):
         table.add_column(col, overflow="fold")
     for r in rows:
         scores = ", ".join(f"{k} {fmt_num(v)}" for k, v in r["scores"].items())

@@ -19,7 +19,8 @@ def _verdict_summary(compare: dict[str, Any]) -> str:
         return ""
     counts: dict[str, int] = {}
     for c in comps:
-        counts[c.get("verdict", "no significant difference")] = counts.get(c.get("verdict"), 0) + 1
+        verdict = c.get("verdict") or "no significant difference"
+        counts[verdict] = counts.get(verdict, 0) + 1
     return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
 
 

@@ -117,26 +117,43 @@ def _from_aggregates(aggregates: Any, task: str) -> list[dict[str, Any]]:
 
 
 def load_evals(store: Store, run_id: str, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One score per (label, task or group, filter, metric), computed from the items of every
+    evaluation linked to the run, so a group (mmlu) spread over many leaf-task evaluations is one row
+    with the same n and CI method as the compare document."""
     by_model = {v["sha256"]: v["quant"] for v in variants} | {v["path"]: v["quant"] for v in variants}
     rows = store.query(
         "SELECT re.role, re.label, e.* FROM run_evals re JOIN evals e ON e.id = re.eval_id "
         "WHERE re.run_id = ? ORDER BY re.role DESC, re.label, e.task", (run_id,))
+    values: dict[tuple[str, str, str, str, str], list[float]] = defaultdict(list)
+    meta: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
     for r in rows:
-        common = {"label": r["label"], "role": r["role"], "task_hash": r["task_hash"], "seconds": r["seconds"],
-                  "quant": by_model.get(r["model_id"])}
-        groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-        for item in store.query(
-                "SELECT COALESCE(task_group, task) AS t, filter, metric, value FROM items "
-                "WHERE eval_id = ? AND value IS NOT NULL", (r["id"],)):
-            groups[(item["t"], item["filter"], item["metric"])].append(float(item["value"]))
-        if groups:
-            for (task, flt, metric), values in sorted(groups.items()):
-                mean, ci = _interval(values)
-                out.append({**common, "task": task, "metric": metric, "filter": flt, "value": mean, "ci": ci,
-                            "n": len(values)})
-        else:
-            out.extend({**common, **agg} for agg in _from_aggregates(_loads(r["aggregates_json"]), r["task"]))
+        common = {"label": r["label"], "role": r["role"], "quant": by_model.get(r["model_id"])}
+        items = store.query("SELECT COALESCE(task_group, task) AS t, filter, metric, value FROM items "
+                            "WHERE eval_id = ? AND value IS NOT NULL", (r["id"],))
+        if not items:
+            out.extend({**common, "task_hash": r["task_hash"], "seconds": r["seconds"], **agg}
+                       for agg in _from_aggregates(_loads(r["aggregates_json"]), r["task"]))
+            continue
+        seen: set[tuple[str, str, str, str, str]] = set()
+        for item in items:
+            key = (r["role"], r["label"], item["t"], item["filter"], item["metric"])
+            values[key].append(float(item["value"]))
+            m = meta.setdefault(key, {**common, "hashes": set(), "seconds": 0.0})
+            if key not in seen:  # count each evaluation's time and hash once per score
+                seen.add(key)
+                m["seconds"] += r["seconds"] or 0.0
+                if r["task_hash"]:
+                    m["hashes"].add(r["task_hash"])
+    for key, vals in values.items():
+        _, _, task, flt, metric = key
+        m = meta[key]
+        mean, ci = _interval(vals)
+        hashes = sorted(m["hashes"])
+        out.append({"label": m["label"], "role": m["role"], "quant": m["quant"], "task": task, "metric": metric,
+                    "filter": flt, "value": mean, "ci": ci, "n": len(vals),
+                    "task_hash": hashes[0] if len(hashes) == 1 else (",".join(hashes) or None),
+                    "seconds": m["seconds"]})
     return out
 
 
