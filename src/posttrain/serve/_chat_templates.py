@@ -97,8 +97,8 @@ MISTRAL = ChatFamily(
 {{- end }}
 {{- else }}[INST] {{ if .System }}{{ .System }}
 
-{{ end }}{{ .Prompt }}[/INST]
-{{- end }} {{ .Response }}""",
+{{ end }}{{ .Prompt }}[/INST]{{ if .Response }} {{ .Response }}</s>{{ end }}
+{{- end }}""",
     ("[INST]", "[/INST]"),
 )
 
@@ -137,7 +137,7 @@ def detect_family(chat_template: str | None) -> ChatFamily | None:
         return CHATML
     if "<start_of_turn>" in t and "<end_of_turn>" in t:
         return GEMMA
-    if "<|user|>" in t and "<|end|>" in t:
+    if "<|end|>" in t and ("<|user|>" in t or "<|assistant|>" in t):  # roles may be built as '<|' + role + '|>'
         return PHI3
     if "[INST]" in t and "[/INST]" in t and "<<SYS>>" not in t:
         return MISTRAL
