@@ -179,6 +179,20 @@ def spawn_detached(argv: list[str], home: Path, timeout: float = 30.0) -> int:
     raise PosttrainError(f"the watcher (PID {proc.pid}) did not start within {timeout:g} s", remedy=f"see {out}")
 
 
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """True once the process has exited. A zombie counts as exited: it has stopped, only its parent
+    (when that is not init, e.g. a test) has not collected its exit status yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def stop_daemon(home: Path, grace_s: float = 60.0) -> tuple[int, str]:
     """SIGTERM the watcher, wait up to `grace_s` for a clean stop, then SIGKILL. (pid, how it ended)."""
     info = read_pid_file(home)
@@ -189,16 +203,15 @@ def stop_daemon(home: Path, grace_s: float = 60.0) -> tuple[int, str]:
         raise PosttrainError(f"no watcher is running for {home}", remedy="start one with `posttrain watch DIR --daemon`")
     proc = psutil.Process(info.pid)
     proc.terminate()
-    try:
-        proc.wait(timeout=grace_s)
+    if _wait_gone(proc, grace_s):
         return info.pid, "stopped"
-    except psutil.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-        # Killed processes clean nothing up; the lock went with them, the files stay.
-        (home / PID_FILE).unlink(missing_ok=True)
-        (home / STATUS_FILE).unlink(missing_ok=True)
-        return info.pid, "killed"
+    proc.kill()
+    if not _wait_gone(proc, 10):
+        raise PosttrainError(f"watcher PID {info.pid} survived SIGKILL", remedy="check it with `ps`")
+    # A killed process cleans nothing up; the lock went with it, the files stay.
+    (home / PID_FILE).unlink(missing_ok=True)
+    (home / STATUS_FILE).unlink(missing_ok=True)
+    return info.pid, "killed"
 
 
 def serve_watch(home: Path, roots: list[Path], handler_factory, *, pattern: str, poll_interval_s: float,
@@ -216,9 +229,9 @@ def serve_watch(home: Path, roots: list[Path], handler_factory, *, pattern: str,
     from posttrain import paths
 
     stop = stop_event or threading.Event()
+    log_path = setup_file_logging(home, log_max_bytes, log_backups)  # first: the stale-PID note goes there
     lock = InstanceLock(home).acquire(args=sys.argv)
     try:
-        log_path = setup_file_logging(home, log_max_bytes, log_backups)
         install_stop_handlers(stop)
         store = Store(paths.store_path(home))
         status_path = home / STATUS_FILE
