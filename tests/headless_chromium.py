@@ -8,6 +8,7 @@ PNG screenshot."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -92,14 +93,21 @@ class _Pipe:
         return [json.loads(m) for m in messages if m]
 
 
+def _high_fd(fd: int) -> int:
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 def load(url: str, probes: dict[str, str], width: int = 1200, height: int = 2400, settle: float = 1.0) -> PageResult:
     """Open `url` in a fresh headless Chromium profile with networking disabled and run `probes`
     (name -> JavaScript expression returning JSON-serialisable data)."""
     binary = chromium_binary()
     assert binary, "chromium is not installed"
     profile = tempfile.mkdtemp(prefix="posttrain-chromium-")
-    to_r, to_w = os.pipe()
-    from_r, from_w = os.pipe()
+    # Keep our pipe ends above fd 4, so that in the child dup2 onto 3 and 4 never meets its own source
+    # (a same-fd dup2 is a no-op that would leave the close-on-exec flag set).
+    to_r, to_w, from_r, from_w = (_high_fd(fd) for fd in (*os.pipe(), *os.pipe()))
 
     def wire_fds() -> None:  # in the child: the protocol wants exactly fds 3 (in) and 4 (out)
         os.dup2(to_r, 3)

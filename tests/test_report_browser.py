@@ -91,3 +91,20 @@ def test_the_browser_check_would_catch_a_broken_page(tmp_path):
     result = headless_chromium.load(bad.as_uri(), {"images": "document.images.length"})
     assert any("Content Security Policy" in e for e in result.errors), result.console
     assert result.probes["images"] == 1
+
+
+def test_index_page_links_each_report(tmp_path):
+    from posttrain.report import report_from_store, write_index
+    from test_report_store import RUN_ID, populate
+
+    store, _ = populate(tmp_path)
+    report = report_from_store(store, RUN_ID)["html"]
+    index = write_index(store, tmp_path / "index.html")
+    result = headless_chromium.load(index.as_uri(), {
+        "links": "[...document.querySelectorAll('#leaderboard a')].map(a => a.href)",
+        "rows": "document.querySelectorAll('#leaderboard tr').length",
+    })
+    assert result.errors == []
+    assert result.probes["rows"] == 1 + 3  # header + one row per variant
+    assert set(result.probes["links"]) == {report.resolve().as_uri()}
+    (ARTIFACTS / "index.png").write_bytes(result.screenshot_png)

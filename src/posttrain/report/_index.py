@@ -6,6 +6,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from posttrain import __version__
 from posttrain.report import _store
@@ -24,6 +25,14 @@ def _verdict_summary(compare: dict[str, Any]) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
 
 
+def _href(target: Path, base: Path) -> str:
+    """A relative link that a browser cannot read as a scheme ("javascript:…" from an odd run_dir)."""
+    rel = Path(os.path.relpath(target.resolve(), base)).as_posix()
+    if not rel.startswith(("./", "../")):
+        rel = "./" + rel
+    return quote(rel)
+
+
 def index_rows(store: Store, link_base: Path | None = None) -> list[dict[str, Any]]:
     """One row per (run, variant) — or one per run without variants — newest run first."""
     rows: list[dict[str, Any]] = []
@@ -36,7 +45,7 @@ def index_rows(store: Store, link_base: Path | None = None) -> list[dict[str, An
         report = folder / "report.html"
         link = None
         if report.exists():
-            link = os.path.relpath(report, link_base) if link_base else str(report)
+            link = _href(report, link_base) if link_base else str(report)
         base = {"run_id": run["id"], "created_at": run["created_at"], "model_name": run["model_name"],
                 "status": run["status"], "baseline": run["baseline"], "verdict": _verdict_summary(compare),
                 "report": link}
