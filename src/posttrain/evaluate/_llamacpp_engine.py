@@ -311,6 +311,14 @@ class LlamaCppEngine:
         cache is cleared between batches (so attention never spans unrelated old cells).
         Results come back in the order of `requests`.
         """
+        # Identical requests are scored once; the batch layout depends only on the set of distinct
+        # requests (groups and endings in sorted order), so the numbers do not depend on the order
+        # requests arrive in (attention sums over KV cells in layout order).
+        distinct = sorted(set(requests), key=lambda r: (r.context, r.continuation))
+        by_req = dict(zip(distinct, self._score_sorted(distinct)))
+        return [by_req[r] for r in requests]
+
+    def _score_sorted(self, requests: Sequence[ScoreRequest]) -> list[Scored]:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(r.context, []).append(i)
