@@ -14,14 +14,14 @@ import sys
 import tempfile
 import threading
 import time
-import weakref
 from pathlib import Path
 
 import httpx
 
 from posttrain.errors import PosttrainError
 
-_LIVE: weakref.WeakSet[LlamaServer] = weakref.WeakSet()
+# Strong references: a server dropped without stop() is still stopped when posttrain exits.
+_LIVE: set[LlamaServer] = set()
 
 
 @atexit.register

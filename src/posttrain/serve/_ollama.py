@@ -43,7 +43,7 @@ DEFAULT_URL = "http://127.0.0.1:11434"
 SMOKE_PROMPT = "Reply with one short sentence: what are you?"
 # Messages Ollama sends when a model cannot be loaded or a Modelfile is refused: retrying won't help.
 _PERMANENT_MARKERS = ("requires more system memory", "too large", "out of memory", "invalid", "unsupported",
-                      "unknown", "not found", "template:", "parse")
+                      "unknown", "not found", "template:", "parse", "runner process has terminated")
 # Waits between attempts; tests shorten it.
 RETRY_WAIT = wait_exponential(multiplier=0.5, min=0.5, max=8)
 
