@@ -13,6 +13,7 @@ from posttrain.errors import PosttrainError
 
 # One module per command group; importing a module registers its commands.
 COMMAND_MODULES = [
+    "eval",
     "compare",
     "checkpoint",
     "convert",

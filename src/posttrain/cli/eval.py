@@ -1,0 +1,66 @@
+"""`posttrain eval`: lm-evaluation-harness tasks on a GGUF (in-process llama.cpp), an HF checkpoint,
+an OpenAI-compatible endpoint or an Ollama model; per-item results stored, reused when unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from posttrain.cli._app import app, console
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Argument(..., help="A .gguf file, an HF checkpoint directory, ollama:NAME, "
+                                          "or the served model's name with --endpoint."),
+    tasks: str = typer.Option("mmlu,gsm8k,hellaswag", help="Comma-separated lm-eval task or group names."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Local task data in the official layouts "
+                                         "(gsm8k/, mmlu/, hellaswag/); without it lm-eval loads from the Hub."),
+    limit: int | None = typer.Option(None, help="Evaluate N items per task (stratified by MMLU subject)."),
+    per_subject: int | None = typer.Option(None, "--per-subject", help="Evaluate N items per MMLU subject."),
+    seed: int = typer.Option(0, help="Seed for the item subset; the same seed picks the same items for every model."),
+    num_fewshot: int | None = typer.Option(None, "--num-fewshot", help="Few-shot examples (default: each task's own)."),
+    home: Path | None = typer.Option(None, "--home", help="posttrain home (store and outputs)."),
+    out: Path | None = typer.Option(None, "--out", help="Where lm-eval's results and samples go "
+                                    "(default HOME/evals/<model>)."),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible completions server URL."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Local HF tokenizer dir (with --endpoint)."),
+    ollama: str | None = typer.Option(None, "--ollama", help="Ollama URL, for a model given as ollama:NAME."),
+    think_pattern: list[str] | None = typer.Option(None, "--think-pattern",
+                                                   help="Regex of reasoning text to strip from generations "
+                                                        "(repeatable; default <think>…</think>)."),
+    max_gen_toks: int | None = typer.Option(None, "--max-gen-toks", help="Cap on generated tokens per item."),
+) -> None:
+    """Evaluate MODEL with lm-evaluation-harness; print metric, value, 95% CI, n, seconds, tokens/s per task."""
+    from posttrain import paths
+    from posttrain.evaluate import evaluate
+    from posttrain.store import Store
+
+    base = home or paths.home()
+    store = Store(paths.store_path(base))
+    name = Path(model).stem if not model.startswith("ollama:") else model.removeprefix("ollama:").replace(":", "_")
+    out_dir = out or base / "evals" / name
+    results = evaluate(
+        model, [t.strip() for t in tasks.split(",") if t.strip()], data_dir=data_dir, limit=limit,
+        per_subject=per_subject, seed=seed, num_fewshot=num_fewshot, store=store, out_dir=out_dir,
+        endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama, think_patterns=think_pattern or None,
+        gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
+    )
+    table = Table(title=f"{model}", title_justify="left")
+    for col in ("task", "metric", "filter", "value", "95% CI", "n", "seconds", "tokens/s", ""):
+        table.add_column(col, justify="right" if col in ("value", "n", "seconds", "tokens/s") else "left")
+    for r in results:
+        for i, m in enumerate(r.metrics):
+            first = i == 0
+            ci = f"{_fmt(m.ci_low)}–{_fmt(m.ci_high)}" if m.ci_low is not None else "–"
+            table.add_row(r.task if first else "", m.metric, m.filter, _fmt(m.value), ci, str(m.n),
+                          _fmt(r.seconds, 1) if first else "", _fmt(r.tokens_per_s, 0) if first else "",
+                          ("cached" if r.cached else "") if first else "")
+    console.print(table)
+    console.print(f"results: {out_dir}  (store: {paths.store_path(base)})", highlight=False)

@@ -1,0 +1,33 @@
+"""Evaluate models with lm-evaluation-harness: offline task data, paired subsets, per-item storage, cache.
+
+Importing this package registers posttrain's lm-eval models: `posttrain-llamacpp` (a GGUF in-process
+through llama-cpp-python) and `posttrain-ollama` (generation through Ollama's API).
+"""
+
+from __future__ import annotations
+
+from posttrain.evaluate._backends import ModelRef, OllamaLM, resolve_model
+from posttrain.evaluate._results import EvalResult, MetricValue, items_for_eval
+from posttrain.evaluate._runner import DEFAULT_TASKS, evaluate
+from posttrain.evaluate._selection import Selection, select
+from posttrain.evaluate._think import DEFAULT_THINK_PATTERNS, strip_think
+
+try:  # the in-process llama.cpp backend registers itself with lm-eval on import
+    from posttrain.evaluate import _llamacpp_lm  # noqa: F401
+except ImportError as _e:  # noqa: F841 - absent in a partial checkout; GGUF evaluation then says so
+    pass
+
+__all__ = [
+    "DEFAULT_TASKS",
+    "DEFAULT_THINK_PATTERNS",
+    "EvalResult",
+    "MetricValue",
+    "ModelRef",
+    "OllamaLM",
+    "Selection",
+    "evaluate",
+    "items_for_eval",
+    "resolve_model",
+    "select",
+    "strip_think",
+]

@@ -1,0 +1,250 @@
+"""How a model reference becomes an lm-eval model: a GGUF file, an HF checkpoint, an endpoint, or Ollama.
+
+| reference                    | lm-eval model          | model id (cache key)                        |
+|------------------------------|------------------------|---------------------------------------------|
+| `x.gguf`                     | `posttrain-llamacpp`   | sha256 of the file                          |
+| HF checkpoint directory      | `hf` (CPU, float32)    | `posttrain.checkpoint.checkpoint_sha256`    |
+| NAME with `--endpoint URL`   | `local-completions`    | none: an endpoint's weights cannot be pinned, never reused |
+| `ollama:NAME`                | `posttrain-ollama`     | the sha256 of the model's GGUF blob         |
+
+Ollama returns no prompt log-probs, so loglikelihood tasks of an `ollama:` model run on the same
+GGUF blob in-process with llama.cpp when that file is readable here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from posttrain.errors import PosttrainError, TransientError
+
+GGUF_MAGIC = b"GGUF"
+LLAMACPP_BACKEND = "posttrain-llamacpp"
+OLLAMA_BACKEND = "posttrain-ollama"
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+
+# Every model instantiation goes through make_lm; the count lets callers (and tests) see that a
+# cached evaluation did no model work at all.
+model_loads = 0
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    reference: str
+    kind: str  # gguf, hf, endpoint, ollama
+    backend: str
+    model_id: str
+    model_args: dict = field(default_factory=dict)
+    cacheable: bool = True
+    gguf: Path | None = None
+    # For Ollama: where loglikelihood tasks run instead (the same GGUF in llama.cpp), or None.
+    loglikelihood: ModelRef | None = None
+
+    @property
+    def label(self) -> str:
+        return Path(self.reference).name if self.kind in ("gguf", "hf") else self.reference
+
+
+_sha_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _sha_cache:
+        with path.open("rb") as fh:
+            _sha_cache[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _sha_cache[key]
+
+
+def _gguf_ref(path: Path, reference: str | None = None, sha256: str | None = None) -> ModelRef:
+    with path.open("rb") as fh:
+        if fh.read(4) != GGUF_MAGIC:
+            raise PosttrainError(f"{path} is not a GGUF file (no GGUF magic)",
+                                 remedy="give a .gguf made by `posttrain convert`, or an HF checkpoint directory")
+    return ModelRef(reference or str(path), "gguf", LLAMACPP_BACKEND, sha256 or file_sha256(path),
+                    {"model": str(path.resolve())}, gguf=path.resolve())
+
+
+def _hf_ref(path: Path) -> ModelRef:
+    from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
+
+    verdict = inspect_checkpoint(path, settle_seconds=0)
+    if not verdict.complete:
+        raise PosttrainError(f"{path} is not a complete Hugging Face checkpoint: {verdict.reason}")
+    return ModelRef(str(path), "hf", "hf", checkpoint_sha256(verdict),
+                    {"pretrained": str(path.resolve()), "dtype": "float32", "device": "cpu",
+                     "trust_remote_code": False})
+
+
+def _completions_url(url: str) -> str:
+    url = url.rstrip("/")
+    if url.endswith("/completions"):
+        return url
+    return url + ("/completions" if url.endswith("/v1") else "/v1/completions")
+
+
+def resolve_ollama_blob(name: str, url: str) -> Path | None:
+    """The GGUF blob behind an Ollama model (the modelfile's FROM path), or None when not readable here."""
+    try:
+        from posttrain.serve import resolve_ollama_gguf  # the serve stage's resolver, once it exists
+    except ImportError:
+        resolve_ollama_gguf = None
+    if resolve_ollama_gguf is not None:
+        found = resolve_ollama_gguf(name, url)
+        return Path(found) if found else None
+    import ollama
+
+    try:
+        shown = ollama.Client(host=url).show(name)
+    except ollama.ResponseError as e:
+        raise PosttrainError(f"Ollama at {url} has no model {name!r}: {e.error}",
+                             remedy="check the name with `ollama list`") from None
+    except Exception as e:  # noqa: BLE001 - connection problems come in many types
+        raise TransientError(f"cannot reach Ollama at {url}: {e}") from None
+    for line in (shown.modelfile or "").splitlines():
+        if line.startswith("FROM "):
+            path = Path(line.removeprefix("FROM ").strip())
+            if path.is_file() and os.access(path, os.R_OK):
+                return path
+    return None
+
+
+def _ollama_ref(name: str, url: str) -> ModelRef:
+    blob = resolve_ollama_blob(name, url)
+    if blob is not None:
+        # Ollama names blobs by the sha256 of their content: no need to hash gigabytes again.
+        m = re.fullmatch(r"sha256[-:]([0-9a-f]{64})", blob.name)
+        ll = _gguf_ref(blob, reference=f"ollama:{name}", sha256=m.group(1) if m else None)
+        model_id = ll.model_id
+    else:
+        ll = None
+        model_id = f"ollama:{name}@{url}"
+    return ModelRef(f"ollama:{name}", "ollama", OLLAMA_BACKEND, model_id,
+                    {"model": name, "base_url": url}, cacheable=blob is not None, gguf=blob, loglikelihood=ll)
+
+
+def resolve_model(model: str | Path, *, endpoint: str | None = None, tokenizer: Path | None = None,
+                  ollama_url: str | None = None) -> ModelRef:
+    """Turn what the user typed into a backend, its arguments and a content-based model id."""
+    text = str(model)
+    if endpoint:
+        if tokenizer is None or not Path(tokenizer).is_dir():
+            raise PosttrainError("--endpoint needs --tokenizer DIR (a local Hugging Face tokenizer directory)",
+                                 remedy="lm-eval tokenizes locally; the Hub is not reachable from here")
+        return ModelRef(text, "endpoint", "local-completions", f"endpoint:{endpoint}|{text}",
+                        {"model": text, "base_url": _completions_url(endpoint), "tokenizer": str(tokenizer),
+                         "tokenizer_backend": "huggingface", "tokenized_requests": False,
+                         "num_concurrent": 1, "max_retries": 3},
+                        cacheable=False)
+    if text.startswith("ollama:"):
+        return _ollama_ref(text.removeprefix("ollama:"), ollama_url or os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_URL)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return _gguf_ref(path)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return _hf_ref(path)
+        ggufs = sorted(path.glob("*.gguf"))
+        hint = f"give one of its GGUF files, e.g. {ggufs[0]}" if ggufs else "give a .gguf file or an HF checkpoint"
+        raise PosttrainError(f"{path} is a directory without config.json", remedy=hint)
+    raise PosttrainError(f"model {text!r} not found",
+                         remedy="give a .gguf file, an HF checkpoint directory, ollama:NAME, or NAME with --endpoint URL")
+
+
+def _backend_registered(name: str) -> bool:
+    from lm_eval.api.registry import model_registry
+
+    return name in model_registry
+
+
+def make_lm(ref: ModelRef) -> LM:
+    """Instantiate the lm-eval model for `ref` (this is where weights are loaded)."""
+    global model_loads
+    from lm_eval.api.registry import get_model
+
+    if ref.backend == LLAMACPP_BACKEND and not _backend_registered(LLAMACPP_BACKEND):
+        raise PosttrainError("the in-process llama.cpp backend (posttrain-llamacpp) is not available",
+                             remedy="evaluate the HF checkpoint directory instead, or update posttrain")
+    extra = {"batch_size": 8} if ref.backend == "hf" else {}
+    model_loads += 1
+    try:
+        return get_model(ref.backend).create_from_arg_obj(dict(ref.model_args), extra)
+    except PosttrainError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any load failure is reported as one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PosttrainError(f"could not load {ref.reference} with {ref.backend}: {first}",
+                             remedy="check that the file is a complete, valid model") from None
+
+
+# ---------------------------------------------------------------- Ollama as an lm-eval model
+
+def _cut_at_stop(text: str, until: list[str]) -> str:
+    for stop in until:
+        if stop and stop in text:
+            text = text.split(stop, 1)[0]
+    return text
+
+
+@register_model(OLLAMA_BACKEND)
+class OllamaLM(LM):
+    """Generation through Ollama's `/api/generate` (official client): greedy, honours `until` and `max_gen_toks`.
+
+    The prompt is sent `raw` (lm-eval builds the whole prompt, few-shot included). Ollama returns no
+    log-probs of the prompt, so loglikelihood requests are refused with the way out.
+    """
+
+    def __init__(self, model: str, base_url: str = DEFAULT_OLLAMA_URL, max_gen_toks: int = 256,
+                 timeout: float = 600.0, seed: int = 0, **_ignored):
+        super().__init__()
+        import ollama
+
+        self.model = model
+        self.base_url = base_url
+        self.max_gen_toks = int(max_gen_toks)
+        self.seed = int(seed)
+        self.client = ollama.Client(host=base_url, timeout=float(timeout))
+
+    @retry(retry=retry_if_exception_type(TransientError), stop=stop_after_attempt(3),
+           wait=wait_exponential(multiplier=0.5, max=8), reraise=True)
+    def _generate(self, prompt: str, until: list[str], max_tokens: int) -> str:
+        import httpx
+        import ollama
+
+        try:
+            resp = self.client.generate(model=self.model, prompt=prompt, raw=True, stream=False,
+                                        options={"temperature": 0.0, "top_k": 1, "seed": self.seed,
+                                                 "num_predict": max_tokens, "stop": until or None})
+        except ollama.ResponseError as e:
+            if e.status_code >= 500:
+                raise TransientError(f"Ollama {self.base_url}: {e.error}") from None
+            raise PosttrainError(f"Ollama {self.base_url} refused {self.model!r}: {e.error}") from None
+        except (httpx.TransportError, ConnectionError) as e:
+            raise TransientError(f"cannot reach Ollama at {self.base_url}: {e}") from None
+        return _cut_at_stop(resp.response, until)
+
+    def generate_until(self, requests) -> list[str]:
+        out = []
+        for req in requests:
+            context, gen_kwargs = req.args[0], dict(req.args[1] or {})
+            until = gen_kwargs.get("until") or []
+            if isinstance(until, str):
+                until = [until]
+            out.append(self._generate(context, list(until), int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))))
+        return out
+
+    def _no_logprobs(self, requests):
+        raise PosttrainError("Ollama returns no prompt log-probabilities, so loglikelihood tasks cannot run through it",
+                             remedy="evaluate the model's GGUF file in-process (posttrain does this automatically "
+                                    "when Ollama's blob is readable on this machine)")
+
+    loglikelihood = _no_logprobs
+    loglikelihood_rolling = _no_logprobs

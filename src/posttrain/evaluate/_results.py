@@ -1,0 +1,149 @@
+"""Evaluations and their per-item results in the store, and the cache that reuses them.
+
+One `evals` row per (model, requested task, key); one `items` row per (leaf task, document, filter,
+metric). The cache key covers everything that can change a number: the model's content hash,
+the task's name and content hash (its config and the selected documents), the number of shots,
+the item selection, the generation arguments (think patterns included), the harness and backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+from posttrain.store import Store, dumps, utcnow
+
+# Bump when what posttrain stores for the same lm-eval output changes.
+STORAGE_FORMAT = "posttrain.evaluate/1"
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.sha256(dumps({"format": STORAGE_FORMAT, **parts}).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    metric: str
+    filter: str
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    stderr: float | None = None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One requested task's outcome for one model."""
+
+    task: str
+    metrics: list[MetricValue]
+    n: int
+    seconds: float
+    tokens: int | None
+    eval_id: int
+    cached: bool
+    model_id: str = ""
+    backend: str = ""
+    output_dir: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        if not self.tokens or not self.seconds:
+            return None
+        return self.tokens / self.seconds
+
+    def value(self, metric: str, filter: str = "none") -> float | None:
+        for m in self.metrics:
+            if m.metric == metric and m.filter == filter:
+                return m.value
+        return None
+
+
+def confidence_interval(values: list[float], z: float = 1.959963984540054) -> tuple[float | None, float | None]:
+    """95% CI of a mean: Wilson for 0/1 scores (sane near 0 and 1 and for small n), normal otherwise."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    if all(v in (0.0, 1.0) for v in values):
+        from statsmodels.stats.proportion import proportion_confint
+
+        lo, hi = proportion_confint(int(sum(values)), n, alpha=0.05, method="wilson")
+        return float(lo), float(hi)
+    mean = sum(values) / n
+    if n < 2:
+        return None, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean - z * sd / math.sqrt(n), mean + z * sd / math.sqrt(n)
+
+
+ITEM_COLUMNS = ("task", "task_group", "doc_id", "doc_hash", "filter", "metric", "value", "choice_ll_json",
+                "question", "target", "response", "cluster", "think_sha256")
+
+
+def find_cached(store: Store, key: str):
+    rows = store.query("SELECT * FROM evals WHERE cache_key = ?", (key,))
+    return rows[0] if rows else None
+
+
+def save_eval(store: Store, *, key: str, record: dict, items: list[dict]) -> int:
+    """Insert the evaluation and all its items in one transaction; returns the eval id."""
+    with store.connect() as db:
+        cur = db.execute(
+            """INSERT INTO evals (cache_key, model_id, backend, task, task_hash, task_version, n_shot,
+                   selection_json, gen_args_json, harness_version, aggregates_json, env_json, seconds,
+                   tokens, n_items, output_dir, created_at)
+               VALUES (:cache_key, :model_id, :backend, :task, :task_hash, :task_version, :n_shot,
+                   :selection_json, :gen_args_json, :harness_version, :aggregates_json, :env_json, :seconds,
+                   :tokens, :n_items, :output_dir, :created_at)""",
+            {**record, "cache_key": key, "created_at": utcnow()},
+        )
+        eval_id = cur.lastrowid
+        db.executemany(
+            f"INSERT INTO items (eval_id, {', '.join(ITEM_COLUMNS)}) VALUES (?, {', '.join('?' * len(ITEM_COLUMNS))})",
+            [(eval_id, *(item.get(c) for c in ITEM_COLUMNS)) for item in items],
+        )
+    return int(eval_id)
+
+
+def metrics_from_items(items: list[dict], aggregates: dict) -> list[MetricValue]:
+    """Per (metric, filter): lm-eval's aggregate value and stderr, with a 95% CI from the items."""
+    by_key: dict[tuple[str, str], list[float]] = {}
+    for item in items:
+        if item["value"] is not None:
+            by_key.setdefault((item["metric"], item["filter"]), []).append(float(item["value"]))
+    out = []
+    for (metric, filt), values in sorted(by_key.items()):
+        value = aggregates.get(f"{metric},{filt}")
+        if not isinstance(value, int | float) or (isinstance(value, float) and math.isnan(value)):
+            value = sum(values) / len(values)
+        stderr = aggregates.get(f"{metric}_stderr,{filt}")
+        stderr = float(stderr) if isinstance(stderr, int | float) and not math.isnan(stderr) else None
+        lo, hi = confidence_interval(values)
+        out.append(MetricValue(metric, filt, float(value), lo, hi, len(values), stderr))
+    return out
+
+
+def metrics_to_json(metrics: list[MetricValue]) -> list[dict]:
+    return [m.__dict__ for m in metrics]
+
+
+def metrics_from_json(data: list[dict]) -> list[MetricValue]:
+    return [MetricValue(**m) for m in data]
+
+
+def items_for_eval(store: Store, eval_id: int) -> list:
+    """The per-item results of one evaluation, as `posttrain.compare.ItemResult` records."""
+    try:
+        from posttrain.compare import ItemResult
+    except ImportError:  # the compare package re-exports it; its module is the source
+        from posttrain.compare._items import ItemResult
+
+    rows = store.query(
+        "SELECT task, task_group, doc_id, doc_hash, filter, metric, value, cluster, question, target, response "
+        "FROM items WHERE eval_id = ? ORDER BY task, doc_id, filter, metric", (eval_id,))
+    return [ItemResult(task=r["task"], group=r["task_group"], doc_id=r["doc_id"], doc_hash=r["doc_hash"],
+                       filter=r["filter"], metric=r["metric"], value=r["value"], cluster=r["cluster"],
+                       question=r["question"], target=r["target"], response=r["response"]) for r in rows]

@@ -1,0 +1,115 @@
+"""Reasoning models: strip `<think>…</think>` from generations before lm-eval's filters score them.
+
+Only a sha256 of what was stripped is kept (so two runs can be told apart, and nothing of the
+reasoning text is stored). The stripping sits in a thin LM wrapper around the real backend, so it
+works the same for every backend (llama.cpp, hf, endpoint, Ollama) and lm-eval's own filters
+(GSM8K answer extraction, …) see exactly the text a user would get as the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+
+from lm_eval.api.model import LM
+
+DEFAULT_THINK_PATTERNS = [
+    r"(?s)<think>.*?</think>",
+    # Chat templates that open <think> in the prompt: the generation starts inside the block.
+    r"(?s)\A.*?</think>",
+    # Ran out of tokens while still thinking: everything after the opening tag is reasoning.
+    r"(?s)<think>.*\Z",
+]
+
+
+def strip_think(text: str, patterns: Iterable[str] | None = None) -> tuple[str, str | None]:
+    """(text without the reasoning parts, sha256 of the removed parts or None when nothing matched)."""
+    removed: list[str] = []
+    for pattern in DEFAULT_THINK_PATTERNS if patterns is None else patterns:
+        def _cut(m: re.Match) -> str:
+            removed.append(m.group(0))
+            return ""
+
+        text = re.sub(pattern, _cut, text)
+    if not removed:
+        return text, None
+    return text.lstrip(), hashlib.sha256("".join(removed).encode("utf-8")).hexdigest()
+
+
+def request_key(args: tuple) -> str:
+    """Identifies one generate_until request (context + generation kwargs) in lm-eval's samples."""
+    return json.dumps([args[0], args[1] if len(args) > 1 else None], sort_keys=True, default=str)
+
+
+class MeasuredLM(LM):
+    """Delegates to the real backend; strips reasoning from generations and counts the tokens handled."""
+
+    def __init__(self, inner: LM, think_patterns: list[str] | None = None):
+        super().__init__()
+        self.inner = inner
+        self.think_patterns = think_patterns
+        self.think_sha256: dict[str, str] = {}
+        self.tokens = 0
+        self.requests = 0
+        self._seen_contexts: set[str] = set()
+
+    def __getattr__(self, name: str):
+        # Everything lm-eval asks of the model beyond the three request types (tokenizer info,
+        # model info, chat templates) is the real backend's.
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def rank(self) -> int:
+        return self.inner.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.inner.world_size
+
+    def _count(self, text: str) -> int:
+        counter = getattr(self.inner, "tok_encode", None)
+        if counter is None:
+            return 0
+        try:
+            return len(counter(text))
+        except Exception:  # noqa: BLE001 - a count is a nicety, never a reason to fail an evaluation
+            return 0
+
+    def _bill_context(self, context: str) -> None:
+        # Each distinct context is counted once: that is the work a prefix-reusing backend does.
+        if context not in self._seen_contexts:
+            self._seen_contexts.add(context)
+            self.tokens += self._count(context)
+
+    def loglikelihood(self, requests):
+        out = self.inner.loglikelihood(requests)
+        for req in requests:
+            context, continuation = req.args[0], req.args[1]
+            self._bill_context(context)
+            self.tokens += self._count(continuation)
+        self.requests += len(requests)
+        return out
+
+    def loglikelihood_rolling(self, requests):
+        out = self.inner.loglikelihood_rolling(requests)
+        for req in requests:
+            self.tokens += self._count(req.args[0])
+        self.requests += len(requests)
+        return out
+
+    def generate_until(self, requests):
+        raw = self.inner.generate_until(requests)
+        out = []
+        for req, text in zip(requests, raw, strict=True):
+            kept, digest = strip_think(text, self.think_patterns)
+            if digest is not None:
+                self.think_sha256[request_key(req.args)] = digest
+            self._bill_context(req.args[0])
+            self.tokens += self._count(text)
+            out.append(kept)
+        self.requests += len(requests)
+        return out
