@@ -75,15 +75,22 @@ def _save_eval(db, label: str, model_id: str, task: str, items: list[dict]) -> i
     return eval_id
 
 
-def populate(home: Path, *, failed_step: str | None = None) -> tuple[Store, Path]:
+def populate(home: Path, *, failed_step: str | None = None, converted=None) -> tuple[Store, Path]:
+    """`converted`: a real posttrain.convert result to take the variants and manifest from."""
     store = Store(home / "posttrain.db")
     run_dir = home / "runs" / RUN_ID
     run_dir.mkdir(parents=True)
-    ckpt_sha = "e" * 64
-    variants = [{"quant": q, "path": str(home / "gguf" / MODEL / f"{MODEL}-{q}.gguf"),
-                 "sha256": hashlib.sha256(q.encode()).hexdigest(), "size_bytes": size}
-                for q, size in (("F16", 270_898_784), ("Q8_0", 144_811_104), ("Q4_K_M", 105_472_096))]
-    manifest = _manifest(ckpt_sha, variants)
+    if converted is not None:
+        ckpt_sha = converted.checkpoint_sha256
+        variants = [{"quant": v.quant, "path": str(v.path), "sha256": v.sha256, "size_bytes": v.size_bytes}
+                    for v in converted.variants]
+        manifest = json.loads(Path(converted.manifest_path).read_text())
+    else:
+        ckpt_sha = "e" * 64
+        variants = [{"quant": q, "path": str(home / "gguf" / MODEL / f"{MODEL}-{q}.gguf"),
+                     "sha256": hashlib.sha256(q.encode()).hexdigest(), "size_bytes": size}
+                    for q, size in (("F16", 270_898_784), ("Q8_0", 144_811_104), ("Q4_K_M", 105_472_096))]
+        manifest = _manifest(ckpt_sha, variants)
     rng = random.Random(7)
     ids: dict[str, list[int]] = {}
     with store.connect() as db:
@@ -195,3 +202,28 @@ def test_cli_report_and_runs(tmp_path):
     missing = _cli("report", "nope", "--home", str(tmp_path))
     assert missing.returncode == 1
     assert "no run 'nope'" in missing.stderr and "posttrain runs" in missing.stderr
+
+
+@pytest.mark.slow
+def test_report_with_real_gguf_variants(tiny_spm, tmp_path):
+    """Variants made by llama.cpp's converter and quantizer: their real sha256s, sizes and the KL
+    divergence the convert step measured show up in the report."""
+    from posttrain.convert import convert_checkpoint
+
+    converted = convert_checkpoint(tiny_spm, tmp_path / "gguf", ["f16", "q8_0", "q4_k_m"], model_name=MODEL)
+    store, run_dir = populate(tmp_path / "home", converted=converted)
+    paths = report_from_store(store, RUN_ID)
+    doc = json.loads(paths["json"].read_text())
+    by_quant = {v["quant"]: v for v in doc["variants"]}
+    assert set(by_quant) == {"F16", "Q8_0", "Q4_K_M"}
+    for v in converted.variants:
+        got = by_quant[v.quant]
+        assert got["sha256"] == hashlib.sha256(v.path.read_bytes()).hexdigest()
+        assert got["size_bytes"] == v.path.stat().st_size
+        assert got["kld_vs_f16"] == pytest.approx(v.kld_vs_f16)
+    assert by_quant["Q4_K_M"]["kld_vs_f16"] > by_quant["Q8_0"]["kld_vs_f16"] >= 0
+    html = paths["html"].read_text()
+    for v in converted.variants:
+        assert v.sha256 in html
+    md = paths["md"].read_text()
+    assert f"| Q4\\_K\\_M |" not in md and "| Q4_K_M |" in md
