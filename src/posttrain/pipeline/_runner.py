@@ -208,7 +208,8 @@ def _cuda():
 
 
 def _inputs_sha256(step: Step, outputs: dict[str, Outputs], status: dict[str, tuple[str, str | None]]) -> str:
-    basis = {dep: {"status": status.get(dep, (PENDING, None))[0], "outputs": outputs.get(dep)}
+    # Status and error count too: a report must be redone when a dependency now fails for another reason.
+    basis = {dep: {"status": status.get(dep, (PENDING, None)), "outputs": outputs.get(dep)}
              for dep in step.depends_on}
     return hashlib.sha256(dumps(basis).encode()).hexdigest()
 

@@ -205,7 +205,7 @@ class Stages:
     def evaluate_baseline(self, ctx: RunContext) -> Outputs:
         ids = self._evaluate_one(ctx, ctx.outputs["baseline"]["model"], BASELINE_LABEL)
         _link_evals(ctx.store, ctx.run_id, "baseline", BASELINE_LABEL, ids)
-        return {"evals": {BASELINE_LABEL: ids}}
+        return {"evals": {BASELINE_LABEL: ids}, "sources": {BASELINE_LABEL: ctx.outputs["baseline"]["source"]}}
 
     def compare(self, ctx: RunContext) -> Outputs:
         from posttrain.compare import compare_family, load_items
@@ -217,7 +217,7 @@ class Stages:
         base_items = items(base_ids)
         candidates = ctx.outputs["evaluate"]["evals"]
         pairs = [(label, items(ids), BASELINE_LABEL, base_items) for label, ids in sorted(candidates.items())]
-        sources = {**ctx.outputs["evaluate"]["sources"], BASELINE_LABEL: ctx.outputs["baseline"]["source"]}
+        sources = {**ctx.outputs["evaluate"]["sources"], **ctx.outputs["evaluate_baseline"]["sources"]}
         doc = compare_family(pairs, seed=self.config.seed, sources=sources)
         path = ctx.run_dir / "compare.json"
         digest = _write_json_atomic(path, doc)
@@ -234,6 +234,11 @@ class Stages:
         if not ctx.outputs.get("compare"):
             # A run that failed before compare must not show a stale comparison from an earlier attempt.
             (ctx.run_dir / "compare.json").unlink(missing_ok=True)
+        # The report is written before the run ends; give it the outcome the run is heading for, which
+        # the runner confirms when it closes the run (notify, the only later step, never fails it).
+        outcome = "failed" if any(s == "failed" for s, _ in ctx.step_status.values()) else "succeeded"
+        with ctx.store.connect() as db:
+            db.execute("UPDATE runs SET status=? WHERE id=?", (outcome, ctx.run_id))
         paths = report_from_store(ctx.store, ctx.run_id, ctx.run_dir)
         return {k: str(v) for k, v in paths.items()}
 
