@@ -56,7 +56,8 @@ _COMPARE = {
     ],
     "disagreements": [
         {"task": "mmlu_anatomy", "group": "mmlu", "doc_id": 3, "doc_hash": "9f2c1e", "filter": "none",
-         "metric": "acc", "question": "Which nerve innervates the diaphragm?\nA. vagus\nB. phrenic\nC. femoral\nD. radial",
+         "metric": "acc",
+         "question": "Which nerve innervates the diaphragm?\nA. vagus\nB. phrenic\nC. femoral\nD. radial",
          "target": "B", "new_response": HOSTILE_SCRIPT, "baseline_response": "B",
          "new_value": 0.0, "baseline_value": 1.0},
         {"task": "gsm8k", "group": None, "doc_id": 17, "doc_hash": "41ab07", "filter": "flexible-extract",
