@@ -88,7 +88,18 @@ def _save_atomic(out: Path, save) -> None:
     os.replace(tmp, out)
 
 
-def _early_saver(step: int, out: Path, tokenizer):
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+def _copy_tokenizer(init_dir: Path, out: Path) -> None:
+    """The tokenizer files exactly as `make_tiny` wrote them (tokenizer.model included, which
+    llama.cpp's converter reads for SentencePiece; a re-save by the fast tokenizer drops it)."""
+    for f in init_dir.iterdir():
+        if f.is_file() and f.name not in _MODEL_FILES:
+            shutil.copy2(f, out / f.name)
+
+
+def _early_saver(step: int, out: Path, init_dir: Path):
     from transformers import TrainerCallback
 
     class SaveEarly(TrainerCallback):
@@ -96,7 +107,7 @@ def _early_saver(step: int, out: Path, tokenizer):
             if state.global_step == step and state.is_world_process_zero:
                 def save(tmp: Path) -> None:
                     model.save_pretrained(tmp, safe_serialization=True)
-                    tokenizer.save_pretrained(tmp)
+                    _copy_tokenizer(init_dir, tmp)
                 _save_atomic(out, save)
             return control
 
@@ -149,7 +160,7 @@ def train_demo_model(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: i
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    callbacks = [_early_saver(early_step, early_dir, tokenizer)]
+    callbacks = [_early_saver(early_step, early_dir, init_dir)]
     if callback is not None:
         callbacks.append(callback)
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
@@ -160,7 +171,8 @@ def train_demo_model(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: i
     seconds = time.perf_counter() - start
 
     def save_final(tmp: Path) -> None:
-        trainer.save_model(str(tmp))  # also writes the tokenizer (processing_class)
+        trainer.save_model(str(tmp))
+        _copy_tokenizer(init_dir, tmp)
 
     _save_atomic(final_dir, save_final)
     final_loss = _last_loss(trainer)
