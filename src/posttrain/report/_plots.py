@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ XLINK_NS = "http://www.w3.org/1999/xlink"
 ET.register_namespace("", SVG_NS)
 ET.register_namespace("xlink", XLINK_NS)
 
+# rc_context changes matplotlib's process-wide rcParams: the watcher daemon may report two runs at once.
+LOCK = threading.Lock()
 COLOURS = {"better": "#1a7f37", "worse": "#cf222e", "no significant difference": "#57606a"}
 _BASE_RC = {
     "svg.fonttype": "none",

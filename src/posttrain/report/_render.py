@@ -219,11 +219,12 @@ def build_view(data: ReportInput) -> dict[str, Any]:
 
 
 def render_html(view: dict[str, Any]) -> str:
-    plots = {
-        "forest": _plots.forest_plot(view["forest_rows"]),
-        "quant": _plots.quant_chart(view["quant_bars"], view["quant_tasks"]),
-        "timings": _plots.timings_chart([(s["name"], s["wall_s"], s["status"]) for s in view["steps"]]),
-    }
+    with _plots.LOCK:
+        plots = {
+            "forest": _plots.forest_plot(view["forest_rows"]),
+            "quant": _plots.quant_chart(view["quant_bars"], view["quant_tasks"]),
+            "timings": _plots.timings_chart([(s["name"], s["wall_s"], s["status"]) for s in view["steps"]]),
+        }
     # The SVGs were parsed and re-serialised by _plots.sanitise_svg; only they bypass autoescaping.
     plots = {k: (Markup(v) if v else None) for k, v in plots.items()}
     return _env(autoescape=True).get_template("report.html.j2").render(**view, plots=plots)
