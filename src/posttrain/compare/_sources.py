@@ -89,14 +89,17 @@ def _loglikelihoods(sample: dict) -> list[float] | None:
         return None
 
 
-def _choices(sample: dict) -> list[str] | None:
+def _choices(sample: dict, delimiter: str) -> list[str] | None:
+    """The answer options as the task defines them: each request's continuation minus the
+    target delimiter lm-eval put in front of it (acc_norm divides by the option's own length)."""
     args = sample.get("arguments")
     if not isinstance(args, dict):
         return None
     try:
-        return [str(args[f"gen_args_{i}"]["arg_1"]) for i in range(len(args))]
+        conts = [str(args[f"gen_args_{i}"]["arg_1"]) for i in range(len(args))]
     except (KeyError, TypeError):
         return None
+    return [c[len(delimiter):] if delimiter and c.startswith(delimiter) else c for c in conts]
 
 
 def _question(sample: dict) -> str | None:
@@ -109,15 +112,15 @@ def _question(sample: dict) -> str | None:
     return None
 
 
-def _render_answers(sample: dict, metric: str) -> tuple[str | None, str | None]:
+def _render_answers(sample: dict, metric: str, delimiter: str) -> tuple[str | None, str | None]:
     """(target, response) as a person reads them: the chosen/gold option's text for multiple choice,
     the filtered generation for generative tasks."""
     target = sample.get("target")
     resps = sample.get("filtered_resps")
-    lls, choices = _loglikelihoods(sample), _choices(sample)
+    lls, choices = _loglikelihoods(sample), _choices(sample, delimiter)
     if lls and choices and len(lls) == len(choices) and len(lls) > 1:
         scores = lls
-        if metric == "acc_norm":  # lm-eval normalises by the continuation's length in characters
+        if metric == "acc_norm":  # lm-eval normalises by the option's length in characters
             scores = [ll / max(1, len(c)) for ll, c in zip(lls, choices, strict=True)]
         pick = max(range(len(scores)), key=scores.__getitem__)
         gold = None
@@ -163,6 +166,7 @@ def load_lm_eval_folder(root: Path, clusters: dict[str, str] | None = None) -> t
     items: list[ItemResult] = []
     for task, path in sorted(_latest_samples(folder, date).items()):
         group = groups.get(task)
+        delimiter = str(((results.get("configs") or {}).get(task) or {}).get("target_delimiter", " "))
         with path.open(encoding="utf-8") as f:
             for line_no, line in enumerate(f, 1):
                 if not line.strip():
@@ -182,7 +186,7 @@ def load_lm_eval_folder(root: Path, clusters: dict[str, str] | None = None) -> t
                         value = float(value)
                     if not isinstance(value, (int, float)) or not math.isfinite(value):
                         continue  # non-mean metrics (e.g. bleu's tuples) have no per-item score to pair
-                    target, response = _render_answers(s, metric)
+                    target, response = _render_answers(s, metric, delimiter)
                     items.append(ItemResult(
                         task=task, group=group, doc_id=int(s["doc_id"]),
                         doc_hash=str(s.get("doc_hash") or f"doc_id:{s['doc_id']}"),
