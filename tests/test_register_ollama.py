@@ -244,3 +244,23 @@ def test_every_family_template_is_detected_from_its_markers():
     llama2 = "[INST] <<SYS>>\\n{{ system }}\\n<</SYS>>\\n\\n{{ user }} [/INST]"
     zephyr = "<|user|>\\n{{ content }}</s>\\n<|assistant|>"
     assert detect_family(llama2) is None and detect_family(zephyr) is None and detect_family(None) is None
+
+
+def test_the_chat_template_in_the_gguf_header_is_used_when_no_checkpoint_is_at_hand(tiny_spm, tmp_path, standin):
+    from posttrain.convert import convert_checkpoint
+
+    ckpt = tmp_path / "ckpt-llama3"
+    shutil.copytree(tiny_spm, ckpt)
+    config = json.loads((ckpt / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n'"
+                               " + m['content'] + '<|eot_id|>' }}{% endfor %}")
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(config))
+    result = convert_checkpoint(ckpt, tmp_path / "out", ["f16"])
+    lone = tmp_path / "lone" / "renamed-F16.gguf"  # no manifest beside it: only the GGUF header knows
+    lone.parent.mkdir()
+    shutil.copy(result.variants[0].path, lone)
+    (reg,) = register_variants(lone, url=standin.url, smoke=False)
+    assert reg.name == "renamed_f16:latest" and reg.quant == "F16"
+    assert reg.template_family == "llama3"
+    assert standin.models[reg.name].template == LLAMA3.template
+    assert standin.models[reg.name].parameters["stop"] == list(LLAMA3.stop)

@@ -19,7 +19,8 @@ def serve(
     gguf: Path = typer.Argument(..., help="The .gguf file to serve."),
     port: int | None = typer.Option(None, help="Port on 127.0.0.1 (default: a free one)."),
     ctx: int = typer.Option(4096, "--ctx", help="Context size in tokens."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: all available)."),
+    threads: int | None = typer.Option(None, "--threads",
+                                       help="CPU threads (default: physical cores; fewer is faster on a busy machine)."),
     log: Path | None = typer.Option(None, "--log", help="Write the server log here (default: a temp file)."),
 ) -> None:
     """Serve GGUF with llama-cpp-python's OpenAI-compatible server until Ctrl-C."""
