@@ -147,8 +147,16 @@ def _task_words(c: dict) -> str:
     return words
 
 
-def _num(x: float, unit_scale: float) -> str:
-    return f"{x * unit_scale:.1f}" if unit_scale == 100 else f"{x:.3g}"
+def _decimals(x: float) -> int:
+    """One decimal for points; two below one point, so small losses do not read as 0.0."""
+    return 1 if abs(x * 100) >= 1 or x == 0 else 2
+
+
+def _num(x: float, unit_scale: float, signed: bool = False, decimals: int = 1) -> str:
+    sign = "+" if signed else ""
+    if unit_scale == 100:
+        return f"{x * 100:{sign}.{decimals}f}"
+    return f"{x:{sign}.3g}"
 
 
 def _sentence(c: dict, alpha: float, unit_scale: float, unit: str) -> str:
@@ -158,23 +166,24 @@ def _sentence(c: dict, alpha: float, unit_scale: float, unit: str) -> str:
     if d["mean"] is None or p_adj is None:
         return f"too few paired items (n = {c['n']}) to test a difference between {new} and {base} on {what}."
     ci = d["ci"]
+    dec = _decimals(d["mean"])
     if c["verdict"] != "no significant difference":
         mean = d["mean"] if d["mean"] >= 0 else -d["mean"]
         verb = "gains" if d["mean"] > 0 else "loses"
         if ci is not None:
             lo, hi = (ci[0], ci[1]) if d["mean"] > 0 else (-ci[1], -ci[0])
-            ci_words = f" ({level} CI {_num(lo, unit_scale)}–{_num(hi, unit_scale)})"
+            ci_words = f" ({level} CI {_num(lo, unit_scale, decimals=dec)}–{_num(hi, unit_scale, decimals=dec)})"
         else:
             ci_words = ""
-        amount = f"{_num(mean, unit_scale)} {unit}".rstrip()
+        amount = f"{_num(mean, unit_scale, decimals=dec)} {unit}".rstrip()
         return f"{new} {verb} {amount} on {what} vs {base}{ci_words}, significant after Holm."
-    ci_words = (f", {level} CI {ci[0] * unit_scale:+.1f} to {ci[1] * unit_scale:+.1f}" if ci and unit_scale == 100
-                else f", {level} CI {ci[0]:+.3g} to {ci[1]:+.3g}" if ci else "")
-    mean_words = f"{d['mean'] * unit_scale:+.1f}" if unit_scale == 100 else f"{d['mean']:+.3g}"
+    ci_words = (f", {level} CI {_num(ci[0], unit_scale, True, dec)} to {_num(ci[1], unit_scale, True, dec)}"
+                if ci else "")
+    mean_words = _num(d["mean"], unit_scale, True, dec)
     text = (f"no significant difference on {what} ({new} vs {base}: {f'{mean_words} {unit}'.rstrip()}{ci_words}, "
             f"Holm p = {p_adj:.2g})")
     if c["mde_80"] is not None:
-        text += f"; this n detects only ≥ {_num(c['mde_80'], unit_scale)} {unit}".rstrip()
+        text += f"; this n detects only ≥ {_num(c['mde_80'], unit_scale, decimals=_decimals(c['mde_80']))} {unit}".rstrip()
     return text + "."
 
 

@@ -28,6 +28,9 @@ from statsmodels.stats.proportion import proportion_confint
 from posttrain.compare._power import min_detectable_effect
 
 
+_BOOT_CELLS = 2_000_000  # resampled values held in memory at once (16 MB of float64)
+
+
 def finite(x: Any) -> float | None:
     """A plain float, or None for NaN/inf/None: the JSON document never carries NaN."""
     if x is None:
@@ -146,9 +149,11 @@ def paired_bootstrap(d: np.ndarray, cluster_codes: np.ndarray | None, *, alpha: 
 
         def statistic(s, m, axis=-1):
             return s.sum(axis=axis) / m.sum(axis=axis)
+    # Resample in batches: 10,000 resamples of an MMLU-sized task at once would take gigabytes.
+    batch = max(1, _BOOT_CELLS // data[0].size)
     res = stats.bootstrap(data, statistic, n_resamples=n_boot, confidence_level=1 - alpha,
                           method="percentile", paired=cluster_codes is not None, vectorized=True,
-                          random_state=rng)
+                          random_state=rng, batch=batch)
     dist = res.bootstrap_distribution
     tail = min(np.count_nonzero(dist <= 0), np.count_nonzero(dist >= 0))
     p = min(1.0, 2 * (tail + 1) / (n_boot + 1))
