@@ -79,6 +79,7 @@ class OllamaStandin:
         self.failures: list[Failure] = []
         self.create_error: str | None = None  # streamed as {"error": …}, as Ollama does mid-create
         self.chat_error: tuple[int, str] | None = None
+        self.reply = CANNED_REPLY
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -257,7 +258,7 @@ class OllamaStandin:
                     return self._send_json(*standin.chat_error[:1], {"error": standin.chat_error[1]})
                 time.sleep(0.01)
                 reply = {"model": name, "created_at": datetime.now(UTC).isoformat(),
-                         "message": {"role": "assistant", "content": CANNED_REPLY},
+                         "message": {"role": "assistant", "content": standin.reply},
                          "done": True, "done_reason": "stop", "total_duration": 10_000_000,
                          "eval_count": 9, "prompt_eval_count": 12}
                 if body.get("stream", True):

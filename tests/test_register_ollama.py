@@ -264,3 +264,14 @@ def test_the_chat_template_in_the_gguf_header_is_used_when_no_checkpoint_is_at_h
     assert reg.template_family == "llama3"
     assert standin.models[reg.name].template == LLAMA3.template
     assert standin.models[reg.name].parameters["stop"] == list(LLAMA3.stop)
+
+
+def test_model_output_is_shown_literally_never_as_terminal_markup(gguf_dir, standin, tmp_path):
+    from posttrain.cli import app
+
+    standin.reply = "[bold red]pwned[/bold red] \x1b[2J"
+    result = CliRunner().invoke(app, ["register", str(sorted(gguf_dir.glob("*F16.gguf"))[0]), "--ollama",
+                                      standin.url, "--home", str(tmp_path / "home")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "[bold red]pwned[/bold red]" in result.output
+    assert "\x1b[2J" not in result.output

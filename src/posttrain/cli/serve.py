@@ -41,6 +41,12 @@ def serve(
     console.print("stopped")
 
 
+def _shown(text: str | None, limit: int = 60) -> str:
+    """Model output for the terminal: control characters spelled out, markup escaped, one line."""
+    flat = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in (text or ""))
+    return escape(flat[:limit])
+
+
 def _parse_params(pairs: list[str]) -> dict[str, object]:
     params: dict[str, object] = {}
     for pair in pairs:
@@ -82,7 +88,7 @@ def register(
         table.add_row(escape(r.name), r.digest.removeprefix("sha256:")[:12], "uploaded" if r.uploaded else "reused",
                       r.status, r.template_family or "[yellow]not set[/]",
                       f"{r.smoke_latency_s:.2f} s" if r.smoke_latency_s is not None else "-",
-                      escape((r.smoke_text or "").replace("\n", " ")[:60]))
+                      _shown(r.smoke_text))
     console.print(table)
     for r in regs:
         for w in r.warnings:

@@ -121,6 +121,9 @@ class LlamaServer:
                 if fixed_port or attempt == 2:
                     raise PosttrainError(f"port {port} on 127.0.0.1 is in use",
                                          remedy="pick another --port or leave it out for a free one") from None
+            except BaseException:
+                self.stop()  # Ctrl-C or an error while waiting: do not leave a half-started server
+                raise
         raise AssertionError("unreachable")
 
     def _spawn(self, port: int) -> None:
