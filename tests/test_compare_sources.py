@@ -228,3 +228,25 @@ def test_cli_compares_store_references(store, tmp_path):
     assert c["sentence"] in " ".join(table.stdout.split())
     missing = run_cli("eval:1", "eval:2", "--home", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "no posttrain store" in missing.stderr
+
+
+def test_cli_refuses_different_shot_counts_from_the_store(store):
+    with store.connect() as db:
+        db.execute("UPDATE evals SET n_shot = 5 WHERE id = ?", (store.ids["tiny-Q4_K_M"],))
+    proc = run_cli("run:r1:tiny-Q4_K_M", "run:r1:base-F16", "--home", str(store.path.parent))
+    assert proc.returncode == 1
+    assert "mmlu was evaluated with shots 5 for tiny-Q4_K_M but 0 for base-F16" in proc.stderr
+    assert "--num_fewshot" in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_refuses_lm_eval_folders_with_different_shot_counts(lm_eval_runs, tmp_path):
+    five_shot = tmp_path / "five"
+    shutil.copytree(lm_eval_runs["nobos"], five_shot)
+    (results_path,) = five_shot.rglob("results_*.json")
+    results = json.loads(results_path.read_text())
+    results["n-shot"]["cmp_mc_a"] = 5
+    results_path.write_text(json.dumps(results))
+    proc = run_cli(str(five_shot), str(lm_eval_runs["spm"]))
+    assert proc.returncode == 1
+    assert "cmp_mc_a was evaluated with shots 5 for tiny-nobos but 0 for tiny-spm" in proc.stderr

@@ -43,7 +43,15 @@ def compare_cmd(
 ) -> None:
     """Compare NEW with BASELINE item by item: CIs, paired difference, McNemar / paired t, clustered SE,
     Holm-adjusted verdicts, minimum detectable effect."""
-    from posttrain.compare import compare_family, items_needed, load_items, parse_clusters, render_table
+    from posttrain.compare import (
+        check_same_settings,
+        compare_family,
+        items_needed,
+        load_items,
+        parse_clusters,
+        render_table,
+        task_settings,
+    )
 
     if len(sources) < 2:
         raise PosttrainError("compare needs at least two sources: NEW BASELINE",
@@ -62,6 +70,9 @@ def compare_cmd(
     labels = _distinct_labels([label for label, _ in loaded], sources)
     base_label, base_items = labels[-1], loaded[-1][1]
     pairs = [(labels[i], loaded[i][1], base_label, base_items) for i in range(len(loaded) - 1)]
+    base_settings = task_settings(sources[-1], store=store)
+    for i in range(len(loaded) - 1):
+        check_same_settings(task_settings(sources[i], store=store), base_settings, labels[i], base_label)
     doc = compare_family(pairs, alpha=alpha, clusters=clusters, seed=seed, n_boot=n_boot,
                          sources=dict(zip(labels, sources, strict=True)))
     text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)

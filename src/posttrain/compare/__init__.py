@@ -9,10 +9,17 @@ from posttrain.compare._compare import SCHEMA, compare_family, compare_items, pa
 from posttrain.compare._items import ItemResult
 from posttrain.compare._power import items_needed, min_detectable_effect
 from posttrain.compare._render import render_table
-from posttrain.compare._sources import load_items, load_lm_eval_folder, parse_clusters
+from posttrain.compare._sources import (
+    check_same_settings,
+    load_items,
+    load_lm_eval_folder,
+    parse_clusters,
+    task_settings,
+)
 
 __all__ = [
     "SCHEMA",
+    "check_same_settings",
     "ItemResult",
     "compare_family",
     "compare_items",
@@ -23,4 +30,5 @@ __all__ = [
     "pair_items",
     "parse_clusters",
     "render_table",
+    "task_settings",
 ]

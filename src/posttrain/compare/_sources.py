@@ -274,3 +274,49 @@ def load_items(source: str | Path, *, store: Store | None = None,
         raise PosttrainError(f"{path} holds no per-item scores with a numeric metric",
                              remedy="run lm-eval with --log_samples on tasks with per-item metrics (acc, exact_match)")
     return label, items
+
+
+# ---------------------------------------------------------------- task settings (n-shot, version)
+
+
+def task_settings(source: str | Path, *, store: Store | None = None) -> dict[str, dict]:
+    """Task → {"version", "n_shot"} as the source recorded them; items alone cannot show a
+    different number of shots (doc_hash covers the document, not the prompt)."""
+    text = str(source)
+    out: dict[str, dict] = {}
+    if text.startswith(("eval:", "run:")) and not Path(text).exists():
+        if store is None:
+            return out
+        kind, _, rest = text.partition(":")
+        if kind == "eval":
+            ids = [int(x) for x in rest.split(",") if x.strip().isdigit()]
+        else:
+            run_id, _, label = rest.partition(":")
+            ids = [r["eval_id"] for r in store.query(
+                "SELECT eval_id FROM run_evals WHERE run_id = ? AND (label = ? OR role = ?)", (run_id, label, label))]
+        if ids:
+            marks = ",".join("?" * len(ids))
+            for r in store.query(f"SELECT task, task_version, n_shot FROM evals WHERE id IN ({marks})", tuple(ids)):
+                out[r["task"]] = {"version": r["task_version"], "n_shot": r["n_shot"]}
+        return out
+    folder, date = _pick_run_folder(Path(text).expanduser())
+    if date is None:
+        return out
+    results = json.loads((folder / f"results_{date}.json").read_text(encoding="utf-8"))
+    versions, shots = results.get("versions") or {}, results.get("n-shot") or {}
+    for task in versions.keys() | shots.keys():
+        out[task] = {"version": versions.get(task), "n_shot": shots.get(task)}
+    return out
+
+
+def check_same_settings(new: dict[str, dict], baseline: dict[str, dict], new_label: str, baseline_label: str) -> None:
+    """Refuse to compare a task evaluated with a different number of shots or task version."""
+    for task in sorted(new.keys() & baseline.keys()):
+        for what, remedy in (("n_shot", "the same --num_fewshot"), ("version", "the same task version")):
+            a, b = new[task].get(what), baseline[task].get(what)
+            if a is not None and b is not None and str(a) != str(b):
+                words = "shots" if what == "n_shot" else "task version"
+                raise PosttrainError(
+                    f"{task} was evaluated with {words} {a} for {new_label} but {b} for {baseline_label}; "
+                    "paired items would compare different prompts",
+                    remedy=f"evaluate both with {remedy}")
