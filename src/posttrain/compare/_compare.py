@@ -170,6 +170,8 @@ def _sentence(c: dict, alpha: float, unit_scale: float, unit: str) -> str:
     if c["verdict"] != "no significant difference":
         mean = d["mean"] if d["mean"] >= 0 else -d["mean"]
         verb = "gains" if d["mean"] > 0 else "loses"
+        if c["metric"] in LOWER_IS_BETTER:  # a higher perplexity is a loss, not a gain
+            verb = "is worse by" if c["verdict"] == "worse" else "is better by"
         if ci is not None:
             lo, hi = (ci[0], ci[1]) if d["mean"] > 0 else (-ci[1], -ci[0])
             ci_words = f" ({level} CI {_num(lo, unit_scale, decimals=dec)}–{_num(hi, unit_scale, decimals=dec)})"
