@@ -8,7 +8,6 @@ as a smoke test. A model whose blob, parameters and template already match is le
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -36,7 +35,6 @@ from posttrain.serve._names import DEFAULT_TAG, variant_name
 from posttrain.serve._variants import Variant, discover_variants, gguf_metadata
 from posttrain.store import Store, dumps, utcnow
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:11434"
