@@ -344,3 +344,22 @@ def test_render_table_shows_every_comparison_and_sentence():
     for c in doc["comparisons"]:
         assert c["sentence"] in text
     assert f"{NEW_BIN.mean() * 100:.1f}" in text
+
+
+def test_lower_is_better_metrics_get_the_verdict_the_right_way_round():
+    rng = np.random.default_rng(8)
+    base = rng.normal(12.0, 2.0, 80)
+    new = base + 1.0 + rng.normal(0, 0.3, 80)  # perplexity went up: worse
+    (c,) = compare_items(items(new, metric="word_perplexity"), items(base, metric="word_perplexity"),
+                         new_label="Q4", baseline_label="F16", n_boot=500)["comparisons"]
+    assert c["diff"]["mean"] > 0 and c["verdict"] == "worse"
+    assert c["sentence"].startswith(f"Q4 is worse by {c['diff']['mean']:.3g} on t word_perplexity vs F16 (95% CI ")
+
+
+def test_cluster_option_parsing():
+    from posttrain.compare import parse_clusters
+
+    assert parse_clusters("mmlu=subject, hellaswag=source_id") == {"mmlu": "subject", "hellaswag": "source_id"}
+    assert parse_clusters("") == {}
+    with pytest.raises(PosttrainError, match="bad --cluster entry 'mmlu'"):
+        parse_clusters("mmlu")

@@ -266,6 +266,8 @@ def load_items(source: str | Path, *, store: Store | None = None,
                                  remedy="re-run the evaluation; items are stored by the evaluate stage")
         return label, items
     path = Path(text).expanduser()
+    if path.is_file() and _RESULTS_RE.match(path.name):  # pointed at lm-eval's results_*.json
+        path = path.parent
     if not path.is_dir():
         raise PosttrainError(f"{text} is neither an lm-eval output folder nor a store reference",
                              remedy="pass an lm-eval --output_path folder, eval:ID or run:RUN_ID:LABEL")
