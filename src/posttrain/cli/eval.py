@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 
 from posttrain.cli._app import app, console
@@ -52,15 +53,17 @@ def eval_cmd(
         endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama, think_patterns=think_pattern or None,
         gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
     )
-    table = Table(title=f"{model}", title_justify="left")
-    for col in ("task", "metric", "filter", "value", "95% CI", "n", "seconds", "tokens/s", ""):
-        table.add_column(col, justify="right" if col in ("value", "n", "seconds", "tokens/s") else "left")
+    table = Table(title=f"{model}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    for col in ("task", "metric", "filter", "value", "95% CI", "n", "seconds", "tokens/s"):
+        # Numbers stay whole in a narrow terminal; names fold onto a second line.
+        text = col in ("task", "metric", "filter")
+        table.add_column(col, justify="left" if text else "right", no_wrap=not text, overflow="fold")
     for r in results:
         for i, m in enumerate(r.metrics):
             first = i == 0
-            ci = f"{_fmt(m.ci_low)}–{_fmt(m.ci_high)}" if m.ci_low is not None else "–"
-            table.add_row(r.task if first else "", m.metric, m.filter, _fmt(m.value), ci, str(m.n),
-                          _fmt(r.seconds, 1) if first else "", _fmt(r.tokens_per_s, 0) if first else "",
-                          ("cached" if r.cached else "") if first else "")
+            ci = f"{_fmt(m.ci_low, 3)}–{_fmt(m.ci_high, 3)}" if m.ci_low is not None else "–"
+            seconds = ("cached" if r.cached else _fmt(r.seconds, 1)) if first else ""
+            table.add_row(r.task if first else "", m.metric, m.filter, _fmt(m.value, 3), ci, str(m.n),
+                          seconds, _fmt(r.tokens_per_s, 0) if first and not r.cached else "")
     console.print(table)
     console.print(f"results: {out_dir}  (store: {paths.store_path(base)})", highlight=False)

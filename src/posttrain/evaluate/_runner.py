@@ -69,6 +69,18 @@ def _doc_hash(doc) -> str:
 _WHERE_KEYS = ("dataset_path", "dataset_name", "dataset_kwargs")
 
 
+def _stable(obj):
+    """Config values as stable text: a function (`!function utils.process_docs`) by its qualified name,
+    never by its repr, which carries a memory address that changes every run."""
+    if isinstance(obj, dict):
+        return {str(k): _stable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_stable(v) for v in obj]
+    if callable(obj):
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+    return obj
+
+
 def _task_hash(leaves: dict, selection: Selection) -> str:
     """A hash of what the tasks ARE (config and documents), not where their files live."""
     h = hashlib.sha256()
@@ -78,7 +90,7 @@ def _task_hash(leaves: dict, selection: Selection) -> str:
         meta = dict(cfg.get("metadata") or {})
         meta.pop("config_source", None)
         cfg["metadata"] = meta
-        h.update(dumps({"task": name, "config": cfg}).encode())
+        h.update(dumps({"task": name, "config": _stable(cfg)}).encode())
         docs = list(task.eval_docs)
         chosen = selection.indices[name] if selection.indices is not None else range(len(docs))
         for i in chosen:
@@ -250,7 +262,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
         if lm_key not in lms:
             lms[lm_key] = MeasuredLM(make_lm(run_ref), think_patterns)
         lm = lms[lm_key]
-        tokens_before = lm.tokens
+        tokens_before = lm.work_tokens
         lm.think_sha256.clear()
         run_label = label or run_ref.label
         tracker = EvaluationTracker(output_path=str(out_dir / "lm_eval"))
@@ -274,7 +286,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
         aggregates = res["results"].get(name) or (res["results"].get(first.config.task) if len(leaves) == 1 else {})
         metrics = metrics_from_items(items, aggregates or {})
         n_docs = len({(i["task"], i["doc_id"]) for i in items})
-        tokens = (lm.tokens - tokens_before) or None
+        tokens = (lm.work_tokens - tokens_before) or None
         output_dir = str(out_dir / "lm_eval" / tracker.general_config_tracker.model_name_sanitized)
         eval_id = save_eval(store, key=key, items=items, record={
             "model_id": run_ref.model_id, "backend": run_ref.backend, "task": name, "task_hash": task_hash,

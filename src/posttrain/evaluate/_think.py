@@ -70,7 +70,15 @@ class MeasuredLM(LM):
     def world_size(self) -> int:
         return self.inner.world_size
 
+    @property
+    def work_tokens(self) -> int:
+        """Tokens the backend evaluated: its own count when it keeps one (posttrain-llamacpp), else ours."""
+        native = getattr(self.inner, "tokens_evaluated", None)
+        return int(native) if isinstance(native, int) else self.tokens
+
     def _count(self, text: str) -> int:
+        if isinstance(getattr(self.inner, "tokens_evaluated", None), int):
+            return 0  # the backend counts what it really evaluated; do not tokenize twice
         counter = getattr(self.inner, "tok_encode", None)
         if counter is None:
             return 0
