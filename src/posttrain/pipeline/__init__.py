@@ -2,7 +2,14 @@
 steps, settings from posttrain.toml / POSTTRAIN_* / flags, and the checkpoint watcher daemon."""
 
 from posttrain.pipeline._config import Config, config_template, find_config_file, load_config
-from posttrain.pipeline._daemon import InstanceLock, install_stop_handlers, read_pid_file, stop_daemon
+from posttrain.pipeline._daemon import (
+    InstanceLock,
+    install_stop_handlers,
+    read_pid_file,
+    serve_watch,
+    spawn_detached,
+    stop_daemon,
+)
 from posttrain.pipeline._runner import (
     RunContext,
     Runner,
@@ -13,22 +20,36 @@ from posttrain.pipeline._runner import (
     StepSkipped,
     step_rows,
 )
+from posttrain.pipeline._stages import STAGES, Stages, pipeline_handler, plan_run, run_many, run_pipeline
+from posttrain.pipeline._status import gather_status
+from posttrain.pipeline._watcher import Watcher, compile_pattern
 
 __all__ = [
+    "STAGES",
     "Config",
     "InstanceLock",
     "RunContext",
     "RunResult",
     "RunSpec",
     "Runner",
+    "Stages",
     "Step",
     "StepResult",
     "StepSkipped",
+    "Watcher",
+    "compile_pattern",
     "config_template",
     "find_config_file",
+    "gather_status",
     "install_stop_handlers",
     "load_config",
+    "pipeline_handler",
+    "plan_run",
     "read_pid_file",
+    "run_many",
+    "run_pipeline",
+    "serve_watch",
+    "spawn_detached",
     "step_rows",
     "stop_daemon",
 ]
