@@ -143,13 +143,27 @@ def _gsm8k(data_dir: Path, out: Path) -> list[str]:
 
 # ---------------------------------------------------------------- HellaSwag
 
-def _hellaswag(data_dir: Path, out: Path) -> list[str]:
-    root = _task_root(data_dir, "hellaswag")
-    path = root / "hellaswag_val.jsonl"
-    if not path.is_file():
+def _hellaswag_val(root: Path) -> Path:
+    """`hellaswag_val.jsonl`, else the one `hellaswag_val*.jsonl` in the official schema (partial copies
+    are often named `hellaswag_val_<something>.jsonl`); every candidate's columns are checked."""
+    exact = root / "hellaswag_val.jsonl"
+    candidates = [exact] if exact.is_file() else sorted(root.glob("hellaswag_val*.jsonl"))
+    if not candidates:
         raise PosttrainError(f"HellaSwag: no hellaswag_val.jsonl in {root}",
                              remedy="put the official validation file (ctx_a, ctx_b, activity_label, endings, label…) there")
-    read_rows(path, HELLASWAG_COLUMNS)
+    first_error = None
+    for path in candidates:
+        try:
+            read_rows(path, HELLASWAG_COLUMNS)
+            return path
+        except PosttrainError as e:
+            first_error = first_error or e
+    raise first_error
+
+
+def _hellaswag(data_dir: Path, out: Path) -> list[str]:
+    root = _task_root(data_dir, "hellaswag")
+    path = _hellaswag_val(root)
     files = {"validation": str(path.resolve())}
     if (train := root / "hellaswag_train.jsonl").is_file():
         read_rows(train, HELLASWAG_COLUMNS)
