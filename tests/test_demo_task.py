@@ -50,8 +50,38 @@ def test_items_are_deterministic_four_way_and_test_numbers_are_held_out():
     assert not seen & {(it["kind"], it["number"]) for it in test}
     for it in test + train:
         assert len(set(it["choices"])) == 4
-        right = it["number"] + 1 if it["kind"] == "after" else it["number"] - 1
+        right = it["number"] + 1 if it["kind"] == "up" else it["number"] - 1
         assert it["choices"][it["label"]] == str(right) == it["answer"]
     # The right answer sits in every position about equally often: position gives nothing away.
     positions = [sum(it["label"] == k for it in test) for k in range(4)]
     assert min(positions) > 0.15 * len(test)
+
+
+def test_every_item_tokenizes_the_same_in_transformers_and_llama_cpp(tiny_spm, tiny_gguf):
+    """The demo trains with the HF tokenizer and evaluates GGUF files with llama.cpp's: any item they
+    split differently would be scored on tokens the model never saw in that form."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    from posttrain.demo._task import training_texts
+
+    hf = AutoTokenizer.from_pretrained(tiny_spm)  # make_tiny(seed=0): the demo model's tokenizer
+    cpp = llama_cpp.Llama(str(tiny_gguf["F16"]), vocab_only=True, verbose=False)
+    train, test = make_items(seed=0)
+    texts = training_texts(train) + [f"{it['question']} {c}" for it in test for c in it["choices"]]
+    differ = [t for t in texts if hf(t)["input_ids"] != cpp.tokenize(t.encode(), add_bos=True)]
+    assert not differ, f"{len(differ)} of {len(texts)} differ, e.g. {differ[0]!r}"
+
+
+def test_task_runs_on_a_gguf_in_process(tmp_path, tiny_gguf):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import posttrain.evaluate  # noqa: F401  registers the posttrain-llamacpp backend
+
+    task = write_demo_task(tmp_path / "task")
+    res = lm_eval.simple_evaluate(model="posttrain-llamacpp", model_args=f"model={tiny_gguf['Q4_K_M']}",
+                                  tasks=[task.name], task_manager=TaskManager(include_path=task.include_path),
+                                  limit=5, log_samples=True)
+    assert len(res["samples"][TASK_NAME]) == 5
+    assert 0.0 <= res["results"][TASK_NAME]["acc,none"] <= 1.0

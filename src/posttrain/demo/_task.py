@@ -1,4 +1,4 @@
-"""The demo's own task: which number comes after / before N, as an lm-eval multiple-choice task.
+"""The demo's own task: counting up or down by one from N, as an lm-eval multiple-choice task.
 
 Why this task: a two-layer Llama learns it in about a minute of CPU training, and it generalises
 (test numbers never appear in training, so the gain is learning, not memorising). Four choices give
@@ -20,7 +20,7 @@ from pathlib import Path
 
 TASK_NAME = "posttrain_demo_numbers"
 TASK_VERSION = 1
-KINDS = ("after", "before")
+KINDS = ("up", "down")
 _MAX_NUMBER = 999
 
 
@@ -42,18 +42,21 @@ class DemoTask:
 
 
 def question(kind: str, n: int) -> str:
-    # Short on purpose: words the tiny tokenizer knows, so an item is ~16 tokens (fast to train).
-    return f"The number {kind} {n} is"
+    # Short on purpose (~15 tokens: fast to train). The wording is chosen so that the Hugging Face
+    # tokenizer and llama.cpp's SentencePiece tokenizer split every item identically: for the tiny
+    # tokenizer they disagree on some words ("after" is f+t+er in one, f+te+r in the other), and a
+    # model then sees different tokens when evaluated as GGUF than it was trained on.
+    return f"{n} counts {kind} to"
 
 
 def answer(kind: str, n: int) -> int:
-    return n + 1 if kind == "after" else n - 1
+    return n + 1 if kind == "up" else n - 1
 
 
 def _item(kind: str, n: int, rng: random.Random) -> dict:
     right = answer(kind, n)
-    wrong_way = n - 1 if kind == "after" else n + 1
-    step = 1 if kind == "after" else -1
+    wrong_way = n - 1 if kind == "up" else n + 1
+    step = 1 if kind == "up" else -1
     candidates = [n, wrong_way, n + 2 * step, right + 10 * step, right - 10 * step]
     distractors: list[int] = []
     for c in candidates:
