@@ -56,6 +56,16 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(rx + r"\Z")
 
 
+def _signature(path: Path) -> tuple | None:
+    """Names, sizes, modification and change times of a directory's files: equal means nothing was
+    written (ctime also moves on chmod, so fixing a permission makes a checkpoint be looked at again)."""
+    try:
+        return tuple(sorted((e.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for e in os.scandir(path)
+                            if e.is_file() for st in (e.stat(),)))
+    except OSError:
+        return None
+
+
 @dataclass
 class _Candidate:
     path: Path
@@ -106,6 +116,8 @@ class Watcher:
         self._candidates: dict[Path, _Candidate] = {}
         self._queue: queue.Queue[tuple[Path, str]] = queue.Queue()
         self._in_session: set[str] = set()
+        # path → file signature when last inspected: unchanged directories are not inspected again.
+        self._seen: dict[Path, tuple | None] = {}
         # (path, file sizes and mtimes) → sha256: a rescan does not re-hash gigabytes that did not change.
         self._hashes: dict[tuple[Path, tuple], str] = {}
         self.results: list[dict[str, Any]] = []
@@ -166,6 +178,8 @@ class Watcher:
         with self._lock:
             cand = self._candidates.setdefault(path, _Candidate(path))
             cand.last_check = time.monotonic()
+        # Taken before inspecting: if the files change meanwhile, the next look sees a new signature.
+        self._seen[path] = _signature(path)
         try:
             verdict = inspect_checkpoint(path, settle_seconds=settle_s, allow_pickle=self.allow_pickle)
         except Exception as e:  # the detector promises not to raise; if it does, one bad dir must not stop us
@@ -200,11 +214,23 @@ class Watcher:
         return True
 
     def scan_and_check(self) -> int:
+        """Look at every candidate whose files changed since it was last looked at.
+
+        One settle wait covers the whole scan (not one per checkpoint), and checkpoints already
+        handled are recognised by their file signature without reading them again, so a directory
+        with hundreds of finished checkpoints costs a directory listing per rescan.
+        """
+        changed = {p: sig for p in self.scan() if (sig := _signature(p)) is None or self._seen.get(p) != sig}
+        if changed and self.settle_s > 0:
+            self.stop.wait(self.settle_s)
         queued = 0
-        for path in self.scan():
+        for path, before in changed.items():
             if self.stop.is_set():
                 break
-            queued += self.check(path, settle_s=self.settle_s)
+            if _signature(path) != before:
+                log.info("still being written: %s", path)
+                continue
+            queued += self.check(path, settle_s=0)
         self.status.last_scan_at = utcnow()
         self._publish()
         return queued
@@ -285,8 +311,10 @@ class Watcher:
                 with self._lock:
                     due = [c for c in self._candidates.values()
                            if c.last_event and now - c.last_event >= self.settle_s and c.last_check < c.last_event]
+                    # Quiet but still incomplete after a recent change: look again now and then,
+                    # in case the event for the last write was lost.
                     recheck = [c for c in self._candidates.values()
-                               if c.last_event and now - c.last_event < _RECHECK_FOR_S
+                               if c.last_event and self.settle_s <= now - c.last_event < _RECHECK_FOR_S
                                and now - c.last_check >= _RECHECK_EVERY_S and c not in due]
                 for cand in due + recheck:
                     # Events already proved the files quiet for settle_s: no second settle wait here.
