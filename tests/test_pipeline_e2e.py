@@ -146,3 +146,37 @@ def test_watch_once_hands_the_checkpoint_to_the_same_run(setup, reference):
     row = store.query("SELECT status, run_id FROM processed_checkpoints")[0]
     assert row["status"] == "succeeded" and row["run_id"] == report["run"]["id"]
     assert_same_report(normalised_report(home), report)
+
+
+def test_a_failing_step_leaves_independent_steps_running_and_the_report_says_why(setup, reference):
+    home, _ = reference
+    config = setup["root"] / "missing-baseline.toml"
+    config.write_text(setup["config"].read_text().replace(f'baseline = "{setup["root"] / "base"}"',
+                                                           f'baseline = "{setup["root"] / "no-such-model"}"'))
+    proc = subprocess.run([sys.executable, "-m", "posttrain", "run", str(setup["ckpt"]), "--config", str(config),
+                           "--home", str(home)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    store = Store(home / "posttrain.db")
+    (run,) = store.query("SELECT id, status, run_dir FROM runs WHERE baseline LIKE '%no-such-model'")
+    steps = {r["name"]: (r["status"], r["error"]) for r in store.query("SELECT * FROM steps WHERE run_id=?",
+                                                                        (run["id"],))}
+    assert run["status"] == "failed"
+    assert steps["baseline"][0] == "failed" and "no-such-model" in steps["baseline"][1]
+    assert steps["evaluate"][0] == "done"  # independent of the baseline: still ran (from the result cache)
+    assert steps["evaluate_baseline"] == ("skipped", "skipped: baseline failed")
+    assert steps["compare"] == ("skipped", "skipped: evaluate_baseline skipped")
+    assert steps["report"][0] == "done" and steps["notify"][0] == "done"
+    report = json.loads((Path(run["run_dir"]) / "report.json").read_text())
+    assert [f["step"] for f in report["failures"]] == ["baseline"]
+    assert not (Path(run["run_dir"]) / "compare.json").exists()
+
+
+def test_an_incomplete_checkpoint_is_refused_with_the_reason(setup, tmp_path):
+    half = tmp_path / "half"
+    shutil.copytree(setup["ckpt"], half)
+    with open(half / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    proc = subprocess.run(posttrain_cmd(setup, tmp_path / "home", "run", str(half)), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert "is not a complete checkpoint: model.safetensors is truncated" in proc.stderr

@@ -212,3 +212,33 @@ def test_a_run_cut_short_is_taken_up_again_on_the_next_start(tmp_path, store, ti
     again = Recorder()
     Watcher([watched], again, store=Store(store.path), settle_s=0.1).run_once()
     assert len(again.calls) == 1
+
+
+def test_with_jobs_2_two_checkpoints_are_processed_at_the_same_time(tmp_path, store, tiny_spm):
+    watched = tmp_path / "runs"
+    for name in ("a", "b"):
+        shutil.copytree(tiny_spm, watched / name / "final_model")
+        (watched / name / "final_model" / "generation_config.json").write_text(json.dumps({"name": name}))
+    spans = {}
+
+    def slow(path, sha):
+        start = time.monotonic()
+        time.sleep(1.0)
+        spans[path.parent.name] = (start, time.monotonic())
+        return {"status": "succeeded"}
+
+    Watcher([watched], slow, store=store, settle_s=0.1, jobs=2).run_once()
+    (a0, a1), (b0, b1) = spans["a"], spans["b"]
+    assert a0 < b1 and b0 < a1, "the two runs did not overlap"
+
+    one_at_a_time = {}
+
+    def serial(path, sha):
+        one_at_a_time[path.parent.name] = time.monotonic()
+        time.sleep(0.5)
+        return {"status": "succeeded"}
+
+    for name in ("a", "b"):
+        (watched / name / "final_model" / "generation_config.json").write_text(json.dumps({"name": name, "v": 2}))
+    Watcher([watched], serial, store=store, settle_s=0.1).run_once()
+    assert abs(one_at_a_time["a"] - one_at_a_time["b"]) >= 0.5

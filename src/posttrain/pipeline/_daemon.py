@@ -134,7 +134,8 @@ def install_stop_handlers(stop: threading.Event) -> None:
         name = signal.Signals(signum).name
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        log.info("%s received: finishing the current step, then stopping (resumable)", name)
+        log.info("%s received: finishing the current step, then stopping (resumable)%s", name,
+                 "; press Ctrl-C again to abort now" if signum == signal.SIGINT else "")
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
