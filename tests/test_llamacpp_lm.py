@@ -152,14 +152,18 @@ def test_batched_path_equals_simple_path(spm_ggufs):
     reqs = mc_requests(n_contexts=20, seed=11)
     path = str(spm_ggufs["F32"])
     simple = LlamaCppLM(model=path, batched=False, kv_type="f32").loglikelihood(reqs, disable_tqdm=True)
-    # Small batches and few sequences per decode force many packed batches and split groups.
-    lm = LlamaCppLM(model=path, kv_type="f32", n_batch=64, n_seq_max=3)
-    batched = lm.loglikelihood(reqs, disable_tqdm=True)
-    assert _max_abs(simple, batched) < 1e-4
-    assert [s[1] for s in simple] == [b[1] for b in batched]
-    # Each distinct context was evaluated fewer times than once per request.
-    naive = sum(len(c) + len(x) - 1 for c, x in (lm._encode_pair(*r.args) for r in reqs if r.args[0]))
-    assert lm.tokens_evaluated < naive
+    probe = LlamaCppLM(model=path)
+    naive = sum(len(c) + len(x) - 1 for c, x in (probe._encode_pair(*r.args) for r in reqs if r.args[0]))
+    # Default packing; then small batches / few sequences, which force contexts longer than a batch
+    # (evaluated once in chunks, shared with endings through llama_memory_seq_cp) and groups with
+    # more endings than sequences (several rounds).
+    for n_batch, n_seq_max in ((512, 64), (64, 3), (16, 3)):
+        lm = LlamaCppLM(model=path, kv_type="f32", n_batch=n_batch, n_seq_max=n_seq_max)
+        batched = lm.loglikelihood(reqs, disable_tqdm=True)
+        assert _max_abs(simple, batched) < 1e-4, (n_batch, n_seq_max)
+        assert [s[1] for s in simple] == [b[1] for b in batched]
+        # Each distinct context was evaluated once, not once per request.
+        assert lm.tokens_evaluated < naive
 
 
 def test_results_come_back_in_request_order(spm_ggufs):

@@ -60,7 +60,7 @@ class LlamaCppEngine:
         *,
         n_ctx: int | None = None,
         n_ctx_cap: int = 8192,
-        n_batch: int = 2048,
+        n_batch: int = 512,
         n_ubatch: int = 512,
         n_threads: int | None = None,
         n_seq_max: int = MAX_SEQUENCES,
@@ -323,35 +323,17 @@ class LlamaCppEngine:
         for i, r in enumerate(requests):
             groups.setdefault(r.context, []).append(i)
 
-        # Units of work: (context, [request indices]) whose tokens fit one batch.
-        units: list[tuple[tuple[int, ...], list[int]]] = []
-        for ctx in sorted(groups):
-            idxs = groups[ctx]
-            cur: list[int] = []
-            size = len(ctx)
-            for i in idxs:
-                n = len(requests[i].continuation) - 1
-                if cur and (size + n > self.n_batch or len(cur) >= self.n_seq_max):
-                    units.append((ctx, cur))
-                    cur, size = [], len(ctx)
-                cur.append(i)
-                size += n
-            units.append((ctx, cur))
-
         results: list[Scored | None] = [None] * len(requests)
         self._clear()
         pending: list[tuple[tuple[int, ...], list[int]]] = []
         pending_tokens = 0
         pending_seqs = 0
-        for ctx, idxs in units:
+        for ctx in sorted(groups):
+            idxs = groups[ctx]
             n_tok = len(ctx) + sum(len(requests[i].continuation) - 1 for i in idxs)
-            if n_tok > self.n_batch:  # one long context that alone exceeds a batch
-                if pending:
-                    self._run_packed(pending, requests, results)
-                    pending, pending_tokens, pending_seqs = [], 0, 0
-                for i in idxs:
-                    results[i] = self.score_sequential([requests[i]])[0]
-                self._clear()
+            if n_tok > self.n_batch or len(idxs) > self.n_seq_max:
+                # Does not fit one batch: its context goes through alone, once, in chunks.
+                self._score_long_group(ctx, idxs, requests, results)
                 continue
             if pending and (pending_tokens + n_tok > self.n_batch or pending_seqs + len(idxs) > self.n_seq_max):
                 self._run_packed(pending, requests, results)
@@ -363,6 +345,63 @@ class LlamaCppEngine:
             self._run_packed(pending, requests, results)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    def _score_long_group(
+        self,
+        ctx: tuple[int, ...],
+        idxs: list[int],
+        requests: Sequence[ScoreRequest],
+        results: list[Scored | None],
+    ) -> None:
+        """A context longer than a batch (or with more endings than sequences): evaluate it once
+        into sequence 0, share its KV cells with the endings' sequences (`llama_memory_seq_cp` on a
+        unified cache adds sequence ids to cells, it copies no data), then decode the endings in
+        as few batches as fit."""
+        lc = _llama()
+        self._clear()
+        for start in range(0, len(ctx), self.n_batch):
+            chunk = range(start, min(start + self.n_batch, len(ctx)))
+            self._decode([(ctx[p], p, (0,), p == len(ctx) - 1) for p in chunk])
+        last_ctx_row = np.array(self._logits_rows(1)[0])  # survives the next decodes
+
+        lp0, g0 = self._score_rows(last_ctx_row[None, :], [0] * len(idxs), [requests[i].continuation[0] for i in idxs])
+        scores: dict[int, list[float]] = {i: [float(v)] for i, v in zip(idxs, lp0)}
+        greedy: dict[int, bool] = {i: bool(g) for i, g in zip(idxs, g0)}
+
+        # Rounds of at most n_seq_max - 1 endings (sequence 0 keeps the bare context) whose tokens
+        # fit beside the context in the KV cache.
+        rounds: list[list[int]] = [[]]
+        room = self.n_ctx - len(ctx)
+        used = 0
+        for i in idxs:
+            n = len(requests[i].continuation) - 1
+            if rounds[-1] and (len(rounds[-1]) >= self.n_seq_max - 1 or used + n > room):
+                rounds.append([])
+                used = 0
+            rounds[-1].append(i)
+            used += n
+        for members in rounds:
+            flat: list[tuple[int, int, Sequence[int], bool]] = []
+            owners: list[tuple[int, int]] = []
+            for k, i in enumerate(members, start=1):
+                lc.llama_memory_seq_cp(self._mem, 0, k, -1, -1)
+                cont = requests[i].continuation
+                for j, tok in enumerate(cont[:-1]):
+                    flat.append((tok, len(ctx) + j, (k,), True))
+                    owners.append((i, cont[j + 1]))
+            for start in range(0, len(flat), self.n_batch):
+                part = flat[start : start + self.n_batch]
+                who = owners[start : start + self.n_batch]
+                self._decode(part)
+                lp, gr = self._score_rows(self._logits_rows(len(part)), range(len(part)), [t for _, t in who])
+                for (i, _), v, g in zip(who, lp.tolist(), gr.tolist()):
+                    scores[i].append(v)
+                    greedy[i] = greedy[i] and g
+            for k in range(1, len(members) + 1):
+                lc.llama_memory_seq_rm(self._mem, k, -1, -1)
+        for i in idxs:
+            results[i] = Scored(float(sum(scores[i])), greedy[i])
+        self._clear()
 
     def _run_packed(
         self,
