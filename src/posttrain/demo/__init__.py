@@ -1,7 +1,9 @@
-"""`posttrain demo`'s parts: the demo's own lm-eval task and the tiny model trained on it."""
+"""`posttrain demo`'s parts: the demo's own lm-eval task, the tiny model trained on it, and the run
+that ties them to the watcher and the pipeline."""
 
+from posttrain.demo._run import DemoResult, run_demo, write_demo_config
 from posttrain.demo._task import TASK_NAME, DemoTask, make_items, read_items, write_demo_task
 from posttrain.demo._train import DemoCheckpoints, train_demo_model
 
-__all__ = ["TASK_NAME", "DemoCheckpoints", "DemoTask", "make_items", "read_items", "train_demo_model",
-           "write_demo_task"]
+__all__ = ["TASK_NAME", "DemoCheckpoints", "DemoResult", "DemoTask", "make_items", "read_items", "run_demo",
+           "train_demo_model", "write_demo_config", "write_demo_task"]

@@ -1,0 +1,176 @@
+"""`posttrain demo`: the whole loop on a laptop, offline, in a few minutes.
+
+1. write the demo task (data + lm-eval YAML) and a `posttrain.toml` into the work directory;
+2. start a watcher daemon on `<workdir>/runs` (pattern `**/final_model`);
+3. train the tiny Llama with transformers' Trainer into `<workdir>/runs/demo/`: `checkpoint-early/`
+   (the baseline) after a few steps, `final_model/` at the end, with a `PosttrainCallback` attached
+   (it sees that the watcher covers `final_model/` and leaves it to the watcher);
+4. the watcher picks `final_model/` up and runs the pipeline: convert (F16, Q8_0, Q4_K_M), evaluate
+   the three variants and the baseline on the demo task, compare, report;
+5. wait for that run, stop the watcher, print the report's path and the verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from posttrain.demo._task import TASK_NAME, write_demo_task
+from posttrain.demo._train import DEFAULT_STEPS, EARLY_DIR, FINAL_DIR, train_demo_model
+from posttrain.errors import PosttrainError
+
+MARKER = ".posttrain-demo"
+RUN_NAME = "demo"
+
+
+@dataclass
+class DemoResult:
+    workdir: Path
+    report: Path | None
+    run_id: str | None
+    status: str
+    verdicts: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _toml_str(value: str | Path) -> str:
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def write_demo_config(workdir: Path, task_dir: Path, baseline: Path) -> Path:
+    """The demo's posttrain.toml: its own home, its own task, the early checkpoint as baseline."""
+    path = workdir / "posttrain.toml"
+    path.write_text(f"""\
+# Written by `posttrain demo`.
+home = {_toml_str(workdir / "home")}
+quants = ["f16", "q8_0", "q4_k_m"]
+tasks = ["{TASK_NAME}"]
+task_paths = [{_toml_str(task_dir)}]
+baseline = {_toml_str(baseline)}
+retries = 2
+retry_backoff_s = 1.0
+
+[notify]
+urls = []
+
+[watch]
+pattern = "**/{FINAL_DIR}"
+settle_s = 1.0
+check_interval_s = 10
+""")
+    return path
+
+
+def _prepare(workdir: Path) -> None:
+    """A fresh work directory; a previous demo's (marked) one is cleared, anything else is refused."""
+    if workdir.exists() and any(workdir.iterdir()):
+        if not (workdir / MARKER).exists():
+            raise PosttrainError(f"{workdir} is not empty and was not made by `posttrain demo`",
+                                 remedy="pass --workdir with a new or empty directory")
+        for name in ("runs", "home", "task", "posttrain.toml"):
+            target = workdir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by `posttrain demo`; running it again clears this directory\n")
+
+
+def _posttrain(*args: str) -> list[str]:
+    return [sys.executable, "-m", "posttrain", *args]
+
+
+def _processed(home: Path, checkpoint: Path) -> dict | None:
+    from posttrain.store import Store
+
+    db = home / "posttrain.db"
+    if not db.exists():
+        return None
+    store = Store(db)
+    try:
+        rows = store.query("SELECT p.status, p.run_id, r.run_dir FROM processed_checkpoints p "
+                           "LEFT JOIN runs r ON r.id = p.run_id WHERE p.path = ?", (str(checkpoint),))
+    finally:
+        store.close()
+    return dict(rows[0]) if rows else None
+
+
+def _current_step(home: Path) -> str | None:
+    from posttrain.pipeline._daemon import STATUS_FILE, read_json
+
+    doc = read_json(home / STATUS_FILE) or {}
+    steps = [v.get("step") for v in (doc.get("current") or {}).values() if v.get("step")]
+    return steps[0] if steps else None
+
+
+def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, threads: int | None = None,
+             timeout_s: float = 1800.0, say: Callable[[str], None] = print) -> DemoResult:
+    """Run the demo in `workdir`; returns where the report is and what it concluded."""
+    from posttrain.integrations.transformers import PosttrainCallback
+    from posttrain.pipeline import Config
+
+    if "task_paths" not in Config.model_fields:
+        raise PosttrainError("the pipeline cannot load lm-eval tasks from a directory (setting `task_paths`), "
+                             "which the demo's own task needs", remedy="update posttrain to a version that has it")
+    workdir = Path(workdir).expanduser().resolve()
+    _prepare(workdir)
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    home, runs = workdir / "home", workdir / "runs"
+    train_dir = runs / RUN_NAME
+    runs.mkdir(parents=True)
+    task = write_demo_task(workdir / "task")
+    config = write_demo_config(workdir, task.directory, train_dir / EARLY_DIR)
+    say(f"demo task: {task.n_train} training and {task.n_test} test items ({task.yaml_path})")
+
+    start = time.perf_counter()
+    proc = subprocess.run(_posttrain("watch", str(runs), "--daemon", "--config", str(config), "--home", str(home)),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PosttrainError(f"could not start the demo's watcher: {(proc.stderr or proc.stdout).strip()}")
+    times["start watcher"] = time.perf_counter() - start
+    say(proc.stdout.strip())
+    try:
+        callback = PosttrainCallback(home=home, config=config, mode="enqueue", checkpoint=train_dir / FINAL_DIR)
+        say(f"training a tiny Llama for {steps} steps on the CPU (transformers Trainer) ...")
+        start = time.perf_counter()
+        ck = train_demo_model(train_dir, steps=steps, seed=seed, callback=callback, threads=threads)
+        times["train"] = time.perf_counter() - start
+        say(f"trained in {ck.train_seconds:.0f} s: baseline {ck.early}, final {ck.final}")
+        if callback.handoff is not None:
+            say(f"callback: {callback.handoff.mode} ({callback.handoff.detail})")
+
+        start = time.perf_counter()
+        deadline = time.monotonic() + timeout_s
+        last_step = None
+        while True:
+            row = _processed(home, ck.final)
+            if row and row["status"] in ("succeeded", "failed"):
+                break
+            step = _current_step(home)
+            if step and step != last_step:
+                say(f"pipeline: {step} ...")
+                last_step = step
+            if time.monotonic() > deadline:
+                raise PosttrainError(f"the watcher did not finish {ck.final} within {timeout_s:g} s",
+                                     remedy=f"see {home / 'logs' / 'watch.log'}")
+            time.sleep(0.5)
+        times["pipeline"] = time.perf_counter() - start
+    finally:
+        subprocess.run(_posttrain("stop", "--home", str(home), "--grace", "60"), capture_output=True, text=True)
+    times["total"] = time.perf_counter() - started
+
+    run_dir = Path(row["run_dir"]) if row.get("run_dir") else None
+    report = run_dir / "report.html" if run_dir and (run_dir / "report.html").exists() else None
+    verdicts: list[str] = []
+    if run_dir and (run_dir / "compare.json").exists():
+        doc = json.loads((run_dir / "compare.json").read_text())
+        verdicts = [c["sentence"] for c in doc.get("comparisons") or [] if c.get("sentence")]
+    return DemoResult(workdir, report, row.get("run_id"), row["status"], verdicts, times)
