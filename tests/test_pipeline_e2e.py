@@ -174,9 +174,42 @@ def test_a_failing_step_leaves_independent_steps_running_and_the_report_says_why
 def test_an_incomplete_checkpoint_is_refused_with_the_reason(setup, tmp_path):
     half = tmp_path / "half"
     shutil.copytree(setup["ckpt"], half)
-    with open(half / "model.safetensors", "r+b") as f:
-        f.truncate(1000)
+    weights = half / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size - 1000)  # the header is intact, the tensor data cut short
     proc = subprocess.run(posttrain_cmd(setup, tmp_path / "home", "run", str(half)), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 1
     assert "is not a complete checkpoint: model.safetensors is truncated" in proc.stderr
+
+
+def test_kill9_inside_conversion_then_rerun_completes_with_intact_files(setup, reference):
+    home = setup["root"] / "home-kill-convert"
+    proc = subprocess.Popen(posttrain_cmd(setup, home, "run", str(setup["ckpt"])), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    children: list[psutil.Process] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not children:
+        children = psutil.Process(proc.pid).children(recursive=True)  # the converter, once it starts
+        time.sleep(0.1)
+    assert children, "no converter process was seen"
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    leftover = [c for c in alive if c.status() != psutil.STATUS_ZOMBIE]
+    for c in leftover:
+        c.kill()
+    assert not leftover, f"the converter outlived the killed run: {[c.cmdline()[:3] for c in leftover]}"
+    # Any GGUF under a final name is one the manifest vouches for, byte for byte.
+    from posttrain.convert import sha256_file
+
+    for gguf in (home / "gguf").rglob("*.gguf"):
+        manifest = json.loads((gguf.parent / "manifest.json").read_text())
+        entry = next(v for v in manifest["variants"].values() if v["path"] == gguf.name)
+        assert sha256_file(gguf) == entry["sha256"]
+
+    again = subprocess.run(posttrain_cmd(setup, home, "run", str(setup["ckpt"])), capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_same_report(normalised_report(home), reference[1])

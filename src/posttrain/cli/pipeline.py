@@ -89,7 +89,9 @@ def run_cmd(
     code = 0
     for ckpt, result in zip(checkpoints, results, strict=True):
         if isinstance(result, PosttrainError):
-            err_console.print(f"[bold red]error:[/] {ckpt}: {result.one_line()}", highlight=False)
+            text = result.one_line()
+            where = "" if str(ckpt) in text or str(ckpt.resolve()) in text else f"{ckpt}: "
+            err_console.print(f"[bold red]error:[/] {where}{text}", highlight=False, soft_wrap=True)
             code = max(code, 1)
             continue
         _print_result(result)

@@ -291,8 +291,7 @@ def run_many(checkpoints: list[Path], config: Config, *, jobs: int | None = None
             return PosttrainError(f"{ckpt}: not started (stop requested)")
         try:
             return run_pipeline(ckpt, config, store=store, stop_event=stop_event, on_event=on_event)
-        except PosttrainError as e:
-            log.error("%s: %s", ckpt, e.one_line())
+        except PosttrainError as e:  # the caller reports it next to the other results
             return e
 
     if jobs <= 1 or len(checkpoints) <= 1:
