@@ -201,3 +201,10 @@ def test_unknown_task_lists_close_matches(tiny_gguf, data_dir, tmp_path):
         evaluate(tiny_gguf["F16"], ["hellaswg"], data_dir=data_dir, store=Store(tmp_path / "db"),
                  out_dir=tmp_path / "o")
     assert "hellaswg" in e.value.message and "hellaswag" in (e.value.remedy or "")
+
+
+def test_without_data_dir_an_unreachable_hub_says_to_pass_data_dir(tiny_gguf, tmp_path):
+    # The Hub is not reachable from the test machine (and HF_*_OFFLINE is set): lm-eval's normal loading fails.
+    with pytest.raises(PosttrainError) as e:
+        evaluate(tiny_gguf["F16"], ["hellaswag"], store=Store(tmp_path / "db"), out_dir=tmp_path / "o")
+    assert "hellaswag" in e.value.message and "--data-dir" in (e.value.remedy or "")

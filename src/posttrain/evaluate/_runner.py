@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import time
 import uuid
@@ -24,7 +25,7 @@ from posttrain.evaluate._results import (
 )
 from posttrain.evaluate._selection import Selection, select
 from posttrain.evaluate._tasks import check_task_names, default_task_manager, offline_family, write_offline_tasks
-from posttrain.evaluate._think import MeasuredLM, request_key
+from posttrain.evaluate._think import DEFAULT_THINK_PATTERNS, MeasuredLM, request_key
 from posttrain.store import Store, dumps
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,11 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
              ollama_url: str | None = None, think_patterns: list[str] | None = None,
              gen_kwargs: dict | None = None, label: str | None = None) -> list[EvalResult]:
     """Evaluate one model on lm-eval tasks; one EvalResult per task, reused from the store when the key matches."""
+    if data_dir is not None:
+        # Everything is local: keep `datasets`/`huggingface_hub` from trying (and timing out on) the Hub.
+        # Read when those libraries are first imported, which is below.
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_eval import simple_evaluate
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
@@ -242,8 +248,11 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
         n_shot = num_fewshot if num_fewshot is not None and first.get_config("num_fewshot") != 0 \
             else (first.get_config("num_fewshot") or 0)
         task_hash = _task_hash(leaves, selection)
+        # Think patterns only touch generations; the effective list is keyed, so new defaults recompute.
+        patterns = list(think_patterns) if think_patterns is not None else DEFAULT_THINK_PATTERNS
         gen_args = {"gen_kwargs": gen_kwargs or None,
-                    "think_patterns": think_patterns if generative or think_patterns else None}
+                    "think_patterns": patterns if any(t.config.output_type == "generate_until"
+                                                      for t in leaves.values()) else None}
         parts = {"model_id": run_ref.model_id, "task": name, "task_hash": task_hash, "n_shot": n_shot,
                  "selection": selection.to_json(), "gen_args": gen_args, "harness": harness_version(),
                  "backend": _backend_version(run_ref)}
