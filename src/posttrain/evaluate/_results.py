@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sqlite3
 from dataclasses import dataclass, field
 
 from posttrain.store import Store, dumps, utcnow
@@ -89,7 +90,21 @@ def find_cached(store: Store, key: str):
 
 
 def save_eval(store: Store, *, key: str, record: dict, items: list[dict]) -> int:
-    """Insert the evaluation and all its items in one transaction; returns the eval id."""
+    """Insert the evaluation and all its items in one transaction; returns the eval id.
+
+    When another process stored the same key meanwhile (two runs of one baseline), its row is kept
+    and returned: the results are interchangeable by construction of the key.
+    """
+    try:
+        return _insert_eval(store, key=key, record=record, items=items)
+    except sqlite3.IntegrityError:
+        row = find_cached(store, key)
+        if row is None:
+            raise
+        return int(row["id"])
+
+
+def _insert_eval(store: Store, *, key: str, record: dict, items: list[dict]) -> int:
     with store.connect() as db:
         cur = db.execute(
             """INSERT INTO evals (cache_key, model_id, backend, task, task_hash, task_version, n_shot,
