@@ -103,8 +103,12 @@ def test_three_official_layouts_end_to_end_items_match_lm_eval_samples(tiny_gguf
         assert not r.cached and r.backend == "posttrain-llamacpp"
         for m in r.metrics:
             assert m.ci_low <= m.value <= m.ci_high
-    # lm-eval's own results file is there, in its usual layout
-    assert list(out.glob("lm_eval/*/results_*.json"))
+    # lm-eval's own files, in its usual layout: one run (one date id) holding every task, as `lm_eval` writes it
+    (results_file,) = out.glob("lm_eval/*/results_*.json")
+    date = results_file.stem.removeprefix("results_")
+    assert {p.name for p in results_file.parent.glob("samples_*.jsonl")} == {
+        f"samples_{t}_{date}.jsonl" for t in ("mmlu_anatomy", "mmlu_astronomy", "gsm8k", "hellaswag")}
+    assert {"mmlu", "gsm8k", "hellaswag"} <= set(json.loads(results_file.read_text())["results"])
 
     samples = _samples(out)
     assert set(samples) == {"mmlu_anatomy", "mmlu_astronomy", "gsm8k", "hellaswag"}

@@ -195,6 +195,22 @@ def _group_of(loaded: dict) -> dict[str, str]:
     return out
 
 
+def _save_lm_eval_files(tracker, runs: list[tuple[dict, dict]]) -> None:
+    merged: dict = {}
+    samples: dict = {}
+    for res, task_samples in runs:
+        for key, value in res.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged.setdefault(key, value)
+        samples.update(task_samples)
+    tracker.save_results_aggregated(results=merged, samples=samples)
+    for leaf in merged.get("configs", {}):
+        if leaf in samples:
+            tracker.save_results_samples(task_name=leaf, samples=samples[leaf])
+
+
 def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = None, limit: int | None = None,
              per_subject: int | None = None, seed: int = 0, num_fewshot: int | None = None, store: Store,
              out_dir: Path, endpoint: str | None = None, tokenizer: Path | None = None,
@@ -227,87 +243,93 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
         check_task_names(tasks)
         tm = default_task_manager()
     lms: dict[tuple[str, str], MeasuredLM] = {}
-    results = []
-    for name in tasks:
-        loaded = _load_task(tm, name, offline=include is not None)
-        leaves = loaded["tasks"]
-        groups = _group_of(loaded)
-        generative = all(t.config.output_type == "generate_until" for t in leaves.values())
-        run_ref = ref
-        if ref.kind == "ollama" and not generative:
-            if ref.loglikelihood is None:
-                raise PosttrainError(
-                    f"task {name!r} needs prompt log-probabilities, which Ollama does not return, and the GGUF "
-                    f"behind {ref.reference} is not readable on this machine",
-                    remedy="run posttrain where Ollama's model files are readable, or evaluate the .gguf file directly")
-            log.warning("%s: Ollama returns no prompt log-probs; running on its GGUF in llama.cpp", name)
-            run_ref = ref.loglikelihood
-        selection = select({leaf: len(t.eval_docs) for leaf, t in leaves.items()},
-                           limit=limit, per_subject=per_subject, seed=seed)
-        first = next(iter(leaves.values()))
-        n_shot = num_fewshot if num_fewshot is not None and first.get_config("num_fewshot") != 0 \
-            else (first.get_config("num_fewshot") or 0)
-        task_hash = _task_hash(leaves, selection)
-        # Think patterns only touch generations; the effective list is keyed, so new defaults recompute.
-        patterns = list(think_patterns) if think_patterns is not None else DEFAULT_THINK_PATTERNS
-        gen_args = {"gen_kwargs": gen_kwargs or None,
-                    "think_patterns": patterns if any(t.config.output_type == "generate_until"
-                                                      for t in leaves.values()) else None}
-        parts = {"model_id": run_ref.model_id, "task": name, "task_hash": task_hash, "n_shot": n_shot,
-                 "selection": selection.to_json(), "gen_args": gen_args, "harness": harness_version(),
-                 "backend": _backend_version(run_ref)}
-        if not run_ref.cacheable:
-            parts["uncacheable_run"] = uuid.uuid4().hex
-        key = cache_key(parts)
-        row = find_cached(store, key)
-        if row is not None:
-            agg = json.loads(row["aggregates_json"])
-            results.append(EvalResult(name, metrics_from_json(agg["metrics"]), row["n_items"], row["seconds"],
-                                      row["tokens"], row["id"], True, row["model_id"], row["backend"],
-                                      row["output_dir"]))
-            continue
+    results: list[EvalResult] = []
+    runs: list[tuple[dict, dict]] = []
+    tracker = None
+    try:
+        for name in tasks:
+            loaded = _load_task(tm, name, offline=include is not None)
+            leaves = loaded["tasks"]
+            groups = _group_of(loaded)
+            generative = all(t.config.output_type == "generate_until" for t in leaves.values())
+            run_ref = ref
+            if ref.kind == "ollama" and not generative:
+                if ref.loglikelihood is None:
+                    raise PosttrainError(
+                        f"task {name!r} needs prompt log-probabilities, which Ollama does not return, and the GGUF "
+                        f"behind {ref.reference} is not readable on this machine",
+                        remedy="run posttrain where Ollama's model files are readable, or evaluate the .gguf file directly")
+                log.warning("%s: Ollama returns no prompt log-probs; running on its GGUF in llama.cpp", name)
+                run_ref = ref.loglikelihood
+            selection = select({leaf: len(t.eval_docs) for leaf, t in leaves.items()},
+                               limit=limit, per_subject=per_subject, seed=seed)
+            first = next(iter(leaves.values()))
+            n_shot = num_fewshot if num_fewshot is not None and first.get_config("num_fewshot") != 0 \
+                else (first.get_config("num_fewshot") or 0)
+            task_hash = _task_hash(leaves, selection)
+            # Think patterns only touch generations; the effective list is keyed, so new defaults recompute.
+            patterns = list(think_patterns) if think_patterns is not None else DEFAULT_THINK_PATTERNS
+            gen_args = {"gen_kwargs": gen_kwargs or None,
+                        "think_patterns": patterns if any(t.config.output_type == "generate_until"
+                                                          for t in leaves.values()) else None}
+            parts = {"model_id": run_ref.model_id, "task": name, "task_hash": task_hash, "n_shot": n_shot,
+                     "selection": selection.to_json(), "gen_args": gen_args, "harness": harness_version(),
+                     "backend": _backend_version(run_ref)}
+            if not run_ref.cacheable:
+                parts["uncacheable_run"] = uuid.uuid4().hex
+            key = cache_key(parts)
+            row = find_cached(store, key)
+            if row is not None:
+                agg = json.loads(row["aggregates_json"])
+                results.append(EvalResult(name, metrics_from_json(agg["metrics"]), row["n_items"], row["seconds"],
+                                          row["tokens"], row["id"], True, row["model_id"], row["backend"],
+                                          row["output_dir"]))
+                continue
 
-        lm_key = (run_ref.backend, run_ref.reference)
-        if lm_key not in lms:
-            lms[lm_key] = MeasuredLM(make_lm(run_ref), think_patterns)
-        lm = lms[lm_key]
-        tokens_before = lm.work_tokens
-        lm.think_sha256.clear()
-        run_label = label or run_ref.label
-        tracker = EvaluationTracker(output_path=str(out_dir / "lm_eval"))
-        started = time.perf_counter()
-        res = simple_evaluate(
-            model=lm, model_args={"model": run_label}, tasks=_top_objects(loaded, name),
-            num_fewshot=num_fewshot, samples=selection.indices, gen_kwargs=gen_kwargs or None,
-            log_samples=True, evaluation_tracker=tracker, task_manager=tm,
-            random_seed=0, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=1234,
-        )
-        seconds = time.perf_counter() - started
-        samples = res.pop("samples")
-        tracker.save_results_aggregated(results=res, samples=samples)
-        for leaf in res["configs"]:
-            if leaf in samples:
-                tracker.save_results_samples(task_name=leaf, samples=samples[leaf])
-        items = []
-        for leaf, task in leaves.items():
-            items += _items_from_samples(leaf, task, samples.get(leaf, []), group=groups.get(leaf),
-                                         selection=selection, think=lm.think_sha256)
-        aggregates = res["results"].get(name) or (res["results"].get(first.config.task) if len(leaves) == 1 else {})
-        metrics = metrics_from_items(items, aggregates or {})
-        n_docs = len({(i["task"], i["doc_id"]) for i in items})
-        tokens = (lm.work_tokens - tokens_before) or None
-        output_dir = str(out_dir / "lm_eval" / tracker.general_config_tracker.model_name_sanitized)
-        eval_id = save_eval(store, key=key, items=items, record={
-            "model_id": run_ref.model_id, "backend": run_ref.backend, "task": name, "task_hash": task_hash,
-            "task_version": dumps({leaf: res.get("versions", {}).get(leaf) for leaf in leaves}),
-            "n_shot": n_shot, "selection_json": dumps(selection.to_json()), "gen_args_json": dumps(gen_args),
-            "harness_version": harness_version(),
-            "aggregates_json": dumps({"metrics": metrics_to_json(metrics), "lm_eval": res["results"].get(name),
-                                      "reference": run_ref.reference, "label": run_label}),
-            "env_json": dumps(_environment()), "seconds": seconds, "tokens": tokens, "n_items": n_docs,
-            "output_dir": output_dir,
-        })
-        results.append(EvalResult(name, metrics, n_docs, seconds, tokens, eval_id, False, run_ref.model_id,
-                                  run_ref.backend, output_dir))
+            lm_key = (run_ref.backend, run_ref.reference)
+            if lm_key not in lms:
+                lms[lm_key] = MeasuredLM(make_lm(run_ref), think_patterns)
+            lm = lms[lm_key]
+            tokens_before = lm.work_tokens
+            lm.think_sha256.clear()
+            run_label = label or run_ref.label
+            tracker = tracker or EvaluationTracker(output_path=str(out_dir / "lm_eval"))
+            started = time.perf_counter()
+            res = simple_evaluate(
+                model=lm, model_args={"model": run_label}, tasks=_top_objects(loaded, name),
+                num_fewshot=num_fewshot, samples=selection.indices, gen_kwargs=gen_kwargs or None,
+                log_samples=True, evaluation_tracker=tracker, task_manager=tm,
+                random_seed=0, numpy_random_seed=1234, torch_random_seed=1234, fewshot_random_seed=1234,
+            )
+            seconds = time.perf_counter() - started
+            samples = res.pop("samples")
+            runs.append((res, samples))
+            items = []
+            for leaf, task in leaves.items():
+                items += _items_from_samples(leaf, task, samples.get(leaf, []), group=groups.get(leaf),
+                                             selection=selection, think=lm.think_sha256)
+            aggregates = res["results"].get(name) or (res["results"].get(first.config.task) if len(leaves) == 1 else {})
+            metrics = metrics_from_items(items, aggregates or {})
+            n_docs = len({(i["task"], i["doc_id"]) for i in items})
+            tokens = (lm.work_tokens - tokens_before) or None
+            output_dir = str(out_dir / "lm_eval" / tracker.general_config_tracker.model_name_sanitized)
+            eval_id = save_eval(store, key=key, items=items, record={
+                "model_id": run_ref.model_id, "backend": run_ref.backend, "task": name, "task_hash": task_hash,
+                "task_version": dumps({leaf: res.get("versions", {}).get(leaf) for leaf in leaves}),
+                "n_shot": n_shot, "selection_json": dumps(selection.to_json()), "gen_args_json": dumps(gen_args),
+                "harness_version": harness_version(),
+                "aggregates_json": dumps({"metrics": metrics_to_json(metrics), "lm_eval": res["results"].get(name),
+                                          "reference": run_ref.reference, "label": run_label}),
+                "env_json": dumps(_environment()), "seconds": seconds, "tokens": tokens, "n_items": n_docs,
+                "output_dir": output_dir,
+            })
+            results.append(EvalResult(name, metrics, n_docs, seconds, tokens, eval_id, False, run_ref.model_id,
+                                      run_ref.backend, output_dir))
+    finally:
+        # One lm-eval run folder per call (one date id for all tasks), as `lm_eval` itself writes
+        # it, so tools that read the newest run of a folder see every task; written even when a later
+        # task failed, for the tasks that finished.
+        if tracker is not None and runs:
+            _save_lm_eval_files(tracker, runs)
     return results
 
