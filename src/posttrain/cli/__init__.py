@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "serve",
     "report",
     "pipeline",
+    "demo",
 ]
 
 

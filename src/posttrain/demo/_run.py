@@ -141,9 +141,10 @@ def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, 
         callback = PosttrainCallback(home=home, config=config, mode="enqueue", checkpoint=train_dir / FINAL_DIR)
         say(f"training a tiny Llama for {steps} steps on the CPU (transformers Trainer) ...")
         start = time.perf_counter()
-        ck = train_demo_model(train_dir, steps=steps, seed=seed, callback=callback, threads=threads)
+        ck = train_demo_model(train_dir, steps=steps, seed=seed, callback=callback, threads=threads, quiet=True)
         times["train"] = time.perf_counter() - start
-        say(f"trained in {ck.train_seconds:.0f} s: baseline {ck.early}, final {ck.final}")
+        loss = f", final loss {ck.final_loss:.3f}" if ck.final_loss is not None else ""
+        say(f"trained in {ck.train_seconds:.0f} s{loss}: baseline {ck.early}, final {ck.final}")
         if callback.handoff is not None:
             say(f"callback: {callback.handoff.mode} ({callback.handoff.detail})")
 

@@ -116,16 +116,19 @@ def _early_saver(step: int, out: Path, init_dir: Path):
 
 def train_demo_model(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0,
                      early_step: int = DEFAULT_EARLY_STEP, callback=None, batch_size: int = 32,
-                     learning_rate: float = 3e-3, threads: int | None = None) -> DemoCheckpoints:
+                     learning_rate: float = 3e-3, threads: int | None = None, quiet: bool = False) -> DemoCheckpoints:
     """Train the demo model in `workdir`; returns the early and final checkpoint directories.
 
     `callback` is an extra `transformers.TrainerCallback` (e.g. `PosttrainCallback`) attached to
     the Trainer. Training is seeded and single-process, so a given seed gives the same model.
+    `quiet` drops the Trainer's printed log lines and transformers' progress bars.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.utils import logging as hf_logging
 
     from posttrain.tiny import make_tiny
 
@@ -134,6 +137,8 @@ def train_demo_model(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: i
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads or _threads())
+    if quiet:
+        hf_logging.disable_progress_bar()
     set_seed(seed)
 
     init_dir = make_tiny(workdir / "init_model", tokenizer="spm", seed=seed)
@@ -166,6 +171,9 @@ def train_demo_model(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: i
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=_PadCollator(tokenizer.eos_token_id), processing_class=tokenizer,
                       callbacks=callbacks)
+    if quiet:
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
