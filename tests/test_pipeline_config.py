@@ -106,3 +106,12 @@ def test_posttrain_init_writes_the_file_and_refuses_to_overwrite(tmp_path):
     second = run(str(tmp_path / "posttrain.toml"))
     assert second.returncode == 1 and "already exists" in second.stderr and "--force" in second.stderr
     assert run(str(tmp_path / "posttrain.toml"), "--force").returncode == 0
+
+
+def test_task_paths_must_be_directories_and_accept_commas(tmp_path, monkeypatch):
+    (tmp_path / "t1").mkdir()
+    (tmp_path / "t2").mkdir()
+    monkeypatch.setenv("POSTTRAIN_TASK_PATHS", f"{tmp_path / 't1'},{tmp_path / 't2'}")
+    assert load_config().task_paths == [tmp_path / "t1", tmp_path / "t2"]
+    with pytest.raises(PosttrainError, match="task_paths: .*nope is not a directory"):
+        load_config(task_paths=str(tmp_path / "nope"))

@@ -80,6 +80,8 @@ class Config(BaseSettings):
     quants: StrList = Field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"], min_length=1)
     tasks: StrList = Field(default_factory=lambda: ["mmlu", "gsm8k", "hellaswag"], min_length=1)
     data_dir: Path | None = None
+    # Extra directories of lm-eval task YAMLs (your own tasks, e.g. the demo's), searched by name.
+    task_paths: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     limit: int | None = Field(None, ge=1)
     per_subject: int | None = Field(None, ge=1)
     seed: int = 0
@@ -92,7 +94,7 @@ class Config(BaseSettings):
     notify: NotifySettings = Field(default_factory=NotifySettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
 
-    _split_lists = field_validator("quants", "tasks", mode="before")(_split)
+    _split_lists = field_validator("quants", "tasks", "task_paths", mode="before")(_split)
 
     @field_validator("quants")
     @classmethod
@@ -118,6 +120,15 @@ class Config(BaseSettings):
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None
 
+    @field_validator("task_paths")
+    @classmethod
+    def _task_dirs(cls, v: list[Path]) -> list[Path]:
+        out = [p.expanduser() for p in v]
+        for p in out:
+            if not p.is_dir():
+                raise ValueError(f"{p} is not a directory (of lm-eval task YAMLs)")
+        return out
+
     # -- derived ---------------------------------------------------------------------------------
     @property
     def base_dir(self) -> Path:
@@ -138,6 +149,7 @@ class Config(BaseSettings):
         return {
             "quants": self.quants, "tasks": self.tasks,
             "data_dir": str(self.data_dir) if self.data_dir else None,
+            "task_paths": [str(p) for p in self.task_paths],
             "limit": self.limit, "per_subject": self.per_subject, "seed": self.seed, "baseline": self.baseline,
             "ollama": {"temperature": self.ollama.temperature, "top_p": self.ollama.top_p,
                        "num_ctx": self.ollama.num_ctx},
@@ -242,6 +254,9 @@ tasks = [{t}]
 
 # Local copies of the benchmark data (no network is used). Default: posttrain's own lookup.
 # data_dir = "/data/benchmarks"
+
+# Directories of your own lm-eval task YAMLs; their tasks can then be named in `tasks`.
+# task_paths = ["/path/to/my_tasks"]
 
 # Evaluate only the first N items of each task (N per subject for MMLU with per_subject). Unset: all.
 # limit = 200

@@ -186,9 +186,11 @@ class Stages:
         from posttrain.evaluate import evaluate
 
         c = self.config
+        # Only when set: task directories are an extension of evaluate's signature.
+        extra = {"task_paths": list(c.task_paths)} if c.task_paths else {}
         results = evaluate(model, c.tasks, data_dir=c.data_dir, limit=c.limit, per_subject=c.per_subject,
                            seed=c.seed, store=ctx.store, out_dir=ctx.run_dir / "evals" / _slug(label),
-                           ollama_url=c.ollama.url, label=label)
+                           ollama_url=c.ollama.url, label=label, **extra)
         return [r.eval_id for r in results]
 
     def evaluate(self, ctx: RunContext) -> Outputs:
