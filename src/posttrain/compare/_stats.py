@@ -9,7 +9,8 @@ Rules (documented in docs/compare.md):
 * Paired difference d = new − baseline per item: mean, naive SE = SD(d)/√n, and the cluster-robust
   SE (CR1): SE² = G/(G−1) · Σ_g (Σ_{i∈g} (d_i − d̄))² / n², G clusters; its interval and test use
   t with G−1 degrees of freedom. Clustered SE is used for the CI, the p-value and the verdict whenever
-  the items fall in at least 2 clusters and some cluster holds 2 or more items.
+  the items fall in at least MIN_CLUSTERS (10) clusters and some cluster holds 2 or more items; with
+  fewer clusters it is reported but the naive test decides.
 * Tests without clusters: McNemar's exact test on the discordant pairs (binary), paired t (other
   metrics) plus a seeded percentile bootstrap of the mean difference as a check (Koehn 2004).
 * Every number is a finite float or None: undefined quantities never leak NaN into JSON.
@@ -61,6 +62,11 @@ def summarize_side(x: np.ndarray, binary: bool, alpha: float) -> dict:
         lo, hi = proportion_confint(int(round(x.sum())), n, alpha=alpha, method="wilson")
         return {"mean": mean, "se": se, "ci": [finite(lo), finite(hi)], "ci_method": "wilson"}
     return {"mean": mean, "se": se, "ci": _t_interval(mean, se, n - 1, alpha), "ci_method": "t"}
+
+
+# Fewest clusters for which the clustered SE drives the interval and the verdict (Cameron & Miller
+# 2015: below a few dozen clusters CR1 is biased; below ~10 it is unusable).
+MIN_CLUSTERS = 10
 
 
 def clustered_se(d: np.ndarray, cluster_codes: np.ndarray) -> tuple[float, int]:
@@ -191,6 +197,10 @@ def paired_comparison(new: np.ndarray, base: np.ndarray, cluster_ids: np.ndarray
     codes = usable_clusters(cluster_ids)
     se_cl, n_clusters = (clustered_se(d, codes) if codes is not None else (None, None))
     naive_test = mcnemar_exact(new, base) if binary else paired_t(new, base)
+    # With a handful of clusters the cluster-robust variance is itself too noisy to lean on (and t
+    # with G−1 df gives intervals wider than the metric's range); it is reported, not used.
+    if codes is not None and n_clusters < MIN_CLUSTERS:
+        codes = None
     if codes is not None:
         se, df = se_cl, n_clusters - 1
         stat, p = _p_from_t(mean_d, se_cl, df)
