@@ -1,8 +1,11 @@
 """Wall time of the demo, stage by stage, and the margin it shows.
 
-    python benchmarks/demo.py [--workdir DIR] [--steps N] [--threads N]
+    python benchmarks/demo.py [--workdir DIR] [--steps N] [--threads N] [--components]
 
-Runs the demo's stages with posttrain's own components, one after another, in this process:
+By default it runs the real demo (`posttrain.demo.run_demo`: watcher daemon, Trainer with the
+callback, the pipeline's run) and prints the demo's stages and the pipeline's steps as the store
+recorded them (wall time, peak RSS). With --components it runs the same stages with posttrain's
+components directly, one after another, in this process:
 write the task → train (Trainer, CPU) → convert the baseline (early checkpoint) to F16 and the
 final model to F16/Q8_0/Q4_K_M → evaluate the four GGUF files in-process (lm-eval,
 `posttrain-llamacpp`) → compare each variant with the baseline (posttrain.compare: exact McNemar,
@@ -34,12 +37,43 @@ def _items(samples: list[dict], task: str):
                        target=s["doc"]["answer"]) for s in samples]
 
 
+def full_demo(ns) -> int:
+    from posttrain.demo import run_demo
+    from posttrain.demo._train import DEFAULT_STEPS
+    from posttrain.store import Store
+
+    work = ns.workdir or Path(tempfile.mkdtemp(prefix="posttrain-demo-bench-")) / "demo"
+    load_before = os.getloadavg()[0]
+    result = run_demo(work, steps=ns.steps or DEFAULT_STEPS, threads=ns.threads, say=lambda line: None)
+    print(f"{'stage':<28} {'seconds':>8}")
+    for name, seconds in result.stage_seconds.items():
+        if name != "total":
+            print(f"{name:<28} {seconds:8.1f}")
+    store = Store(result.workdir / "home" / "posttrain.db")
+    try:
+        for row in store.query("SELECT name, status, wall_s, peak_rss_bytes FROM steps WHERE run_id=? "
+                               "ORDER BY started_at", (result.run_id,)):
+            rss = f"{row['peak_rss_bytes'] / 1e6:6.0f} MB" if row["peak_rss_bytes"] else ""
+            print(f"  pipeline {row['name']:<19} {row['wall_s'] or 0:8.1f}  {row['status']:<9} {rss}")
+    finally:
+        store.close()
+    print(f"{'total':<28} {result.stage_seconds['total']:8.1f}   (load average {load_before:.1f} → "
+          f"{os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs)")
+    for sentence in result.verdicts:
+        print(f"  {sentence}")
+    print(f"report: {result.report}")
+    return 0 if result.status == "succeeded" else 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--components", action="store_true", help="stages by hand, without watcher and pipeline")
     ns = parser.parse_args()
+    if not ns.components:
+        sys.exit(full_demo(ns))
 
     import lm_eval
     from lm_eval.tasks import TaskManager
