@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from posttrain.pipeline import Config, read_pid_file
+from posttrain.demo._run import pipeline_loads_task_dirs
+from posttrain.pipeline import read_pid_file
 
-_NO_TASK_PATHS = "task_paths" not in Config.model_fields
+_NO_TASK_PATHS = not pipeline_loads_task_dirs()
 
 
 @pytest.mark.slow
