@@ -261,6 +261,27 @@ def test_generation_stops_at_stop_string_and_drops_it(spm_ggufs):
     assert stop not in cut
 
 
+def test_batched_generation_equals_one_at_a_time(spm_ggufs):
+    """Many sequences per decode (and a shared few-shot prefix decoded once) change nothing."""
+    shots = "the cat is red. the dog is blue. the house is green. "
+    reqs = [
+        _gen(shots + "the tree is", max_gen_toks=12),
+        _gen(shots + "the fox is", max_gen_toks=30, until=["e"]),
+        _gen(shots + "a lazy dog", max_gen_toks=7),
+        _gen("jumps over", max_gen_toks=20, until=["\n\n", " the"]),
+        _gen(shots + "the tree is", max_gen_toks=12),
+    ]
+    path = str(spm_ggufs["F32"])
+    one = LlamaCppLM(model=path, kv_type="f32", batched=False).generate_until(reqs, disable_tqdm=True)
+    # A small batch forces the prompts through several decodes; n_seq_max=2 forces several waves.
+    for n_batch, n_seq_max in ((512, 64), (16, 2)):
+        many = LlamaCppLM(model=path, kv_type="f32", n_batch=n_batch, n_seq_max=n_seq_max).generate_until(
+            reqs, disable_tqdm=True
+        )
+        assert many == one
+    assert one[0] == one[4]
+
+
 # ------------------------------------------------------------------------------ loading and registry
 
 

@@ -325,24 +325,28 @@ class LlamaCppEngine:
 
         results: list[Scored | None] = [None] * len(requests)
         self._clear()
-        pending: list[tuple[tuple[int, ...], list[int]]] = []
-        pending_tokens = 0
-        pending_seqs = 0
-        for ctx in sorted(groups):
+        # First-fit decreasing: groups, largest first, go into the first batch with room for their
+        # tokens and sequences. Batches then run nearly full (llama.cpp's speed per token falls
+        # steeply with smaller batches) whatever the mix of context lengths.
+        sizes = {ctx: len(ctx) + sum(len(requests[i].continuation) - 1 for i in idxs) for ctx, idxs in groups.items()}
+        bins: list[list] = []  # [tokens, sequences, [contexts]]
+        for ctx in sorted(groups, key=lambda c: (-sizes[c], c)):
             idxs = groups[ctx]
-            n_tok = len(ctx) + sum(len(requests[i].continuation) - 1 for i in idxs)
-            if n_tok > self.n_batch or len(idxs) > self.n_seq_max:
+            if sizes[ctx] > self.n_batch or len(idxs) > self.n_seq_max:
                 # Does not fit one batch: its context goes through alone, once, in chunks.
                 self._score_long_group(ctx, idxs, requests, results)
                 continue
-            if pending and (pending_tokens + n_tok > self.n_batch or pending_seqs + len(idxs) > self.n_seq_max):
-                self._run_packed(pending, requests, results)
-                pending, pending_tokens, pending_seqs = [], 0, 0
-            pending.append((ctx, idxs))
-            pending_tokens += n_tok
-            pending_seqs += len(idxs)
-        if pending:
-            self._run_packed(pending, requests, results)
+            for b in bins:
+                if b[0] + sizes[ctx] <= self.n_batch and b[1] + len(idxs) <= self.n_seq_max:
+                    break
+            else:
+                b = [0, 0, []]
+                bins.append(b)
+            b[0] += sizes[ctx]
+            b[1] += len(idxs)
+            b[2].append(ctx)
+        for _, _, contexts in bins:
+            self._run_packed([(ctx, groups[ctx]) for ctx in contexts], requests, results)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
@@ -491,3 +495,101 @@ class LlamaCppEngine:
             self._decode([(tok, pos, (0,), True)])
             self._seq0.append(tok)
         return out
+
+    def generate_greedy_many(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_tokens: Sequence[int],
+        stops: Sequence[Sequence[str]],
+        max_parallel: int = 16,
+    ) -> list[list[int]]:
+        """`generate_greedy` for many prompts at once: up to `max_parallel` sequences advance one
+        token each per llama_decode, and the prompts of a wave share their common prefix (few-shot
+        examples) in the KV cache. Same stopping rules as `generate_greedy`."""
+        outputs: list[list[int]] = [[] for _ in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: list(prompts[i]))
+        width = max(1, min(max_parallel, self.n_seq_max))
+        wave: list[int] = []
+        cells = 0
+        for i in order:
+            if max_tokens[i] <= 0:
+                continue
+            need = len(prompts[i]) + max_tokens[i]
+            if need > self.n_ctx:
+                raise ValueError(f"prompt ({len(prompts[i])}) + max_tokens ({max_tokens[i]}) exceeds n_ctx={self.n_ctx}")
+            if wave and (len(wave) >= width or cells + need > self.n_ctx):
+                self._generate_wave(wave, prompts, max_tokens, stops, outputs)
+                wave, cells = [], 0
+            wave.append(i)
+            cells += need
+        if wave:
+            self._generate_wave(wave, prompts, max_tokens, stops, outputs)
+        return outputs
+
+    def _generate_wave(
+        self,
+        wave: list[int],
+        prompts: Sequence[Sequence[int]],
+        max_tokens: Sequence[int],
+        stops: Sequence[Sequence[str]],
+        outputs: list[list[int]],
+    ) -> None:
+        self._clear()
+        seqs = {i: k for k, i in enumerate(wave)}
+        # The prefix common to every prompt of the wave is decoded once, in all their sequences.
+        first = list(prompts[wave[0]])
+        common = len(first)
+        for i in wave[1:]:
+            p = prompts[i]
+            n = 0
+            while n < min(common, len(p)) and p[n] == first[n]:
+                n += 1
+            common = n
+        common = min(common, min(len(prompts[i]) for i in wave) - 1)
+        all_seqs = tuple(range(len(wave)))
+        entries: list[tuple[int, int, Sequence[int], bool]] = [(first[p], p, all_seqs, False) for p in range(common)]
+        last_of: list[int] = []  # wave members in the order their last prompt token appears
+        for i in wave:
+            p = prompts[i]
+            for pos in range(common, len(p)):
+                entries.append((p[pos], pos, (seqs[i],), pos == len(p) - 1))
+            last_of.append(i)
+        rows: dict[int, np.ndarray] = {}
+        pending = list(last_of)
+        for start in range(0, len(entries), self.n_batch):
+            part = entries[start : start + self.n_batch]
+            self._decode(part)
+            n_out = sum(1 for e in part if e[3])
+            if n_out:
+                logits = self._logits_rows(n_out)
+                for r in range(n_out):
+                    rows[pending.pop(0)] = np.array(logits[r])
+
+        active = list(wave)
+        longest = {i: max((len(s.encode()) for s in stops[i]), default=0) for i in wave}
+        while active:
+            step: list[tuple[int, int, Sequence[int], bool]] = []
+            still: list[int] = []
+            for i in active:
+                tok = int(rows[i].argmax())
+                out = outputs[i]
+                if self.is_eog(tok):
+                    continue
+                out.append(tok)
+                if len(out) >= max_tokens[i]:
+                    continue
+                if stops[i]:
+                    tail = self.detokenize(out[-(longest[i] + 8) :])
+                    if any(s and s in tail for s in stops[i]):
+                        continue
+                step.append((tok, len(prompts[i]) + len(out) - 1, (seqs[i],), True))
+                still.append(i)
+            if not step:
+                break
+            self._decode(step)
+            logits = self._logits_rows(len(step))
+            for r, i in enumerate(still):
+                rows[i] = np.array(logits[r])
+            active = still
+        self._clear()

@@ -284,13 +284,23 @@ class LlamaCppLM(TemplateLM):
             prompt = self.tok_encode(context, left_truncate_len=max_ctx_len)
             prepared.append((prompt, until, max_gen_toks))
 
-        # Sorted by prompt: few-shot prompts share long prefixes whose KV cache is then reused.
-        order = sorted(range(len(prepared)), key=lambda i: prepared[i][0])
         outputs: list[str] = [""] * len(prepared)
-        for i in tqdm(order, disable=disable_tqdm, desc="Generating"):
-            prompt, until, max_gen_toks = prepared[i]
-            tokens = self.engine.generate_greedy(prompt, max_tokens=max_gen_toks, stop=until)
-            text = postprocess_generated_text(self.tok_decode(tokens), until, None)
+        if self.batched:
+            # Several sequences advance together, a wave's shared few-shot prefix decoded once.
+            tokens_all = self.engine.generate_greedy_many(
+                [p for p, _, _ in prepared],
+                max_tokens=[m for _, _, m in prepared],
+                stops=[u for _, u, _ in prepared],
+            )
+        else:
+            # Sorted by prompt: few-shot prompts share long prefixes whose KV cache is then reused.
+            tokens_all = [[] for _ in prepared]
+            order = sorted(range(len(prepared)), key=lambda i: prepared[i][0])
+            for i in tqdm(order, disable=disable_tqdm, desc="Generating"):
+                prompt, until, max_gen_toks = prepared[i]
+                tokens_all[i] = self.engine.generate_greedy(prompt, max_tokens=max_gen_toks, stop=until)
+        for i, tokens in enumerate(tokens_all):
+            text = postprocess_generated_text(self.tok_decode(tokens), prepared[i][1], None)
             outputs[i] = text
             self.cache_hook.add_partial("generate_until", requests[i].args, text)
         return outputs

@@ -1,0 +1,249 @@
+"""Throughput of the in-process `posttrain-llamacpp` backend against lm-eval's usual routes.
+
+Same GGUF, same items (N HellaSwag + K per MMLU subject, built by lm-eval's own task objects from
+offline YAMLs over local data files), scored by:
+  ours   posttrain-llamacpp (batched, in-process llama.cpp)
+  hf     lm-eval's `hf` backend on the source Hugging Face checkpoint (the reference), float32
+  server lm-eval's `gguf` backend against llama-cpp-python's server (--logits_all true); very slow,
+         so only a small subset is run and its time extrapolated (optional: --server-requests 0 skips)
+
+Printed: wall times and ratios, tokens evaluated, per-item agreement of the chosen answer with `hf`,
+llama.cpp's own prefill throughput for this GGUF (a 512-token batch, last-token logits only), the
+token bill with each distinct context counted once, bill / throughput = the physical limit of this
+evaluation on this machine, and how close `ours` comes to it.
+
+    python benchmarks/eval_throughput.py --gguf smollm2-f16.gguf --hf /tmp/smollm2 \\
+        --data /work/shared/data/benchmarks --hellaswag 200 --mmlu-per-subject 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_requests(data: Path, n_hellaswag: int, mmlu_per_subject: int, work: Path):
+    """lm-eval Instances for the selected items, through the official task configs."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from posttrain.evaluate._tasks import write_offline_tasks
+
+    # The offline task writer expects `hellaswag/hellaswag_val.jsonl`; point it at the shared file.
+    layout = work / "data"
+    (layout / "hellaswag").mkdir(parents=True, exist_ok=True)
+    link = layout / "hellaswag" / "hellaswag_val.jsonl"
+    if not link.exists():
+        link.symlink_to(data / "hellaswag" / "hellaswag_val_subset1000_official_schema.jsonl")
+    if not (layout / "mmlu").exists():
+        (layout / "mmlu").symlink_to(data / "mmlu")
+    names = write_offline_tasks(["hellaswag", "mmlu"], layout, work / "tasks")
+    leaves = [n for n in names if n != "mmlu"]
+    tm = TaskManager(include_path=str(work / "tasks"), include_defaults=False)
+    tasks = get_task_dict(leaves, tm)
+    instances = []
+    for name, task in tasks.items():
+        limit = n_hellaswag if name == "hellaswag" else mmlu_per_subject
+        if not limit:
+            continue
+        task.build_all_requests(limit=limit, rank=0, world_size=1)
+        instances.extend(task.instances)
+    return instances
+
+
+def chosen(instances, results) -> dict[tuple[str, int], int]:
+    """Per item (task, doc_id): the index of the highest-scoring choice (the `acc` decision)."""
+    best: dict[tuple[str, int], tuple[float, int]] = {}
+    for inst, (lp, _) in zip(instances, results):
+        key = (inst.task_name, inst.doc_id)
+        if key not in best or lp > best[key][0]:
+            best[key] = (lp, inst.idx)
+    return {k: v[1] for k, v in best.items()}
+
+
+def agreement(a: dict, b: dict) -> float:
+    return sum(a[k] == b[k] for k in a) / len(a)
+
+
+def token_bill(lm, instances) -> tuple[int, int]:
+    """(naive, shared): tokens of context + ending per request, and with each distinct context once."""
+    naive = 0
+    contexts: dict[tuple[int, ...], int] = {}
+    endings = 0
+    for inst in instances:
+        ctx, cont = lm._encode_pair(*inst.args)
+        naive += len(ctx) + len(cont)
+        contexts[tuple(ctx)] = len(ctx)
+        endings += len(cont)
+    return naive, sum(contexts.values()) + endings
+
+
+def prefill_throughput(lm, n_tokens: int = 512, repeats: int = 3) -> tuple[float, float]:
+    """llama.cpp tokens per wall second and per CPU second (best of `repeats`) for one n_tokens
+    batch of a single sequence, last-token logits only."""
+    engine = lm.engine
+    toks = [(i * 7919) % (engine.n_vocab - 10) + 5 for i in range(n_tokens)]
+    best_wall = best_cpu = 0.0
+    for _ in range(repeats):
+        engine._clear()
+        t, c = time.perf_counter(), time.process_time()
+        engine._decode([(tok, p, (0,), p == n_tokens - 1) for p, tok in enumerate(toks)])
+        best_wall = max(best_wall, n_tokens / (time.perf_counter() - t))
+        best_cpu = max(best_cpu, n_tokens / (time.process_time() - c))
+    engine._clear()
+    engine.tokens_evaluated -= repeats * n_tokens
+    return best_wall, best_cpu
+
+
+def run_ours(gguf: Path, instances, **model_args):
+    from posttrain.evaluate._llamacpp_lm import LlamaCppLM
+
+    lm = LlamaCppLM(model=str(gguf), **model_args)
+    t, c = time.perf_counter(), time.process_time()
+    res = lm.loglikelihood(instances, disable_tqdm=True)
+    return lm, res, time.perf_counter() - t, time.process_time() - c
+
+
+def run_hf(ckpt: Path, instances, batch_size: int):
+    from lm_eval.models.huggingface import HFLM
+
+    hf = HFLM(pretrained=str(ckpt), dtype="float32", device="cpu", batch_size=batch_size)
+    t, c = time.perf_counter(), time.process_time()
+    res = hf.loglikelihood(instances, disable_tqdm=True)
+    return res, time.perf_counter() - t, time.process_time() - c
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_server(gguf: Path, instances, n_threads: int):
+    """lm-eval's `gguf` backend against llama-cpp-python's server; returns (results, seconds)."""
+    import httpx
+    from lm_eval.models.gguf import GGUFLM
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--logits_all", "true", "--n_threads", str(n_threads), "--n_ctx", "2048"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        lm = GGUFLM(base_url=base)
+        t = time.perf_counter()
+        res = lm.loglikelihood(instances, disable_tqdm=True)
+        return res, time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gguf", type=Path, required=True)
+    ap.add_argument("--hf", type=Path, required=True, help="the Hugging Face checkpoint the GGUF came from")
+    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/benchmarks"))
+    ap.add_argument("--hellaswag", type=int, default=200)
+    ap.add_argument("--mmlu-per-subject", type=int, default=2)
+    ap.add_argument("--hf-batch-size", type=int, default=8)
+    ap.add_argument("--server-requests", type=int, default=20, help="requests for the server route (0: skip)")
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all usable cores)")
+    ap.add_argument("--sequential", action="store_true", help="also time the one-request-per-decode path")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        instances = build_requests(args.data, args.hellaswag, args.mmlu_per_subject, Path(tmp))
+    n_items = len({(i.task_name, i.doc_id) for i in instances})
+    load = os.getloadavg()
+    print(f"items {n_items}, loglikelihood requests {len(instances)}; load average {load[0]:.2f} on {os.cpu_count()} cores")
+
+    figures: dict = {"items": n_items, "requests": len(instances), "loadavg_start": load[0]}
+    from posttrain.evaluate._llamacpp_lm import LlamaCppLM
+
+    lm0 = LlamaCppLM(model=str(args.gguf), n_threads=args.threads)
+    tps_before = prefill_throughput(lm0)
+    del lm0
+    lm, ours, t_ours, cpu_ours = run_ours(args.gguf, instances, n_threads=args.threads)
+    tps_after = prefill_throughput(lm)
+    naive, bill = token_bill(lm, instances)
+    # Other people's work shares these cores: wall-clock throughput moves with their load, so the
+    # limit is computed both from wall time (prefill measured before and after, averaged) and from
+    # CPU time (which the load barely moves).
+    tps = (tps_before[0] + tps_after[0]) / 2
+    tps_cpu = (tps_before[1] + tps_after[1]) / 2
+    limit, limit_cpu = bill / tps, bill / tps_cpu
+    figures.update(ours_s=t_ours, ours_cpu_s=cpu_ours, ours_tokens=lm.tokens_evaluated, naive_bill=naive, bill=bill,
+                   prefill_tps=tps, prefill_tps_per_cpu_s=tps_cpu, limit_s=limit, limit_cpu_s=limit_cpu,
+                   pct_of_limit=100 * limit / t_ours, pct_of_limit_cpu=100 * limit_cpu / cpu_ours)
+    print(f"token bill: {naive} naive (context + ending per request), {bill} with each distinct context once")
+    print(f"llama.cpp prefill (512-token batch): {tps_before[0]:.0f} / {tps_after[0]:.0f} tokens/s before/after, "
+          f"{tps_cpu:.0f} tokens per CPU-second -> physical limit {limit:.1f} s wall, {limit_cpu:.1f} CPU-s")
+    print(f"ours (posttrain-llamacpp, batched): {t_ours:.1f} s wall / {cpu_ours:.1f} CPU-s, {lm.tokens_evaluated} tokens "
+          f"evaluated -> {100 * limit / t_ours:.0f}% of the limit by wall time, {100 * limit_cpu / cpu_ours:.0f}% by CPU time")
+    ours_choice = chosen(instances, ours)
+
+    if args.sequential:
+        lm_seq, seq, t_seq, _ = run_ours(args.gguf, instances, batched=False, n_threads=args.threads)
+        figures.update(sequential_s=t_seq, sequential_tokens=lm_seq.tokens_evaluated)
+        print(f"ours, one request per decode with prefix reuse: {t_seq:.1f} s ({t_seq / t_ours:.1f}x the batched path), "
+              f"max |dlogprob| vs batched {max(abs(a[0] - b[0]) for a, b in zip(seq, ours)):.2e}")
+
+    if not args.skip_hf:
+        ref, t_hf, cpu_hf = run_hf(args.hf, instances, args.hf_batch_size)
+        hf_choice = chosen(instances, ref)
+        agree = agreement(ours_choice, hf_choice)
+        dmax = max(abs(a[0] - b[0]) for a, b in zip(ours, ref))
+        figures.update(hf_s=t_hf, hf_cpu_s=cpu_hf, speedup_vs_hf_cpu=cpu_hf / cpu_ours, hf_agreement=agree, hf_max_abs_dlogprob=dmax, speedup_vs_hf=t_hf / t_ours)
+        print(f"hf backend (float32, batch {args.hf_batch_size}): {t_hf:.1f} s wall / {cpu_hf:.1f} CPU-s; ours is "
+              f"{t_hf / t_ours:.1f}x faster by wall time, {cpu_hf / cpu_ours:.1f}x by CPU time; "
+              f"chosen answer agrees on {100 * agree:.1f}% of items; max |dlogprob| {dmax:.3f}")
+        by_task: dict[str, list[bool]] = defaultdict(list)
+        for k in ours_choice:
+            by_task["hellaswag" if k[0] == "hellaswag" else "mmlu"].append(ours_choice[k] == hf_choice[k])
+        for task, flags in sorted(by_task.items()):
+            print(f"  {task}: agreement {100 * sum(flags) / len(flags):.1f}% of {len(flags)} items")
+
+    if args.server_requests:
+        subset = instances[: args.server_requests]
+        srv, t_srv = run_server(args.gguf, subset, lm.engine.n_threads)
+        # Its speed is the server's; only wall time is measurable from here.
+        per_req = t_srv / len(subset)
+        est = per_req * len(instances)
+        d = max(abs(a[0] - b[0]) for a, b in zip(srv, ours[: len(subset)]))
+        figures.update(server_s_per_request=per_req, server_estimated_s=est, speedup_vs_server=est / t_ours,
+                       server_max_abs_dlogprob_vs_ours=d)
+        print(f"gguf backend vs llama-cpp-python server: {per_req:.2f} s/request on {len(subset)} requests "
+              f"-> ~{est / 60:.1f} min extrapolated for all {len(instances)}; ours is ~{est / t_ours:.0f}x faster; "
+              f"max |dlogprob| vs ours on the subset {d:.2f}")
+
+    figures["loadavg_end"] = os.getloadavg()[0]
+    print(f"load average at the end {figures['loadavg_end']:.2f} (other work on this machine shares its cores)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
