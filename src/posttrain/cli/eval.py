@@ -23,6 +23,8 @@ def eval_cmd(
     tasks: str = typer.Option("mmlu,gsm8k,hellaswag", help="Comma-separated lm-eval task or group names."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Local task data in the official layouts "
                                          "(gsm8k/, mmlu/, hellaswag/); without it lm-eval loads from the Hub."),
+    include_path: list[Path] | None = typer.Option(None, "--include-path",
+                                                   help="A directory of your own lm-eval task YAMLs (repeatable)."),
     limit: int | None = typer.Option(None, help="Evaluate N items per task (stratified by MMLU subject)."),
     per_subject: int | None = typer.Option(None, "--per-subject", help="Evaluate N items per MMLU subject."),
     seed: int = typer.Option(0, help="Seed for the item subset; the same seed picks the same items for every model."),
@@ -51,7 +53,7 @@ def eval_cmd(
         model, [t.strip() for t in tasks.split(",") if t.strip()], data_dir=data_dir, limit=limit,
         per_subject=per_subject, seed=seed, num_fewshot=num_fewshot, store=store, out_dir=out_dir,
         endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama, think_patterns=think_pattern or None,
-        gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
+        gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, task_paths=include_path or None,
     )
     table = Table(title=f"{model}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     for col in ("task", "metric", "filter", "value", "95% CI", "n", "seconds", "tokens/s"):

@@ -215,8 +215,13 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
              per_subject: int | None = None, seed: int = 0, num_fewshot: int | None = None, store: Store,
              out_dir: Path, endpoint: str | None = None, tokenizer: Path | None = None,
              ollama_url: str | None = None, think_patterns: list[str] | None = None,
-             gen_kwargs: dict | None = None, label: str | None = None) -> list[EvalResult]:
-    """Evaluate one model on lm-eval tasks; one EvalResult per task, reused from the store when the key matches."""
+             gen_kwargs: dict | None = None, label: str | None = None,
+             task_paths: list[Path] | None = None) -> list[EvalResult]:
+    """Evaluate one model on lm-eval tasks; one EvalResult per task, reused from the store when the key matches.
+
+    `task_paths`: directories of your own lm-eval task YAMLs (lm-eval's `--include_path`); tasks found
+    there are loaded from them, the others from lm-eval (or `data_dir`) as usual.
+    """
     if data_dir is not None:
         # Everything is local: keep `datasets`/`huggingface_hub` from trying (and timing out on) the Hub.
         # Read when those libraries are first imported, which is below.
@@ -230,18 +235,29 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
     out_dir = Path(out_dir)
     ref = resolve_model(model, endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama_url)
     include = None
+    own_paths = [str(Path(p).expanduser()) for p in task_paths or []]
+    for p in own_paths:
+        if not Path(p).is_dir():
+            raise PosttrainError(f"task path {p} is not a directory")
+    # Own tasks are indexed without lm-eval's thousands of built-in YAMLs (tens of seconds here).
+    own_names = set(TaskManager(include_path=own_paths, include_defaults=False).all_tasks) if own_paths else set()
+    builtin = [name for name in tasks if name not in own_names]
     if data_dir is not None:
-        for name in tasks:
+        for name in builtin:
             if offline_family(name) is None:
                 check_task_names([name])  # an unknown name gets its close matches first
-        write_offline_tasks(tasks, Path(data_dir), out_dir / "lm_eval_tasks")
+        if builtin:
+            write_offline_tasks(builtin, Path(data_dir), out_dir / "lm_eval_tasks")
         include = str(out_dir / "lm_eval_tasks")
         # Generated YAMLs include the official ones by absolute path, so lm-eval need not index its
         # thousands of built-in task files (tens of seconds on a small machine).
-        tm = TaskManager(include_path=include, include_defaults=False)
+        tm = TaskManager(include_path=[*own_paths, include] if builtin else own_paths, include_defaults=False)
+    elif builtin:
+        check_task_names(builtin)
+        tm = TaskManager(include_path=own_paths) if own_paths else default_task_manager()
     else:
-        check_task_names(tasks)
-        tm = default_task_manager()
+        include = own_paths[0]
+        tm = TaskManager(include_path=own_paths, include_defaults=False)
     lms: dict[tuple[str, str], MeasuredLM] = {}
     results: list[EvalResult] = []
     runs: list[tuple[dict, dict]] = []
