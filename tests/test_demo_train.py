@@ -27,8 +27,12 @@ class _Events(TrainerCallback):
 
 
 def test_short_training_writes_early_and_final_checkpoints(tmp_path):
+    import torch
+
     seen = _Events()
+    threads = torch.get_num_threads()
     ck = train_demo_model(tmp_path, steps=6, early_step=2, callback=seen, threads=1)
+    assert torch.get_num_threads() == threads  # the caller's thread setting is given back
     assert ck.early == tmp_path / "checkpoint-early" and ck.final == tmp_path / "final_model"
     for path in (ck.early, ck.final):
         verdict = inspect_checkpoint(path, settle_seconds=0)

@@ -15,7 +15,7 @@ def demo_cmd(
                                  help="Where the demo writes everything (cleared when it holds an earlier demo)."),
     steps: int | None = typer.Option(None, "--steps", help="Training steps (default 400: about a minute on 2 cores)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the task, the model and training."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for training (default: all this process may use)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for training (default 1: faster than more for a model this small)."),
 ) -> None:
     """Train a tiny Llama on a small task, then watch posttrain convert, evaluate, compare and report it.
 
