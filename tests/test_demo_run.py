@@ -9,14 +9,10 @@ import sys
 
 import pytest
 
-from posttrain.demo._run import pipeline_loads_task_dirs
 from posttrain.pipeline import read_pid_file
-
-_NO_TASK_PATHS = not pipeline_loads_task_dirs()
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(_NO_TASK_PATHS, strict=True, reason="the pipeline cannot load tasks from a directory yet")
 def test_demo_reports_a_significant_gain_for_every_variant(tmp_path):
     workdir = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "posttrain", "demo", "--workdir", str(workdir)],

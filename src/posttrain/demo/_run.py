@@ -110,24 +110,11 @@ def _current_step(home: Path) -> str | None:
     return steps[0] if steps else None
 
 
-def pipeline_loads_task_dirs() -> bool:
-    """Whether the pipeline's config and evaluate() take `task_paths` (the demo's task lives in a directory)."""
-    import inspect
-
-    from posttrain.evaluate import evaluate
-    from posttrain.pipeline import Config
-
-    return "task_paths" in Config.model_fields and "task_paths" in inspect.signature(evaluate).parameters
-
-
 def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, threads: int | None = None,
              timeout_s: float = 1800.0, say: Callable[[str], None] = print) -> DemoResult:
     """Run the demo in `workdir`; returns where the report is and what it concluded."""
     from posttrain.integrations.transformers import PosttrainCallback
 
-    if not pipeline_loads_task_dirs():
-        raise PosttrainError("the pipeline cannot load lm-eval tasks from a directory (setting `task_paths`), "
-                             "which the demo's own task needs", remedy="update posttrain to a version that has it")
     workdir = Path(workdir).expanduser().resolve()
     _prepare(workdir)
     times: dict[str, float] = {}
