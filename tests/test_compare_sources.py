@@ -101,7 +101,8 @@ def test_comparing_two_real_lm_eval_folders(lm_eval_runs):
     assert acc["baseline"]["mean"] == pytest.approx(base_results["results"]["cmp_group"]["acc,none"])
     # Default cluster: the doc's `subject` field (as MMLU has), per leaf task.
     assert acc["diff"]["cluster_key"] == "cluster" and acc["diff"]["n_clusters"] == 2 * len(SUBJECTS)
-    assert acc["test"]["name"] == "clustered_t" and acc["diff"]["se"] == acc["diff"]["se_clustered"]
+    # Six clusters are too few for the clustered SE to decide: it is reported, McNemar decides.
+    assert acc["diff"]["se_clustered"] is not None and acc["test"]["name"] == "mcnemar_exact"
     # A named field (as `--cluster cmp_group=question` does): every question is its own cluster,
     # so there is nothing to cluster and the paired test is McNemar's.
     named = {"cmp_group": "question"}
@@ -202,8 +203,10 @@ def test_store_items_load_by_eval_id_and_by_run_label(store):
     base_label, base = load_items("run:r1:base-F16", store=store)
     (c,) = compare_items(by_run, base, new_label=run_label, baseline_label=base_label)["comparisons"]
     assert c["task"] == "mmlu" and c["n"] == 100
-    assert (c["test_naive"]["b"], c["test_naive"]["c"]) == (0, 15)
     assert c["diff"]["cluster_key"] == "subject" and c["diff"]["n_clusters"] == 8  # 4 subjects × 2 leaf tasks
+    # Eight clusters are too few to lean on: the clustered SE is reported, McNemar decides.
+    assert c["diff"]["se_clustered"] is not None
+    assert (c["test"]["name"], c["test"]["b"], c["test"]["c"]) == ("mcnemar_exact", 0, 15)
 
 
 def test_store_references_fail_clearly(store):

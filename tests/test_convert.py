@@ -165,3 +165,15 @@ def test_cli_prints_table_and_fails_in_one_line(tiny_spm, tmp_path):
                           str(tmp_path / "g")], capture_output=True, text=True)
     assert bad.returncode == 1
     assert bad.stderr.strip().count("\n") == 0 and "not a complete checkpoint" in bad.stderr
+
+
+def test_variant_failing_verification_is_an_error_and_not_kept(tiny_spm, tmp_path, monkeypatch):
+    # Real Q4_K_M; the bar is raised above what 4-bit can reach, as a broken quantizer would miss it.
+    import posttrain.convert._verify as verify
+
+    monkeypatch.setattr(verify, "MAX_MEAN_KLD", 1e-6)
+    out = tmp_path / "gguf"
+    with pytest.raises(PosttrainError, match="Q8_0 fails verification"):
+        convert_checkpoint(tiny_spm, out, ["f16", "q8_0"])
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-spm-F16.gguf"]
+    assert set(json.loads((out / MANIFEST).read_text())["variants"]) == {"F16"}

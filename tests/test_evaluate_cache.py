@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_evaluate_offline import write_gsm8k, write_hellaswag
 
 from posttrain.evaluate import _backends, evaluate
 from posttrain.store import Store
-from test_evaluate_offline import write_gsm8k, write_hellaswag
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_evaluate_offline import write_hellaswag
 
 from posttrain.evaluate import evaluate
 from posttrain.store import Store
-from test_evaluate_offline import write_hellaswag
 
 
 @pytest.mark.slow

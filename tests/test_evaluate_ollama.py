@@ -16,11 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from test_evaluate_offline import write_hellaswag
 
 from posttrain.errors import PosttrainError
 from posttrain.evaluate import evaluate, items_for_eval, strip_think
 from posttrain.store import Store
-from test_evaluate_offline import write_hellaswag
 
 THINK = "<think>First I add the numbers carefully: forty plus two.</think>"
 REPLY = THINK + "\nThe answer is 42.\n\nQuestion: and then?"

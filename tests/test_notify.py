@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from report_samples import sample_inputs
 
 from posttrain.notify import NotifySummary, notify
-from report_samples import sample_inputs
 
 
 @pytest.fixture()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ollama
 import pytest
+from ollama_standin import CANNED_REPLY, OllamaStandin
 from typer.testing import CliRunner
 
 import posttrain.serve._ollama as ollama_mod
@@ -26,7 +27,6 @@ from posttrain.serve import (
 )
 from posttrain.serve._chat_templates import CHATML, LLAMA3
 from posttrain.store import Store
-from ollama_standin import CANNED_REPLY, OllamaStandin
 
 CHATML_JINJA = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
                 " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")

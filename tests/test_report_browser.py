@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 import headless_chromium
-from posttrain.report import write_report
+import pytest
 from report_samples import HOSTILE_IMG, HOSTILE_SCRIPT, sample_inputs
+
+from posttrain.report import write_report
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -94,8 +94,9 @@ def test_the_browser_check_would_catch_a_broken_page(tmp_path):
 
 
 def test_index_page_links_each_report(tmp_path):
-    from posttrain.report import report_from_store, write_index
     from test_report_store import RUN_ID, populate
+
+    from posttrain.report import report_from_store, write_index
 
     store, _ = populate(tmp_path)
     report = report_from_store(store, RUN_ID)["html"]

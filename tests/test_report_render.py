@@ -10,10 +10,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from report_samples import HOSTILE_IMG, HOSTILE_SCRIPT, THINKING, sample_inputs
 
 from posttrain.errors import PosttrainError
 from posttrain.report import REPORT_SCHEMA, write_report
-from report_samples import HOSTILE_IMG, HOSTILE_SCRIPT, THINKING, sample_inputs
 
 NUM = r"([+-]?\d+\.\d+)"
 

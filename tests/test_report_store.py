@@ -226,4 +226,4 @@ def test_report_with_real_gguf_variants(tiny_spm, tmp_path):
     for v in converted.variants:
         assert v.sha256 in html
     md = paths["md"].read_text()
-    assert f"| Q4\\_K\\_M |" not in md and "| Q4_K_M |" in md
+    assert "| Q4\\_K\\_M |" not in md and "| Q4_K_M |" in md

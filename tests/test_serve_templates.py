@@ -15,7 +15,15 @@ import subprocess
 import jinja2
 import pytest
 
-from posttrain.serve._chat_templates import CHATML, GEMMA, LLAMA3, MISTRAL, PHI3, ChatFamily, detect_family
+from posttrain.serve._chat_templates import (
+    CHATML,
+    GEMMA,
+    LLAMA3,
+    MISTRAL,
+    PHI3,
+    ChatFamily,
+    detect_family,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain (text/template)")
 

@@ -57,7 +57,14 @@ def _spm_tokenizer(lines: list[str], vocab_size: int, out: Path, add_bos: bool):
 
 
 def _bpe_tokenizer(lines: list[str], vocab_size: int, add_bos: bool):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tk = Tokenizer(models.BPE())

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import typer
 
+from posttrain._files import write_text_atomic
 from posttrain.cli._app import app, console
 from posttrain.errors import PosttrainError
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @app.command("compare")
@@ -77,7 +64,7 @@ def compare_cmd(
                          sources=dict(zip(labels, sources, strict=True)))
     text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
     if out is not None:
-        _write_atomic(out, text + "\n")
+        write_text_atomic(out, text + "\n")
     if as_json:
         typer.echo(text)
     else:

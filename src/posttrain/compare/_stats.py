@@ -28,7 +28,6 @@ from statsmodels.stats.proportion import proportion_confint
 
 from posttrain.compare._power import min_detectable_effect
 
-
 _BOOT_CELLS = 2_000_000  # resampled values held in memory at once (16 MB of float64)
 
 

@@ -1,12 +1,12 @@
 """HF checkpoint → GGUF with llama.cpp's official converter and quantizer, every file verified."""
 
+from posttrain._files import sha256_file
 from posttrain.convert._convert import (
     MANIFEST,
     ConvertResult,
     Variant,
     convert_checkpoint,
     default_model_name,
-    sha256_file,
 )
 from posttrain.convert._quant_types import canonical, parse_quant_list, quantizer_types
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -13,14 +12,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from posttrain._files import sha256_file, write_json_atomic
 from posttrain.checkpoint import checkpoint_sha256, human_bytes, inspect_checkpoint
 from posttrain.convert import _verify
 from posttrain.convert._gguf_info import read_header
-from posttrain.convert._quant_types import CONVERTER_TYPES, NEEDS_IMATRIX, parse_quant_list, quantizer_types
+from posttrain.convert._quant_types import (
+    CONVERTER_TYPES,
+    NEEDS_IMATRIX,
+    parse_quant_list,
+    quantizer_types,
+)
 from posttrain.errors import CheckpointIncomplete, PosttrainError
 from posttrain.store import utcnow
 from posttrain.toolchain import ConverterTree, converter_env, find_converter
@@ -89,11 +95,6 @@ def default_model_name(checkpoint: Path) -> str:
     elif name.startswith("checkpoint-") and checkpoint.parent.name:
         name = f"{checkpoint.parent.name}-{name}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _count_params(weight_files: list[Path]) -> int:
@@ -217,12 +218,6 @@ def _load_manifest(out_dir: Path) -> dict:
     return {}
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def _reusable(entry: dict | None, out_dir: Path, ckpt_sha: str, toolchain: dict, options: dict,
               manifest: dict) -> bool:
     if not entry or manifest.get("checkpoint_sha256") != ckpt_sha or manifest.get("options") != options:
@@ -287,30 +282,62 @@ def convert_checkpoint(
         manifest = {"schema": MANIFEST_SCHEMA, "model_name": name, "checkpoint": str(checkpoint.resolve()),
                     "checkpoint_sha256": ckpt_sha, "architecture": verdict.architecture, "toolchain": toolchain,
                     "options": options, "variants": entries}
-        variants: list[Variant] = []
-        for quant in wanted:
-            entry = entries.get(quant)
-            if quant not in todo:
-                say(quant, "cached")
-                variants.append(Variant(**{**entry, "path": out_dir / entry["path"], "cached": True}))
-                continue
-            variants.append(_make_variant(quant, checkpoint, out_dir, name, tree, pre_tokenizer, imatrix_path, say))
-            # Record each variant as soon as it exists, so a crash later keeps it.
-            entries[quant] = variants[-1].to_json()
-            manifest["updated_at"] = utcnow()
-            _write_json_atomic(out_dir / MANIFEST, manifest)
+        variants = _make_variants(wanted, todo, entries, checkpoint, out_dir, name, tree, pre_tokenizer,
+                                  imatrix_path, say, manifest)
         if verify and any(not v.cached or not v.verification for v in variants):
-            _verify_all(variants, checkpoint, verdict.total_bytes, hf_reference, say)
+            try:
+                _verify_all(variants, checkpoint, verdict.total_bytes, hf_reference, say)
+            except PosttrainError:
+                # A variant that fails verification is not kept: neither its file nor its manifest entry.
+                for v in variants:
+                    if not v.path.exists():
+                        entries.pop(v.quant, None)
+                write_json_atomic(out_dir / MANIFEST, manifest)
+                raise
             for v in variants:
                 entries[v.quant] = v.to_json()
             manifest["updated_at"] = utcnow()
-        _write_json_atomic(out_dir / MANIFEST, manifest)
+        write_json_atomic(out_dir / MANIFEST, manifest)
     return ConvertResult(checkpoint, ckpt_sha, name, out_dir, out_dir / MANIFEST, toolchain, variants)
 
 
-def _make_variant(quant: str, checkpoint: Path, out_dir: Path, name: str, tree: ConverterTree,
-                  pre_tokenizer: str | None, imatrix: Path | None, say: Progress) -> Variant:
-    final = out_dir / f"{name}-{quant}.gguf"
+def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint: Path, out_dir: Path, name: str,
+                   tree: ConverterTree, pre_tokenizer: str | None, imatrix: Path | None, say: Progress,
+                   manifest: dict) -> list[Variant]:
+    """Make the variants in `todo`, reuse the others. Checking a finished file (reading its header
+    with gguf-py takes seconds for a large vocabulary) overlaps with making the next one."""
+    done: dict[str, Variant] = {}
+    checks: dict[str, Future] = {}
+    with ThreadPoolExecutor(max_workers=1) as checker:
+        try:
+            for quant in wanted:
+                if quant not in todo:
+                    say(quant, "cached")
+                    entry = entries[quant]
+                    done[quant] = Variant(**{**entry, "path": out_dir / entry["path"], "cached": True})
+                    continue
+                if quant not in CONVERTER_TYPES and "F16" in checks:
+                    checks["F16"].result()  # the quantizer reads the checked F16 under its final name
+                final = out_dir / f"{name}-{quant}.gguf"
+                partial, made_by, seconds = _produce(quant, checkpoint, out_dir, final, name, tree, pre_tokenizer,
+                                                     imatrix, say)
+                checks[quant] = checker.submit(_check_and_place, quant, partial, final, tree, made_by, seconds, say)
+        finally:
+            for quant, check in checks.items():
+                if check.exception() is None:
+                    done[quant] = check.result()
+                    # Record each variant as soon as it exists, so a crash later keeps it.
+                    entries[quant] = done[quant].to_json()
+                    manifest["updated_at"] = utcnow()
+                    write_json_atomic(out_dir / MANIFEST, manifest)
+    for check in checks.values():
+        if check.exception() is not None:
+            raise check.exception()
+    return [done[q] for q in wanted]
+
+
+def _produce(quant: str, checkpoint: Path, out_dir: Path, final: Path, name: str, tree: ConverterTree,
+             pre_tokenizer: str | None, imatrix: Path | None, say: Progress) -> tuple[Path, str, float]:
     partial = out_dir / f".{final.name}.{os.getpid()}.partial"
     log = out_dir / f"convert-{quant}.log"
     started = time.perf_counter()
@@ -318,12 +345,21 @@ def _make_variant(quant: str, checkpoint: Path, out_dir: Path, name: str, tree: 
         if quant in CONVERTER_TYPES:
             say(quant, "converting (llama.cpp convert_hf_to_gguf.py)")
             _run_converter(tree, checkpoint, quant, partial, pre_tokenizer, log)
-            made_by = "converter"
-        else:
-            say(quant, "quantizing (llama.cpp quantizer)")
-            _run_quantizer(tree, out_dir / f"{name}-F16.gguf", partial, quant, imatrix, log)
-            made_by = "quantizer"
-        say(quant, "reading header")
+            return partial, "converter", time.perf_counter() - started
+        say(quant, "quantizing (llama.cpp quantizer)")
+        _run_quantizer(tree, out_dir / f"{name}-F16.gguf", partial, quant, imatrix, log)
+        return partial, "quantizer", time.perf_counter() - started
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _check_and_place(quant: str, partial: Path, final: Path, tree: ConverterTree, made_by: str,
+                     seconds: float, say: Progress) -> Variant:
+    """Header reads back and the file loads in llama.cpp: only then does it get its final name."""
+    started = time.perf_counter()
+    try:
+        say(quant, "checking header and load")
         header = read_header(partial, tree, intended=quant)
         if header.tensor_count == 0:
             raise PosttrainError(f"{quant}: the written GGUF holds no tensors")
@@ -331,7 +367,7 @@ def _make_variant(quant: str, checkpoint: Path, out_dir: Path, name: str, tree: 
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
-    seconds = time.perf_counter() - started
+    seconds += time.perf_counter() - started
     return Variant(quant, final, sha256_file(final), final.stat().st_size, round(seconds, 3), made_by,
                    header=header.to_json())
 
@@ -349,6 +385,8 @@ def _verify_all(variants: list[Variant], checkpoint: Path, ckpt_bytes: int, hf_r
         hf = _verify.hf_logprobs(checkpoint, tokens)
         f16.verification["vs_hf"] = _verify.compare(hf, reference)
         if f16.verification["vs_hf"]["max_abs_dlogprob"] > _verify.MAX_F16_VS_HF_DLOGPROB:
+            for v in variants:  # every variant derives from this F16 or the same conversion
+                v.path.unlink(missing_ok=True)
             raise PosttrainError(f"F16 disagrees with the Hugging Face model on the probe text "
                                  f"(max |Δ log p| = {f16.verification['vs_hf']['max_abs_dlogprob']:.3f})",
                                  remedy="the conversion is wrong for this architecture; report it with the checkpoint's config.json")
@@ -360,6 +398,7 @@ def _verify_all(variants: list[Variant], checkpoint: Path, ckpt_bytes: int, hf_r
         say(v.quant, "verifying against F16")
         v.verification["vs_f16"] = _verify.compare(reference, _verify.gguf_logprobs(v.path, tokens))
         if v.verification["vs_f16"]["mean_kld"] > _verify.MAX_MEAN_KLD:
+            v.path.unlink(missing_ok=True)
             raise PosttrainError(f"{v.quant} fails verification: mean KL divergence from F16 is "
                                  f"{v.verification['vs_f16']['mean_kld']:.3f} nats on the probe text",
                                  remedy=f"delete {v.path} and convert again; if it persists, the quantizer is broken for this model")

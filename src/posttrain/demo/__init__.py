@@ -2,7 +2,13 @@
 that ties them to the watcher and the pipeline."""
 
 from posttrain.demo._run import DemoResult, run_demo, write_demo_config
-from posttrain.demo._task import TASK_NAME, DemoTask, make_items, read_items, write_demo_task
+from posttrain.demo._task import (
+           TASK_NAME,
+           DemoTask,
+           make_items,
+           read_items,
+           write_demo_task,
+)
 from posttrain.demo._train import DemoCheckpoints, train_demo_model
 
 __all__ = ["TASK_NAME", "DemoCheckpoints", "DemoResult", "DemoTask", "make_items", "read_items", "run_demo",

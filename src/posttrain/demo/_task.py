@@ -13,10 +13,11 @@ runs it offline with `TaskManager(include_path=dir)`.
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from posttrain._files import write_text_atomic
 
 TASK_NAME = "posttrain_demo_numbers"
 TASK_VERSION = 1
@@ -91,12 +92,6 @@ def training_texts(items: list[dict]) -> list[str]:
     return [f"{it['question']} {it['answer']}" for it in items]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _jsonl(items: list[dict]) -> str:
     return "".join(json.dumps(it, sort_keys=True) + "\n" for it in items)
 
@@ -136,9 +131,9 @@ def write_demo_task(directory: str | Path, *, n_test: int = 300, seed: int = 0,
     train, test = make_items(n_test=n_test, seed=seed)
     train_path, test_path = directory / "train.jsonl", directory / "test.jsonl"
     yaml_path = directory / f"{name}.yaml"
-    _write_atomic(train_path, _jsonl(train))
-    _write_atomic(test_path, _jsonl(test))
-    _write_atomic(yaml_path, _task_yaml(name, train_path, test_path))
+    write_text_atomic(train_path, _jsonl(train))
+    write_text_atomic(test_path, _jsonl(test))
+    write_text_atomic(yaml_path, _task_yaml(name, train_path, test_path))
     return DemoTask(directory=directory, name=name, yaml_path=yaml_path, train_path=train_path,
                     test_path=test_path, n_train=len(train), n_test=len(test))
 

@@ -140,7 +140,13 @@ def train_demo_model(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: i
 def _train(workdir: Path, *, steps: int, seed: int, early_step: int, callback, batch_size: int,
            learning_rate: float, quiet: bool) -> DemoCheckpoints:
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
+    from transformers import (
+        AutoTokenizer,
+        LlamaForCausalLM,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils import logging as hf_logging
 

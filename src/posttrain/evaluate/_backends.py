@@ -21,7 +21,12 @@ from pathlib import Path
 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from posttrain.errors import PosttrainError, TransientError
 
@@ -94,7 +99,9 @@ def _completions_url(url: str) -> str:
 def resolve_ollama_blob(name: str, url: str) -> Path | None:
     """The GGUF blob behind an Ollama model (the modelfile's FROM path), or None when not readable here."""
     try:
-        from posttrain.serve import resolve_ollama_gguf  # the serve stage's resolver, once it exists
+        from posttrain.serve import (
+            resolve_ollama_gguf,  # the serve stage's resolver, once it exists
+        )
     except ImportError:
         resolve_ollama_gguf = None
     if resolve_ollama_gguf is not None:

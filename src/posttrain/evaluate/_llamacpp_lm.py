@@ -20,12 +20,20 @@ from typing import Any
 
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.models.utils import (
+    handle_stop_sequences,
+    normalize_gen_kwargs,
+    postprocess_generated_text,
+)
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from posttrain.errors import PosttrainError
-from posttrain.evaluate._llamacpp_engine import MAX_SEQUENCES, LlamaCppEngine, ScoreRequest
+from posttrain.evaluate._llamacpp_engine import (
+    MAX_SEQUENCES,
+    LlamaCppEngine,
+    ScoreRequest,
+)
 
 log = logging.getLogger(__name__)
 

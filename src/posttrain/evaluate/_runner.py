@@ -24,7 +24,12 @@ from posttrain.evaluate._results import (
     save_eval,
 )
 from posttrain.evaluate._selection import Selection, select
-from posttrain.evaluate._tasks import check_task_names, default_task_manager, offline_family, write_offline_tasks
+from posttrain.evaluate._tasks import (
+    check_task_names,
+    default_task_manager,
+    offline_family,
+    write_offline_tasks,
+)
 from posttrain.evaluate._think import DEFAULT_THINK_PATTERNS, MeasuredLM, request_key
 from posttrain.store import Store, dumps
 

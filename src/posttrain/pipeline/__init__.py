@@ -1,7 +1,12 @@
 """The unattended pipeline: steps with state in the store (resume after any crash), the stages as
 steps, settings from posttrain.toml / POSTTRAIN_* / flags, and the checkpoint watcher daemon."""
 
-from posttrain.pipeline._config import Config, config_template, find_config_file, load_config
+from posttrain.pipeline._config import (
+    Config,
+    config_template,
+    find_config_file,
+    load_config,
+)
 from posttrain.pipeline._daemon import (
     InstanceLock,
     install_stop_handlers,
@@ -20,7 +25,14 @@ from posttrain.pipeline._runner import (
     StepSkipped,
     step_rows,
 )
-from posttrain.pipeline._stages import STAGES, Stages, pipeline_handler, plan_run, run_many, run_pipeline
+from posttrain.pipeline._stages import (
+    STAGES,
+    Stages,
+    pipeline_handler,
+    plan_run,
+    run_many,
+    run_pipeline,
+)
 from posttrain.pipeline._status import gather_status
 from posttrain.pipeline._watcher import Watcher, compile_pattern
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from posttrain._files import write_json_atomic
 from posttrain.errors import PosttrainError
 from posttrain.store import utcnow
 
@@ -34,13 +35,6 @@ PID_FILE = "watch.pid"
 LOCK_FILE = "watch.lock"
 STATUS_FILE = "watch.status.json"
 LOG_FILE = "logs/watch.log"
-
-
-def write_json_atomic(path: Path, doc: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -225,9 +219,9 @@ def serve_watch(home: Path, roots: list[Path], handler_factory, *, pattern: str,
     report its stage to the watcher and stop at a step boundary when asked. Returns the exit code:
     0, or 1 when `once` and a checkpoint failed.
     """
+    from posttrain import paths
     from posttrain.pipeline._watcher import Watcher
     from posttrain.store import Store
-    from posttrain import paths
 
     stop = stop_event or threading.Event()
     log_path = setup_file_logging(home, log_max_bytes, log_backups)  # first: the stale-PID note goes there

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from posttrain.errors import PosttrainError, TransientError
 from posttrain.store import Store, dumps, utcnow

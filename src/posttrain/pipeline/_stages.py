@@ -10,10 +10,8 @@ loses little when it runs again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -21,10 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from posttrain._files import sha256_file, write_json_atomic
 from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
 from posttrain.errors import CheckpointIncomplete, PosttrainError
 from posttrain.pipeline._config import Config
-from posttrain.pipeline._runner import Outputs, RunContext, Runner, RunResult, RunSpec, Step, StepSkipped
+from posttrain.pipeline._runner import (
+    Outputs,
+    RunContext,
+    Runner,
+    RunResult,
+    RunSpec,
+    Step,
+    StepSkipped,
+)
 from posttrain.store import Store, dumps, utcnow
 
 log = logging.getLogger("posttrain.pipeline")
@@ -58,19 +65,6 @@ def plan_run(checkpoint: str | Path, config: Config) -> RunSpec:
 
 
 # -- small helpers -------------------------------------------------------------------------------
-def _write_json_atomic(path: Path, doc: Any) -> str:
-    text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _files_exist(*keys: str) -> Callable[[Outputs], bool]:
     def verify(out: Outputs) -> bool:
         return all(Path(out[k]).is_file() for k in keys)
@@ -165,7 +159,7 @@ class Stages:
             return {"model": ref, "source": ref}
         path = Path(ref).expanduser().resolve()
         if path.is_file() and path.suffix == ".gguf":
-            return {"model": str(path), "source": ref, "sha256": _file_sha256(path)}
+            return {"model": str(path), "source": ref, "sha256": sha256_file(path)}
         if path.is_dir():
             from posttrain.convert import convert_checkpoint, default_model_name
 
@@ -180,7 +174,7 @@ class Stages:
     @staticmethod
     def _baseline_ok(out: Outputs) -> bool:
         model = out["model"]
-        return model.startswith("ollama:") or (Path(model).is_file() and _file_sha256(Path(model)) == out["sha256"])
+        return model.startswith("ollama:") or (Path(model).is_file() and sha256_file(Path(model)) == out["sha256"])
 
     def _evaluate_one(self, ctx: RunContext, model: str, label: str) -> list[int]:
         from posttrain.evaluate import evaluate
@@ -222,13 +216,13 @@ class Stages:
         sources = {**ctx.outputs["evaluate"]["sources"], **ctx.outputs["evaluate_baseline"]["sources"]}
         doc = compare_family(pairs, seed=self.config.seed, sources=sources)
         path = ctx.run_dir / "compare.json"
-        digest = _write_json_atomic(path, doc)
+        digest = write_json_atomic(path, doc)
         return {"path": str(path), "sha256": digest}
 
     @staticmethod
     def _compare_ok(out: Outputs) -> bool:
         path = Path(out["path"])
-        return path.is_file() and _file_sha256(path) == out["sha256"]
+        return path.is_file() and sha256_file(path) == out["sha256"]
 
     def report(self, ctx: RunContext) -> Outputs:
         from posttrain.report import report_from_store

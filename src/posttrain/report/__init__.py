@@ -24,8 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.report._index import index_rows, write_index
-from posttrain.report._model import COMPARE_SCHEMA, REPORT_SCHEMA, ReportInput, strip_thinking
-from posttrain.report._render import build_view, render_html, render_json, render_markdown, write_atomically
+from posttrain.report._model import (
+    COMPARE_SCHEMA,
+    REPORT_SCHEMA,
+    ReportInput,
+    strip_thinking,
+)
+from posttrain.report._render import (
+    build_view,
+    render_html,
+    render_json,
+    render_markdown,
+    write_atomically,
+)
 from posttrain.store import Store
 
 REPORT_FILES = ("report.html", "report.md", "report.json")

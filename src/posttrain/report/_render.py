@@ -17,7 +17,13 @@ from markupsafe import Markup
 
 from posttrain import __version__
 from posttrain.report import _plots
-from posttrain.report._model import REPORT_SCHEMA, EvalInfo, ReportInput, finite, strip_thinking
+from posttrain.report._model import (
+    REPORT_SCHEMA,
+    EvalInfo,
+    ReportInput,
+    finite,
+    strip_thinking,
+)
 
 MAX_DISAGREEMENTS = 1000  # per report; the full list stays in report.json (the embedded compare)
 

@@ -1,10 +1,21 @@
 """Serve and register GGUF variants: llama.cpp's OpenAI-compatible server, and Ollama import."""
 
-from posttrain.serve._chat_templates import FAMILIES, ChatFamily, chat_template_from_checkpoint, detect_family
+from posttrain.serve._chat_templates import (
+    FAMILIES,
+    ChatFamily,
+    chat_template_from_checkpoint,
+    detect_family,
+)
 from posttrain.serve._llamacpp_server import LlamaServer
 from posttrain.serve._modelfile import DEFAULT_PARAMETERS, render_modelfile
 from posttrain.serve._names import full_name, sanitize_part, variant_name
-from posttrain.serve._ollama import DEFAULT_URL, Registration, register_variants, resolve_ollama_gguf, unregister
+from posttrain.serve._ollama import (
+    DEFAULT_URL,
+    Registration,
+    register_variants,
+    resolve_ollama_gguf,
+    unregister,
+)
 from posttrain.serve._variants import Variant, discover_variants
 
 __all__ = [

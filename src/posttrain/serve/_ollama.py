@@ -17,10 +17,20 @@ from typing import TypeVar
 
 import httpx
 import ollama
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
+from posttrain._files import write_text_atomic
 from posttrain.errors import PosttrainError, TransientError
-from posttrain.serve._chat_templates import ChatFamily, chat_template_from_checkpoint, detect_family
+from posttrain.serve._chat_templates import (
+    ChatFamily,
+    chat_template_from_checkpoint,
+    detect_family,
+)
 from posttrain.serve._modelfile import (
     blob_digest_of,
     from_line_path,
@@ -29,7 +39,6 @@ from posttrain.serve._modelfile import (
     parse_show_parameters,
     render_modelfile,
     same_parameters,
-    write_atomically,
 )
 from posttrain.serve._names import DEFAULT_TAG, variant_name
 from posttrain.serve._variants import Variant, discover_variants, gguf_metadata
@@ -231,7 +240,7 @@ def register_variants(
         if family is None:
             reg.warnings.append("template not set: chat template unknown or absent, Ollama will guess from the GGUF")
         # The Modelfile is written whether or not Ollama is reachable: it is how a user imports by hand.
-        write_atomically(reg.modelfile, render_modelfile(variant.path, reg.parameters,
+        write_text_atomic(reg.modelfile, render_modelfile(variant.path, reg.parameters,
                                                          family.template if family else None, system))
         plans.append((variant, reg, family))
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from posttrain._files import sha256_file
 from posttrain.errors import PosttrainError
 
 
@@ -19,13 +19,6 @@ class Variant:
     model_name: str
     checkpoint: Path | None = None  # where the chat template can be read, when known
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def gguf_metadata(path: Path) -> dict[str, str]:
