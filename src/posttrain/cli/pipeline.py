@@ -25,14 +25,18 @@ _QUANT = typer.Option(None, "--quant", "-q", help="GGUF types, repeatable or com
 _TASKS = typer.Option(None, "--tasks", "-t", help="lm-eval tasks, repeatable or comma-separated.")
 _LIMIT = typer.Option(None, "--limit", help="Evaluate only N items per task.")
 _JOBS = typer.Option(None, "--jobs", "-j", help="Checkpoints processed at the same time (default 1).")
+_DATA_DIR = typer.Option(None, "--data-dir", help="Local benchmark files in the official layouts (no Hub).")
+_NOTIFY = typer.Option(None, "--notify", help="apprise URL to notify when a run ends (repeatable), e.g. ntfy://topic.")
 
 
 def _config(config: Path | None, home: Path | None, baseline: str | None = None, quant: list[str] | None = None,
-            tasks: list[str] | None = None, limit: int | None = None, jobs: int | None = None, **watch):
+            tasks: list[str] | None = None, limit: int | None = None, jobs: int | None = None,
+            data_dir: Path | None = None, notify: list[str] | None = None, **watch):
     from posttrain.pipeline import load_config
 
     return load_config(config, home=home, baseline=baseline, quants=",".join(quant) if quant else None,
-                       tasks=",".join(tasks) if tasks else None, limit=limit, jobs=jobs,
+                       tasks=",".join(tasks) if tasks else None, limit=limit, jobs=jobs, data_dir=data_dir,
+                       notify={"urls": list(notify)} if notify else None,
                        watch={k: v for k, v in watch.items() if v is not None})
 
 
@@ -71,6 +75,8 @@ def run_cmd(
     limit: int | None = _LIMIT,
     home: Path | None = _HOME,
     jobs: int | None = _JOBS,
+    data_dir: Path | None = _DATA_DIR,
+    notify: list[str] | None = _NOTIFY,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Convert, register, evaluate, compare, report and notify for each CHECKPOINT; resumes after any crash.
@@ -82,7 +88,7 @@ def run_cmd(
     from posttrain.pipeline._stages import run_many
 
     _console_logging(verbose)
-    cfg = _config(config, home, baseline, quant, tasks, limit, jobs)
+    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify)
     stop = threading.Event()
     install_stop_handlers(stop)
     results = run_many(checkpoints, cfg, stop_event=stop)
@@ -119,6 +125,8 @@ def watch_cmd(
     limit: int | None = _LIMIT,
     home: Path | None = _HOME,
     jobs: int | None = _JOBS,
+    data_dir: Path | None = _DATA_DIR,
+    notify: list[str] | None = _NOTIFY,
     detached: bool = typer.Option(False, "--detached", hidden=True),
 ) -> None:
     """Watch DIRS for finished checkpoints and run the pipeline on each one, once (by content hash).
@@ -129,8 +137,8 @@ def watch_cmd(
     from posttrain.pipeline._daemon import serve_watch, spawn_detached
     from posttrain.pipeline._stages import pipeline_handler
 
-    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, pattern=pattern, check_interval_s=interval,
-                  settle_s=settle)
+    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, pattern=pattern,
+                  check_interval_s=interval, settle_s=settle)
     dirs = [d.expanduser().resolve() for d in dirs]
     for d in dirs:
         if not d.is_dir():
