@@ -190,24 +190,14 @@ def _run_quantizer(tree: ConverterTree, src: Path, dest: Path, quant: str, imatr
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = quantizer_types()[quant]
         params.nthread = os.cpu_count() or 1
-        with open(log, "w") as logf, _redirect_fd2(logf):
+        log.write_text("")
+        with _verify.stderr_to(log):
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
         ok = rc == 0
     if not ok:
         remedy = (f"{quant} needs an importance matrix: pass --imatrix FILE" if quant in NEEDS_IMATRIX
                   else f"see {log}")
         raise PosttrainError(f"llama.cpp's quantizer failed to make {quant}", remedy=remedy)
-
-
-@contextmanager
-def _redirect_fd2(f):
-    saved = os.dup(2)
-    os.dup2(f.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _load_manifest(out_dir: Path) -> dict:

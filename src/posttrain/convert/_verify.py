@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +42,18 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+# File descriptor 2 is process-wide: a redirect in one thread while another thread redirects it too
+# would restore the wrong target. Every redirect (and every llama.cpp load, which redirects on its
+# own when verbose=False) holds this lock.
+FD2_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
-def _quiet_stderr():
-    # llama.cpp prints its load log on fd 2 even with verbose=False in some paths.
-    saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
+def stderr_to(path: str | os.PathLike):
+    """Send fd 2 (where llama.cpp logs, below Python) to `path` for the duration."""
+    with FD2_LOCK, open(path, "a") as target:
+        saved = os.dup(2)
+        os.dup2(target.fileno(), 2)
         try:
             yield
         finally:
@@ -58,7 +65,7 @@ def _load(path: Path, n_ctx: int):
     from llama_cpp import Llama
 
     try:
-        with _quiet_stderr():
+        with stderr_to(os.devnull):
             return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
                          n_threads=max(1, (os.cpu_count() or 2)), seed=0)
     except (ValueError, RuntimeError) as e:
