@@ -177,3 +177,19 @@ def test_variant_failing_verification_is_an_error_and_not_kept(tiny_spm, tmp_pat
         convert_checkpoint(tiny_spm, out, ["f16", "q8_0"])
     assert sorted(p.name for p in out.glob("*.gguf")) == ["tiny-spm-F16.gguf"]
     assert set(json.loads((out / MANIFEST).read_text())["variants"]) == {"F16"}
+
+
+def test_header_scan_agrees_with_gguf_py(tiny_gguf):
+    """posttrain skips vocabulary arrays for speed; what it reads must equal llama.cpp's gguf-py reader."""
+    from posttrain.convert._gguf_info import _scan, gguf_module
+    from posttrain.toolchain import find_converter
+
+    gguf = gguf_module(find_converter())
+    for path in tiny_gguf.values():
+        ours = _scan(path)
+        reader = gguf.GGUFReader(str(path), "r")
+        assert [(n, tuple(int(x) for x in s), t) for n, s, t in ours.tensors] == \
+            [(t.name, tuple(int(x) for x in t.shape), int(t.tensor_type)) for t in reader.tensors]
+        for key in ("general.architecture", "general.file_type", "tokenizer.ggml.model",
+                    "tokenizer.ggml.add_bos_token", "llama.context_length", "llama.block_count"):
+            assert ours.metadata[key] == reader.get_field(key).contents(), key
