@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from polling import wait_for
 
 HERE = Path(__file__)
 
@@ -64,15 +65,6 @@ def spawn(home: Path, watched: Path, delay: float = 0.2, once: bool = False) -> 
 
 def posttrain(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "posttrain", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def steps_log(home: Path) -> list[str]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 
 from posttrain.errors import PosttrainError
 from posttrain.pipeline._watcher import Watcher, compile_pattern
@@ -80,15 +81,6 @@ def serve_in_thread(watcher: Watcher) -> threading.Thread:
     t = threading.Thread(target=watcher.serve, daemon=True)
     t.start()
     return t
-
-
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ GGUF blob in-process with llama.cpp when that file is readable here.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from posttrain._files import sha256_file
 from posttrain.errors import PosttrainError, TransientError
 
 GGUF_MAGIC = b"GGUF"
@@ -64,8 +64,7 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _sha_cache:
-        with path.open("rb") as fh:
-            _sha_cache[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+        _sha_cache[key] = sha256_file(path)
     return _sha_cache[key]
 
 
