@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import posttrain  # noqa: F401  before any test module imports numpy or torch, as every posttrain process does
+
 # Tests never reach the Hub; make the libraries fail fast instead of retrying the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -167,3 +167,25 @@ def test_a_running_watcher_that_covers_the_path_gets_it_without_a_subprocess(tmp
     elsewhere.on_train_end(args, state, None)
     assert elsewhere.handoff.mode == "skipped"
     assert not list((home / "logs").glob("callback-*.log"))
+
+
+def test_a_hung_watcher_is_not_handed_the_checkpoint(tmp_path, watcher_home):
+    # Alive by PID but silent: it would take the checkpoint and never process it (issue 10).
+    import json
+
+    from posttrain.pipeline._daemon import STATUS_FILE, read_pid_file
+
+    home, root = watcher_home
+    pid = read_pid_file(home).pid
+    os.kill(pid, signal.SIGSTOP)  # frozen: its heartbeat stops
+    try:
+        status = home / STATUS_FILE
+        doc = json.loads(status.read_text())
+        doc["heartbeat"] = time.time() - 120  # as if two minutes had passed without a beat
+        status.write_text(json.dumps(doc))
+        args = TrainingArguments(output_dir=str(root / "exp1"), report_to=[], use_cpu=True)
+        cb = PosttrainCallback(home=home, mode="enqueue", checkpoint=root / "exp1" / "final_model")
+        cb.on_train_end(args, TrainerState(is_world_process_zero=True), None)
+        assert cb.handoff.mode == "skipped"
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -37,3 +37,40 @@ def test_demo_reports_a_significant_gain_for_every_variant(tmp_path):
     assert "callback: watcher" in proc.stdout
     info = read_pid_file(workdir / "home")
     assert info is None or not info.alive
+
+
+@pytest.mark.slow
+def test_demo_exits_within_30_s_when_its_watcher_is_killed(tmp_path):
+    # The first version waited forever on a watcher that had died (issue 10). Kill it mid-run.
+    import signal
+    import time
+
+    from polling import wait_for
+
+    from posttrain.pipeline._daemon import STATUS_FILE, read_json
+
+    workdir = tmp_path / "demo"
+    home = workdir / "home"
+    proc = subprocess.Popen([sys.executable, "-m", "posttrain", "demo", "--workdir", str(workdir), "--steps", "40"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "1000"})
+    try:
+        def busy() -> bool:
+            doc = read_json(home / STATUS_FILE) or {}
+            return any(v.get("step") for v in (doc.get("current") or {}).values())
+
+        assert wait_for(busy, 600), "the watcher never started a step"
+        info = read_pid_file(home)
+        os.kill(info.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        out, _ = proc.communicate(timeout=60)
+        waited = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0, out[-3000:]
+    assert waited < 30, f"the demo took {waited:.0f} s to notice"
+    assert "the demo's watcher stopped while processing" in out
+    assert "is no longer running" in out
+    assert "last lines of" in out and "watcher started" in out  # the watcher's log, shown

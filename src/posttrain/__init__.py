@@ -5,7 +5,13 @@ tools, serve and register it, evaluate it with lm-evaluation-harness, compare it
 with paired statistics, and report.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+# First, before anything can import numpy or torch: a CUDA build of llama.cpp segfaults at model load
+# when they were loaded before it (see posttrain._native). It also makes every load AMX-safe.
+from posttrain._native import load_llama_cpp
+
+load_llama_cpp(required=False)
+
+from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 
 try:
     __version__ = version("posttrain")

@@ -23,7 +23,8 @@ def write_text_atomic(path: str | Path, text: str, *, mode: int = 0o644) -> None
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-            os.fchmod(f.fileno(), mode)  # mkstemp makes 0600; outputs are meant to be read by others
+            if hasattr(os, "fchmod"):  # POSIX: mkstemp makes 0600; outputs are meant to be read by others
+                os.fchmod(f.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -40,3 +41,13 @@ def write_json_atomic(path: str | Path, doc: Any) -> str:
 def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_json_file(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when the file is missing, unreadable, not JSON or not an
+    object (status and result files: absent and half-written mean the same to their readers)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

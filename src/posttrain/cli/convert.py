@@ -10,6 +10,7 @@ from rich.table import Table
 
 from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console
+from posttrain.cli._options import n_gpu_layers_option
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -30,6 +31,7 @@ def convert(
                                        help="Use this llama.cpp checkout's converter instead of the provisioned one."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the probe-text comparison against F16."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pytorch_model.bin (pickle) weights."),
+    n_gpu_layers: int | None = n_gpu_layers_option(),
 ) -> None:
     """Convert CHECKPOINT to GGUF with llama.cpp's own converter and quantizer; verify every file."""
     from posttrain.convert import convert_checkpoint
@@ -40,6 +42,7 @@ def convert(
         result = convert_checkpoint(
             checkpoint, out, quant, model_name=name, pre_tokenizer=pre_tokenizer, imatrix=imatrix,
             llama_cpp_dir=llama_cpp_dir, verify=not no_verify, allow_pickle=allow_pickle,
+            n_gpu_layers=n_gpu_layers,
             progress=lambda variant, text: bar.update(task, description=text, variant=variant))
     table = Table(title=f"{result.model_name} ← {checkpoint}", title_justify="left")
     for col in ("variant", "file", "size", "sha256", "s", "KLD", "top-1"):

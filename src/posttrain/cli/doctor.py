@@ -7,10 +7,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console
+from posttrain.cli._options import n_gpu_layers_option
 from posttrain.errors import PosttrainError
 
 
@@ -21,6 +23,32 @@ def _pkg(name: str) -> str | None:
         return None
 
 
+def _selftest_rows(row, table: Table, system_info: str, n_gpu_layers: int | None) -> None:
+    """llama.cpp decoding in a child process: how posttrain loads models, and llama.cpp's defaults."""
+    from posttrain import _native
+    from posttrain._selftest import run_selftest
+
+    try:
+        ours, control = run_selftest(n_gpu_layers)
+    except RuntimeError as e:
+        row("llama.cpp self-test", False, escape(str(e)))
+        return
+    if ours.ok:
+        row("llama.cpp self-test", True, f"{ours.detail} (extra CPU buffer types off)")
+    else:
+        row("llama.cpp self-test", False,
+            escape(f"{ours.status}: {ours.detail}. llama.cpp: {system_info}. Fix: rebuild llama.cpp for this machine, "
+                   f"e.g. without AMX: POSTTRAIN_LLAMA_CMAKE_ARGS=\"{_native.cmake_args_without_amx(system_info)}\" "
+                   f"bash scripts/setup.sh"))
+    if control.ok:
+        table.add_row("llama.cpp defaults", "[green]ok[/]", "extra CPU buffer types (repacking, AMX) work here too")
+    else:
+        # Not a failure of posttrain's: its own loads avoid this. Other llama.cpp programs here may crash.
+        table.add_row("llama.cpp defaults", "[yellow]crash[/]" if control.status == "crashed" else "[yellow]fails[/]",
+                      escape(f"{control.status}: {control.detail} with llama.cpp's extra CPU buffer types on; "
+                             f"posttrain keeps them off ({_native.EXTRA_BUFTS_ENV} unset)"))
+
+
 @app.command("doctor")
 def doctor(
     out: Path = typer.Option(Path("."), "--out", help="Output directory whose free space to check."),
@@ -28,6 +56,10 @@ def doctor(
                                    help="Ollama server to probe."),
     provision: bool = typer.Option(False, "--provision", help="Fetch llama.cpp's converter now if it is missing."),
     llama_cpp_dir: Path = typer.Option(None, "--llama-cpp-dir", envvar="POSTTRAIN_LLAMA_CPP_DIR"),
+    selftest: bool = typer.Option(True, "--selftest/--no-selftest",
+                                  help="Load and decode a tiny quantized GGUF in child processes (seconds; the "
+                                       "first run makes the model)."),
+    n_gpu_layers: int | None = n_gpu_layers_option(),
 ) -> None:
     """Check the toolchain: llama.cpp, converter, lm-eval, torch, transformers, Ollama, disk."""
     from posttrain import toolchain
@@ -53,6 +85,8 @@ def doctor(
             row("converter", True, tree.describe())
         except PosttrainError as e:
             row("converter", False, e.one_line())
+    if llama and selftest:
+        _selftest_rows(row, table, info.get("system_info", ""), n_gpu_layers)
     for dist, fix in (("lm-eval", "pip install 'lm-eval>=0.4.13'"), ("torch", "pip install torch==2.13.0"),
                       ("transformers", "pip install transformers"), ("ollama", "pip install ollama")):
         v = _pkg(dist)

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console, err_console
+from posttrain.cli._options import n_gpu_layers_option
 from posttrain.errors import PosttrainError
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again" — an interrupted run resumes when rerun
@@ -31,12 +32,13 @@ _NOTIFY = typer.Option(None, "--notify", help="apprise URL to notify when a run 
 
 def _config(config: Path | None, home: Path | None, baseline: str | None = None, quant: list[str] | None = None,
             tasks: list[str] | None = None, limit: int | None = None, jobs: int | None = None,
-            data_dir: Path | None = None, notify: list[str] | None = None, **watch):
+            data_dir: Path | None = None, notify: list[str] | None = None, n_gpu_layers: int | None = None,
+            **watch):
     from posttrain.pipeline import load_config
 
     return load_config(config, home=home, baseline=baseline, quants=",".join(quant) if quant else None,
                        tasks=",".join(tasks) if tasks else None, limit=limit, jobs=jobs, data_dir=data_dir,
-                       notify={"urls": list(notify)} if notify else None,
+                       notify={"urls": list(notify)} if notify else None, n_gpu_layers=n_gpu_layers,
                        watch={k: v for k, v in watch.items() if v is not None})
 
 
@@ -77,6 +79,7 @@ def run_cmd(
     jobs: int | None = _JOBS,
     data_dir: Path | None = _DATA_DIR,
     notify: list[str] | None = _NOTIFY,
+    n_gpu_layers: int | None = n_gpu_layers_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Convert, register, evaluate, compare, report and notify for each CHECKPOINT; resumes after any crash.
@@ -88,7 +91,7 @@ def run_cmd(
     from posttrain.pipeline._stages import run_many
 
     _console_logging(verbose)
-    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify)
+    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers)
     stop = threading.Event()
     install_stop_handlers(stop)
     results = run_many(checkpoints, cfg, stop_event=stop)
@@ -127,6 +130,7 @@ def watch_cmd(
     jobs: int | None = _JOBS,
     data_dir: Path | None = _DATA_DIR,
     notify: list[str] | None = _NOTIFY,
+    n_gpu_layers: int | None = n_gpu_layers_option(),
     detached: bool = typer.Option(False, "--detached", hidden=True),
 ) -> None:
     """Watch DIRS for finished checkpoints and run the pipeline on each one, once (by content hash).
@@ -137,7 +141,7 @@ def watch_cmd(
     from posttrain.pipeline._daemon import serve_watch, spawn_detached
     from posttrain.pipeline._stages import pipeline_handler
 
-    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, pattern=pattern,
+    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers, pattern=pattern,
                   check_interval_s=interval, settle_s=settle)
     dirs = [d.expanduser().resolve() for d in dirs]
     for d in dirs:
@@ -164,7 +168,7 @@ def _passthrough(argv: list[str]) -> list[str]:
     so the detached child, whatever its working directory, reads the same files."""
     out: list[str] = []
     with_value = {"--pattern", "-p", "--interval", "--settle", "--baseline", "-b", "--config", "-c", "--quant", "-q",
-                  "--tasks", "-t", "--limit", "--home", "--jobs", "-j"}
+                  "--tasks", "-t", "--limit", "--home", "--jobs", "-j", "--n-gpu-layers", "-ngl"}
     paths = {"--config", "-c", "--home"}
     args = argv[1:] if argv and argv[0] == "watch" else argv
     i = 0

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from posttrain.cli._app import app, console
+from posttrain.cli._options import n_gpu_layers_option
 from posttrain.errors import PosttrainError
 
 
@@ -22,6 +23,7 @@ def serve(
     threads: int | None = typer.Option(None, "--threads",
                                        help="CPU threads (default: physical cores; fewer is faster on a busy machine)."),
     log: Path | None = typer.Option(None, "--log", help="Write the server log here (default: a temp file)."),
+    n_gpu_layers: int | None = n_gpu_layers_option(),
 ) -> None:
     """Serve GGUF with llama-cpp-python's OpenAI-compatible server until Ctrl-C."""
     from posttrain.serve import LlamaServer
@@ -30,7 +32,8 @@ def serve(
     # SIGTERM (systemd, `kill`) takes the same clean path as Ctrl-C.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with LlamaServer(gguf, n_ctx=ctx, n_threads=threads, port=port, log_path=log) as server:
+    with LlamaServer(gguf, n_ctx=ctx, n_threads=threads, port=port, log_path=log,
+                     n_gpu_layers=n_gpu_layers) as server:
         console.print(f"serving {escape(gguf.name)} at [bold]{server.url}/v1[/] (log: {server.log_path})",
                       highlight=False)
         console.print("Ctrl-C to stop", style="dim")

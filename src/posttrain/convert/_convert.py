@@ -185,8 +185,9 @@ def _run_quantizer(tree: ConverterTree, src: Path, dest: Path, quant: str, imatr
     else:
         import ctypes
 
-        import llama_cpp
+        from posttrain import _native
 
+        llama_cpp = _native.load_llama_cpp()
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = quantizer_types()[quant]
         params.nthread = os.cpu_count() or 1
@@ -232,12 +233,14 @@ def convert_checkpoint(
     allow_pickle: bool = False,
     settle_seconds: float = 0.0,
     progress: Progress | None = None,
+    n_gpu_layers: int | None = None,
 ) -> ConvertResult:
     """Convert `checkpoint` into GGUF variants under `out_dir`; skip variants already made and verified.
 
     F16 is always made (it is the quantizer's source and the verification reference). Q8_0, F32 and
     BF16 come from llama.cpp's converter, every other type from its quantizer. Each file is written
     under a temporary name and renamed only once its header reads back and it loads in llama.cpp.
+    `n_gpu_layers`: layers llama.cpp offloads while checking the variants (default: all on a GPU build).
     """
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir)
@@ -276,7 +279,7 @@ def convert_checkpoint(
                                   imatrix_path, say, manifest)
         if verify and any(not v.cached or not v.verification for v in variants):
             try:
-                _verify_all(variants, checkpoint, verdict.total_bytes, hf_reference, say)
+                _verify_all(variants, checkpoint, verdict.total_bytes, hf_reference, say, n_gpu_layers)
             except PosttrainError:
                 # A variant that fails verification is not kept: neither its file nor its manifest entry.
                 for v in variants:
@@ -363,11 +366,11 @@ def _check_and_place(quant: str, partial: Path, final: Path, tree: ConverterTree
 
 
 def _verify_all(variants: list[Variant], checkpoint: Path, ckpt_bytes: int, hf_reference: bool | None,
-                say: Progress) -> None:
+                say: Progress, n_gpu_layers: int | None = None) -> None:
     f16 = next(v for v in variants if v.quant == "F16")
     say("F16", "verifying (probe text)")
     tokens = _verify.probe_tokens(f16.path)
-    reference = _verify.gguf_logprobs(f16.path, tokens)
+    reference = _verify.gguf_logprobs(f16.path, tokens, n_gpu_layers)
     if hf_reference is None:
         hf_reference = ckpt_bytes <= 1_500_000_000  # float32 copy of a ≤ 0.75B-param model fits easily
     if hf_reference:
@@ -386,7 +389,7 @@ def _verify_all(variants: list[Variant], checkpoint: Path, ckpt_bytes: int, hf_r
         if v.quant == "F16":
             continue
         say(v.quant, "verifying against F16")
-        v.verification["vs_f16"] = _verify.compare(reference, _verify.gguf_logprobs(v.path, tokens))
+        v.verification["vs_f16"] = _verify.compare(reference, _verify.gguf_logprobs(v.path, tokens, n_gpu_layers))
         if v.verification["vs_f16"]["mean_kld"] > _verify.MAX_MEAN_KLD:
             v.path.unlink(missing_ok=True)
             raise PosttrainError(f"{v.quant} fails verification: mean KL divergence from F16 is "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posttrain import _native
 from posttrain.errors import PosttrainError
 
 PROBE_TEXT = (
@@ -61,13 +62,14 @@ def stderr_to(path: str | os.PathLike):
             os.close(saved)
 
 
-def _load(path: Path, n_ctx: int):
-    from llama_cpp import Llama
+def _load(path: Path, n_ctx: int, n_gpu_layers: int | None = None):
+    # Through posttrain._native: no extra CPU buffer types (the AMX crash), llama.cpp before numpy.
+    Llama = _native.load_llama_cpp().Llama
 
     try:
         with stderr_to(os.devnull):
             return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
-                         n_threads=max(1, (os.cpu_count() or 2)), seed=0)
+                         n_threads=_native.cpu_threads(), seed=0, **_native.llama_kwargs(n_gpu_layers))
     except (ValueError, RuntimeError) as e:
         raise PosttrainError(f"llama.cpp cannot load {path.name}: {e}",
                              remedy="if the converter was given --pre-tokenizer, use a name llama.cpp knows "
@@ -83,8 +85,8 @@ def probe_tokens(f16_path: Path) -> list[int]:
         llm.close()
 
 
-def gguf_logprobs(path: Path, tokens: list[int]) -> ProbeLogprobs:
-    llm = _load(path, max(512, len(tokens) + 8))
+def gguf_logprobs(path: Path, tokens: list[int], n_gpu_layers: int | None = None) -> ProbeLogprobs:
+    llm = _load(path, max(512, len(tokens) + 8), n_gpu_layers)
     try:
         llm.reset()
         llm.eval(tokens)

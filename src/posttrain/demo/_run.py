@@ -24,6 +24,7 @@ from pathlib import Path
 from posttrain.demo._task import TASK_NAME, write_demo_task
 from posttrain.demo._train import DEFAULT_STEPS, EARLY_DIR, FINAL_DIR, train_demo_model
 from posttrain.errors import PosttrainError
+from posttrain.pipeline._daemon import log_tail, watcher_health
 
 MARKER = ".posttrain-demo"
 RUN_NAME = "demo"
@@ -102,6 +103,22 @@ def _processed(home: Path, checkpoint: Path) -> dict | None:
     return dict(rows[0]) if rows else None
 
 
+def _finished_row(row: dict | None) -> bool:
+    return bool(row) and row["status"] in ("succeeded", "failed")
+
+
+def _finished(home: Path, checkpoint: Path) -> bool:
+    return _finished_row(_processed(home, checkpoint))
+
+
+def _say_log_tail(home: Path, say: Callable[[str], None]) -> None:
+    lines = log_tail(home)
+    if lines:
+        say(f"last lines of {home / 'logs' / 'watch.log'}:")
+        for line in lines:
+            say(f"  {line}")
+
+
 def _current_step(home: Path) -> str | None:
     from posttrain.pipeline._daemon import STATUS_FILE, read_json
 
@@ -149,12 +166,17 @@ def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, 
         last_step = None
         while True:
             row = _processed(home, ck.final)
-            if row and row["status"] in ("succeeded", "failed"):
+            if _finished_row(row):
                 break
             step = _current_step(home)
             if step and step != last_step:
                 say(f"pipeline: {step} ...")
                 last_step = step
+            health = watcher_health(home)
+            if not health.alive and not _finished(home, ck.final):  # it may have finished, then exited
+                _say_log_tail(home, say)
+                raise PosttrainError(f"the demo's watcher stopped while processing {ck.final}: {health.reason}",
+                                     remedy=f"see {home / 'logs' / 'watch.log'}; `posttrain doctor` checks llama.cpp")
             if time.monotonic() > deadline:
                 raise PosttrainError(f"the watcher did not finish {ck.final} within {timeout_s:g} s",
                                      remedy=f"see {home / 'logs' / 'watch.log'}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lm_eval.api.model import LM
@@ -75,6 +75,17 @@ def _gguf_ref(path: Path, reference: str | None = None, sha256: str | None = Non
                                  remedy="give a .gguf made by `posttrain convert`, or an HF checkpoint directory")
     return ModelRef(reference or str(path), "gguf", LLAMACPP_BACKEND, sha256 or file_sha256(path),
                     {"model": str(path.resolve())}, gguf=path.resolve())
+
+
+def with_gpu_layers(ref: ModelRef, n_gpu_layers: int | None) -> ModelRef:
+    """`ref` with llama.cpp's GPU layer count set wherever it runs a GGUF in-process (None: the
+    backend's default, every layer on a build that offloads). Not part of the model id: where the
+    layers run does not change which model is evaluated."""
+    if n_gpu_layers is None:
+        return ref
+    ll = with_gpu_layers(ref.loglikelihood, n_gpu_layers) if ref.loglikelihood is not None else None
+    args = {**ref.model_args, "n_gpu_layers": n_gpu_layers} if ref.backend == LLAMACPP_BACKEND else ref.model_args
+    return replace(ref, model_args=args, loglikelihood=ll)
 
 
 def _hf_ref(path: Path) -> ModelRef:

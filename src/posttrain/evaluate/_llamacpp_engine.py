@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posttrain import _native
 from posttrain.errors import PosttrainError
 
 # Largest number of sequences one context holds; llama.cpp's own limit is 256 (LLAMA_MAX_SEQ).
@@ -45,10 +46,10 @@ class ScoreRequest:
 
 
 def _llama():
-    import llama_cpp
-    import llama_cpp._logger
+    lc = _native.load_llama_cpp()
+    import llama_cpp._logger  # noqa: F401  (lc._logger below)
 
-    return llama_cpp
+    return lc
 
 
 class LlamaCppEngine:
@@ -63,6 +64,7 @@ class LlamaCppEngine:
         n_batch: int = 512,
         n_ubatch: int = 512,
         n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
         n_seq_max: int = MAX_SEQUENCES,
         flash_attn: bool = False,
         kv_type: str = "f16",
@@ -83,7 +85,9 @@ class LlamaCppEngine:
                 remedy="convert the checkpoint with `posttrain convert` first",
             )
         lc.llama_backend_init()
-        mparams = lc.llama_model_default_params()
+        # No extra CPU buffer types (the AMX crash) and the GPU layers asked for: see posttrain._native.
+        mparams = _native.model_params(n_gpu_layers)
+        self.model_params = mparams
         self._model = lc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise PosttrainError(
@@ -100,7 +104,7 @@ class LlamaCppEngine:
         self.bos_id: int | None = bos if bos >= 0 else None
         self.eos_id: int | None = eos if eos >= 0 else None
 
-        self.n_threads = n_threads or max(1, len(os.sched_getaffinity(0)))
+        self.n_threads = n_threads or _native.cpu_threads()
         # Default KV size: the trained context (capped), and at least one full batch.
         self.n_ctx = int(n_ctx) if n_ctx else max(min(self.n_ctx_train or 2048, n_ctx_cap), n_batch)
         self.n_batch = int(min(n_batch, self.n_ctx))

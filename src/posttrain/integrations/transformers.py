@@ -159,15 +159,20 @@ class PosttrainCallback(TrainerCallback):
 
 
 def watching_pid(home: Path, checkpoint: Path) -> int | None:
-    """The PID of the running watcher for `home` when its roots and pattern cover `checkpoint`."""
-    from posttrain.pipeline._daemon import STATUS_FILE, read_json, read_pid_file
+    """The PID of the running watcher for `home` when its roots and pattern cover `checkpoint`.
+
+    Running means alive by PID *and* by a recent heartbeat in its status file: a hung watcher would
+    take the checkpoint and never process it, so it is passed over like a dead one."""
+    from posttrain.pipeline._daemon import STATUS_FILE, read_json, watcher_health
     from posttrain.pipeline._watcher import compile_pattern
 
-    info = read_pid_file(home)
-    if info is None or not info.alive:
+    health = watcher_health(home)
+    if not health.alive:
+        if health.pid is not None:
+            log.warning("posttrain: not handing over to the watcher: %s", health.reason)
         return None
     status = read_json(home / STATUS_FILE) or {}
-    if status.get("pid") != info.pid or status.get("mode") == "once":
+    if status.get("pid") != health.pid or status.get("mode") == "once":
         return None  # a `watch --once` scan will not come back for a checkpoint saved after it
     regex = compile_pattern(str(status.get("pattern") or "**/final_model"))
     for root in status.get("roots") or []:
@@ -176,5 +181,5 @@ def watching_pid(home: Path, checkpoint: Path) -> int | None:
         except ValueError:
             continue
         if rel.parts and regex.match(rel.as_posix()):
-            return info.pid
+            return health.pid
     return None

@@ -95,6 +95,8 @@ class Config(BaseSettings):
     retries: int = Field(3, ge=1, le=20)
     retry_backoff_s: float = Field(2.0, ge=0)
     jobs: int = Field(1, ge=1, le=64)
+    # Layers llama.cpp offloads to the GPU (-1 all, 0 none); None: all on a build that offloads.
+    n_gpu_layers: int | None = Field(None, ge=-1)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
@@ -282,6 +284,10 @@ retry_backoff_s = {d.retry_backoff_s}
 
 # Checkpoints processed at the same time (1: one after another).
 jobs = {d.jobs}
+
+# Layers llama.cpp puts on the GPU when converting checks and evaluates GGUF files: -1 all, 0 none.
+# Unset: all of them when llama-cpp-python was built for a GPU (POSTTRAIN_CUDA=1 scripts/setup.sh).
+# n_gpu_layers = -1
 
 [ollama]
 # Registration is skipped (not failed) when nothing answers here.

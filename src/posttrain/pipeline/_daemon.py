@@ -10,7 +10,6 @@ watcher rewrites atomically.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import logging.handlers
 import os
@@ -25,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from posttrain._files import write_json_atomic
+from posttrain._files import read_json_file, write_json_atomic
 from posttrain.errors import PosttrainError
 from posttrain.store import utcnow
 
@@ -35,14 +34,13 @@ PID_FILE = "watch.pid"
 LOCK_FILE = "watch.lock"
 STATUS_FILE = "watch.status.json"
 LOG_FILE = "logs/watch.log"
+# The watcher rewrites its status file at least this often, alive or busy; a reader that finds it
+# older than STALE_AFTER_S treats the watcher as hung, whatever its PID says.
+HEARTBEAT_S = 2.0
+STALE_AFTER_S = 30.0
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return doc if isinstance(doc, dict) else None
+read_json = read_json_file  # the name the status readers use
 
 
 @dataclass
@@ -72,6 +70,41 @@ def read_pid_file(home: Path) -> DaemonInfo | None:
     except psutil.Error:
         alive = False
     return DaemonInfo(pid, str(doc.get("started_at")), created, alive, list(doc.get("args") or []))
+
+
+@dataclass
+class Health:
+    """Whether the watcher for a home is alive: its PID runs and its heartbeat is recent."""
+
+    alive: bool
+    reason: str
+    pid: int | None = None
+
+
+def watcher_health(home: Path, stale_after_s: float = STALE_AFTER_S) -> Health:
+    info = read_pid_file(home)
+    if info is None:
+        return Health(False, f"no watcher is running for {home} (no PID file)")
+    if not info.alive:
+        return Health(False, f"the watcher (PID {info.pid}) is no longer running", info.pid)
+    status = read_json(home / STATUS_FILE) or {}
+    if status.get("pid") != info.pid:
+        if info.uptime_s < stale_after_s:
+            return Health(True, "starting", info.pid)  # it writes its first status once it has scanned
+        return Health(False, f"the watcher (PID {info.pid}) has written no status in {info.uptime_s:.0f} s", info.pid)
+    age = time.time() - float(status.get("heartbeat") or 0)
+    if age > stale_after_s:
+        return Health(False, f"the watcher (PID {info.pid}) has not written a heartbeat for {age:.0f} s: hung?",
+                      info.pid)
+    return Health(True, "alive", info.pid)
+
+
+def log_tail(home: Path, lines: int = 15) -> list[str]:
+    """The last lines of the watcher's log, for messages about a watcher that died."""
+    try:
+        return (home / LOG_FILE).read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
 
 
 class InstanceLock:
@@ -209,6 +242,22 @@ def stop_daemon(home: Path, grace_s: float = 60.0) -> tuple[int, str]:
     return info.pid, "killed"
 
 
+def _beat(watcher, done: threading.Event) -> None:
+    """Rewrite the status file every HEARTBEAT_S, so waiting commands can tell a live watcher from a
+    hung or dead one (a PID alone cannot say 'hung')."""
+    while not done.wait(HEARTBEAT_S):
+        watcher.publish()
+
+
+def _keep_native_traces(home: Path) -> None:
+    """A fault in native code kills the process before any Python handler runs: faulthandler writes
+    the Python stacks of every thread to the log first, so the watcher does not die without a word."""
+    import faulthandler
+
+    trace = open(home / "logs" / "watch.faults.log", "a")  # noqa: SIM115 - held open for the process's life
+    faulthandler.enable(file=trace, all_threads=True)
+
+
 def serve_watch(home: Path, roots: list[Path], handler_factory, *, pattern: str, poll_interval_s: float,
                 settle_s: float, once: bool = False, use_events: bool = True, jobs: int = 1,
                 allow_pickle: bool = False, log_max_bytes: int = 10_000_000, log_backups: int = 5,
@@ -225,7 +274,11 @@ def serve_watch(home: Path, roots: list[Path], handler_factory, *, pattern: str,
 
     stop = stop_event or threading.Event()
     log_path = setup_file_logging(home, log_max_bytes, log_backups)  # first: the stale-PID note goes there
+    _keep_native_traces(home)
     lock = InstanceLock(home).acquire(args=sys.argv)
+    # Its own event: a stop request lets the current step finish, and the heartbeat goes on meanwhile.
+    done_beating = threading.Event()
+    beat = threading.Thread(target=lambda: _beat(watcher, done_beating), name="heartbeat", daemon=True)
     try:
         install_stop_handlers(stop)
         store = Store(paths.store_path(home))
@@ -234,12 +287,14 @@ def serve_watch(home: Path, roots: list[Path], handler_factory, *, pattern: str,
 
         def publish(doc: dict[str, Any]) -> None:
             write_json_atomic(status_path, {**doc, "pid": pid, "home": str(home), "log": str(log_path),
-                                            "updated_at": utcnow(), "mode": "once" if once else "watch"})
+                                            "updated_at": utcnow(), "heartbeat": time.time(),
+                                            "mode": "once" if once else "watch"})
 
         watcher = Watcher(roots, lambda p, s: handler(p, s), store=store, pattern=pattern,
                           poll_interval_s=poll_interval_s, settle_s=settle_s, use_events=use_events,
                           allow_pickle=allow_pickle, jobs=jobs, stop_event=stop, on_status=publish)
         handler = handler_factory(watcher, stop)
+        beat.start()
         log.info("watcher started (PID %d): %s, pattern %s, %s, rescan every %g s", pid,
                  ", ".join(map(str, watcher.roots)), pattern, "file events on" if use_events else "polling only",
                  poll_interval_s)
@@ -249,4 +304,7 @@ def serve_watch(home: Path, roots: list[Path], handler_factory, *, pattern: str,
         watcher.serve()
         return 0
     finally:
+        done_beating.set()
+        if beat.is_alive():
+            beat.join()  # before the status file is removed, so no late beat writes it again
         lock.release()

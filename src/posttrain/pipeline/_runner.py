@@ -25,14 +25,14 @@ from typing import Any
 
 import psutil
 from tenacity import (
-    RetryError,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential,
 )
 
 from posttrain.errors import PosttrainError, TransientError
+from posttrain.pipeline._isolation import ChildOutcome, NativeCrash, StepJob, run_in_child
 from posttrain.store import Store, dumps, utcnow
 
 log = logging.getLogger("posttrain.pipeline")
@@ -40,6 +40,8 @@ log = logging.getLogger("posttrain.pipeline")
 Outputs = dict[str, Any]
 
 DONE, FAILED, SKIPPED, RUNNING, PENDING = "done", "failed", "skipped", "running", "pending"
+# Attempts a step gets when its child process crashes in native code (the first crash is retried once).
+CRASH_ATTEMPTS = 2
 
 
 class StepSkipped(Exception):
@@ -60,6 +62,10 @@ class Step:
 
     `always` steps (the report) run even when a dependency failed, to say what failed; they still
     wait for their dependencies and see only the outputs of those that finished.
+
+    `isolated` steps load native code (llama.cpp, torch): the runner runs them in a child process
+    (`_isolation`), so a crash there fails the step instead of killing the runner. Their `run` must
+    then pickle (a module-level function or a bound method of a picklable object).
     """
 
     name: str
@@ -67,6 +73,7 @@ class Step:
     verify: Callable[[Outputs], bool] = _always_valid
     depends_on: tuple[str, ...] = ()
     always: bool = False
+    isolated: bool = False
 
 
 @dataclass
@@ -162,7 +169,8 @@ class _RunLock:
 class _ResourceSampler:
     """Peak RSS of this process and its children while a step runs (children: converter, servers)."""
 
-    def __init__(self, interval: float = 0.1):
+    def __init__(self, interval: float = 0.1, enabled: bool = True):
+        self.enabled = enabled
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
@@ -187,6 +195,8 @@ class _ResourceSampler:
             self._sample()
 
     def __enter__(self) -> _ResourceSampler:
+        if not self.enabled:  # the step runs in a child, which measures itself
+            return self
         if self._gpu is not None:
             self._gpu.reset_peak_memory_stats()
         self._sample()
@@ -194,6 +204,8 @@ class _ResourceSampler:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self.enabled:
+            return
         self._stop.set()
         self._thread.join()
         self._sample()
@@ -233,7 +245,7 @@ class Runner:
     def __init__(self, store: Store, steps: Iterable[Step], *, max_retries: int = 3,
                  transient: tuple[type[BaseException], ...] = (TransientError,), backoff_s: float = 2.0,
                  backoff_max_s: float = 60.0, stop_event: threading.Event | None = None,
-                 on_event: Callable[[str, str, str], None] | None = None):
+                 on_event: Callable[[str, str, str], None] | None = None, isolate: bool = True):
         self.store = store
         self.steps = list(steps)
         names = [s.name for s in self.steps]
@@ -250,6 +262,8 @@ class Runner:
         self.backoff_max_s = backoff_max_s
         self.stop_event = stop_event or threading.Event()
         self.on_event = on_event
+        # False runs isolated steps in this process too (a debugger, a profiler); crashes are then fatal.
+        self.isolate = isolate
 
     # -- store ---------------------------------------------------------------------------------
     def _open_run(self, spec: RunSpec) -> None:
@@ -352,14 +366,23 @@ class Runner:
                    attempts=0, outputs_json=None, inputs_sha256=None)
         log.info("run %s: step %s started", spec.run_id, step.name)
         self._emit(spec.run_id, step.name, RUNNING)
-        attempts = 0
+        attempts = crashes = 0
+        usage: list[ChildOutcome] = []
 
         def attempt() -> Outputs:
-            nonlocal attempts
+            nonlocal attempts, crashes
             attempts += 1
             self._mark(spec.run_id, step.name, attempts=attempts)
             try:
-                out = step.run(ctx)
+                if step.isolated and self.isolate:
+                    out = self._attempt_in_child(spec, step, ctx, attempts, usage)
+                else:
+                    out = step.run(ctx)
+            except NativeCrash as e:
+                crashes += 1
+                log.error("run %s: step %s attempt %d: %s%s", spec.run_id, step.name, attempts, e.message,
+                          "; trying once more" if crashes < CRASH_ATTEMPTS else "")
+                raise
             except self.transient as e:
                 log.warning("run %s: step %s attempt %d/%d: transient failure: %s", spec.run_id, step.name,
                             attempts, self.max_attempts, _describe(e))
@@ -368,13 +391,21 @@ class Runner:
                 raise TypeError(f"step {step.name} returned {type(out).__name__}, not a dict of outputs")
             return out
 
+        def retry_wanted(e: BaseException) -> bool:
+            # A crash in native code may be a one-off (memory pressure, a flaky driver): once more.
+            if isinstance(e, NativeCrash):
+                return crashes < CRASH_ATTEMPTS
+            return isinstance(e, self.transient) and attempts - crashes < self.max_attempts
+
         t0 = time.monotonic()
-        with _ResourceSampler() as sampler:
+        isolated = step.isolated and self.isolate
+        with _ResourceSampler(enabled=not isolated) as sampler:
             try:
                 out = Retrying(
-                    stop=stop_after_attempt(self.max_attempts),
+                    # The predicate decides; this only bounds it (transient attempts plus the crash retry).
+                    stop=stop_after_attempt(self.max_attempts + CRASH_ATTEMPTS),
                     wait=wait_exponential(multiplier=self.backoff_s, max=self.backoff_max_s),
-                    retry=retry_if_exception_type(self.transient),
+                    retry=retry_if_exception(retry_wanted),
                     reraise=True,
                 )(attempt)
                 out = json.loads(dumps(out))  # what the store will hold is what later steps see
@@ -383,15 +414,15 @@ class Runner:
                 final, error = DONE, None
             except StepSkipped as e:
                 out, final, error = {}, SKIPPED, f"skipped: {e.reason}"
-            except RetryError as e:  # pragma: no cover - reraise=True re-raises the last error instead
-                out, final, error = {}, FAILED, _describe(e.last_attempt.exception())
             except Exception as e:
                 out, final, error = {}, FAILED, _describe(e)
                 if not isinstance(e, PosttrainError):
                     log.exception("run %s: step %s crashed", spec.run_id, step.name)
+        peak_rss = max((u.peak_rss_bytes for u in usage), default=0) if isolated else sampler.peak
+        gpu_mem = max((u.gpu_mem_bytes or 0 for u in usage), default=0) or None if isolated else sampler.gpu_peak()
         wall = time.monotonic() - t0
         self._mark(spec.run_id, step.name, status=final, finished_at=utcnow(), wall_s=wall,
-                   peak_rss_bytes=sampler.peak, gpu_mem_bytes=sampler.gpu_peak(), error=error,
+                   peak_rss_bytes=peak_rss, gpu_mem_bytes=gpu_mem, error=error,
                    outputs_json=dumps(out) if final == DONE else None,
                    inputs_sha256=inputs if final == DONE else None)
         level = logging.INFO if final != FAILED else logging.ERROR
@@ -399,7 +430,21 @@ class Runner:
                 f": {error}" if error else "")
         self._emit(spec.run_id, step.name, final)
         return StepResult(step.name, final, error=error, attempts=attempts, wall_s=wall,
-                          peak_rss_bytes=sampler.peak, gpu_mem_bytes=sampler.gpu_peak(), outputs=out)
+                          peak_rss_bytes=peak_rss, gpu_mem_bytes=gpu_mem, outputs=out)
+
+    def _attempt_in_child(self, spec: RunSpec, step: Step, ctx: RunContext, attempt: int,
+                          usage: list[ChildOutcome]) -> Outputs:
+        job = StepJob(step.name, step.run, spec, self.store.path, ctx.outputs, ctx.step_status, self.transient,
+                      attempt)
+        outcome = run_in_child(job, spec.run_dir)
+        usage.append(outcome)
+        result = outcome.result
+        if result.get("ok"):
+            return result["outputs"]
+        if result.get("skipped"):
+            raise StepSkipped(result["message"])
+        error = TransientError if result.get("transient") else PosttrainError
+        raise error(result["message"], remedy=result.get("remedy"))
 
     @staticmethod
     def _reusable(step: Step, row: Any, inputs: str) -> Outputs | None:

@@ -93,11 +93,13 @@ class Stages:
     def steps(self) -> list[Step]:
         return [
             Step("detect", self.detect, lambda o: Path(o["checkpoint"]).is_dir()),
-            Step("convert", self.convert, _variants_intact, depends_on=("detect",)),
+            # The steps that load llama.cpp or torch run in a child process (isolated): a native crash
+            # then fails the step, and the watcher lives on.
+            Step("convert", self.convert, _variants_intact, depends_on=("detect",), isolated=True),
             Step("register", self.register, depends_on=("convert",)),
-            Step("baseline", self.baseline, self._baseline_ok),
-            Step("evaluate", self.evaluate, depends_on=("convert",)),
-            Step("evaluate_baseline", self.evaluate_baseline, depends_on=("baseline",)),
+            Step("baseline", self.baseline, self._baseline_ok, isolated=True),
+            Step("evaluate", self.evaluate, depends_on=("convert",), isolated=True),
+            Step("evaluate_baseline", self.evaluate_baseline, depends_on=("baseline",), isolated=True),
             Step("compare", self.compare, self._compare_ok, depends_on=("evaluate", "evaluate_baseline")),
             Step("report", self.report, _files_exist("html", "md", "json"),
                  depends_on=("detect", "convert", "register", "evaluate", "evaluate_baseline", "compare"),
@@ -124,7 +126,8 @@ class Stages:
 
         name = ctx.spec.model_name or "model"
         result = convert_checkpoint(ctx.spec.checkpoint, self.config.gguf_dir(name), self.config.quants,
-                                    model_name=name, allow_pickle=self.config.allow_pickle)
+                                    model_name=name, allow_pickle=self.config.allow_pickle,
+                                    n_gpu_layers=self.config.n_gpu_layers)
         variants = [{"quant": v.quant, "path": str(v.path), "sha256": v.sha256, "size_bytes": v.size_bytes}
                     for v in result.variants]
         manifest = json.loads(Path(result.manifest_path).read_text())
@@ -165,7 +168,7 @@ class Stages:
 
             name = f"{default_model_name(path)}"
             result = convert_checkpoint(path, self.config.gguf_dir(name), ["f16"], model_name=name,
-                                        allow_pickle=self.config.allow_pickle)
+                                        allow_pickle=self.config.allow_pickle, n_gpu_layers=self.config.n_gpu_layers)
             f16 = result.variant("F16")
             return {"model": str(f16.path), "source": ref, "sha256": f16.sha256}
         raise PosttrainError(f"baseline {ref!r} not found",
@@ -182,6 +185,8 @@ class Stages:
         c = self.config
         # Only when set: task directories are an extension of evaluate's signature.
         extra = {"task_paths": list(c.task_paths)} if c.task_paths else {}
+        if c.n_gpu_layers is not None:
+            extra["n_gpu_layers"] = c.n_gpu_layers
         results = evaluate(model, c.tasks, data_dir=c.data_dir, limit=c.limit, per_subject=c.per_subject,
                            seed=c.seed, store=ctx.store, out_dir=ctx.run_dir / "evals" / _slug(label),
                            ollama_url=c.ollama.url, label=label, **extra)

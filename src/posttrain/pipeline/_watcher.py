@@ -365,6 +365,10 @@ class Watcher:
             return None
         return observer
 
+    def publish(self) -> None:
+        """Write the status now (the daemon's heartbeat calls this every few seconds)."""
+        self._publish()
+
     def _publish(self) -> None:
         if self.on_status is None:
             return

@@ -2,53 +2,40 @@
 
 `python -m posttrain.serve._child PARENT_PID [--pdeathsig] -- <llama_cpp.server args>`
 
-Two guards, because either alone has a gap: the kernel's parent-death signal (Linux
-`PR_SET_PDEATHSIG`) fires at once, but follows the *thread* that spawned us, so it is only asked for
-when the spawning thread is the main thread; a watcher thread notices within a fraction of a second
-that we were re-parented (the parent died, however it died) on any POSIX system.
+`--pdeathsig` is passed only when the spawning thread is the main thread: Linux's parent-death
+signal follows the thread, not the process (see `posttrain._lifeline`, which also polls the parent
+on every OS). When the parent is gone the server is asked to stop (uvicorn shuts down on SIGTERM)
+and, if it cannot, the process exits after a grace period.
+
+Running this module imports `posttrain` first, which loads llama.cpp before numpy and makes every
+model load skip llama.cpp's extra CPU buffer types (`posttrain._native`): the server's own
+`llama_cpp.Llama` is covered by that as well.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import runpy
 import signal
 import sys
-import threading
 import time
 
-PR_SET_PDEATHSIG = 1
-POLL_S = 0.2
 GRACE_S = 5.0
 
 
-def _set_pdeathsig() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the watcher below still applies
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(POLL_S)
-    # uvicorn shuts down gracefully on SIGTERM; if it cannot, do not linger.
+def _stop_server() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(GRACE_S)
-    os._exit(1)
 
 
 def main(argv: list[str]) -> None:
+    from posttrain import _lifeline, _native
+
+    _native.load_llama_cpp()  # already done by `import posttrain`; said here because the server depends on it
     sep = argv.index("--")
     own, server_args = argv[:sep], argv[sep + 1:]
-    parent = int(own[0])
-    if "--pdeathsig" in own:
-        _set_pdeathsig()
-    if os.getppid() != parent:  # the parent died before we got here
-        sys.exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watch").start()
+    if not _lifeline.die_with_parent(int(own[0]), pdeathsig="--pdeathsig" in own, on_orphan=_stop_server):
+        sys.exit(1)  # the parent died before we got here
     sys.argv = ["llama_cpp.server", *server_args]
     runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from posttrain import _native
 from posttrain.errors import PosttrainError
 
 # Strong references: a server dropped without stop() is still stopped when posttrain exits.
@@ -41,10 +42,7 @@ def default_threads() -> int:
     cores slow its thread barrier down (on a loaded 2-core box, 2 threads were 10-40x slower than 1)."""
     import psutil
 
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except AttributeError:
-        allowed = os.cpu_count() or 1
+    allowed = _native.cpu_threads()
     return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
 
 
@@ -65,7 +63,7 @@ class LlamaServer:
 
     def __init__(self, gguf: Path, *, n_ctx: int = 4096, n_threads: int | None = None, parallel: int = 1,
                  port: int | None = None, log_path: Path | None = None, startup_timeout: float = 120.0,
-                 stop_grace: float = 10.0, extra_args: list[str] | None = None):
+                 stop_grace: float = 10.0, extra_args: list[str] | None = None, n_gpu_layers: int | None = None):
         self.gguf = Path(gguf)
         if not self.gguf.is_file():
             raise PosttrainError(f"{self.gguf} does not exist", remedy="give the path of a .gguf file")
@@ -80,6 +78,8 @@ class LlamaServer:
         self.startup_timeout = startup_timeout
         self.stop_grace = stop_grace
         self.extra_args = list(extra_args or [])
+        # Resolved here (all layers on a build that offloads) so the command line says what runs.
+        self.n_gpu_layers = _native.llama_kwargs(n_gpu_layers)["n_gpu_layers"]
         self.process: subprocess.Popen | None = None
         self._log_file = None
 
@@ -99,7 +99,8 @@ class LlamaServer:
                 *(["--pdeathsig"] if from_main_thread else []), "--",
                 "--model", str(self.gguf), "--host", "127.0.0.1", "--port", str(port),
                 "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-                "--n_threads_batch", str(self.n_threads), *self.extra_args]
+                "--n_threads_batch", str(self.n_threads), "--n_gpu_layers", str(self.n_gpu_layers),
+                *self.extra_args]
 
     def start(self) -> LlamaServer:
         if self.process is not None and self.process.poll() is None:

@@ -23,8 +23,11 @@ class Variant:
 
 def gguf_metadata(path: Path) -> dict[str, str]:
     """The GGUF's key/value header as llama.cpp reads it (vocabulary only: fast, no weights)."""
-    from llama_cpp import Llama
     from llama_cpp._utils import suppress_stdout_stderr
+
+    from posttrain import _native
+
+    Llama = _native.load_llama_cpp().Llama
 
     try:
         # llama.cpp prints context warnings from C even with verbose=False; keep the CLI's output clean.

@@ -1,0 +1,165 @@
+"""llama.cpp's self-test for `posttrain doctor`: load and decode a tiny quantized GGUF in a child process.
+
+A CPU feature llama.cpp mishandles (AMX on some Intel CPUs) or a broken GPU build kills the process
+that decodes, with a signal and no Python exception. So the test runs in children and the parent
+reads how they ended:
+
+- "posttrain": the load posttrain itself uses (`posttrain._native`: no extra CPU buffer types, GPU
+  layers as configured), then 32 greedy tokens;
+- "llama.cpp defaults": the same with llama.cpp's extra buffer types on, as a plain `llama_cpp.Llama`
+  would load it. When this one crashes and the first does not, this machine needs posttrain's fix.
+
+The tiny GGUF (a random Llama, Q8_0) is made once per llama-cpp-python version, also in a child,
+and kept in posttrain's cache.
+
+    python -m posttrain._selftest decode FILE.gguf [--n-gpu-layers N]    (prints one JSON line)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from posttrain import _native
+
+DECODE_TOKENS = 32
+TIMEOUT_S = 300.0
+SELFTEST_QUANT = "q8_0"  # quantized weights are what the AMX buffer type takes; F16 is not affected
+
+
+@dataclass
+class Outcome:
+    """How one self-test child ended: ok, crashed (with `how`), failed (an error) or timed out."""
+
+    name: str
+    status: str
+    detail: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _describe_exit(code: int) -> str | None:
+    from posttrain.pipeline._isolation import describe_exit
+
+    return describe_exit(code)
+
+
+def _child(args: list[str], env: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> tuple[int | None, str]:
+    """Run `python -m posttrain._selftest ARGS`; (exit code or None on timeout, its output)."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([sys.executable, "-m", "posttrain._selftest", *args], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        try:
+            code: int | None = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = None
+        out.seek(0)
+        return code, out.read().decode(errors="replace")
+
+
+def _outcome(name: str, code: int | None, output: str, seconds: float) -> Outcome:
+    if code is None:
+        return Outcome(name, "timeout", f"no answer in {TIMEOUT_S:g} s", seconds)
+    how = _describe_exit(code)
+    if how is not None:
+        return Outcome(name, "crashed", how, seconds)
+    last = (output.strip().splitlines() or [""])[-1]
+    try:
+        doc = json.loads(last)
+    except ValueError:
+        return Outcome(name, "failed", f"exit code {code}: {last[:200] or 'no output'}", seconds)
+    if code != 0 or not doc.get("ok"):
+        return Outcome(name, "failed", str(doc.get("error") or f"exit code {code}"), seconds)
+    return Outcome(name, "ok", f"a {doc['prompt']}-token prompt and {doc['tokens']} generated tokens decoded in "
+                               f"{doc['decode_s']:.2f} s", seconds)
+
+
+def selftest_gguf() -> Path:
+    """The tiny quantized GGUF the self-test decodes, made (in a child) on first use."""
+    from posttrain import paths, toolchain
+
+    version = toolchain.llama_cpp_python_version() or "unknown"
+    path = paths.cache_dir() / "selftest" / version / f"selftest-{SELFTEST_QUANT.upper()}.gguf"
+    if not path.is_file():
+        code, output = _child(["make", str(path)])
+        if code != 0 or not path.is_file():
+            how = _describe_exit(code) if code is not None else "timed out"
+            tail = " ".join(output.strip().splitlines()[-3:])
+            raise RuntimeError(f"could not make the self-test model ({how or f'exit code {code}'}): {tail}")
+    return path
+
+
+def run_selftest(n_gpu_layers: int | None = None) -> tuple[Outcome, Outcome]:
+    """Decode the tiny model the way posttrain does, then with llama.cpp's defaults (the control)."""
+    gguf = selftest_gguf()
+    results = []
+    layers = [] if n_gpu_layers is None else ["--n-gpu-layers", str(n_gpu_layers)]
+    for name, env in (("posttrain", {_native.EXTRA_BUFTS_ENV: "0"}),
+                      ("llama.cpp defaults", {_native.EXTRA_BUFTS_ENV: "1"})):
+        started = time.monotonic()
+        code, output = _child(["decode", str(gguf), *layers], env=env)
+        results.append(_outcome(name, code, output, time.monotonic() - started))
+    return results[0], results[1]
+
+
+# -- the child side --------------------------------------------------------------------------------
+def _make(dest: Path) -> None:
+    from posttrain.convert import convert_checkpoint
+    from posttrain.tiny import make_tiny
+
+    with tempfile.TemporaryDirectory(prefix="posttrain-selftest-") as tmp:
+        ckpt = make_tiny(Path(tmp) / "tiny")
+        # Made without the probe-text check: that check decodes, which is what is being tested.
+        result = convert_checkpoint(ckpt, Path(tmp) / "gguf", ["f16", SELFTEST_QUANT], model_name="selftest",
+                                    verify=False)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(result.variant(SELFTEST_QUANT.upper()).path, dest)
+
+
+def _decode(gguf: Path, n_gpu_layers: int | None) -> dict:
+    from posttrain.evaluate._llamacpp_engine import LlamaCppEngine
+
+    engine = LlamaCppEngine(gguf, n_ctx=256, n_gpu_layers=n_gpu_layers)
+    try:
+        prompt = engine.tokenize("The quick brown fox jumps over the lazy dog.", add_special=True)
+        started = time.perf_counter()
+        tokens = engine.generate_greedy(prompt, max_tokens=DECODE_TOKENS)
+        return {"ok": True, "prompt": len(prompt), "tokens": len(tokens), "decode_s": time.perf_counter() - started,
+                "extra_bufts": bool(getattr(engine.model_params, "use_extra_bufts", False))}
+    finally:
+        engine.close()
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="posttrain._selftest")
+    parser.add_argument("action", choices=("make", "decode"))
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--n-gpu-layers", type=int, default=None)
+    ns = parser.parse_args(argv)
+    try:
+        if ns.action == "make":
+            _make(ns.path)
+            doc = {"ok": True}
+        else:
+            doc = _decode(ns.path, ns.n_gpu_layers)
+    except Exception as e:  # noqa: BLE001 - the parent reports it
+        doc = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    print(json.dumps(doc), flush=True)
+    return 0 if doc["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,172 @@
+"""Steps that load native code (llama.cpp, torch) run in a child process, under supervision.
+
+A segfault or an illegal instruction inside a native library kills the process it happens in, with
+no Python exception to catch. Run in the watcher itself, it would take the watcher down without a
+word (issue 10: an AMX fault in llama.cpp did exactly that). In a child, the parent sees how the
+child ended, names the signal and the step's log, and carries on: the runner retries the step once,
+the watcher takes the next checkpoint.
+
+The hand-over is two files in `<run_dir>/.steps/`: the job (the step's function and what it sees,
+pickled: the same user, the same machine) and the result (JSON, written atomically by the child).
+The child's stdout and stderr, llama.cpp's own log lines included, go to `<run_dir>/logs/<step>.log`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from posttrain._files import read_json_file
+from posttrain.errors import PosttrainError
+
+CHILD_MODULE = "posttrain.pipeline._step_child"
+# A test-only hook (see _step_child): makes a step's child crash in native code.
+CRASH_HOOK_ENV = "POSTTRAIN_TEST_CRASH"
+_POLL_S = 0.1
+_TERMINATE_GRACE_S = 10.0
+
+# How Windows reports a process killed by a native fault (NTSTATUS codes as exit codes).
+_WINDOWS_FAULTS = {
+    0xC0000005: "access violation",
+    0xC000001D: "illegal instruction",
+    0xC0000096: "privileged instruction",
+    0xC00000FD: "stack overflow",
+    0xC0000409: "stack buffer overrun",
+    0xC0000374: "heap corruption",
+}
+
+
+class NativeCrash(PosttrainError):
+    """A step's child process was killed by a signal (or, on Windows, a native fault)."""
+
+    def __init__(self, step: str, how: str, log_path: Path):
+        super().__init__(f"{step} crashed ({how}); log: {log_path}",
+                         remedy="`posttrain doctor` runs llama.cpp's self-test on this machine")
+        self.step = step
+        self.how = how
+        self.log_path = log_path
+
+
+@dataclass
+class StepJob:
+    """Everything the child needs to run one attempt of one step (pickled)."""
+
+    step: str
+    run: Callable[[Any], dict[str, Any]]
+    spec: Any  # RunSpec
+    store_path: Path
+    outputs: dict[str, dict[str, Any]]
+    step_status: dict[str, tuple[str, str | None]]
+    transient: tuple[type[BaseException], ...]
+    attempt: int
+
+
+@dataclass
+class ChildOutcome:
+    result: dict[str, Any]
+    peak_rss_bytes: int
+    gpu_mem_bytes: int | None
+
+
+def describe_exit(returncode: int) -> str | None:
+    """'SIGSEGV in native code' for a process a signal or a native fault ended; None for a normal exit."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        if -returncode == getattr(signal, "SIGKILL", -1):
+            return f"{name}: killed, e.g. out of memory"
+        return f"{name} in native code"
+    fault = _WINDOWS_FAULTS.get(returncode & 0xFFFFFFFF)
+    return f"{fault} in native code" if fault else None
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    try:
+        members = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for p in members:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass  # exited between listing and reading
+    return total
+
+
+def log_path_for(run_dir: Path, step: str) -> Path:
+    return run_dir / "logs" / f"{step}.log"
+
+
+def run_in_child(job: StepJob, run_dir: Path) -> ChildOutcome:
+    """Run one attempt of `job.step` in a fresh Python process and wait for it (however long the step
+    takes: the child's liveness, not a timeout, bounds the wait). Raises NativeCrash when the child
+    dies from a signal, PosttrainError when it exits without a result."""
+    work = run_dir / ".steps"
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = log_path_for(run_dir, job.step)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    job_path, result_path = work / f"{job.step}.job.pkl", work / f"{job.step}.result.json"
+    result_path.unlink(missing_ok=True)
+    with open(job_path, "wb") as fh:
+        pickle.dump(job, fh)
+    cmd = [sys.executable, "-m", CHILD_MODULE, str(job_path), str(result_path), str(os.getpid())]
+    peak = 0
+    with open(log_path, "ab") as log:
+        log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} step {job.step}, attempt {job.attempt} =====\n"
+                  .encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            watched = psutil.Process(proc.pid)
+            while proc.poll() is None:
+                peak = max(peak, _tree_rss(watched))
+                time.sleep(_POLL_S)
+        except psutil.NoSuchProcess:
+            proc.wait()
+        except BaseException:  # interrupted (Ctrl-C twice): the child must not run on alone
+            _stop(proc)
+            raise
+        finally:
+            job_path.unlink(missing_ok=True)
+    how = describe_exit(proc.returncode)
+    if how is not None:
+        raise NativeCrash(job.step, how, log_path)
+    result = read_json_file(result_path)
+    result_path.unlink(missing_ok=True)
+    if proc.returncode != 0 or result is None:
+        raise PosttrainError(f"{job.step} exited with code {proc.returncode} without a result; log: {log_path}")
+    return ChildOutcome(result, peak, result.get("gpu_mem_bytes"))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(_TERMINATE_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def crash_hook_matches(spec: str | None, step: str, attempt: int, checkpoint: str) -> bool:
+    """`POSTTRAIN_TEST_CRASH=STEP[:N][@TEXT]`: crash STEP in its first N attempts (default: every one)
+    when TEXT is part of the checkpoint's path (default: any checkpoint)."""
+    if not spec:
+        return False
+    head, _, text = spec.partition("@")
+    name, _, count = head.partition(":")
+    if name.strip() != step or (text and text not in checkpoint):
+        return False
+    return not count or attempt <= int(count)

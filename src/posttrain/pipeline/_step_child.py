@@ -1,0 +1,88 @@
+"""The child side of `_isolation`: run one attempt of one step and write its result.
+
+`python -m posttrain.pipeline._step_child JOB RESULT PARENT_PID`
+
+`import posttrain` (which running this module does first) loads llama.cpp before numpy and torch
+and makes its loads AMX-safe (`posttrain._native`). The child ends with its parent, however the
+parent ends (`posttrain._lifeline`): a watcher killed with SIGKILL leaves no step running on alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import threading
+import traceback
+from typing import Any
+
+
+def _describe(exc: BaseException) -> dict[str, Any]:
+    from posttrain.errors import PosttrainError
+
+    if isinstance(exc, PosttrainError):
+        return {"message": exc.message, "remedy": exc.remedy}
+    text = str(exc).strip().replace("\n", " ")
+    return {"message": f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__, "remedy": None}
+
+
+def _gpu_peak() -> int | None:
+    torch = sys.modules.get("torch")  # only when a stage loaded it: importing it to learn nothing costs seconds
+    try:
+        if torch is not None and torch.cuda.is_available():
+            return int(torch.cuda.max_memory_allocated())
+    except Exception:  # noqa: BLE001 - a broken CUDA install only loses the figure
+        pass
+    return None
+
+
+def _crash_for_test(job) -> None:
+    """The test-only hook: a real segfault in C, so the parent sees exactly what a native fault looks like."""
+    from posttrain.pipeline._isolation import CRASH_HOOK_ENV, crash_hook_matches
+
+    if crash_hook_matches(os.environ.get(CRASH_HOOK_ENV), job.step, job.attempt, str(job.spec.checkpoint)):
+        import faulthandler
+
+        print(f"{CRASH_HOOK_ENV}: crashing step {job.step} (attempt {job.attempt}) on purpose", flush=True)
+        faulthandler._sigsegv()
+
+
+def main(argv: list[str]) -> int:
+    import posttrain  # noqa: F401  (llama.cpp first; see the docstring)
+    from posttrain import _lifeline
+    from posttrain._files import write_json_atomic
+    from posttrain.pipeline._runner import RunContext, StepSkipped
+    from posttrain.store import Store, dumps
+
+    job_path, result_path, parent_pid = argv[0], argv[1], int(argv[2])
+    if not _lifeline.die_with_parent(parent_pid):
+        return 1
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s [%(process)d] %(message)s")
+    with open(job_path, "rb") as fh:
+        job = pickle.load(fh)
+    _crash_for_test(job)
+    store = Store(job.store_path)
+    ctx = RunContext(job.spec, store, job.outputs, job.step_status, threading.Event())
+    try:
+        outputs = job.run(ctx)
+        if not isinstance(outputs, dict):
+            raise TypeError(f"step {job.step} returned {type(outputs).__name__}, not a dict of outputs")
+        import json
+
+        result: dict[str, Any] = {"ok": True, "outputs": json.loads(dumps(outputs))}
+    except StepSkipped as e:
+        result = {"ok": False, "skipped": True, "message": e.reason}
+    except Exception as e:  # noqa: BLE001 - every failure goes back to the parent, described
+        traceback.print_exc()
+        result = {"ok": False, "skipped": False, "transient": isinstance(e, job.transient), **_describe(e)}
+    finally:
+        store.close()
+    result["gpu_mem_bytes"] = _gpu_peak()
+    write_json_atomic(result_path, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
