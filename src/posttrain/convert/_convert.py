@@ -153,7 +153,9 @@ def _converter_error(output: str, checkpoint: Path, quant: str, log: Path) -> Po
 
 def _run_converter(tree: ConverterTree, checkpoint: Path, quant: str, dest: Path, pre_tokenizer: str | None,
                    log: Path) -> None:
-    cmd = [sys.executable, str(_SHIM), str(tree.root)]
+    # The converter ends with this process (the calling thread waits for it, so Linux's parent-death
+    # signal, which follows the thread, is safe to ask for).
+    cmd = [sys.executable, str(_SHIM), str(tree.root), f"--parent={os.getpid()}"]
     if pre_tokenizer:
         cmd.append(f"--pre-tokenizer={pre_tokenizer}")
     cmd += ["--", str(checkpoint), "--outtype", quant.lower(), "--outfile", str(dest)]

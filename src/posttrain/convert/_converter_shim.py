@@ -1,20 +1,34 @@
 """Run llama.cpp's official convert_hf_to_gguf.py from its tree, unchanged.
 
 Executed as a script (not imported from posttrain) so the converter sees a clean interpreter:
-    python _converter_shim.py TREE [--pre-tokenizer=NAME] -- CONVERTER_ARGS...
+    python _converter_shim.py TREE [--parent=PID] [--pre-tokenizer=NAME] -- CONVERTER_ARGS...
+`--parent=PID`: end with that process, however it ends (posttrain killed with -9 must not leave a
+converter running on and writing beside the rerun); posttrain's `_lifeline` is loaded from its file
+so that nothing else of posttrain is imported here.
 The one optional hook: `--pre-tokenizer=NAME` answers the converter's BPE pre-tokenizer lookup
 with NAME for tokenizers whose hash it does not know (freshly trained byte-level BPE), the same
 thing a user would do by editing get_vocab_base_pre() by hand.
 """
 
+import importlib.util
 import runpy
 import sys
 from pathlib import Path
 
 
+def _die_with(parent: int) -> None:
+    spec = importlib.util.spec_from_file_location("_posttrain_lifeline", Path(__file__).parent.parent / "_lifeline.py")
+    lifeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lifeline)
+    if not lifeline.die_with_parent(parent):
+        sys.exit("posttrain: the process that started this conversion is gone")
+
+
 def main() -> None:
     args = sys.argv[1:]
     tree = Path(args.pop(0))
+    if args and args[0].startswith("--parent="):
+        _die_with(int(args.pop(0).split("=", 1)[1]))
     pre_tokenizer = None
     if args and args[0].startswith("--pre-tokenizer="):
         pre_tokenizer = args.pop(0).split("=", 1)[1]

@@ -165,6 +165,26 @@ class _RunLock:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
 
+    @staticmethod
+    def held(run_dir: Path) -> bool:
+        """Whether a live process drives the run in `run_dir` now. The lock, not a recorded PID, says so:
+        the kernel drops it when its holder dies, and a recycled PID holds no lock."""
+        path = run_dir / ".lock"
+        if not path.exists():
+            return False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock we got
+        return False
+
+
+def run_is_live(run_dir: str | Path | None) -> bool:
+    return run_dir is not None and _RunLock.held(Path(run_dir))
+
 
 class _ResourceSampler:
     """Peak RSS of this process and its children while a step runs (children: converter, servers)."""

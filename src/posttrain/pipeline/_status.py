@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from posttrain import paths
 from posttrain.pipeline._daemon import STATUS_FILE, read_json, read_pid_file
+from posttrain.pipeline._runner import run_is_live
 
 
 def _verdicts(run_dir: str | None) -> list[str]:
@@ -41,11 +40,14 @@ def gather_status(home: Path, last: int = 5) -> dict[str, Any]:
         for r in store.query("SELECT id, status, created_at, finished_at, run_dir FROM runs "
                              "ORDER BY COALESCE(finished_at, created_at) DESC LIMIT ?", (last,)):
             failed = store.query("SELECT name, error FROM steps WHERE run_id=? AND status='failed'", (r["id"],))
-            doc["runs"].append({"id": r["id"], "status": r["status"], "finished_at": r["finished_at"],
+            status = r["status"]
+            if status == "running" and not run_is_live(r["run_dir"]):
+                status = "interrupted"  # its process died (kill -9, power loss): rerunning its command resumes it
+            doc["runs"].append({"id": r["id"], "status": status, "finished_at": r["finished_at"],
                                 "verdicts": _verdicts(r["run_dir"]),
                                 "failed": "; ".join(f"{f['name']}: {f['error']}" for f in failed) or None})
-        for r in store.query("SELECT id, owner_pid FROM runs WHERE status='running' AND owner_pid IS NOT NULL"):
-            if not psutil.pid_exists(r["owner_pid"]):
+        for r in store.query("SELECT id, owner_pid, run_dir FROM runs WHERE status='running'"):
+            if not run_is_live(r["run_dir"]):
                 continue  # crashed: it resumes when its command runs again
             step = store.query("SELECT name FROM steps WHERE run_id=? AND status='running'", (r["id"],))
             doc["active_runs"].append({"id": r["id"], "owner_pid": r["owner_pid"],
