@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from posttrain._files import read_json_file, write_json_atomic
 from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console, err_console
 from posttrain.cli._options import n_gpu_layers_option
@@ -131,6 +132,8 @@ def watch_cmd(
     data_dir: Path | None = _DATA_DIR,
     notify: list[str] | None = _NOTIFY,
     n_gpu_layers: int | None = n_gpu_layers_option(),
+    settings_file: Path | None = typer.Option(None, "--settings", hidden=True,
+                                              help="(internal) the settings `watch --daemon` resolved"),
     detached: bool = typer.Option(False, "--detached", hidden=True),
 ) -> None:
     """Watch DIRS for finished checkpoints and run the pipeline on each one, once (by content hash).
@@ -141,16 +144,22 @@ def watch_cmd(
     from posttrain.pipeline._daemon import serve_watch, spawn_detached
     from posttrain.pipeline._stages import pipeline_handler
 
-    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers, pattern=pattern,
-                  check_interval_s=interval, settle_s=settle)
-    dirs = [d.expanduser().resolve() for d in dirs]
+    if settings_file is not None:
+        # The detached child: the settings its parent parsed and validated, nothing parsed again.
+        cfg, dirs, no_events = _read_watch_settings(settings_file)
+    else:
+        cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers,
+                      pattern=pattern, check_interval_s=interval, settle_s=settle)
+        cfg = _absolute(cfg)
+        dirs = [d.expanduser().resolve() for d in dirs]
     for d in dirs:
         if not d.is_dir():
             raise PosttrainError(f"cannot watch {d}: not a directory", remedy="create it or fix the path")
+    settings = _watch_settings(cfg, dirs, no_events)
     if daemon and not once:
-        argv = [a for a in sys.argv[1:] if a not in ("--daemon", "-d")]
-        argv = ["watch", *map(str, dirs), *_passthrough(argv), "--detached"]
-        pid = spawn_detached(argv, cfg.base_dir)
+        path = cfg.base_dir / WATCH_SETTINGS_FILE
+        write_json_atomic(path, settings)
+        pid = spawn_detached(["watch", *map(str, dirs), "--settings", str(path), "--detached"], cfg.base_dir)
         console.print(f"watcher started in the background: PID {pid}; `posttrain status` to follow, "
                       f"`posttrain stop` to stop (log: {cfg.base_dir / 'logs' / 'watch.log'})", highlight=False)
         return
@@ -159,33 +168,38 @@ def watch_cmd(
     w = cfg.watch
     code = serve_watch(cfg.base_dir, dirs, pipeline_handler(cfg), pattern=w.pattern, poll_interval_s=w.check_interval_s,
                        settle_s=w.settle_s, once=once, use_events=not no_events, jobs=cfg.jobs,
-                       allow_pickle=cfg.allow_pickle, log_max_bytes=w.log_max_bytes, log_backups=w.log_backups)
+                       allow_pickle=cfg.allow_pickle, log_max_bytes=w.log_max_bytes, log_backups=w.log_backups,
+                       settings=settings)
     raise typer.Exit(code)
 
 
-def _passthrough(argv: list[str]) -> list[str]:
-    """The options of this `watch` command line (not its positional directories), paths made absolute
-    so the detached child, whatever its working directory, reads the same files."""
-    out: list[str] = []
-    with_value = {"--pattern", "-p", "--interval", "--settle", "--baseline", "-b", "--config", "-c", "--quant", "-q",
-                  "--tasks", "-t", "--limit", "--home", "--jobs", "-j", "--n-gpu-layers", "-ngl"}
-    paths = {"--config", "-c", "--home"}
-    args = argv[1:] if argv and argv[0] == "watch" else argv
-    i = 0
-    while i < len(args):
-        a = args[i]
-        name, eq, value = a.partition("=")
-        if name in with_value:
-            if not eq:
-                i += 1
-                value = args[i] if i < len(args) else ""
-            if name in paths:
-                value = str(Path(value).expanduser().resolve())
-            out += [name, value]
-        elif a.startswith("-"):
-            out.append(a)
-        i += 1
-    return out
+WATCH_SETTINGS_FILE = "watch.settings.json"
+
+
+def _absolute(cfg):
+    """The same settings with every path absolute: the watcher may run from another directory."""
+    updates = {"home": cfg.base_dir.expanduser().resolve(),
+               "data_dir": cfg.data_dir.resolve() if cfg.data_dir else None,
+               "task_paths": [p.resolve() for p in cfg.task_paths]}
+    if cfg.baseline and not cfg.baseline.startswith("ollama:") and Path(cfg.baseline).expanduser().exists():
+        updates["baseline"] = str(Path(cfg.baseline).expanduser().resolve())
+    return cfg.model_copy(update=updates)
+
+
+def _watch_settings(cfg, dirs: list[Path], no_events: bool) -> dict:
+    """What a watcher runs with, as JSON: handed to a detached watcher, shown by `posttrain status`."""
+    return {"config": cfg.model_dump(mode="json"), "dirs": [str(d) for d in dirs], "events": not no_events}
+
+
+def _read_watch_settings(path: Path):
+    from posttrain.pipeline import Config
+
+    doc = read_json_file(path)
+    if doc is None or not isinstance(doc.get("config"), dict):
+        raise PosttrainError(f"{path} holds no watcher settings", remedy="start the watcher again")
+    # Validated again (types, ranges), but from these values alone: no file, variable or flag is read.
+    cfg = Config.model_validate(doc["config"])
+    return cfg, [Path(d) for d in doc.get("dirs") or []], not doc.get("events", True)
 
 
 @app.command("status")
@@ -225,6 +239,12 @@ def _print_status(doc: dict) -> None:
             console.print(f"  now: {path}: step {cur.get('step') or 'starting'} (run {cur.get('run_id') or '…'})",
                           highlight=False)
         console.print(f"  log: {w.get('log')}", highlight=False)
+        effective = (w.get("settings") or {}).get("config") or {}
+        if effective:
+            shown = {k: effective.get(k) for k in ("quants", "tasks", "data_dir", "limit", "per_subject", "baseline",
+                                                   "jobs", "n_gpu_layers") if effective.get(k) not in (None, [])}
+            console.print("  settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()), highlight=False,
+                          markup=False)
     else:
         console.print(f"[yellow]no watcher running[/] for {doc['home']}", highlight=False)
     for run in doc.get("active_runs") or []:

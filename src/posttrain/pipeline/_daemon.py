@@ -261,7 +261,7 @@ def _keep_native_traces(home: Path) -> None:
 def serve_watch(home: Path, roots: list[Path], handler_factory, *, pattern: str, poll_interval_s: float,
                 settle_s: float, once: bool = False, use_events: bool = True, jobs: int = 1,
                 allow_pickle: bool = False, log_max_bytes: int = 10_000_000, log_backups: int = 5,
-                stop_event: threading.Event | None = None) -> int:
+                stop_event: threading.Event | None = None, settings: dict[str, Any] | None = None) -> int:
     """The watcher as a service: lock, PID file, log, signals, status file; serve (or scan once).
 
     `handler_factory(watcher, stop_event)` returns the per-checkpoint handler, so the handler can
@@ -288,7 +288,7 @@ def serve_watch(home: Path, roots: list[Path], handler_factory, *, pattern: str,
         def publish(doc: dict[str, Any]) -> None:
             write_json_atomic(status_path, {**doc, "pid": pid, "home": str(home), "log": str(log_path),
                                             "updated_at": utcnow(), "heartbeat": time.time(),
-                                            "mode": "once" if once else "watch"})
+                                            "mode": "once" if once else "watch", "settings": settings})
 
         watcher = Watcher(roots, lambda p, s: handler(p, s), store=store, pattern=pattern,
                           poll_interval_s=poll_interval_s, settle_s=settle_s, use_events=use_events,
