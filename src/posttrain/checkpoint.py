@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger("posttrain.checkpoint")
 
 CONFIG = "config.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -51,6 +54,11 @@ class Verdict:
         if index.is_file():
             files.append(index)
         return sorted(set(files))
+
+    def content_signature(self) -> tuple[tuple[str, int, int], ...]:
+        """Names, sizes and modification times of the content files: equal means unchanged, without
+        reading gigabytes again (what a run checks between its steps, and the watcher between scans)."""
+        return tuple((f.name, st.st_size, st.st_mtime_ns) for f in self.content_files() for st in (f.stat(),))
 
 
 def human_bytes(n: float) -> str:
@@ -216,6 +224,8 @@ def checkpoint_sha256(verdict: Verdict) -> str:
     """A content hash of the files that define the model (names and bytes), for content-addressing."""
     if not verdict.complete:
         raise ValueError(f"cannot hash an incomplete checkpoint: {verdict.reason}")
+    # Said because it reads every byte (minutes for a large model): a run should do it once.
+    log.info("hashing %s (%s)", verdict.path, human_bytes(verdict.total_bytes))
     h = hashlib.sha256()
     for f in verdict.content_files():
         h.update(f.name.encode() + b"\0")

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from posttrain.contracts import ItemResult
+
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 
@@ -227,6 +229,26 @@ class Store:
 
     def applied_migrations(self) -> list[str]:
         return [r[0] for r in self.query("SELECT name FROM _migrations ORDER BY rowid")]
+
+    # -- per-item results (evaluate writes them; compare and the report read them through here) ------
+    def items(self, eval_ids: list[int]) -> list[ItemResult]:
+        """The per-item results of these evaluations, in a stable order. Items without a value
+        (a metric lm-eval could not compute) are left out: nothing can be paired on them."""
+        marks = ",".join("?" * len(eval_ids))
+        rows = self.query(f"SELECT task, task_group, doc_id, doc_hash, filter, metric, value, cluster, question, "
+                          f"target, response FROM items WHERE eval_id IN ({marks}) ORDER BY task, doc_id, filter, "
+                          f"metric", tuple(eval_ids))
+        return [ItemResult(task=r["task"], group=r["task_group"], doc_id=int(r["doc_id"]),
+                           doc_hash=r["doc_hash"] or f"doc_id:{r['doc_id']}", filter=r["filter"] or "none",
+                           metric=r["metric"], value=float(r["value"]), cluster=r["cluster"],
+                           question=r["question"], target=r["target"], response=r["response"])
+                for r in rows if r["value"] is not None]
+
+    def eval_models(self, eval_ids: list[int]) -> dict[int, str]:
+        """eval id → the model id it evaluated, for the ids that exist."""
+        marks = ",".join("?" * len(eval_ids))
+        return {r["id"]: r["model_id"] for r in self.query(f"SELECT id, model_id FROM evals WHERE id IN ({marks})",
+                                                            tuple(eval_ids))}
 
 
 def dumps(obj: object) -> str:

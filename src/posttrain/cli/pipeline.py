@@ -16,6 +16,7 @@ from posttrain._files import read_json_file, write_json_atomic
 from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console, err_console
 from posttrain.cli._options import n_gpu_layers_option
+from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again" — an interrupted run resumes when rerun
@@ -63,7 +64,7 @@ def _print_result(result) -> None:
         table.add_row(s.name, status, f"{s.wall_s:.1f} s" if s.wall_s is not None else "",
                       human_bytes(s.peak_rss_bytes) if s.peak_rss_bytes else "", s.error or "")
     console.print(table)
-    report = result.run_dir / "report.html"
+    report = RunLayout(result.run_dir).report_html
     if report.exists():
         console.print(f"report: {report}", highlight=False)
 

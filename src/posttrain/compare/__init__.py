@@ -11,6 +11,7 @@ from posttrain.compare._power import items_needed, min_detectable_effect
 from posttrain.compare._render import render_table
 from posttrain.compare._sources import (
     check_same_settings,
+    items_for_evals,
     load_items,
     load_lm_eval_folder,
     parse_clusters,
@@ -23,6 +24,7 @@ __all__ = [
     "ItemResult",
     "compare_family",
     "compare_items",
+    "items_for_evals",
     "items_needed",
     "load_items",
     "load_lm_eval_folder",

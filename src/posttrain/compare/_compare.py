@@ -13,9 +13,10 @@ from statsmodels.stats.multitest import multipletests
 
 from posttrain.compare._items import ItemResult
 from posttrain.compare._stats import finite, paired_comparison
+from posttrain.contracts import COMPARE_SCHEMA
 from posttrain.errors import PosttrainError
 
-SCHEMA = "posttrain.compare/1"
+SCHEMA = COMPARE_SCHEMA
 VERDICTS = ("better", "worse", "no significant difference")
 DISAGREEMENTS_PER_TASK = 50
 # A leaf task pairs only when at least this share of the larger side's items find a partner; below

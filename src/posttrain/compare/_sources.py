@@ -198,28 +198,14 @@ def load_lm_eval_folder(root: Path, clusters: dict[str, str] | None = None) -> t
 # ---------------------------------------------------------------- store
 
 
-def _items_from_rows(rows) -> list[ItemResult]:
-    return [ItemResult(task=r["task"], group=r["task_group"], doc_id=int(r["doc_id"]),
-                       doc_hash=r["doc_hash"] or f"doc_id:{r['doc_id']}", filter=r["filter"] or "none",
-                       metric=r["metric"], value=float(r["value"]), cluster=r["cluster"],
-                       question=r["question"], target=r["target"], response=r["response"])
-            for r in rows if r["value"] is not None]
-
-
-_ITEM_COLUMNS = "task, task_group, doc_id, doc_hash, filter, metric, value, cluster, question, target, response"
-
-
-def _load_evals(store: Store, eval_ids: list[int]) -> tuple[str, list[ItemResult]]:
-    marks = ",".join("?" * len(eval_ids))
-    evals = store.query(f"SELECT id, model_id FROM evals WHERE id IN ({marks})", tuple(eval_ids))
-    missing = set(eval_ids) - {r["id"] for r in evals}
+def items_for_evals(store: Store, eval_ids: list[int]) -> tuple[str, list[ItemResult]]:
+    """(label, items) of stored evaluations: what the pipeline's compare step hands on, by id."""
+    models = store.eval_models(eval_ids)
+    missing = set(eval_ids) - set(models)
     if missing:
         raise PosttrainError(f"no evaluation with id {', '.join(map(str, sorted(missing)))} in {store.path}",
                              remedy="list evaluations with `posttrain status`, or check --home")
-    rows = store.query(f"SELECT {_ITEM_COLUMNS} FROM items WHERE eval_id IN ({marks}) "
-                       "ORDER BY task, doc_id, filter, metric", tuple(eval_ids))
-    models = sorted({r["model_id"] for r in evals})
-    return " + ".join(models), _items_from_rows(rows)
+    return " + ".join(sorted(set(models.values()))), store.items(eval_ids)
 
 
 def _load_run(store: Store, run_id: str, label: str) -> tuple[str, list[ItemResult]]:
@@ -231,7 +217,7 @@ def _load_run(store: Store, run_id: str, label: str) -> tuple[str, list[ItemResu
         hint = ", ".join(f"{r['label']} ({r['role']})" for r in known) or "none"
         raise PosttrainError(f"run {run_id} has no evaluations labelled {label!r} (it has: {hint})",
                              remedy="use run:RUN_ID:LABEL with one of the labels listed")
-    _, items = _load_evals(store, sorted({r["eval_id"] for r in links}))
+    _, items = items_for_evals(store, sorted({r["eval_id"] for r in links}))
     return label, items
 
 
@@ -255,7 +241,7 @@ def load_items(source: str | Path, *, store: Store | None = None,
                 ids = []
             if not ids:
                 raise PosttrainError(f"bad evaluation reference {text!r}", remedy="write eval:ID or eval:ID,ID")
-            label, items = _load_evals(store, ids)
+            label, items = items_for_evals(store, ids)
         else:
             run_id, _, label = rest.partition(":")
             if not run_id or not label:

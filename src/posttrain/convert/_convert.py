@@ -17,8 +17,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from posttrain import contracts
 from posttrain._files import sha256_file, write_json_atomic
-from posttrain.checkpoint import checkpoint_sha256, human_bytes, inspect_checkpoint
+from posttrain.checkpoint import checkpoint_sha256 as hash_checkpoint
+from posttrain.checkpoint import human_bytes, inspect_checkpoint
 from posttrain.convert import _verify
 from posttrain.convert._gguf_info import read_header
 from posttrain.convert._quant_types import (
@@ -32,7 +34,7 @@ from posttrain.store import utcnow
 from posttrain.toolchain import ConverterTree, converter_env, find_converter
 
 MANIFEST = "manifest.json"
-MANIFEST_SCHEMA = "posttrain.convert/1"
+MANIFEST_SCHEMA = contracts.MANIFEST_SCHEMA
 _SHIM = Path(__file__).with_name("_converter_shim.py")
 # Bytes per parameter of each output, for the disk-space check (k-quants and IQ types ≤ 0.75).
 _BYTES_PER_PARAM = {"F32": 4.0, "F16": 2.0, "BF16": 2.0, "Q8_0": 1.07}
@@ -236,6 +238,7 @@ def convert_checkpoint(
     settle_seconds: float = 0.0,
     progress: Progress | None = None,
     n_gpu_layers: int | None = None,
+    checkpoint_sha256: str | None = None,
 ) -> ConvertResult:
     """Convert `checkpoint` into GGUF variants under `out_dir`; skip variants already made and verified.
 
@@ -243,6 +246,8 @@ def convert_checkpoint(
     BF16 come from llama.cpp's converter, every other type from its quantizer. Each file is written
     under a temporary name and renamed only once its header reads back and it loads in llama.cpp.
     `n_gpu_layers`: layers llama.cpp offloads while checking the variants (default: all on a GPU build).
+    `checkpoint_sha256`: the checkpoint's content hash when the caller has it (the pipeline), so the
+    weights are not read again just to hash them.
     """
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir)
@@ -264,8 +269,9 @@ def convert_checkpoint(
         # Under the lock no other conversion writes here: leftovers are from a killed run.
         for stale in out_dir.glob(".*.partial"):
             stale.unlink(missing_ok=True)
-        say("checkpoint", "hashing")
-        ckpt_sha = checkpoint_sha256(verdict)
+        if checkpoint_sha256 is None:
+            say("checkpoint", "hashing")
+        ckpt_sha = checkpoint_sha256 or hash_checkpoint(verdict)
         manifest = _load_manifest(out_dir)
         options = {"pre_tokenizer": pre_tokenizer,
                    "imatrix_sha256": sha256_file(imatrix_path) if imatrix_path else None}

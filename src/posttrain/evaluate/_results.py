@@ -13,6 +13,7 @@ import math
 import sqlite3
 from dataclasses import dataclass, field
 
+from posttrain.contracts import ItemResult
 from posttrain.store import Store, dumps, utcnow
 
 # Bump when what posttrain stores for the same lm-eval output changes.
@@ -149,16 +150,6 @@ def metrics_from_json(data: list[dict]) -> list[MetricValue]:
     return [MetricValue(**m) for m in data]
 
 
-def items_for_eval(store: Store, eval_id: int) -> list:
-    """The per-item results of one evaluation, as `posttrain.compare.ItemResult` records."""
-    try:
-        from posttrain.compare import ItemResult
-    except ImportError:  # the compare package re-exports it; its module is the source
-        from posttrain.compare._items import ItemResult
-
-    rows = store.query(
-        "SELECT task, task_group, doc_id, doc_hash, filter, metric, value, cluster, question, target, response "
-        "FROM items WHERE eval_id = ? ORDER BY task, doc_id, filter, metric", (eval_id,))
-    return [ItemResult(task=r["task"], group=r["task_group"], doc_id=r["doc_id"], doc_hash=r["doc_hash"],
-                       filter=r["filter"], metric=r["metric"], value=r["value"], cluster=r["cluster"],
-                       question=r["question"], target=r["target"], response=r["response"]) for r in rows]
+def items_for_eval(store: Store, eval_id: int) -> list[ItemResult]:
+    """The per-item results of one evaluation (the store's one reader of them)."""
+    return store.items([eval_id])

@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from posttrain._files import read_json_file
+from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 
 CHILD_MODULE = "posttrain.pipeline._step_child"
@@ -106,17 +107,14 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def log_path_for(run_dir: Path, step: str) -> Path:
-    return run_dir / "logs" / f"{step}.log"
-
-
 def run_in_child(job: StepJob, run_dir: Path) -> ChildOutcome:
     """Run one attempt of `job.step` in a fresh Python process and wait for it (however long the step
     takes: the child's liveness, not a timeout, bounds the wait). Raises NativeCrash when the child
     dies from a signal, PosttrainError when it exits without a result."""
-    work = run_dir / ".steps"
+    layout = RunLayout(run_dir)
+    work = layout.step_jobs
     work.mkdir(parents=True, exist_ok=True)
-    log_path = log_path_for(run_dir, job.step)
+    log_path = layout.step_log(job.step)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     job_path, result_path = work / f"{job.step}.job.pkl", work / f"{job.step}.result.json"
     result_path.unlink(missing_ok=True)

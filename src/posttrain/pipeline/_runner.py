@@ -31,6 +31,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError, TransientError
 from posttrain.pipeline._isolation import ChildOutcome, NativeCrash, StepJob, run_in_child
 from posttrain.store import Store, dumps, utcnow
@@ -87,6 +88,8 @@ class RunSpec:
     model_name: str | None = None
     baseline: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # [name, size, mtime_ns] of each content file when the run was planned: "unchanged since" checks.
+    checkpoint_signature: list[list[Any]] | None = None
 
 
 @dataclass
@@ -110,6 +113,12 @@ class RunContext:
     @property
     def config(self) -> dict[str, Any]:
         return self.spec.config
+
+    @property
+    def outcome(self) -> str:
+        """The status this run is heading for, from the steps so far. Only the runner writes the run's
+        status to the store, when it closes the run; steps that speak of it (report, notify) use this."""
+        return FAILED if any(status == FAILED for status, _ in self.step_status.values()) else "succeeded"
 
 
 @dataclass
@@ -149,7 +158,7 @@ class _RunLock:
 
     def __init__(self, run_dir: Path, run_id: str):
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / ".lock"
+        self.path = RunLayout(run_dir).lock
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -169,7 +178,7 @@ class _RunLock:
     def held(run_dir: Path) -> bool:
         """Whether a live process drives the run in `run_dir` now. The lock, not a recorded PID, says so:
         the kernel drops it when its holder dies, and a recycled PID holds no lock."""
-        path = run_dir / ".lock"
+        path = RunLayout(run_dir).lock
         if not path.exists():
             return False
         fd = os.open(path, os.O_RDONLY)

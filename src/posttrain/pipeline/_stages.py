@@ -21,6 +21,7 @@ from typing import Any
 
 from posttrain._files import sha256_file, write_json_atomic
 from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
+from posttrain.contracts import RunLayout
 from posttrain.errors import CheckpointIncomplete, PosttrainError
 from posttrain.pipeline._config import Config
 from posttrain.pipeline._runner import (
@@ -46,9 +47,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:60] or "model"
 
 
-def plan_run(checkpoint: str | Path, config: Config) -> RunSpec:
+def plan_run(checkpoint: str | Path, config: Config, *, known_sha256: str | None = None) -> RunSpec:
     """Check the checkpoint and name its run: the id comes from the checkpoint's content hash and the
-    settings that change results, so the same command on the same checkpoint resumes the same run."""
+    settings that change results, so the same command on the same checkpoint resumes the same run.
+
+    This is the one place a run reads the checkpoint's bytes (none when the watcher already hashed
+    it: `known_sha256`); later steps check the files' names, sizes and times against that moment."""
     from posttrain.convert import default_model_name
 
     checkpoint = Path(checkpoint).expanduser().resolve()
@@ -56,12 +60,14 @@ def plan_run(checkpoint: str | Path, config: Config) -> RunSpec:
     if not verdict.complete:
         raise CheckpointIncomplete(f"{checkpoint} is not a complete checkpoint: {verdict.reason}",
                                    remedy="wait for training to finish, or `posttrain check` it")
-    sha = checkpoint_sha256(verdict)
+    signature = verdict.content_signature()
+    sha = known_sha256 or checkpoint_sha256(verdict)
     model_name = default_model_name(checkpoint)
     run_id = f"{_slug(model_name)}-{sha[:10]}-{config.fingerprint_sha256()[:8]}"
     settings = {**config.fingerprint(), "checkpoint": str(checkpoint), "ollama_url": config.ollama.url}
     return RunSpec(run_id=run_id, checkpoint=str(checkpoint), run_dir=config.run_dir(run_id), checkpoint_sha256=sha,
-                   model_name=model_name, baseline=config.baseline, config=settings)
+                   model_name=model_name, baseline=config.baseline, config=settings,
+                   checkpoint_signature=[list(entry) for entry in signature])
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -107,14 +113,16 @@ class Stages:
             Step("notify", self.notify, depends_on=("report",), always=True),
         ]
 
-    # detect: the checkpoint must still be the one the run is named after.
+    # detect: the checkpoint must still be the one the run is named after (same files, sizes and times
+    # as when the run was planned and hashed: no second read of the weights).
     def detect(self, ctx: RunContext) -> Outputs:
         spec = ctx.spec
         verdict = inspect_checkpoint(spec.checkpoint, settle_seconds=0, allow_pickle=self.config.allow_pickle)
         if not verdict.complete:
             raise CheckpointIncomplete(f"{spec.checkpoint} is no longer a complete checkpoint: {verdict.reason}")
-        sha = checkpoint_sha256(verdict)
-        if spec.checkpoint_sha256 and sha != spec.checkpoint_sha256:
+        sha = spec.checkpoint_sha256 or checkpoint_sha256(verdict)
+        if spec.checkpoint_signature is not None and \
+                [list(entry) for entry in verdict.content_signature()] != spec.checkpoint_signature:
             raise PosttrainError(f"{spec.checkpoint} changed since run {spec.run_id} began",
                                  remedy="run the command again: the new content gets its own run")
         return {"checkpoint": spec.checkpoint, "sha256": sha, "architecture": verdict.architecture,
@@ -127,7 +135,8 @@ class Stages:
         name = ctx.spec.model_name or "model"
         result = convert_checkpoint(ctx.spec.checkpoint, self.config.gguf_dir(name), self.config.quants,
                                     model_name=name, allow_pickle=self.config.allow_pickle,
-                                    n_gpu_layers=self.config.n_gpu_layers)
+                                    n_gpu_layers=self.config.n_gpu_layers,
+                                    checkpoint_sha256=ctx.outputs["detect"]["sha256"])
         variants = [{"quant": v.quant, "path": str(v.path), "sha256": v.sha256, "size_bytes": v.size_bytes}
                     for v in result.variants]
         manifest = json.loads(Path(result.manifest_path).read_text())
@@ -188,7 +197,7 @@ class Stages:
         if c.n_gpu_layers is not None:
             extra["n_gpu_layers"] = c.n_gpu_layers
         results = evaluate(model, c.tasks, data_dir=c.data_dir, limit=c.limit, per_subject=c.per_subject,
-                           seed=c.seed, store=ctx.store, out_dir=ctx.run_dir / "evals" / _slug(label),
+                           seed=c.seed, store=ctx.store, out_dir=RunLayout(ctx.run_dir).evals(_slug(label)),
                            ollama_url=c.ollama.url, label=label, **extra)
         return [r.eval_id for r in results]
 
@@ -209,10 +218,10 @@ class Stages:
         return {"evals": {BASELINE_LABEL: ids}, "sources": {BASELINE_LABEL: ctx.outputs["baseline"]["source"]}}
 
     def compare(self, ctx: RunContext) -> Outputs:
-        from posttrain.compare import compare_family, load_items
+        from posttrain.compare import compare_family, items_for_evals
 
         def items(ids: list[int]):
-            return load_items("eval:" + ",".join(map(str, ids)), store=ctx.store)[1]
+            return items_for_evals(ctx.store, ids)[1]
 
         base_ids = ctx.outputs["evaluate_baseline"]["evals"][BASELINE_LABEL]
         base_items = items(base_ids)
@@ -220,7 +229,7 @@ class Stages:
         pairs = [(label, items(ids), BASELINE_LABEL, base_items) for label, ids in sorted(candidates.items())]
         sources = {**ctx.outputs["evaluate"]["sources"], **ctx.outputs["evaluate_baseline"]["sources"]}
         doc = compare_family(pairs, seed=self.config.seed, sources=sources)
-        path = ctx.run_dir / "compare.json"
+        path = RunLayout(ctx.run_dir).compare_json
         digest = write_json_atomic(path, doc)
         return {"path": str(path), "sha256": digest}
 
@@ -234,25 +243,22 @@ class Stages:
 
         if not ctx.outputs.get("compare"):
             # A run that failed before compare must not show a stale comparison from an earlier attempt.
-            (ctx.run_dir / "compare.json").unlink(missing_ok=True)
-        # The report is written before the run ends; give it the outcome the run is heading for, which
-        # the runner confirms when it closes the run (notify, the only later step, never fails it).
-        outcome = "failed" if any(s == "failed" for s, _ in ctx.step_status.values()) else "succeeded"
-        with ctx.store.connect() as db:
-            db.execute("UPDATE runs SET status=? WHERE id=?", (outcome, ctx.run_id))
-        paths = report_from_store(ctx.store, ctx.run_id, ctx.run_dir)
+            RunLayout(ctx.run_dir).compare_json.unlink(missing_ok=True)
+        # Written before the run ends: it shows the outcome the run is heading for, which the runner
+        # records when it closes the run (notify, the only later step, never fails it).
+        paths = report_from_store(ctx.store, ctx.run_id, ctx.run_dir, outcome=ctx.outcome)
         return {k: str(v) for k, v in paths.items()}
 
     def notify(self, ctx: RunContext) -> Outputs:
         from posttrain.notify import NotifySummary, notify
 
         run = dict(ctx.store.query("SELECT * FROM runs WHERE id=?", (ctx.run_id,))[0])
-        compare_path = ctx.run_dir / "compare.json"
+        compare_path = RunLayout(ctx.run_dir).compare_json
         compare = json.loads(compare_path.read_text()) if ctx.outputs.get("compare") else None
         failures = [{"step": name, "error": err} for name, (status, err) in ctx.step_status.items()
                     if status == "failed"]
         report = (ctx.outputs.get("report") or {}).get("html")
-        run["status"] = "failed" if failures else "succeeded"
+        run["status"] = ctx.outcome
         summary = NotifySummary.from_run(run, compare, failures, report)
         outcomes = notify(summary, urls=self.config.notify.urls, voice=self.config.notify.voice)
         return {"outcomes": [{k: o.get(k) for k in ("channel", "target", "ok", "skipped", "detail")}
@@ -271,9 +277,11 @@ def make_runner(config: Config, store: Store, *, stop_event: threading.Event | N
 
 def run_pipeline(checkpoint: str | Path, config: Config, *, store: Store | None = None,
                  stop_event: threading.Event | None = None,
-                 on_event: Callable[[str, str, str], None] | None = None) -> RunResult:
-    """Run (or resume) the whole pipeline for one checkpoint."""
-    spec = plan_run(checkpoint, config)
+                 on_event: Callable[[str, str, str], None] | None = None,
+                 known_sha256: str | None = None) -> RunResult:
+    """Run (or resume) the whole pipeline for one checkpoint (`known_sha256`: its content hash, when
+    the caller computed it already)."""
+    spec = plan_run(checkpoint, config, known_sha256=known_sha256)
     store = store or Store(config.store_path)
     log.info("run %s: %s → %s", spec.run_id, spec.checkpoint, spec.run_dir)
     return make_runner(config, store, stop_event=stop_event, on_event=on_event).run(spec)
@@ -310,7 +318,8 @@ def pipeline_handler(config: Config, store: Store | None = None):
                 if event == "running":
                     watcher.note_stage(path, run_id, step)
 
-            result = run_pipeline(path, config, store=store or watcher.store, stop_event=stop, on_event=on_event)
+            result = run_pipeline(path, config, store=store or watcher.store, stop_event=stop, on_event=on_event,
+                                  known_sha256=sha)
             failed = result.failures()
             return {"status": result.status, "run_id": result.run_id,
                     "error": "; ".join(f"{f.name}: {f.error}" for f in failed) or None}

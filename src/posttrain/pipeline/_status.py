@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain import paths
+from posttrain.contracts import RunLayout
 from posttrain.pipeline._daemon import STATUS_FILE, read_json, read_pid_file
 from posttrain.pipeline._runner import run_is_live
 
@@ -15,7 +16,7 @@ def _verdicts(run_dir: str | None) -> list[str]:
     if not run_dir:
         return []
     try:
-        doc = json.loads((Path(run_dir) / "compare.json").read_text())
+        doc = json.loads(RunLayout(Path(run_dir)).compare_json.read_text())
     except (OSError, json.JSONDecodeError):
         return []
     return [c["sentence"] for c in doc.get("comparisons") or [] if c.get("sentence")]

@@ -167,8 +167,7 @@ class Watcher:
                 (sha, str(path), run_id, status, now, now))
 
     def _sha(self, verdict: Verdict) -> str:
-        files = verdict.content_files()
-        key = (verdict.path, tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+        key = (verdict.path, verdict.content_signature())
         if key not in self._hashes:
             self._hashes[key] = checkpoint_sha256(verdict)
         return self._hashes[key]

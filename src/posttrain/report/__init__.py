@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from posttrain.contracts import RunLayout
 from posttrain.report._index import index_rows, write_index
 from posttrain.report._model import (
     COMPARE_SCHEMA,
@@ -52,18 +53,23 @@ def write_report(out_dir: Path, *, compare: dict[str, Any], run: dict[str, Any],
     view = build_view(data)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"html": out_dir / "report.html", "md": out_dir / "report.md", "json": out_dir / "report.json"}
+    layout = RunLayout(out_dir)
+    paths = {"html": layout.report_html, "md": layout.report_md, "json": layout.report_json}
     write_atomically({paths["html"]: render_html(view), paths["md"]: render_markdown(view),
                       paths["json"]: render_json(data, view)})
     return paths
 
 
-def report_from_store(store: Store, run_id: str, out_dir: Path | None = None) -> dict[str, Path]:
+def report_from_store(store: Store, run_id: str, out_dir: Path | None = None, *,
+                      outcome: str | None = None) -> dict[str, Path]:
     """Gather a run's inputs from the store and `<run_dir>/compare.json`, and write its report
-    (into the run's folder unless `out_dir` is given)."""
+    (into the run's folder unless `out_dir` is given). `outcome`: the run's status when the report is
+    written before the run is closed (the pipeline's report step); the store's otherwise."""
     from posttrain.report._store import gather
 
     inputs, folder = gather(store, run_id)
+    if outcome is not None:
+        inputs["run"] = {**inputs["run"], "status": outcome}
     return write_report(out_dir or folder, **inputs)
 
 

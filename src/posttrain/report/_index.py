@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from posttrain import __version__
+from posttrain.contracts import RunLayout
 from posttrain.report import _store
 from posttrain.report._render import _env, write_atomically
 from posttrain.store import Store
@@ -39,10 +40,10 @@ def index_rows(store: Store, link_base: Path | None = None) -> list[dict[str, An
     for run in store.query("SELECT * FROM runs ORDER BY created_at DESC, id DESC"):
         run = dict(run)
         folder = _store.run_dir(store, run)
-        compare = _store.load_compare(folder / "compare.json") if (folder / "compare.json").exists() else {}
+        compare = _store.load_compare(RunLayout(folder).compare_json)
         variants = _store.load_variants(store, run)
         evals = _store.load_evals(store, run["id"], variants)
-        report = folder / "report.html"
+        report = RunLayout(folder).report_html
         link = None
         if report.exists():
             link = _href(report, link_base) if link_base else str(report)

@@ -14,10 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from posttrain.contracts import COMPARE_SCHEMA, REPORT_SCHEMA  # noqa: F401  (re-exported)
 from posttrain.errors import PosttrainError
 
-REPORT_SCHEMA = "posttrain.report/1"
-COMPARE_SCHEMA = "posttrain.compare/1"
 VERDICTS = ("better", "worse", "no significant difference")
 
 

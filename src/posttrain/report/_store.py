@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain import __version__
+from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 from posttrain.store import Store
 
@@ -195,7 +196,7 @@ def gather(store: Store, run_id: str) -> tuple[dict[str, Any], Path]:
     variants = load_variants(store, run)
     steps = load_steps(store, run_id)
     inputs = {
-        "compare": load_compare(folder / "compare.json"),
+        "compare": load_compare(RunLayout(folder).compare_json),
         "run": {k: run[k] for k in ("id", "checkpoint", "model_name", "baseline", "created_at", "finished_at",
                                     "status")},
         "variants": variants,
