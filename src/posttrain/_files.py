@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 
-def write_text_atomic(path: str | Path, text: str, *, mode: int = 0o644) -> None:
-    path = Path(path)
+def _stage(path: Path, text: str, mode: int) -> str:
+    """`text` in a complete, synced temporary sibling of `path`; its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -25,10 +25,28 @@ def write_text_atomic(path: str | Path, text: str, *, mode: int = 0o644) -> None
             os.fsync(f.fileno())
             if hasattr(os, "fchmod"):  # POSIX: mkstemp makes 0600; outputs are meant to be read by others
                 os.fchmod(f.fileno(), mode)
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
+
+
+def write_text_atomic(path: str | Path, text: str, *, mode: int = 0o644) -> None:
+    write_texts_atomic({Path(path): text}, mode=mode)
+
+
+def write_texts_atomic(files: dict[Path, str], *, mode: int = 0o644) -> None:
+    """Several files that belong together (a report's HTML, Markdown and JSON): every one is written
+    completely before the first is renamed into place, so a crash leaves the old set or the new one."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, text in files.items():
+            staged.append((_stage(Path(path), text, mode), Path(path)))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def write_json_atomic(path: str | Path, doc: Any) -> str:
@@ -36,6 +54,15 @@ def write_json_atomic(path: str | Path, doc: Any) -> str:
     text = json.dumps(doc, indent=2, sort_keys=True, default=str)
     write_text_atomic(path, text)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def human_bytes(n: float) -> str:
+    """A size as people read it, in powers of 1000 (GB as disks and Hugging Face count them)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def sha256_file(path: str | Path) -> str:

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posttrain._files import human_bytes  # noqa: F401  (re-exported: the CLI formats sizes with it)
+
 log = logging.getLogger("posttrain.checkpoint")
 
 CONFIG = "config.json"
@@ -59,14 +61,6 @@ class Verdict:
         """Names, sizes and modification times of the content files: equal means unchanged, without
         reading gigabytes again (what a run checks between its steps, and the watcher between scans)."""
         return tuple((f.name, st.st_size, st.st_mtime_ns) for f in self.content_files() for st in (f.stat(),))
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def safetensors_expected_size(path: Path) -> int:

@@ -22,8 +22,7 @@ def demo_cmd(
     Offline, CPU only, a few minutes. The early checkpoint is the baseline; the report says whether
     (and how significantly) the trained model beats it, for each GGUF variant.
     """
-    from posttrain.demo._run import run_demo
-    from posttrain.demo._train import DEFAULT_STEPS
+    from posttrain.demo import DEFAULT_STEPS, run_demo
 
     result = run_demo(workdir, steps=steps or DEFAULT_STEPS, seed=seed, threads=threads,
                       say=lambda line: console.print(line, highlight=False))

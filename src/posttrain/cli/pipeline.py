@@ -89,8 +89,7 @@ def run_cmd(
     Exit 0 when every run succeeded, 1 when a step failed (the report says which), 75 when
     interrupted (run the same command again to resume).
     """
-    from posttrain.pipeline import install_stop_handlers
-    from posttrain.pipeline._stages import run_many
+    from posttrain.pipeline import install_stop_handlers, run_many
 
     _console_logging(verbose)
     cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers)
@@ -142,8 +141,7 @@ def watch_cmd(
     One watcher per home: a second one refuses and names the running PID. SIGTERM/SIGINT let the
     current step finish, then exit 0. `posttrain status` / `posttrain stop` from any shell.
     """
-    from posttrain.pipeline._daemon import serve_watch, spawn_detached
-    from posttrain.pipeline._stages import pipeline_handler
+    from posttrain.pipeline import pipeline_handler, serve_watch, spawn_detached
 
     if settings_file is not None:
         # The detached child: the settings its parent parsed and validated, nothing parsed again.
@@ -214,7 +212,7 @@ def status_cmd(
 
     Exit 0 when a watcher is running, 3 when none is (like `systemctl status`).
     """
-    from posttrain.pipeline._status import gather_status
+    from posttrain.pipeline import gather_status
 
     cfg = _config(config, home)
     doc = gather_status(cfg.base_dir, last=last)

@@ -19,48 +19,25 @@ Rules (documented in docs/compare.md):
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.proportion import proportion_confint
 
+from posttrain._ci import finite, mean_interval
+from posttrain._ci import t_interval as _t_interval
 from posttrain.compare._power import min_detectable_effect
 
 _BOOT_CELLS = 2_000_000  # resampled values held in memory at once (16 MB of float64)
-
-
-def finite(x: Any) -> float | None:
-    """A plain float, or None for NaN/inf/None: the JSON document never carries NaN."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def is_binary(*arrays: np.ndarray) -> bool:
     return all(a.size > 0 and bool(np.all((a == 0) | (a == 1))) for a in arrays)
 
 
-def _t_interval(mean: float, se: float | None, df: int, alpha: float) -> list[float] | None:
-    if se is None or df < 1:
-        return None
-    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
-    return [finite(mean - half), finite(mean + half)]
-
-
 def summarize_side(x: np.ndarray, binary: bool, alpha: float) -> dict:
-    """Mean, CLT standard error and a (1−α) interval for one model's per-item scores."""
-    n = int(x.size)
-    if n == 0:
-        return {"mean": None, "se": None, "ci": None, "ci_method": None}
-    mean = float(x.mean())
-    se = finite(x.std(ddof=1) / math.sqrt(n)) if n > 1 else None
-    if binary:
-        lo, hi = proportion_confint(int(round(x.sum())), n, alpha=alpha, method="wilson")
-        return {"mean": mean, "se": se, "ci": [finite(lo), finite(hi)], "ci_method": "wilson"}
-    return {"mean": mean, "se": se, "ci": _t_interval(mean, se, n - 1, alpha), "ci_method": "t"}
+    """Mean, CLT standard error and a (1−α) interval for one model's per-item scores (posttrain._ci)."""
+    return mean_interval([float(v) for v in x], alpha)
 
 
 # Fewest clusters for which the clustered SE drives the interval and the verdict (Cameron & Miller

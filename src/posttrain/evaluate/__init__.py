@@ -10,12 +10,10 @@ from posttrain.evaluate._backends import ModelRef, OllamaLM, resolve_model
 from posttrain.evaluate._results import EvalResult, MetricValue, items_for_eval
 from posttrain.evaluate._runner import DEFAULT_TASKS, evaluate
 from posttrain.evaluate._selection import Selection, select
-from posttrain.evaluate._think import DEFAULT_THINK_PATTERNS, strip_think
+from posttrain._thinking import DEFAULT_THINK_PATTERNS, strip_think
 
-try:  # the in-process llama.cpp backend registers itself with lm-eval on import
-    from posttrain.evaluate import _llamacpp_lm  # noqa: F401
-except ImportError as _e:  # noqa: F841 - absent in a partial checkout; GGUF evaluation then says so
-    pass
+# The in-process llama.cpp backend registers itself with lm-eval on import.
+from posttrain.evaluate import _llamacpp_lm  # noqa: E402,F401
 
 __all__ = [
     "DEFAULT_TASKS",

@@ -107,31 +107,11 @@ def _completions_url(url: str) -> str:
 
 
 def resolve_ollama_blob(name: str, url: str) -> Path | None:
-    """The GGUF blob behind an Ollama model (the modelfile's FROM path), or None when not readable here."""
-    try:
-        from posttrain.serve import (
-            resolve_ollama_gguf,  # the serve stage's resolver, once it exists
-        )
-    except ImportError:
-        resolve_ollama_gguf = None
-    if resolve_ollama_gguf is not None:
-        found = resolve_ollama_gguf(name, url)
-        return Path(found) if found else None
-    import ollama
+    """The GGUF blob behind an Ollama model (the modelfile's FROM path), or None when not readable here
+    (the serve stage's resolver: one reading of Ollama's answer)."""
+    from posttrain.serve import resolve_ollama_gguf
 
-    try:
-        shown = ollama.Client(host=url).show(name)
-    except ollama.ResponseError as e:
-        raise PosttrainError(f"Ollama at {url} has no model {name!r}: {e.error}",
-                             remedy="check the name with `ollama list`") from None
-    except Exception as e:  # noqa: BLE001 - connection problems come in many types
-        raise TransientError(f"cannot reach Ollama at {url}: {e}") from None
-    for line in (shown.modelfile or "").splitlines():
-        if line.startswith("FROM "):
-            path = Path(line.removeprefix("FROM ").strip())
-            if path.is_file() and os.access(path, os.R_OK):
-                return path
-    return None
+    return resolve_ollama_gguf(name, url)
 
 
 def _ollama_ref(name: str, url: str) -> ModelRef:

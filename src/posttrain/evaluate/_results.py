@@ -13,6 +13,7 @@ import math
 import sqlite3
 from dataclasses import dataclass, field
 
+from posttrain._ci import mean_interval
 from posttrain.contracts import ItemResult
 from posttrain.store import Store, dumps, utcnow
 
@@ -64,21 +65,10 @@ class EvalResult:
         return None
 
 
-def confidence_interval(values: list[float], z: float = 1.959963984540054) -> tuple[float | None, float | None]:
-    """95% CI of a mean: Wilson for 0/1 scores (sane near 0 and 1 and for small n), normal otherwise."""
-    n = len(values)
-    if n == 0:
-        return None, None
-    if all(v in (0.0, 1.0) for v in values):
-        from statsmodels.stats.proportion import proportion_confint
-
-        lo, hi = proportion_confint(int(sum(values)), n, alpha=0.05, method="wilson")
-        return float(lo), float(hi)
-    mean = sum(values) / n
-    if n < 2:
-        return None, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean - z * sd / math.sqrt(n), mean + z * sd / math.sqrt(n)
+def confidence_interval(values: list[float]) -> tuple[float | None, float | None]:
+    """95% CI of a mean score: the one method posttrain uses everywhere (posttrain._ci)."""
+    ci = mean_interval(values)["ci"]
+    return (ci[0], ci[1]) if ci else (None, None)
 
 
 ITEM_COLUMNS = ("task", "task_group", "doc_id", "doc_hash", "filter", "metric", "value", "choice_ll_json",

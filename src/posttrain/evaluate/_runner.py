@@ -30,7 +30,8 @@ from posttrain.evaluate._tasks import (
     offline_family,
     write_offline_tasks,
 )
-from posttrain.evaluate._think import DEFAULT_THINK_PATTERNS, MeasuredLM, request_key
+from posttrain._thinking import DEFAULT_THINK_PATTERNS
+from posttrain.evaluate._measured_lm import MeasuredLM, request_key
 from posttrain.store import Store, dumps
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,6 @@ from posttrain.pipeline._runner import (
     step_rows,
 )
 from posttrain.pipeline._stages import (
-    STAGES,
     Stages,
     pipeline_handler,
     plan_run,
@@ -37,7 +36,6 @@ from posttrain.pipeline._status import gather_status
 from posttrain.pipeline._watcher import Watcher, compile_pattern
 
 __all__ = [
-    "STAGES",
     "Config",
     "InstanceLock",
     "RunContext",

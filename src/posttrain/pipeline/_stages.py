@@ -37,8 +37,6 @@ from posttrain.store import Store, dumps, utcnow
 
 log = logging.getLogger("posttrain.pipeline")
 
-STAGES = ("detect", "convert", "register", "baseline", "evaluate", "evaluate_baseline", "compare", "report",
-          "notify")
 BASELINE_LABEL = "baseline"
 
 

@@ -7,13 +7,12 @@ validated here once so the templates and plots can trust their shape. Unknown ke
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from posttrain._thinking import strip_think
 from posttrain.contracts import COMPARE_SCHEMA, REPORT_SCHEMA  # noqa: F401  (re-exported)
 from posttrain.errors import PosttrainError
 
@@ -113,29 +112,12 @@ class ReportInput(BaseModel):
 # Thinking text: evaluate strips it before storing, but a report must never show it even when a
 # producer forgot. We cut it out here and show only its hash.
 
-_THINK_BLOCK = re.compile(r"<(think|thinking|reasoning)>(.*?)</\1>", re.S | re.I)
-_THINK_OPEN = re.compile(r"<(think|thinking|reasoning)>(.*)\Z", re.S | re.I)
-_THINK_CLOSE_ONLY = re.compile(r"\A(.*?)</(think|thinking|reasoning)>", re.S | re.I)
-
-
 def strip_thinking(text: str | None) -> tuple[str | None, str | None]:
-    """(visible text, sha256 of the removed thinking or None). Handles closed blocks, an unclosed
-    opening tag (everything after it is thinking) and a bare closing tag (chat templates that put
-    the opening tag in the prompt)."""
+    """(visible text, sha256 of the removed thinking or None), by evaluate's own rules (posttrain._thinking)."""
     if text is None:
         return None, None
-    removed: list[str] = []
-
-    def cut(m: re.Match[str]) -> str:
-        removed.append(m.group(0))
-        return ""
-
-    visible = _THINK_BLOCK.sub(cut, text)
-    visible = _THINK_OPEN.sub(cut, visible)
-    visible = _THINK_CLOSE_ONLY.sub(cut, visible)
-    if not removed:
-        return text, None
-    return visible.strip(), hashlib.sha256("".join(removed).encode()).hexdigest()
+    visible, digest = strip_think(text)
+    return (visible.strip(), digest) if digest else (text, None)
 
 
 def finite(x: Any) -> float | None:

@@ -119,11 +119,11 @@ def quant_chart(bars: Sequence[QuantBar], tasks: Sequence[str]) -> str | None:
         ax_kld.set_xticks(range(len(quants)), quants)
         ax_kld.set_title("KL divergence vs F16")
 
-        sizes = [(b.size_bytes or 0) / 2**20 for b in bars]
+        sizes = [(b.size_bytes or 0) / 1e6 for b in bars]  # MB, as every size posttrain prints
         rects = ax_size.bar(range(len(quants)), sizes, color="#0969da")
         ax_size.bar_label(rects, labels=[f"{s:.1f}" for s in sizes], fontsize=7)
         ax_size.set_xticks(range(len(quants)), quants)
-        ax_size.set_title("file size (MiB)")
+        ax_size.set_title("file size (MB)")
     return _render(fig, "quant")
 
 

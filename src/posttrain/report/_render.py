@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
-import tempfile
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +14,7 @@ import jinja2
 from markupsafe import Markup
 
 from posttrain import __version__
+from posttrain._files import human_bytes, write_texts_atomic
 from posttrain.report import _plots
 from posttrain.report._model import (
     REPORT_SCHEMA,
@@ -59,14 +58,7 @@ def fmt_ci(ci: Any, digits: int = 4) -> str:
 
 
 def fmt_bytes(n: Any) -> str:
-    if n is None:
-        return "—"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return "—" if n is None else human_bytes(float(n))
 
 
 def fmt_secs(x: Any) -> str:
@@ -258,20 +250,5 @@ def render_json(data: ReportInput, view: dict[str, Any]) -> str:
 
 
 def write_atomically(files: dict[Path, str]) -> None:
-    """Write every file to a temporary sibling first, then rename them all into place."""
-    staged: list[tuple[str, Path]] = []
-    try:
-        for path, text in files.items():
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            staged.append((tmp, path))
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                os.fchmod(fh.fileno(), 0o644)  # mkstemp makes 0600; reports are meant to be read by others
-                fh.flush()
-                os.fsync(fh.fileno())
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    """Every file complete before any is renamed into place (posttrain._files)."""
+    write_texts_atomic(files)

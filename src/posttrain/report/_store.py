@@ -4,7 +4,6 @@ compare document the pipeline saved at `<run_dir>/compare.json`."""
 from __future__ import annotations
 
 import json
-import math
 import platform
 from collections import defaultdict
 from importlib.metadata import PackageNotFoundError, version
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain import __version__
+from posttrain._ci import mean_interval
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 from posttrain.store import Store
@@ -85,20 +85,10 @@ def load_variants(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _interval(values: list[float]) -> tuple[float, tuple[float, float] | None]:
-    """Mean and 95% CI: Wilson for 0/1 scores (as compare uses), Student t otherwise."""
-    from scipy import stats
-    from statsmodels.stats.proportion import proportion_confint
-
-    n = len(values)
-    mean = sum(values) / n
-    if all(v in (0.0, 1.0) for v in values):
-        lo, hi = proportion_confint(int(sum(values)), n, alpha=0.05, method="wilson")
-        return mean, (float(lo), float(hi))
-    if n < 2:
-        return mean, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return mean, (mean - half, mean + half)
+    """Mean and 95% CI, by the one method used everywhere (posttrain._ci)."""
+    summary = mean_interval(values)
+    ci = summary["ci"]
+    return summary["mean"], (ci[0], ci[1]) if ci and None not in ci else None
 
 
 def _from_aggregates(aggregates: Any, task: str) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Reasoning models: strip `<think>…</think>` from generations before lm-eval's filters score them.
+"""`MeasuredLM`: every backend wrapped once, to count the tokens it evaluates and to strip reasoning
+(`<think>…</think>`, posttrain._thinking) from generations before lm-eval's filters score them.
 
 Only a sha256 of what was stripped is kept (so two runs can be told apart, and nothing of the
 reasoning text is stored). The stripping sits in a thin LM wrapper around the real backend, so it
@@ -8,35 +9,11 @@ works the same for every backend (llama.cpp, hf, endpoint, Ollama) and lm-eval's
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from collections.abc import Iterable
 
 from lm_eval.api.model import LM
 
-DEFAULT_THINK_PATTERNS = [
-    r"(?s)<think>.*?</think>",
-    # Chat templates that open <think> in the prompt: the generation starts inside the block.
-    r"(?s)\A.*?</think>",
-    # Ran out of tokens while still thinking: everything after the opening tag is reasoning.
-    r"(?s)<think>.*\Z",
-]
-
-
-def strip_think(text: str, patterns: Iterable[str] | None = None) -> tuple[str, str | None]:
-    """(text without the reasoning parts, sha256 of the removed parts or None when nothing matched)."""
-    removed: list[str] = []
-    for pattern in DEFAULT_THINK_PATTERNS if patterns is None else patterns:
-        def _cut(m: re.Match) -> str:
-            removed.append(m.group(0))
-            return ""
-
-        text = re.sub(pattern, _cut, text)
-    if not removed:
-        return text, None
-    return text.lstrip(), hashlib.sha256("".join(removed).encode("utf-8")).hexdigest()
-
+from posttrain._thinking import DEFAULT_THINK_PATTERNS, strip_think  # noqa: F401  (re-exported)
 
 def request_key(args: tuple) -> str:
     """Identifies one generate_until request (context + generation kwargs) in lm-eval's samples."""
