@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="posttrain",
@@ -14,3 +15,14 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def esc(value: object) -> str:
+    """Text from outside (a path, a name, a message, model output) made safe to put in a rich markup
+    string: printed exactly as it is, so `[/x]` cannot crash and `[bold]` is not read as a style."""
+    return escape(str(value))
+
+
+def print_error(line: str) -> None:
+    """The one-line error format every command uses: `error: <what, where> — <remedy>` on stderr."""
+    err_console.print(f"[bold red]error:[/] {esc(line)}", highlight=False, soft_wrap=True)

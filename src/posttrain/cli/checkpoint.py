@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from posttrain.checkpoint import human_bytes, inspect_checkpoint
-from posttrain.cli._app import app, console
+from posttrain.cli._app import app, console, esc
 
 
 @app.command("check")
@@ -19,10 +19,10 @@ def check(
     """Say whether PATH is a complete Hugging Face checkpoint, and if not, why. Exit 1 when not."""
     verdict = inspect_checkpoint(path, settle_seconds=settle, allow_pickle=allow_pickle)
     if verdict.complete:
-        console.print(f"[green]complete[/]: {verdict.architecture}, {len(verdict.weight_files)} weight file(s), "
+        console.print(f"[green]complete[/]: {esc(verdict.architecture)}, {len(verdict.weight_files)} weight file(s), "
                       f"{human_bytes(verdict.total_bytes)}", highlight=False)
         return
-    console.print(f"[red]incomplete[/]: {verdict.reason}", highlight=False)
+    console.print(f"[red]incomplete[/]: {esc(verdict.reason)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -37,4 +37,4 @@ def make_tiny_cmd(
     from posttrain.tiny import make_tiny
 
     path = make_tiny(out, tokenizer=tokenizer, add_bos=not no_bos, seed=seed)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {esc(path)}", highlight=False, soft_wrap=True)

@@ -9,7 +9,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from posttrain.checkpoint import human_bytes
-from posttrain.cli._app import app, console
+from posttrain.cli._app import app, console, esc
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -40,14 +40,14 @@ def convert(
         result = convert_checkpoint(
             checkpoint, out, quant, model_name=name, pre_tokenizer=pre_tokenizer, imatrix=imatrix,
             llama_cpp_dir=llama_cpp_dir, verify=not no_verify, allow_pickle=allow_pickle,
-            progress=lambda variant, text: bar.update(task, description=text, variant=variant))
-    table = Table(title=f"{result.model_name} ← {checkpoint}", title_justify="left")
+            progress=lambda variant, text: bar.update(task, description=esc(text), variant=esc(variant)))
+    table = Table(title=esc(f"{result.model_name} ← {checkpoint}"), title_justify="left")
     for col in ("variant", "file", "size", "sha256", "s", "KLD", "top-1"):
         table.add_column(col, justify="left" if col in ("variant", "file", "sha256") else "right",
                          overflow="fold")
     notes = []
     for v in result.variants:
-        table.add_row(v.quant, v.path.name, human_bytes(v.size_bytes), v.sha256[:12],
+        table.add_row(esc(v.quant), esc(v.path.name), human_bytes(v.size_bytes), v.sha256[:12],
                       "cached" if v.cached else f"{v.seconds:.1f}", _fmt(v.kld_vs_f16, ".4f"), _fmt(v.top1_vs_f16, ".3f"))
         if v.fallbacks:
             fell = ", ".join(f"{n}×{t.lower()}" for t, n in sorted(v.fallbacks.items()))
@@ -60,5 +60,5 @@ def convert(
     console.print("KLD, top-1: mean KL divergence (nats) and top-1 agreement with F16 on a fixed probe text.",
                   style="dim", highlight=False)
     for note in notes:
-        console.print(note, highlight=False)
-    console.print(f"manifest: {result.manifest_path}", highlight=False)
+        console.print(esc(note), highlight=False)
+    console.print(f"manifest: {esc(result.manifest_path)}", highlight=False, soft_wrap=True)

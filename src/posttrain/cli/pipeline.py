@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from posttrain.checkpoint import human_bytes
-from posttrain.cli._app import app, console, err_console
+from posttrain.cli._app import app, console, esc, print_error
 from posttrain.errors import PosttrainError
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again" — an interrupted run resumes when rerun
@@ -52,17 +52,17 @@ def _console_logging(verbose: bool = False) -> None:
 
 def _print_result(result) -> None:
     colour = {"succeeded": "green", "failed": "red", "interrupted": "yellow"}[result.status]
-    table = Table(title=f"run {result.run_id}: [{colour}]{result.status}[/]", title_justify="left")
+    table = Table(title=f"run {esc(result.run_id)}: [{colour}]{result.status}[/]", title_justify="left")
     for col in ("step", "status", "time", "peak RSS", "note"):
         table.add_column(col, overflow="fold")
     for s in result.steps:
         status = "reused" if s.reused else s.status
-        table.add_row(s.name, status, f"{s.wall_s:.1f} s" if s.wall_s is not None else "",
-                      human_bytes(s.peak_rss_bytes) if s.peak_rss_bytes else "", s.error or "")
+        table.add_row(esc(s.name), esc(status), f"{s.wall_s:.1f} s" if s.wall_s is not None else "",
+                      human_bytes(s.peak_rss_bytes) if s.peak_rss_bytes else "", esc(s.error or ""))
     console.print(table)
     report = result.run_dir / "report.html"
     if report.exists():
-        console.print(f"report: {report}", highlight=False)
+        console.print(f"report: {esc(report)}", highlight=False, soft_wrap=True)
 
 
 @app.command("run")
@@ -97,14 +97,14 @@ def run_cmd(
         if isinstance(result, PosttrainError):
             text = result.one_line()
             where = "" if str(ckpt) in text or str(ckpt.resolve()) in text else f"{ckpt}: "
-            err_console.print(f"[bold red]error:[/] {where}{text}", highlight=False, soft_wrap=True)
+            print_error(f"{where}{text}")
             code = max(code, 1)
             continue
         _print_result(result)
         if result.status == "failed":
             code = max(code, 1)
         elif result.status == "interrupted" and code == 0:
-            console.print(f"interrupted: run the same command again to resume run {result.run_id}")
+            console.print(f"interrupted: run the same command again to resume run {esc(result.run_id)}")
             code = EX_TEMPFAIL
     raise typer.Exit(code)
 
@@ -148,7 +148,7 @@ def watch_cmd(
         argv = ["watch", *map(str, dirs), *_passthrough(argv), "--detached"]
         pid = spawn_detached(argv, cfg.base_dir)
         console.print(f"watcher started in the background: PID {pid}; `posttrain status` to follow, "
-                      f"`posttrain stop` to stop (log: {cfg.base_dir / 'logs' / 'watch.log'})", highlight=False)
+                      f"`posttrain stop` to stop (log: {esc(cfg.base_dir / 'logs' / 'watch.log')})", highlight=False)
         return
     if not detached:
         _console_logging()
@@ -211,20 +211,20 @@ def _print_status(doc: dict) -> None:
     if doc["running"]:
         up = int(w.get("uptime_s") or 0)
         console.print(f"[green]watcher running[/]: PID {w['pid']}, up {up // 3600}h{up % 3600 // 60:02d}m{up % 60:02d}s, "
-                      f"home {doc['home']}", highlight=False)
-        console.print(f"  watching: {', '.join(w.get('roots') or [])}  pattern {w.get('pattern')}  "
+                      f"home {esc(doc['home'])}", highlight=False)
+        console.print(f"  watching: {esc(', '.join(w.get('roots') or []))}  pattern {esc(w.get('pattern'))}  "
                       f"({'file events + ' if w.get('events') else ''}rescan every {w.get('poll_interval_s', 0):g} s)",
                       highlight=False)
-        console.print(f"  queue: {len(w.get('queue') or [])}" + "".join(f"\n    {q}" for q in w.get("queue") or []),
+        console.print(f"  queue: {len(w.get('queue') or [])}" + "".join(f"\n    {esc(q)}" for q in w.get("queue") or []),
                       highlight=False)
         for path, cur in (w.get("current") or {}).items():
-            console.print(f"  now: {path}: step {cur.get('step') or 'starting'} (run {cur.get('run_id') or '…'})",
+            console.print(f"  now: {esc(path)}: step {esc(cur.get('step') or 'starting')} (run {esc(cur.get('run_id') or '…')})",
                           highlight=False)
-        console.print(f"  log: {w.get('log')}", highlight=False)
+        console.print(f"  log: {esc(w.get('log'))}", highlight=False)
     else:
-        console.print(f"[yellow]no watcher running[/] for {doc['home']}", highlight=False)
+        console.print(f"[yellow]no watcher running[/] for {esc(doc['home'])}", highlight=False)
     for run in doc.get("active_runs") or []:
-        console.print(f"  active run {run['id']} (PID {run['owner_pid']}): step {run.get('step') or '?'}",
+        console.print(f"  active run {esc(run['id'])} (PID {run['owner_pid']}): step {esc(run.get('step') or '?')}",
                       highlight=False)
     if doc.get("runs"):
         table = Table(title="recent runs", title_justify="left")
@@ -232,7 +232,7 @@ def _print_status(doc: dict) -> None:
             table.add_column(col, overflow="fold")
         for r in doc["runs"]:
             verdicts = "\n".join(r.get("verdicts") or []) or (r.get("failed") or "")
-            table.add_row(r["id"], r["status"], r.get("finished_at") or "", verdicts)
+            table.add_row(esc(r["id"]), esc(r["status"]), esc(r.get("finished_at") or ""), esc(verdicts))
         console.print(table)
 
 
@@ -269,4 +269,4 @@ def init_cmd(
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(config_template())
     tmp.replace(path)
-    console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {esc(path)}", highlight=False, soft_wrap=True)

@@ -1,0 +1,118 @@
+"""Bad input and faults through the real CLI (a subprocess running `python -m posttrain`): each
+failure is one line on stderr, no traceback, the documented exit code, and nothing left behind.
+One section per category of issue 11."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from posttrain.errors import PosttrainError
+
+
+def posttrain(*args: object, cwd: Path, home: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "POSTTRAIN_HOME": str(home or cwd / "home"), "COLUMNS": "80"}
+    return subprocess.run([sys.executable, "-m", "posttrain", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 1) -> str:
+    """The single `error: …` line the CLI printed; fails unless that is all it printed on stderr."""
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under `root` with its bytes (None for folders): compared before and after a command."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+# ---------------------------------------------------------------- 2. one error boundary
+
+
+def test_corrupt_store_is_one_line_with_path_and_remedy(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "posttrain.db").write_bytes(b"this is not sqlite " * 100)
+    before = tree(tmp_path)
+    line = one_line_error(posttrain("runs", "--home", home, cwd=tmp_path))
+    assert str(home / "posttrain.db") in line and "move it aside" in line
+    assert tree(tmp_path) == before
+
+
+def test_output_path_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    before = tree(tmp_path)
+    line = one_line_error(posttrain("init", tmp_path / "taken" / "posttrain.toml", cwd=tmp_path))
+    assert "taken" in line
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
+def test_read_only_folder_is_one_line(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    line = one_line_error(posttrain("init", ro / "posttrain.toml", cwd=tmp_path))
+    assert "permission denied" in line and str(ro) in line
+
+
+def test_malformed_config_toml_names_the_file(tmp_path):
+    (tmp_path / "posttrain.toml").write_text("[watch\nsettle_s = 1\n")
+    line = one_line_error(posttrain("status", "--config", tmp_path / "posttrain.toml", cwd=tmp_path))
+    assert "posttrain.toml" in line and "line 1" in line
+
+
+def test_unexpected_errors_name_a_log_holding_the_traceback(tmp_path, monkeypatch):
+    from posttrain.cli._errors import failure_line
+
+    monkeypatch.setenv("POSTTRAIN_HOME", str(tmp_path / "home"))
+    try:
+        {}["missing"]
+    except KeyError as e:
+        line, code = failure_line(e)
+    assert code == 1 and "\n" not in line and "this is a bug in posttrain" in line
+    logs = list((tmp_path / "home" / "logs").glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in line
+    assert "Traceback" in logs[0].read_text() and "KeyError: 'missing'" in logs[0].read_text()
+
+
+def test_crash_log_falls_back_to_the_temp_dir_when_home_is_not_writable(tmp_path, monkeypatch):
+    from posttrain.cli._errors import failure_line
+
+    (tmp_path / "home").write_text("a file where the home folder should be")
+    monkeypatch.setenv("POSTTRAIN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    line, _ = failure_line(RuntimeError("boom"))
+    logs = list((tmp_path / "tmp").glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in line
+
+
+# ---------------------------------------------------------------- 3. paths are never read as markup
+
+
+@pytest.mark.parametrize("name", ["[/x]", "[bold red]x[/bold red]", "a[", "x\\"])
+def test_paths_that_look_like_markup_are_printed_as_they_are(tmp_path, name):
+    missing = tmp_path / name / "final_model"
+    proc = posttrain("check", missing, "--settle", "0", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and proc.stderr == ""
+    assert proc.stdout.strip() == f"incomplete: {missing} is not a directory"
+
+
+def test_error_lines_show_markup_in_paths_literally(tmp_path):
+    missing = tmp_path / "[bold red]x[/bold red]" / "m-Q8_0.gguf"
+    line = one_line_error(posttrain("register", missing, "--ollama", "http://127.0.0.1:9", cwd=tmp_path))
+    assert line == f"error: {missing} does not exist — give a GGUF file or the directory convert wrote"
