@@ -37,6 +37,48 @@ def tree(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
+# ---------------------------------------------------------------- 1. user data is never destroyed
+
+
+def test_make_tiny_refuses_a_folder_it_did_not_write(tmp_path):
+    target = tmp_path / "experiments"
+    target.mkdir()
+    (target / "notes.txt").write_text("three weeks of results")
+    before = tree(tmp_path)
+    line = one_line_error(posttrain("make-tiny", target, cwd=tmp_path))
+    assert str(target) in line and "--force" in line and "nothing was changed" in line
+    assert tree(tmp_path) == before  # not even a temporary folder is left
+
+
+def test_make_tiny_refuses_to_replace_a_file(tmp_path):
+    (tmp_path / "model").write_text("mine")
+    before = tree(tmp_path)
+    line = one_line_error(posttrain("make-tiny", tmp_path / "model", cwd=tmp_path))
+    assert "is not a folder" in line
+    assert tree(tmp_path) == before
+
+
+def test_make_tiny_replaces_only_its_own_unchanged_output(tmp_path):
+    from posttrain.tiny import make_tiny
+
+    out = make_tiny(tmp_path / "tiny")
+    make_tiny(out, seed=1)  # its own, unchanged output: replaced without --force
+    (out / "my-notes.txt").write_text("keep me")
+    with pytest.raises(PosttrainError, match="did not write"):
+        make_tiny(out)
+    assert (out / "my-notes.txt").read_text() == "keep me"
+    make_tiny(out, force=True)
+    assert not (out / "my-notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no .partial or .old left beside it
+
+
+def test_unknown_tokenizer_kind_is_a_usage_error(tmp_path):
+    proc = posttrain("make-tiny", tmp_path / "x", "--tokenizer", "wordpiece", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "wordpiece" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
 # ---------------------------------------------------------------- 2. one error boundary
 
 

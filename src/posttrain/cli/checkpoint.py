@@ -26,15 +26,23 @@ def check(
     raise typer.Exit(1)
 
 
+def _tokenizer_kind(value: str) -> str:
+    if value not in ("spm", "bpe"):
+        raise typer.BadParameter(f"{value!r} is not a tokenizer kind: use spm or bpe")
+    return value
+
+
 @app.command("make-tiny")
 def make_tiny_cmd(
-    out: Path = typer.Argument(..., help="Directory to write the checkpoint to."),
-    tokenizer: str = typer.Option("spm", help="spm (SentencePiece) or bpe (byte-level BPE)."),
+    out: Path = typer.Argument(..., help="Directory to write the checkpoint to (missing, empty, or an earlier "
+                                         "make-tiny output)."),
+    tokenizer: str = typer.Option("spm", callback=_tokenizer_kind, help="spm (SentencePiece) or bpe (byte-level BPE)."),
     no_bos: bool = typer.Option(False, "--no-bos", help="A model that does not start with BOS (like SmolLM2)."),
     seed: int = typer.Option(0, help="Seed for weights and tokenizer data."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT even when it holds files make-tiny did not write."),
 ) -> None:
     """Write a tiny random Llama checkpoint (seconds, no download), for trying posttrain out."""
     from posttrain.tiny import make_tiny
 
-    path = make_tiny(out, tokenizer=tokenizer, add_bos=not no_bos, seed=seed)
+    path = make_tiny(out, tokenizer=tokenizer, add_bos=not no_bos, seed=seed, force=force)
     console.print(f"wrote {esc(path)}", highlight=False, soft_wrap=True)
