@@ -158,3 +158,89 @@ def test_error_lines_show_markup_in_paths_literally(tmp_path):
     missing = tmp_path / "[bold red]x[/bold red]" / "m-Q8_0.gguf"
     line = one_line_error(posttrain("register", missing, "--ollama", "http://127.0.0.1:9", cwd=tmp_path))
     assert line == f"error: {missing} does not exist — give a GGUF file or the directory convert wrote"
+
+
+# ---------------------------------------------------------------- 4. the detector is not fooled
+
+
+def _checkpoint(root: Path, index: object) -> Path:
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (root / "tokenizer.json").write_text("{}")
+    header = json.dumps({"w": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}).encode()
+    shard = struct.pack("<Q", len(header)) + header + b"\0" * 4
+    (root / "model-1.safetensors").write_bytes(shard)
+    (root.parent / "outside.safetensors").write_bytes(shard)
+    (root / "model.safetensors.index.json").write_text(json.dumps(index))
+    return root
+
+
+@pytest.mark.parametrize(("index", "reason"), [
+    ({"weight_map": ["model-1.safetensors"]}, "has no weight_map"),
+    ({"weight_map": {"w": "../outside.safetensors"}}, "lies outside the checkpoint directory"),
+    ({"weight_map": {"w": "config.json"}}, "not a .safetensors file"),
+])
+def test_check_says_incomplete_for_odd_indexes(tmp_path, index, reason):
+    ckpt = _checkpoint(tmp_path / "final_model", index)
+    proc = posttrain("check", ckpt, "--settle", "0", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr == "" and "Traceback" not in proc.stdout
+    assert proc.stdout.startswith("incomplete: ") and reason in proc.stdout
+    assert len(proc.stdout.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- 5. files stay in the chosen place
+
+
+def _ckpt_with_template(root: Path) -> Path:
+    root.mkdir()
+    (root / "chat_template.jinja").write_text(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}")
+    return root
+
+
+def test_register_refuses_a_manifest_leading_outside_its_folder(tmp_path):
+    gguf_dir = tmp_path / "out" / "gguf"
+    gguf_dir.mkdir(parents=True)
+    (tmp_path / "victim-Q8_0.gguf").write_bytes(b"GGUF not really")
+    (gguf_dir / "manifest.json").write_text(json.dumps(
+        {"model_name": "m", "variants": {"Q8_0": {"path": "../../victim-Q8_0.gguf", "sha256": "0" * 64}}}))
+    before = tree(tmp_path)
+    line = one_line_error(posttrain("register", gguf_dir, "--ollama", "http://127.0.0.1:9", "--home",
+                                    tmp_path / "out" / "home", cwd=tmp_path))
+    assert "points outside" in line
+    after = {k: v for k, v in tree(tmp_path).items() if not k.startswith("out/home")}
+    assert after == before  # no Modelfile beside the victim
+
+
+@pytest.mark.parametrize("system", ['be brief"""\nFROM /etc/passwd\nSYSTEM """x', "bell \a"])
+def test_register_refuses_a_system_prompt_a_modelfile_cannot_quote(tmp_path, system):
+    gguf = tmp_path / "m-Q8_0.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    ckpt = _ckpt_with_template(tmp_path / "ckpt")
+    line = one_line_error(posttrain("register", gguf, "--ollama", "http://127.0.0.1:9", "--system", system,
+                                    "--checkpoint", ckpt, "--home", tmp_path / "home", cwd=tmp_path))
+    assert "system prompt" in line
+    assert not list(tmp_path.glob("*.Modelfile"))
+
+
+def test_register_quotes_a_system_prompt_with_quotes_and_lines(tmp_path):
+    gguf = tmp_path / "m-Q8_0.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    ckpt = _ckpt_with_template(tmp_path / "ckpt")
+    proc = posttrain("register", gguf, "--ollama", "http://127.0.0.1:9", "--system", 'Say "hi".\nThen stop.',
+                     "--checkpoint", ckpt, "--home", tmp_path / "home", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "m-Q8_0.gguf.Modelfile").read_text()
+    assert 'SYSTEM """Say "hi".\nThen stop."""\n' in text
+    assert sum(line.startswith("FROM ") for line in text.splitlines()) == 1
+
+
+def test_convert_keeps_a_hostile_name_inside_out(tiny_spm, tmp_path):
+    out = tmp_path / "a" / "b" / "gguf"
+    proc = posttrain("convert", tiny_spm, "--out", out, "-q", "f16", "--no-verify", "--name", "../../x",
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.gguf"))
+    assert made == [Path("a/b/gguf/x-F16.gguf")]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["variants"]["F16"]["path"] == "x-F16.gguf" and (out / "x-F16.gguf").is_file()

@@ -48,6 +48,7 @@ def eval_cmd(
     base = home or paths.home()
     store = Store(paths.store_path(base))
     name = Path(model).stem if not model.startswith("ollama:") else model.removeprefix("ollama:").replace(":", "_")
+    name = paths.safe_name(name)  # a folder under HOME/evals, never a path of its own
     out_dir = out or base / "evals" / name
     results = evaluate(
         model, [t.strip() for t in tasks.split(",") if t.strip()], data_dir=data_dir, limit=limit,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from posttrain.convert._quant_types import (
     quantizer_types,
 )
 from posttrain.errors import CheckpointIncomplete, PosttrainError
+from posttrain.paths import confined, safe_name
 from posttrain.store import utcnow
 from posttrain.toolchain import ConverterTree, converter_env, find_converter
 
@@ -94,7 +96,7 @@ def default_model_name(checkpoint: Path) -> str:
         name = checkpoint.parent.name
     elif name.startswith("checkpoint-") and checkpoint.parent.name:
         name = f"{checkpoint.parent.name}-{name}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+    return safe_name(name)
 
 
 def _count_params(weight_files: list[Path]) -> int:
@@ -106,11 +108,9 @@ def _count_params(weight_files: list[Path]) -> int:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
         for key, info in header.items():
-            if key != "__metadata__":
-                count = 1
-                for dim in info["shape"]:
-                    count *= dim
-                total += count
+            shape = info.get("shape") if isinstance(info, dict) and key != "__metadata__" else None
+            if isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape):
+                total += math.prod(shape)  # only for the disk-space estimate: an odd entry counts 0
     return total
 
 
@@ -201,20 +201,37 @@ def _run_quantizer(tree: ConverterTree, src: Path, dest: Path, quant: str, imatr
 
 
 def _load_manifest(out_dir: Path) -> dict:
+    """The manifest an earlier run wrote, or {} when there is none or it is not one (it is rewritten)."""
     path = out_dir / MANIFEST
     if path.is_file():
-        with suppress(json.JSONDecodeError):
-            return json.loads(path.read_text())
+        with suppress(ValueError, RecursionError):  # not UTF-8, not JSON, absurdly nested
+            doc = json.loads(path.read_bytes().decode("utf-8"))
+            if isinstance(doc, dict):
+                return doc
     return {}
+
+
+def _manifest_entries(manifest: dict) -> dict:
+    """The variant entries of a manifest, keeping only those shaped like `Variant.to_json()`."""
+    listed = manifest.get("variants")
+    if not isinstance(listed, dict):
+        return {}
+    fields = {f for f in Variant.__dataclass_fields__ if f != "cached"}
+    return {q: e for q, e in listed.items() if isinstance(e, dict) and set(e) == fields
+            and isinstance(e["path"], str) and isinstance(e["sha256"], str) and type(e["size_bytes"]) is int}
 
 
 def _reusable(entry: dict | None, out_dir: Path, ckpt_sha: str, toolchain: dict, options: dict,
               manifest: dict) -> bool:
     if not entry or manifest.get("checkpoint_sha256") != ckpt_sha or manifest.get("options") != options:
         return False
-    if manifest.get("toolchain", {}).get("llama_cpp_python") != toolchain["llama_cpp_python"]:
+    recorded = manifest.get("toolchain")
+    if not isinstance(recorded, dict) or recorded.get("llama_cpp_python") != toolchain["llama_cpp_python"]:
         return False
-    path = out_dir / entry["path"]
+    try:
+        path = confined(out_dir, entry["path"])  # a manifest entry names a file in out_dir, nowhere else
+    except PosttrainError:
+        return False
     return path.is_file() and path.stat().st_size == entry["size_bytes"] and sha256_file(path) == entry["sha256"]
 
 
@@ -249,7 +266,7 @@ def convert_checkpoint(
     tree = find_converter(llama_cpp_dir)
     toolchain = {"llama_cpp_python": tree.llama_cpp_python, "converter": tree.source,
                  "sdist_sha256": tree.sdist_sha256, "converter_root": str(tree.root)}
-    name = model_name or default_model_name(checkpoint)
+    name = safe_name(model_name) if model_name else default_model_name(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     imatrix_path = Path(imatrix) if imatrix else None
     if imatrix_path is not None and not imatrix_path.is_file():
@@ -265,7 +282,7 @@ def convert_checkpoint(
         options = {"pre_tokenizer": pre_tokenizer,
                    "imatrix_sha256": sha256_file(imatrix_path) if imatrix_path else None}
         same_source = manifest.get("checkpoint_sha256") == ckpt_sha and manifest.get("options") == options
-        entries: dict = manifest.get("variants", {}) if same_source else {}
+        entries: dict = _manifest_entries(manifest) if same_source else {}
         todo = [q for q in wanted if not _reusable(entries.get(q), out_dir, ckpt_sha, toolchain, options, manifest)]
         if todo:
             _check_disk(out_dir, _count_params(verdict.weight_files), todo)
@@ -308,7 +325,7 @@ def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint
                     continue
                 if quant not in CONVERTER_TYPES and "F16" in checks:
                     checks["F16"].result()  # the quantizer reads the checked F16 under its final name
-                final = out_dir / f"{name}-{quant}.gguf"
+                final = confined(out_dir, f"{name}-{quant}.gguf")
                 partial, made_by, seconds = _produce(quant, checkpoint, out_dir, final, name, tree, pre_tokenizer,
                                                      imatrix, say)
                 checks[quant] = checker.submit(_check_and_place, quant, partial, final, tree, made_by, seconds, say)
