@@ -108,6 +108,15 @@ def test_read_only_folder_is_one_line(tmp_path):
     assert "permission denied" in line and str(ro) in line
 
 
+def test_malformed_results_json_names_the_file_and_line(tmp_path):
+    run = tmp_path / "lm" / "model"
+    run.mkdir(parents=True)
+    (run / "results_2026-01-01T00-00-00.json").write_text('{"results": {\n  oops')
+    (run / "samples_t_2026-01-01T00-00-00.jsonl").write_text('{"doc_id": 0, "acc": 1.0}\n')
+    line = one_line_error(posttrain("compare", tmp_path / "lm", tmp_path / "lm", cwd=tmp_path))
+    assert "results_2026-01-01T00-00-00.json:2:" in line and "rerun lm-eval" in line
+
+
 def test_malformed_config_toml_names_the_file(tmp_path):
     (tmp_path / "posttrain.toml").write_text("[watch\nsettle_s = 1\n")
     line = one_line_error(posttrain("status", "--config", tmp_path / "posttrain.toml", cwd=tmp_path))
