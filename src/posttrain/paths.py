@@ -40,16 +40,16 @@ def safe_name(raw: str, *, fallback: str = "model", max_len: int = _MAX_NAME) ->
     """`raw` (a model name, a run label) made safe as ONE path component, the only way posttrain does it.
 
     Keeps ASCII letters, digits, `.`, `_` and `-`; every other run of characters (`/`, `\\`, spaces,
-    NUL, non-ASCII) becomes one `-`. Leading and trailing `.`/`-`/`_` go, so the result is never
+    NUL, non-ASCII) becomes one `-`. Leading and trailing `.` and `-` go, so the result is never
     `..`, never hidden, and never starts like an option. A name that had to be shortened keeps a
     short hash of the original, so two long names that differ only at the end stay distinct.
     """
-    text = _UNSAFE_RUN.sub("-", str(raw)).strip("._-")
+    text = _UNSAFE_RUN.sub("-", str(raw)).strip(".-")
     if not text:
         return fallback
     if len(text) > max_len:
         digest = hashlib.sha256(str(raw).encode("utf-8", "surrogatepass")).hexdigest()[:8]
-        text = text[: max_len - len(digest) - 1].rstrip("._-") + "-" + digest
+        text = text[: max_len - len(digest) - 1].rstrip(".-") + "-" + digest
     return text
 
 
