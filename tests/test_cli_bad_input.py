@@ -4,14 +4,18 @@ One section per category of issue 11."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sqlite3
 import struct
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from posttrain.errors import PosttrainError
 
@@ -121,6 +125,51 @@ def test_malformed_config_toml_names_the_file(tmp_path):
     (tmp_path / "posttrain.toml").write_text("[watch\nsettle_s = 1\n")
     line = one_line_error(posttrain("status", "--config", tmp_path / "posttrain.toml", cwd=tmp_path))
     assert "posttrain.toml" in line and "line 1" in line
+
+
+def _raised(action) -> BaseException:
+    try:
+        action()
+    except BaseException as e:  # noqa: BLE001 - the point is to capture whatever the library raises
+        return e
+    raise AssertionError("expected an exception")
+
+
+def _pydantic_error():
+    from pydantic import BaseModel
+
+    class Settings(BaseModel):
+        num_ctx: int
+
+    return Settings(num_ctx="many")
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    (lambda: _raised(lambda: open("/no/such/dir/x.toml")), "/no/such/dir/x.toml: no such file or directory — check"),
+    (lambda: OSError(errno.ENOSPC, "No space left on device", "/data/x.gguf"),
+     "/data/x.gguf: no space left on the device — free some space"),
+    (lambda: PermissionError(errno.EACCES, "Permission denied", "/ro/x"), "/ro/x: permission denied — choose"),
+    (lambda: _raised(lambda: os.rename("/no/a", "/no/b")), "/no/a → /no/b: no such file"),
+    (lambda: _raised(lambda: sqlite3.connect(":memory:").execute("not sql")), "posttrain's store (posttrain.db) failed"),
+    (lambda: sqlite3.OperationalError("database is locked"), "is busy: database is locked — try again"),
+    (lambda: _raised(lambda: json.loads('{"a": 1,\n oops}')), "malformed JSON at line 2, column 2"),
+    (lambda: _raised(lambda: tomllib.loads("seed = \n")), "malformed TOML: "),
+    (lambda: _raised(lambda: yaml.safe_load("task: [mmlu\n")), "malformed YAML: "),
+    (lambda: _raised(_pydantic_error), "invalid Settings: num_ctx: Input should be a valid integer"),
+    (lambda: ValueError("tokenizer must be 'spm' or 'bpe'"), "tokenizer must be 'spm' or 'bpe'"),
+])
+def test_expected_failures_are_explained_in_one_line(make, expected):
+    from posttrain.cli._errors import explain
+
+    line = explain(make())
+    assert line is not None and "\n" not in line and expected in line, line
+
+
+def test_a_bug_is_not_explained_away():
+    from posttrain.cli._errors import explain
+
+    assert explain(_raised(lambda: {}["missing"])) is None
+    assert explain(_raised(lambda: None.attribute)) is None
 
 
 def test_unexpected_errors_name_a_log_holding_the_traceback(tmp_path, monkeypatch):

@@ -66,6 +66,8 @@ def explain(exc: BaseException) -> str | None:
         return exc.one_line()
     if isinstance(exc, OSError):
         return _os_error(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return f"posttrain's store (posttrain.db) is busy: {_flat(exc)} — try again when the other posttrain is done"
     if isinstance(exc, sqlite3.DatabaseError):
         return (f"posttrain's store (posttrain.db) failed: {_flat(exc)} — if the file is damaged, move it aside "
                 "(posttrain starts a new one) or pass --home DIR")
