@@ -76,6 +76,31 @@ def test_make_tiny_replaces_only_its_own_unchanged_output(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no .partial or .old left beside it
 
 
+@pytest.mark.parametrize("foreign", ["x-F16.gguf", "manifest.json"])
+def test_convert_refuses_to_replace_files_it_did_not_write(tiny_spm, tmp_path, foreign):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / foreign).write_text("the user's own file")
+    before = tree(tmp_path)
+    line = one_line_error(posttrain("convert", tiny_spm, "--out", out, "-q", "f16", "--name", "x", cwd=tmp_path))
+    assert foreign in line and "posttrain did not write" in line and "--force" in line
+    assert tree(tmp_path) == before
+
+
+def test_convert_replaces_what_its_manifest_claimed_before_a_crash(tiny_spm, tmp_path):
+    # A run killed while converting leaves the name claimed in the manifest ("pending") and maybe a file.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x-F16.gguf").write_bytes(b"half a file")
+    (out / "manifest.json").write_text(json.dumps({"schema": "posttrain.convert/1", "pending": ["x-F16.gguf"],
+                                                   "variants": {}}))
+    proc = posttrain("convert", tiny_spm, "--out", out, "-q", "f16", "--name", "x", "--no-verify", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "x-F16.gguf").read_bytes()[:4] == b"GGUF"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "pending" not in manifest and manifest["variants"]["F16"]["path"] == "x-F16.gguf"
+
+
 def test_unknown_tokenizer_kind_is_a_usage_error(tmp_path):
     proc = posttrain("make-tiny", tmp_path / "x", "--tokenizer", "wordpiece", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -268,6 +293,18 @@ def test_register_refuses_a_manifest_leading_outside_its_folder(tmp_path):
     assert "points outside" in line
     after = {k: v for k, v in tree(tmp_path).items() if not k.startswith("out/home")}
     assert after == before  # no Modelfile beside the victim
+
+
+def test_register_never_replaces_a_modelfile_it_did_not_write(tmp_path):
+    gguf = tmp_path / "m-Q8_0.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    (tmp_path / "m-Q8_0.gguf.Modelfile").write_text("FROM ./m-Q8_0.gguf\nSYSTEM my carefully tuned prompt\n")
+    ckpt = _ckpt_with_template(tmp_path / "ckpt")
+    before = tree(tmp_path)
+    line = one_line_error(posttrain("register", gguf, "--ollama", "http://127.0.0.1:9", "--checkpoint", ckpt,
+                                    "--home", tmp_path / "home", cwd=tmp_path))
+    assert "m-Q8_0.gguf.Modelfile exists and posttrain did not write it" in line
+    assert {k: v for k, v in tree(tmp_path).items() if not k.startswith("home")} == before
 
 
 @pytest.mark.parametrize("system", ['be brief"""\nFROM /etc/passwd\nSYSTEM """x', "bell \a"])

@@ -30,6 +30,8 @@ def convert(
                                        help="Use this llama.cpp checkout's converter instead of the provisioned one."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the probe-text comparison against F16."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pytorch_model.bin (pickle) weights."),
+    force: bool = typer.Option(False, "--force", help="Replace files in --out that posttrain's manifest.json "
+                                                      "there does not list (never needed for its own)."),
 ) -> None:
     """Convert CHECKPOINT to GGUF with llama.cpp's own converter and quantizer; verify every file."""
     from posttrain.convert import convert_checkpoint
@@ -39,7 +41,7 @@ def convert(
         task = bar.add_task("starting", variant="")
         result = convert_checkpoint(
             checkpoint, out, quant, model_name=name, pre_tokenizer=pre_tokenizer, imatrix=imatrix,
-            llama_cpp_dir=llama_cpp_dir, verify=not no_verify, allow_pickle=allow_pickle,
+            llama_cpp_dir=llama_cpp_dir, verify=not no_verify, allow_pickle=allow_pickle, force=force,
             progress=lambda variant, text: bar.update(task, description=esc(text), variant=esc(variant)))
     table = Table(title=esc(f"{result.model_name} ← {checkpoint}"), title_justify="left")
     for col in ("variant", "file", "size", "sha256", "s", "KLD", "top-1"):

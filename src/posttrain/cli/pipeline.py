@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from posttrain._files import write_text_atomic
 from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console, esc, print_error
 from posttrain.errors import PosttrainError
@@ -265,8 +266,5 @@ def init_cmd(
 
     if path.exists() and not force:
         raise PosttrainError(f"{path} already exists", remedy="pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(config_template())
-    tmp.replace(path)
+    write_text_atomic(path, config_template())  # a fresh temporary name: never someone's .tmp file
     console.print(f"wrote {esc(path)}", highlight=False, soft_wrap=True)

@@ -221,6 +221,27 @@ def _manifest_entries(manifest: dict) -> dict:
             and isinstance(e["path"], str) and isinstance(e["sha256"], str) and type(e["size_bytes"]) is int}
 
 
+def _ours(manifest: dict) -> set[str]:
+    """Names of the files in out_dir that posttrain wrote, or had started to write, by its manifest."""
+    if manifest.get("schema") != MANIFEST_SCHEMA:
+        return set()
+    pending = manifest.get("pending")
+    names = {e["path"] for e in _manifest_entries(manifest).values()}
+    return names | ({p for p in pending if isinstance(p, str)} if isinstance(pending, list) else set())
+
+
+def _refuse_foreign(out_dir: Path, file_names: list[str], manifest: dict) -> None:
+    """Refuse to replace a file posttrain did not write: a GGUF name its manifest does not list, or a
+    manifest.json that is not posttrain's."""
+    ours = _ours(manifest)
+    foreign = [MANIFEST] if (out_dir / MANIFEST).exists() and manifest.get("schema") != MANIFEST_SCHEMA else []
+    foreign += [n for n in file_names if ((out_dir / n).exists() or (out_dir / n).is_symlink()) and n not in ours]
+    if foreign:
+        raise PosttrainError(f"{out_dir} already holds {', '.join(foreign)}, which posttrain did not write; "
+                             "nothing was changed",
+                             remedy="choose another --out, move the file away, or pass --force to replace it")
+
+
 def _reusable(entry: dict | None, out_dir: Path, ckpt_sha: str, toolchain: dict, options: dict,
               manifest: dict) -> bool:
     if not entry or manifest.get("checkpoint_sha256") != ckpt_sha or manifest.get("options") != options:
@@ -249,12 +270,15 @@ def convert_checkpoint(
     allow_pickle: bool = False,
     settle_seconds: float = 0.0,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> ConvertResult:
     """Convert `checkpoint` into GGUF variants under `out_dir`; skip variants already made and verified.
 
     F16 is always made (it is the quantizer's source and the verification reference). Q8_0, F32 and
     BF16 come from llama.cpp's converter, every other type from its quantizer. Each file is written
     under a temporary name and renamed only once its header reads back and it loads in llama.cpp.
+    A file in `out_dir` that posttrain's manifest there does not list is never replaced unless
+    `force` (PosttrainError before any work).
     """
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir)
@@ -267,18 +291,20 @@ def convert_checkpoint(
     toolchain = {"llama_cpp_python": tree.llama_cpp_python, "converter": tree.source,
                  "sdist_sha256": tree.sdist_sha256, "converter_root": str(tree.root)}
     name = safe_name(model_name) if model_name else default_model_name(checkpoint)
+    if not force:  # before anything is written there, the lock file included
+        _refuse_foreign(out_dir, [f"{name}-{q}.gguf" for q in wanted], _load_manifest(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     imatrix_path = Path(imatrix) if imatrix else None
     if imatrix_path is not None and not imatrix_path.is_file():
         raise PosttrainError(f"importance matrix {imatrix_path} does not exist")
 
     with _locked(out_dir):
-        # Under the lock no other conversion writes here: leftovers are from a killed run.
-        for stale in out_dir.glob(".*.partial"):
+        # Under the lock no other conversion writes here: leftovers are from a killed run (named by _produce).
+        for stale in out_dir.glob(".*.gguf.*.partial"):
             stale.unlink(missing_ok=True)
+        manifest = _load_manifest(out_dir)
         say("checkpoint", "hashing")
         ckpt_sha = checkpoint_sha256(verdict)
-        manifest = _load_manifest(out_dir)
         options = {"pre_tokenizer": pre_tokenizer,
                    "imatrix_sha256": sha256_file(imatrix_path) if imatrix_path else None}
         same_source = manifest.get("checkpoint_sha256") == ckpt_sha and manifest.get("options") == options
@@ -289,6 +315,10 @@ def convert_checkpoint(
         manifest = {"schema": MANIFEST_SCHEMA, "model_name": name, "checkpoint": str(checkpoint.resolve()),
                     "checkpoint_sha256": ckpt_sha, "architecture": verdict.architecture, "toolchain": toolchain,
                     "options": options, "variants": entries}
+        if todo:
+            # Claimed before they exist: a rerun after a crash knows these names are posttrain's to replace.
+            manifest["pending"] = [f"{name}-{q}.gguf" for q in todo]
+            write_json_atomic(out_dir / MANIFEST, manifest)
         variants = _make_variants(wanted, todo, entries, checkpoint, out_dir, name, tree, pre_tokenizer,
                                   imatrix_path, say, manifest)
         if verify and any(not v.cached or not v.verification for v in variants):
@@ -304,6 +334,7 @@ def convert_checkpoint(
             for v in variants:
                 entries[v.quant] = v.to_json()
             manifest["updated_at"] = utcnow()
+        manifest.pop("pending", None)
         write_json_atomic(out_dir / MANIFEST, manifest)
     return ConvertResult(checkpoint, ckpt_sha, name, out_dir, out_dir / MANIFEST, toolchain, variants)
 

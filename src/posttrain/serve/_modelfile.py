@@ -88,7 +88,7 @@ def render_modelfile(gguf: Path, params: Mapping[str, object], template: str | N
         raise PosttrainError(f"the file name {gguf.name!r} contains a line break, which a Modelfile cannot hold",
                              remedy="rename the file")
     source = quote_value(f"./{gguf.name}", f"the file name {gguf.name!r}", bare=True)
-    lines = [f"# Written by posttrain. Reproduce by hand: ollama create NAME -f {gguf.name}.Modelfile",
+    lines = [f"{_HEADER} Reproduce by hand: ollama create NAME -f {gguf.name}.Modelfile",
              f"FROM {source}"]
     if template is not None:
         lines.append(f"TEMPLATE {quote_value(template, f'the chat template for {gguf.name}')}")
@@ -101,6 +101,20 @@ def render_modelfile(gguf: Path, params: Mapping[str, object], template: str | N
         for v in value if isinstance(value, list) else [value]:
             lines.append(f"PARAMETER {key} {_quote(key, v)}")
     return "\n".join(lines) + "\n"
+
+
+_HEADER = "# Written by posttrain."
+
+
+def is_posttrain_modelfile(path: Path) -> bool:
+    """True when `path` is a regular file that starts with the header line posttrain writes."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(_HEADER)) == _HEADER.encode()
+    except OSError:
+        return False
 
 
 def modelfile_path(gguf: Path) -> Path:

@@ -34,6 +34,7 @@ from posttrain.serve._chat_templates import (
 from posttrain.serve._modelfile import (
     blob_digest_of,
     from_line_path,
+    is_posttrain_modelfile,
     merge_parameters,
     modelfile_path,
     parse_show_parameters,
@@ -246,6 +247,11 @@ def register_variants(
                                                      family.template if family else None, system)
         plans.append((variant, reg, family))
     # The Modelfiles are written whether or not Ollama is reachable: they are how a user imports by hand.
+    # One posttrain did not write (no header line of ours) is never replaced.
+    for path in modelfiles:
+        if (path.exists() or path.is_symlink()) and not is_posttrain_modelfile(path):
+            raise PosttrainError(f"{path} exists and posttrain did not write it; nothing was changed",
+                                 remedy="move it away (posttrain writes <gguf>.Modelfile beside each GGUF)")
     for path, text in modelfiles.items():
         write_text_atomic(path, text)
 
