@@ -113,6 +113,7 @@ def make_tiny(out: str | Path, *, tokenizer: str = "spm", add_bos: bool = True, 
     # under `out`, and nothing of the user's is touched while the model is made.
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes 0700; a checkpoint folder is meant to be read by others too
         _write_model(tmp, tokenizer=tokenizer, add_bos=add_bos, seed=seed, hidden_size=hidden_size,
                      intermediate_size=intermediate_size, num_layers=num_layers, num_heads=num_heads,
                      num_kv_heads=num_kv_heads, vocab_size=vocab_size, init_std=init_std,
