@@ -129,6 +129,14 @@ def test_output_path_under_a_file_is_one_line(tmp_path):
     assert tree(tmp_path) == before
 
 
+def test_convert_out_pointing_at_a_file_is_one_line(tiny_spm, tmp_path):
+    (tmp_path / "gguf").write_text("a file, not a folder")
+    before = tree(tmp_path)
+    line = one_line_error(posttrain("convert", tiny_spm, "--out", tmp_path / "gguf", "-q", "f16", cwd=tmp_path))
+    assert str(tmp_path / "gguf") in line and "already exists" in line
+    assert tree(tmp_path) == before
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
 def test_read_only_folder_is_one_line(tmp_path):
     ro = tmp_path / "ro"
