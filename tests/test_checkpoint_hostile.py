@@ -139,6 +139,12 @@ def test_hugging_face_cache_snapshot_links_into_its_own_blobs_are_accepted(tmp_p
     assert verdict.complete, verdict.reason
 
 
+def test_a_shard_name_with_a_line_break_stays_on_one_line(tmp_path):
+    ckpt = write_checkpoint(tmp_path / "c", weights={}, index={"weight_map": {"w": "a\nb.safetensors"}})
+    verdict = inspect_checkpoint(ckpt, settle_seconds=0)
+    assert verdict.reason == "'a\\nb.safetensors' is missing"
+
+
 def test_architectures_given_as_a_string_is_refused(tmp_path):
     ckpt = write_checkpoint(tmp_path / "c", config={"architectures": "LlamaForCausalLM"})
     verdict = inspect_checkpoint(ckpt, settle_seconds=0)
@@ -154,7 +160,7 @@ def test_any_bytes_as_the_weights_give_a_verdict(data):
     with tempfile.TemporaryDirectory() as d:
         ckpt = write_checkpoint(Path(d) / "c", weights={"model.safetensors": data})
         verdict = inspect_checkpoint(ckpt, settle_seconds=0)
-        assert isinstance(verdict.reason, str) and verdict.reason
+        assert isinstance(verdict.reason, str) and verdict.reason and "\n" not in verdict.reason
 
 
 tensor_infos = st.fixed_dictionaries({}, optional={
@@ -218,6 +224,7 @@ def test_never_complete_when_a_shard_name_leads_outside(names):
                     continue
         write_checkpoint(ckpt, weights={}, index={"weight_map": {f"t{i}": n for i, n in enumerate(names)}})
         verdict = inspect_checkpoint(ckpt, settle_seconds=0)
+        assert "\n" not in verdict.reason
         if verdict.complete:
             for f in verdict.weight_files:
                 resolved = f.resolve()

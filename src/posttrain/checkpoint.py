@@ -108,6 +108,11 @@ def safetensors_expected_size(path: Path) -> int:
     return 8 + n + end
 
 
+def _shown(name: str) -> str:
+    """A file name for a one-line reason: as it is when printable, else Python's quoted form."""
+    return name if name.isprintable() else repr(name)
+
+
 def _inside(root: Path, name: str) -> Path | None:
     """`root / name` when that file lies inside `root`, following symlinks; else None.
 
@@ -244,12 +249,13 @@ def _inspect_once(path: Path, allow_pickle: bool) -> Verdict:
         return Verdict(path, False, weights, architecture=architecture)
     for f in [config_path, *tokenizer_files, *weights]:
         if _inside(path, str(f.relative_to(path))) is None:
-            return Verdict(path, False, f"{f.name} is a link that leads outside the checkpoint directory",
+            return Verdict(path, False, f"{_shown(f.name)} is a link that leads outside the checkpoint directory",
                            architecture=architecture)
     total = 0
     count = len(weights)
     for i, shard in enumerate(weights, 1):
-        label = shard.name if count == 1 else f"shard {i} of {count} ({shard.name})"
+        name = _shown(str(shard.relative_to(path)))
+        label = name if count == 1 else f"shard {i} of {count} ({name})"
         if not shard.is_file():
             return Verdict(path, False, f"{label} is missing", architecture=architecture)
         size = shard.stat().st_size

@@ -219,8 +219,8 @@ def _print_status(doc: dict) -> None:
         console.print(f"  queue: {len(w.get('queue') or [])}" + "".join(f"\n    {esc(q)}" for q in w.get("queue") or []),
                       highlight=False)
         for path, cur in (w.get("current") or {}).items():
-            console.print(f"  now: {esc(path)}: step {esc(cur.get('step') or 'starting')} (run {esc(cur.get('run_id') or '…')})",
-                          highlight=False)
+            step, run_id = cur.get("step") or "starting", cur.get("run_id") or "…"
+            console.print(f"  now: {esc(path)}: step {esc(step)} (run {esc(run_id)})", highlight=False)
         console.print(f"  log: {esc(w.get('log'))}", highlight=False)
     else:
         console.print(f"[yellow]no watcher running[/] for {esc(doc['home'])}", highlight=False)

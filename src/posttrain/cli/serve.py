@@ -31,8 +31,8 @@ def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with LlamaServer(gguf, n_ctx=ctx, n_threads=threads, port=port, log_path=log) as server:
-        console.print(f"serving {escape(gguf.name)} at [bold]{escape(server.url)}/v1[/] (log: {escape(str(server.log_path))})",
-                      highlight=False)
+        console.print(f"serving {escape(gguf.name)} at [bold]{escape(server.url)}/v1[/] "
+                      f"(log: {escape(str(server.log_path))})", highlight=False)
         console.print("Ctrl-C to stop", style="dim")
         while not stop.wait(0.5):
             if server.process.poll() is not None:
