@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from posttrain.errors import PosttrainError
 
@@ -243,6 +245,25 @@ def test_paths_that_look_like_markup_are_printed_as_they_are(tmp_path, name):
     proc = posttrain("check", missing, "--settle", "0", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and proc.stderr == ""
     assert proc.stdout.strip() == f"incomplete: {missing} is not a directory"
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.text(st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=20)
+       .filter(lambda n: n not in (".", "..")))
+def test_any_path_is_printed_exactly_as_given(tmp_path_factory, name):
+    from typer.testing import CliRunner
+
+    from posttrain.cli import app
+
+    missing = tmp_path_factory.getbasetemp() / "no-such" / name
+    result = CliRunner().invoke(app, ["check", str(missing), "--settle", "0"])
+    assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
+    line = result.stdout.removesuffix("\n")
+    assert line.isprintable()  # one line; a control character (\r, ESC) is spelled out, never sent raw
+    if str(missing).isprintable():
+        assert line == f"incomplete: {missing} is not a directory"
+    else:
+        assert line.startswith("incomplete: ") and line.endswith(" is not a directory")
 
 
 def test_error_lines_show_markup_in_paths_literally(tmp_path):

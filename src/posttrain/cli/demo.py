@@ -26,7 +26,7 @@ def demo_cmd(
     from posttrain.demo._train import DEFAULT_STEPS
 
     result = run_demo(workdir, steps=steps or DEFAULT_STEPS, seed=seed, threads=threads,
-                      say=lambda line: console.print(esc(line), highlight=False))
+                      say=lambda line: console.print(esc(line, one_line=False), highlight=False))
     for sentence in result.verdicts:
         console.print(f"  {esc(sentence)}", highlight=False)
     total = result.stage_seconds.get("total", 0.0)

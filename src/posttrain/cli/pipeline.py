@@ -59,7 +59,7 @@ def _print_result(result) -> None:
     for s in result.steps:
         status = "reused" if s.reused else s.status
         table.add_row(esc(s.name), esc(status), f"{s.wall_s:.1f} s" if s.wall_s is not None else "",
-                      human_bytes(s.peak_rss_bytes) if s.peak_rss_bytes else "", esc(s.error or ""))
+                      human_bytes(s.peak_rss_bytes) if s.peak_rss_bytes else "", esc(s.error or "", one_line=False))
     console.print(table)
     report = result.run_dir / "report.html"
     if report.exists():
@@ -233,7 +233,8 @@ def _print_status(doc: dict) -> None:
             table.add_column(col, overflow="fold")
         for r in doc["runs"]:
             verdicts = "\n".join(r.get("verdicts") or []) or (r.get("failed") or "")
-            table.add_row(esc(r["id"]), esc(r["status"]), esc(r.get("finished_at") or ""), esc(verdicts))
+            table.add_row(esc(r["id"]), esc(r["status"]), esc(r.get("finished_at") or ""),
+                          esc(verdicts, one_line=False))
         console.print(table)
 
 
