@@ -3,8 +3,9 @@ it returns what it read or raises PosttrainError (one line for the user), never 
 And no reader lets a file name it read lead outside the folder it belongs to.
 
 Readers covered: the pipeline config (`load_config`), compare's lm-eval folder readers
-(`load_items`, `task_settings`), the convert manifest (as convert and register read it), the
-report's compare.json, a checkpoint's chat template, the store file itself. The Modelfile writer
+(`load_items`, `task_settings`), the convert manifest (as convert and register read it), local
+benchmark JSONL files (`--data-dir`), the report's compare.json, a checkpoint's chat template, the
+store file itself. The Modelfile writer
 is checked against a port of Ollama's own Modelfile parser.
 """
 
@@ -196,6 +197,26 @@ def test_convert_does_not_reuse_a_manifest_entry_outside_its_folder(tmp_path):
     assert not _reusable(entry, out, "s", toolchain, {}, manifest)
     (out / "x-F16.gguf").write_bytes(outside.read_bytes())
     assert _reusable({**entry, "path": "x-F16.gguf"}, out, "s", toolchain, {}, manifest)
+
+
+# ---------------------------------------------------------------- local benchmark files (--data-dir)
+
+
+@FAST
+@given(lines=st.lists(json_or_bytes(st.fixed_dictionaries({"question": json_values, "answer": json_values})
+                                    | json_values), min_size=1, max_size=4))
+def test_any_jsonl_benchmark_file_is_read_or_is_one_posttrain_error(lines):
+    from posttrain.evaluate._tasks import read_rows
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "test.jsonl"
+        path.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines))
+        try:
+            rows = read_rows(path, ["question", "answer"])
+        except PosttrainError as e:
+            assert str(path) in e.one_line() and "\n" not in e.one_line()
+            return
+        assert all(isinstance(r, dict) and {"question", "answer"} <= r.keys() for r in rows)
 
 
 # ---------------------------------------------------------------- report, chat template, store
