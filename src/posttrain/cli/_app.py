@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from posttrain._terminal import esc
 
 app = typer.Typer(
     name="posttrain",
@@ -15,19 +16,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-
-
-def esc(value: object, *, one_line: bool = True) -> str:
-    """Text from outside (a path, a name, a message, model output) made safe to put in a rich markup
-    string: `[/x]` cannot crash and `[bold]` is printed as typed, not read as a style. Control
-    characters (a terminal escape sequence in a file name, a carriage return) are spelled out as
-    Python writes them (`\\x1b`, `\\r`), and so are line breaks unless `one_line=False`."""
-    keep = "" if one_line else "\n\t"
-    text = str(value)
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii")
-                       for c in text)
-    return escape(text)
 
 
 def print_error(line: str) -> None:
