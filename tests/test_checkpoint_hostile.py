@@ -79,6 +79,8 @@ def test_odd_safetensors_headers_are_unreadable_not_a_crash(tmp_path, header, re
     ({"weight_map": {}}, "has no weight_map"),
     ({"weight_map": {"w": 3}}, "not a file name"),
     ({"weight_map": {"w": None}}, "not a file name"),
+    ({"weight_map": {"w": ["model-1.safetensors"]}}, "not a file name"),
+    ({"weight_map": {"w": {"file": "model-1.safetensors"}}}, "not a file name"),
     ({"weight_map": {"w": "model-1.bin"}}, "'model-1.bin', which is not a .safetensors file"),
     ({"weight_map": {"w": "config.json"}}, "not a .safetensors file"),
 ])
@@ -184,8 +186,14 @@ def test_any_json_header_gives_a_verdict_and_complete_means_exact_length(header,
             assert len(blob) == 8 + len(json.dumps(header).encode()) + max(ends, default=0)
 
 
+index_like = st.fixed_dictionaries({"weight_map": st.dictionaries(st.text(max_size=8), json_values | st.just(
+    "model-1.safetensors"), max_size=3) | json_values}, optional={"metadata": json_values})
+config_like = st.fixed_dictionaries({}, optional={"architectures": json_values | st.just(["LlamaForCausalLM"]),
+                                                  "model_type": json_values})
+
+
 @FAST
-@given(config=json_values, index=json_values)
+@given(config=json_values | config_like, index=json_values | index_like)
 def test_any_json_config_and_index_give_a_verdict(config, index):
     with tempfile.TemporaryDirectory() as d:
         ckpt = write_checkpoint(Path(d) / "c", config=config, weights={"model-1.safetensors": valid_shard()},

@@ -140,11 +140,10 @@ def _index_shards(path: Path) -> list[Path] | str:
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         return f"{SAFETENSORS_INDEX} has no weight_map (an object from tensor names to shard files)"
-    names = set(weight_map.values())
-    if not all(isinstance(n, str) for n in names):
+    if not all(isinstance(n, str) for n in weight_map.values()):
         return f"{SAFETENSORS_INDEX}: weight_map has a value that is not a file name"
     shards = []
-    for name in sorted(names):
+    for name in sorted(set(weight_map.values())):
         if not name.endswith(".safetensors"):
             return f"{SAFETENSORS_INDEX} names {name[:80]!r}, which is not a .safetensors file"
         shard = _inside(path, name)
