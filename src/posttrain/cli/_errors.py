@@ -44,7 +44,7 @@ def _flat(text: object) -> str:
 
 def _os_error(e: OSError) -> str:
     what, remedy = _OS_REMEDIES.get(e.errno, (e.strerror or e.__class__.__name__, None))
-    where = e.filename if e.filename is not None else None
+    where = e.filename
     if e.filename2 is not None:
         where = f"{e.filename} → {e.filename2}"
     line = f"{where}: {what}" if where is not None else f"{what} ({_flat(e)})"
