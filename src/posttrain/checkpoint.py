@@ -63,8 +63,26 @@ class Verdict:
         return tuple((f.name, st.st_size, st.st_mtime_ns) for f in self.content_files() for st in (f.stat(),))
 
 
+def _parse_json(data: bytes | str) -> tuple[object, str | None]:
+    """(value, None), or (None, why not) for bytes that are not JSON (bad UTF-8, bad syntax, absurd nesting)."""
+    try:
+        return json.loads(data), None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, e.__class__.__name__
+    except RecursionError:
+        return None, "nested too deeply"
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 def safetensors_expected_size(path: Path) -> int:
-    """The length the file must have according to its own header (8 + header + tensor data)."""
+    """The length the file must have according to its own header (8 + header + tensor data).
+
+    Raises ValueError, with the reason, for any header that is not a safetensors header: the file
+    comes from outside, so every field is checked before it is used.
+    """
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -75,30 +93,72 @@ def safetensors_expected_size(path: Path) -> int:
         raw = f.read(n)
         if len(raw) < n:
             raise ValueError("the JSON header itself is cut short")
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"its JSON header does not parse ({e.__class__.__name__})") from None
+    header, error = _parse_json(raw)
+    if error:
+        raise ValueError(f"its JSON header does not parse ({error})")
+    if not isinstance(header, dict):
+        raise ValueError(f"its JSON header is a {type(header).__name__}, not an object")
     end = 0
     for name, info in header.items():
         if name == "__metadata__":
             continue
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2):
-            raise ValueError(f"tensor {name!r} has no data_offsets")
-        end = max(end, int(offsets[1]))
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
+                and offsets[0] <= offsets[1]):
+            raise ValueError(f"tensor {name[:80]!r} has no valid data_offsets")
+        end = max(end, offsets[1])
     return 8 + n + end
+
+
+def _shown(name: str) -> str:
+    """A file name for a one-line reason: as it is when printable, else Python's quoted form."""
+    return name if name.isprintable() else repr(name)
+
+
+def _inside(root: Path, name: str) -> Path | None:
+    """`root / name` when that file lies inside `root`, following symlinks; else None.
+
+    A Hugging Face hub cache snapshot keeps every file as a symlink into its repository's
+    `blobs/` folder (`models--org--name/snapshots/REV/x -> ../../blobs/SHA`); those stay inside the
+    repository folder and are accepted.
+    """
+    if not name or "\0" in name:
+        return None
+    try:
+        target = (root / name).resolve()
+        allowed = [root.resolve()]
+    except (OSError, RuntimeError, ValueError):  # symlink loop, unencodable name
+        return None
+    if allowed[0].parent.name == "snapshots" and allowed[0].parent.parent.name.startswith("models--"):
+        allowed.append(allowed[0].parent.parent / "blobs")
+    return root / name if any(target.is_relative_to(a) and target != a for a in allowed) else None
+
+
+def _index_shards(path: Path) -> list[Path] | str:
+    """The shard files `model.safetensors.index.json` names, or why they cannot be trusted."""
+    doc, error = _parse_json((path / SAFETENSORS_INDEX).read_bytes())
+    if error:
+        return f"{SAFETENSORS_INDEX} does not parse ({error}; still being written?)"
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        return f"{SAFETENSORS_INDEX} has no weight_map (an object from tensor names to shard files)"
+    if not all(isinstance(n, str) for n in weight_map.values()):
+        return f"{SAFETENSORS_INDEX}: weight_map has a value that is not a file name"
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        if not name.endswith(".safetensors"):
+            return f"{SAFETENSORS_INDEX} names {name[:80]!r}, which is not a .safetensors file"
+        shard = _inside(path, name)
+        if shard is None:
+            return f"{SAFETENSORS_INDEX} names {name[:80]!r}, which lies outside the checkpoint directory"
+        shards.append(shard)
+    return shards
 
 
 def _weights(path: Path, allow_pickle: bool) -> list[Path] | str:
     """The weight files this checkpoint names, or the reason there are none."""
-    index = path / SAFETENSORS_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-            return f"{SAFETENSORS_INDEX} does not parse or has no weight_map"
-        return [path / name for name in sorted(set(weight_map.values()))]
+    if (path / SAFETENSORS_INDEX).is_file():
+        return _index_shards(path)
     if (path / SINGLE_SAFETENSORS).is_file():
         return [path / SINGLE_SAFETENSORS]
     pickles = [path / name for name in PICKLE_WEIGHTS if (path / name).is_file()]
@@ -112,11 +172,7 @@ def _weights(path: Path, allow_pickle: bool) -> list[Path] | str:
 
 def _tokenizer_file_loads(path: Path) -> bool:
     if path.suffix == ".json":
-        try:
-            json.loads(path.read_text())
-            return True
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return False
+        return _parse_json(path.read_bytes())[1] is None
     import sentencepiece
 
     try:
@@ -166,16 +222,18 @@ def _inspect_once(path: Path, allow_pickle: bool) -> Verdict:
     config_path = path / CONFIG
     if not config_path.is_file():
         return Verdict(path, False, "config.json is missing")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return Verdict(path, False, "config.json does not parse as JSON (still being written?)")
+    config, error = _parse_json(config_path.read_bytes())
+    if error:
+        return Verdict(path, False, f"config.json does not parse as JSON ({error}; still being written?)")
     if not isinstance(config, dict):
         return Verdict(path, False, "config.json is not a JSON object")
     architectures = config.get("architectures") or []
     if not architectures:
         return Verdict(path, False, "config.json names no architecture (\"architectures\" is missing or empty)")
-    architecture = str(architectures[0])
+    if not (isinstance(architectures, list) and isinstance(architectures[0], str) and architectures[0]):
+        return Verdict(path, False, "config.json: \"architectures\" is not a list of class names")
+    architecture = architectures[0]
+    model_type = config.get("model_type") if isinstance(config.get("model_type"), str) else None
 
     tokenizer = next((s for s in TOKENIZER_SETS if all((path / f).is_file() for f in s)), None)
     if tokenizer is None:
@@ -190,15 +248,20 @@ def _inspect_once(path: Path, allow_pickle: bool) -> Verdict:
     weights = _weights(path, allow_pickle)
     if isinstance(weights, str):
         return Verdict(path, False, weights, architecture=architecture)
+    for f in [config_path, *tokenizer_files, *weights]:
+        if _inside(path, str(f.relative_to(path))) is None:
+            return Verdict(path, False, f"{_shown(f.name)} is a link that leads outside the checkpoint directory",
+                           architecture=architecture)
     total = 0
     count = len(weights)
     for i, shard in enumerate(weights, 1):
-        label = shard.name if count == 1 else f"shard {i} of {count} ({shard.name})"
+        name = _shown(str(shard.relative_to(path)))
+        label = name if count == 1 else f"shard {i} of {count} ({name})"
         if not shard.is_file():
             return Verdict(path, False, f"{label} is missing", architecture=architecture)
         size = shard.stat().st_size
         total += size
-        if shard.suffix != ".safetensors":
+        if shard.name in PICKLE_WEIGHTS:  # only with allow_pickle: pickle files carry no length header
             continue
         try:
             expected = safetensors_expected_size(shard)
@@ -210,7 +273,7 @@ def _inspect_once(path: Path, allow_pickle: bool) -> Verdict:
         if size > expected:
             return Verdict(path, False, f"{label} is longer than its header says "
                                         f"({human_bytes(size)} > {human_bytes(expected)})", architecture=architecture)
-    return Verdict(path, True, "complete", architecture=architecture, model_type=config.get("model_type"),
+    return Verdict(path, True, "complete", architecture=architecture, model_type=model_type,
                    weight_files=weights, tokenizer_files=tokenizer_files, total_bytes=total)
 
 

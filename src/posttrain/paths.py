@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
+
+from posttrain.errors import PosttrainError
 
 
 def home() -> Path:
@@ -24,3 +28,49 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "posttrain"
+
+
+# ---------------------------------------------------------------- names that become paths
+
+_MAX_NAME = 100
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(raw: str, *, fallback: str = "model", max_len: int = _MAX_NAME) -> str:
+    """`raw` (a model name, a run label) made safe as ONE path component, the only way posttrain does it.
+
+    Keeps ASCII letters, digits, `.`, `_` and `-`; every other run of characters (`/`, `\\`, spaces,
+    NUL, non-ASCII) becomes one `-`. Leading and trailing `.` and `-` go, so the result is never
+    `..`, never hidden, and never starts like an option. A name that had to be shortened keeps a
+    short hash of the original, so two long names that differ only at the end stay distinct.
+    """
+    text = _UNSAFE_RUN.sub("-", str(raw)).strip(".-")
+    if not text:
+        return fallback
+    if len(text) > max_len:
+        digest = hashlib.sha256(str(raw).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        text = text[: max_len - len(digest) - 1].rstrip(".-") + "-" + digest
+    return text
+
+
+def confined(base: str | Path, relative: str | Path) -> Path:
+    """`base / relative` (as given, not resolved), refused with a PosttrainError when it would land
+    outside `base` or on `base` itself.
+
+    For paths that come from outside (a manifest entry, a shard name, a user's --name): `..`,
+    absolute paths and symlinks that lead out of `base` are all caught, because both sides are
+    resolved before they are compared.
+    """
+    base = Path(base)
+    text = str(relative)
+    if not text or "\0" in text:
+        raise PosttrainError(f"{text!r} is not a usable file name under {base}")
+    try:
+        root, target = base.resolve(), (base / relative).resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop: RuntimeError before Python 3.13
+        raise PosttrainError(f"{text!r} under {base} cannot be resolved: {e}") from None
+    if target == root or not target.is_relative_to(root):
+        raise PosttrainError(f"{text!r} points outside {base}",
+                             remedy="names must stay inside their folder: no '..', no absolute paths, "
+                                    "no symlinks leading out")
+    return base / relative

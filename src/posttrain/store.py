@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from posttrain.contracts import ItemResult
+from posttrain.errors import PosttrainError
 
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -174,6 +175,17 @@ def m004_run_links_watch_and_registrations(db: sqlite3.Connection) -> None:
     )
 
 
+def _unusable(path: Path, e: sqlite3.DatabaseError) -> PosttrainError:
+    """The store could not be opened: say which file, why, and what to do."""
+    if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+        return PosttrainError(f"{path} is locked by another process ({e})", remedy="try again when it is done")
+    if isinstance(e, sqlite3.OperationalError) and "unable to open" in str(e):
+        return PosttrainError(f"cannot open {path}: {e}", remedy="make its folder writable or pass --home DIR")
+    return PosttrainError(f"{path} is not a usable posttrain store: {e}",
+                          remedy="if it is damaged, move it aside (posttrain then starts a new one) "
+                                 "or pass --home DIR")
+
+
 class Store:
     """One SQLite file. Safe to share between threads of one process (one connection per thread)."""
 
@@ -181,8 +193,12 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self.connect() as db:
-            self._migrate(db)
+        try:
+            with self.connect() as db:
+                self._migrate(db)
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise _unusable(self.path, e) from None
 
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)

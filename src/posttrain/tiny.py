@@ -12,7 +12,16 @@ import json
 import os
 import random
 import shutil
+import tempfile
+import uuid
 from pathlib import Path
+
+from posttrain import __version__
+from posttrain._files import sha256_file
+from posttrain.errors import PosttrainError
+
+# Written last into every make_tiny folder: which files this run wrote, with their hashes.
+MARKER = ".posttrain-tiny.json"
 
 _SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "our model", "the river", "a small bird",
              "the old man", "the engineer", "a student"]
@@ -85,22 +94,45 @@ def _bpe_tokenizer(lines: list[str], vocab_size: int, add_bos: bool):
 def make_tiny(out: str | Path, *, tokenizer: str = "spm", add_bos: bool = True, seed: int = 0,
               hidden_size: int = 256, intermediate_size: int = 512, num_layers: int = 2,
               num_heads: int = 4, num_kv_heads: int = 2, vocab_size: int = 512,
-              init_std: float = 0.08, chat_template: str | None = None) -> Path:
+              init_std: float = 0.08, chat_template: str | None = None, force: bool = False) -> Path:
     """Write a tiny, randomly initialised (seeded) Llama checkpoint to `out` and return it.
 
     `tokenizer`: "spm" (SentencePiece, what Llama 2 uses) or "bpe" (byte-level BPE, GPT-2 style;
     llama.cpp's converter does not know its pre-tokenizer hash, so converting it needs an explicit
     pre-tokenizer name). `add_bos=False` makes a model that, like SmolLM2 or Qwen, starts without BOS.
-    """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
+    `out` may be missing, empty, or an unchanged earlier make_tiny output (its marker file lists
+    what it wrote); anything else is refused with a PosttrainError unless `force=True`.
+    """
     if tokenizer not in ("spm", "bpe"):
         raise ValueError(f"tokenizer must be 'spm' or 'bpe', not {tokenizer!r}")
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    _check_replaceable(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh name of our own: a killed run leaves a hidden .partial folder, never a half checkpoint
+    # under `out`, and nothing of the user's is touched while the model is made.
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes 0700; a checkpoint folder is meant to be read by others too
+        _write_model(tmp, tokenizer=tokenizer, add_bos=add_bos, seed=seed, hidden_size=hidden_size,
+                     intermediate_size=intermediate_size, num_layers=num_layers, num_heads=num_heads,
+                     num_kv_heads=num_kv_heads, vocab_size=vocab_size, init_std=init_std,
+                     chat_template=chat_template)
+        _write_marker(tmp)
+        _check_replaceable(out, force)  # again: the user may have written there in the meantime
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_model(tmp: Path, *, tokenizer: str, add_bos: bool, seed: int, hidden_size: int,
+                 intermediate_size: int, num_layers: int, num_heads: int, num_kv_heads: int, vocab_size: int,
+                 init_std: float, chat_template: str | None) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     lines = corpus(seed=seed)
     tok = (_spm_tokenizer(lines, vocab_size, tmp, add_bos) if tokenizer == "spm"
            else _bpe_tokenizer(lines, vocab_size, add_bos))
@@ -117,10 +149,65 @@ def make_tiny(out: str | Path, *, tokenizer: str = "spm", add_bos: bool = True, 
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     _pin_bos_setting(tmp, add_bos)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+
+
+# ---------------------------------------------------------------- never replacing what is not ours
+
+
+def _files_of(folder: Path) -> dict[str, Path]:
+    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*"))
+            if (p.is_file() or p.is_symlink()) and p.name != MARKER}
+
+
+def _write_marker(folder: Path) -> None:
+    """Record every file this run wrote, with its hash: the proof a later run needs to replace them."""
+    files = {name: sha256_file(p) for name, p in _files_of(folder).items()}
+    doc = {"made_by": "posttrain make-tiny", "version": __version__, "files": files}
+    (folder / MARKER).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def made_by_make_tiny(folder: Path) -> bool:
+    """True when `folder` holds exactly the files a `make_tiny` wrote, unchanged (its marker says which)."""
+    try:
+        doc = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        recorded = doc["files"]
+        present = _files_of(folder)
+        if not isinstance(recorded, dict) or set(recorded) != set(present):
+            return False
+        return all(not p.is_symlink() and sha256_file(p) == recorded[name] for name, p in present.items())
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return False
+
+
+def _check_replaceable(out: Path, force: bool) -> None:
+    """Refuse to replace anything at `out` but nothing, an empty folder, or an unchanged make_tiny output."""
+    if force or not (out.exists() or out.is_symlink()):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise PosttrainError(f"{out} exists and is not a folder; nothing was changed",
+                             remedy="choose another path, or pass --force to replace it")
+    if next(out.iterdir(), None) is None or made_by_make_tiny(out):
+        return
+    raise PosttrainError(f"{out} is not empty and holds files `make-tiny` did not write; nothing was changed",
+                         remedy="choose another folder, or pass --force to replace it")
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Put `tmp` at `out`; what stood there is moved aside first and removed only once `tmp` is in place."""
+    if not (out.exists() or out.is_symlink()):
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
 
 
 def _pin_bos_setting(path: Path, add_bos: bool) -> None:

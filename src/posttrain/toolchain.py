@@ -104,7 +104,12 @@ def _verified_cached_tree(root: Path, ver: str) -> ConverterTree | None:
     meta_path = root / PROVENANCE
     if not meta_path.is_file():
         return None
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON: the file was damaged
+        meta = None
+    if not isinstance(meta, dict):
+        raise PosttrainError(f"{meta_path} is damaged", remedy=f"delete {root} and run again to provision it afresh")
     if meta.get("tree_sha256") != _tree_sha256(root):
         raise PosttrainError(f"the provisioned converter tree at {root} was modified (tree hash mismatch)",
                              remedy=f"delete {root} and run again to provision it afresh")

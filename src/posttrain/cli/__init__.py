@@ -8,8 +8,8 @@ import sys
 import typer
 
 from posttrain import __version__
-from posttrain.cli._app import app, err_console
-from posttrain.errors import PosttrainError
+from posttrain.cli._app import app, err_console, print_error
+from posttrain.cli._errors import failure_line
 
 # One module per command group; importing a module registers its commands.
 COMMAND_MODULES = [
@@ -42,11 +42,14 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    """Run the CLI. Every failure ends here as one line on stderr (see `_errors`); usage errors are
+    click's (exit 2)."""
     try:
         app()
-    except PosttrainError as e:
-        err_console.print(f"[bold red]error:[/] {e.one_line()}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as e:  # the one boundary: nothing leaves as a traceback
+        line, code = failure_line(e)
+        print_error(line)
+        sys.exit(code)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from posttrain._terminal import esc
+
 app = typer.Typer(
     name="posttrain",
     help="After fine-tuning: detect, convert to GGUF, quantize, serve, evaluate, compare, report.",
@@ -14,3 +16,8 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def print_error(line: str) -> None:
+    """The one-line error format every command uses: `error: <what, where> — <remedy>` on stderr."""
+    err_console.print(f"[bold red]error:[/] {esc(line)}", highlight=False, soft_wrap=True)

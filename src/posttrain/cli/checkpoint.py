@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from posttrain.checkpoint import human_bytes, inspect_checkpoint
-from posttrain.cli._app import app, console
+from posttrain.cli._app import app, console, esc
 
 
 @app.command("check")
@@ -19,22 +19,30 @@ def check(
     """Say whether PATH is a complete Hugging Face checkpoint, and if not, why. Exit 1 when not."""
     verdict = inspect_checkpoint(path, settle_seconds=settle, allow_pickle=allow_pickle)
     if verdict.complete:
-        console.print(f"[green]complete[/]: {verdict.architecture}, {len(verdict.weight_files)} weight file(s), "
+        console.print(f"[green]complete[/]: {esc(verdict.architecture)}, {len(verdict.weight_files)} weight file(s), "
                       f"{human_bytes(verdict.total_bytes)}", highlight=False)
         return
-    console.print(f"[red]incomplete[/]: {verdict.reason}", highlight=False)
+    console.print(f"[red]incomplete[/]: {esc(verdict.reason)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+def _tokenizer_kind(value: str) -> str:
+    if value not in ("spm", "bpe"):
+        raise typer.BadParameter(f"{value!r} is not a tokenizer kind: use spm or bpe")
+    return value
 
 
 @app.command("make-tiny")
 def make_tiny_cmd(
-    out: Path = typer.Argument(..., help="Directory to write the checkpoint to."),
-    tokenizer: str = typer.Option("spm", help="spm (SentencePiece) or bpe (byte-level BPE)."),
+    out: Path = typer.Argument(..., help="Directory to write the checkpoint to (missing, empty, or an earlier "
+                                         "make-tiny output)."),
+    tokenizer: str = typer.Option("spm", callback=_tokenizer_kind, help="spm (SentencePiece) or bpe (byte-level BPE)."),
     no_bos: bool = typer.Option(False, "--no-bos", help="A model that does not start with BOS (like SmolLM2)."),
     seed: int = typer.Option(0, help="Seed for weights and tokenizer data."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT even when it holds files make-tiny did not write."),
 ) -> None:
     """Write a tiny random Llama checkpoint (seconds, no download), for trying posttrain out."""
     from posttrain.tiny import make_tiny
 
-    path = make_tiny(out, tokenizer=tokenizer, add_bos=not no_bos, seed=seed)
-    console.print(f"wrote {path}")
+    path = make_tiny(out, tokenizer=tokenizer, add_bos=not no_bos, seed=seed, force=force)
+    console.print(f"wrote {esc(path)}", highlight=False, soft_wrap=True)

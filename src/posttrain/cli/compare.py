@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from posttrain._files import write_text_atomic
-from posttrain.cli._app import app, console
+from posttrain.cli._app import app, console, esc
 from posttrain.errors import PosttrainError
 
 
@@ -83,7 +83,7 @@ def compare_cmd(
             if as_json:
                 typer.echo(line, err=True)
             else:
-                console.print(line, highlight=False)
+                console.print(esc(line), highlight=False)
 
 
 def _distinct_labels(labels: list[str], sources: list[str]) -> list[str]:

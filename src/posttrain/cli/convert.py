@@ -9,7 +9,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from posttrain.checkpoint import human_bytes
-from posttrain.cli._app import app, console
+from posttrain.cli._app import app, console, esc
 from posttrain.cli._options import n_gpu_layers_option
 
 
@@ -32,6 +32,8 @@ def convert(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the probe-text comparison against F16."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pytorch_model.bin (pickle) weights."),
     n_gpu_layers: int | None = n_gpu_layers_option(),
+    force: bool = typer.Option(False, "--force", help="Replace files in --out that posttrain's manifest.json "
+                                                      "there does not list (never needed for its own)."),
 ) -> None:
     """Convert CHECKPOINT to GGUF with llama.cpp's own converter and quantizer; verify every file."""
     from posttrain.convert import convert_checkpoint
@@ -41,16 +43,16 @@ def convert(
         task = bar.add_task("starting", variant="")
         result = convert_checkpoint(
             checkpoint, out, quant, model_name=name, pre_tokenizer=pre_tokenizer, imatrix=imatrix,
-            llama_cpp_dir=llama_cpp_dir, verify=not no_verify, allow_pickle=allow_pickle,
+            llama_cpp_dir=llama_cpp_dir, verify=not no_verify, allow_pickle=allow_pickle, force=force,
             n_gpu_layers=n_gpu_layers,
-            progress=lambda variant, text: bar.update(task, description=text, variant=variant))
-    table = Table(title=f"{result.model_name} ← {checkpoint}", title_justify="left")
+            progress=lambda variant, text: bar.update(task, description=esc(text), variant=esc(variant)))
+    table = Table(title=esc(f"{result.model_name} ← {checkpoint}"), title_justify="left")
     for col in ("variant", "file", "size", "sha256", "s", "KLD", "top-1"):
         table.add_column(col, justify="left" if col in ("variant", "file", "sha256") else "right",
                          overflow="fold")
     notes = []
     for v in result.variants:
-        table.add_row(v.quant, v.path.name, human_bytes(v.size_bytes), v.sha256[:12],
+        table.add_row(esc(v.quant), esc(v.path.name), human_bytes(v.size_bytes), v.sha256[:12],
                       "cached" if v.cached else f"{v.seconds:.1f}", _fmt(v.kld_vs_f16, ".4f"), _fmt(v.top1_vs_f16, ".3f"))
         if v.fallbacks:
             fell = ", ".join(f"{n}×{t.lower()}" for t, n in sorted(v.fallbacks.items()))
@@ -63,5 +65,5 @@ def convert(
     console.print("KLD, top-1: mean KL divergence (nats) and top-1 agreement with F16 on a fixed probe text.",
                   style="dim", highlight=False)
     for note in notes:
-        console.print(note, highlight=False)
-    console.print(f"manifest: {result.manifest_path}", highlight=False)
+        console.print(esc(note), highlight=False)
+    console.print(f"manifest: {esc(result.manifest_path)}", highlight=False, soft_wrap=True)

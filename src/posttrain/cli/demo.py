@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from posttrain.cli._app import app, console
+from posttrain.cli._app import app, console, esc
 
 
 @app.command("demo")
@@ -25,12 +25,12 @@ def demo_cmd(
     from posttrain.demo import DEFAULT_STEPS, run_demo
 
     result = run_demo(workdir, steps=steps or DEFAULT_STEPS, seed=seed, threads=threads,
-                      say=lambda line: console.print(line, highlight=False))
+                      say=lambda line: console.print(esc(line, one_line=False), highlight=False))
     for sentence in result.verdicts:
-        console.print(f"  {sentence}", highlight=False)
+        console.print(f"  {esc(sentence)}", highlight=False)
     total = result.stage_seconds.get("total", 0.0)
     console.print(f"demo {result.status} in {total:.0f} s", highlight=False)
     if result.report is not None:
-        console.print(f"report: {result.report}", highlight=False)
+        console.print(f"report: {esc(result.report)}", highlight=False, soft_wrap=True)
     if result.status != "succeeded" or result.report is None:
         raise typer.Exit(1)

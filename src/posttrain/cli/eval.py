@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from posttrain.cli._app import app, console
+from posttrain.cli._app import app, console, esc
 from posttrain.cli._options import n_gpu_layers_option
 
 
@@ -50,6 +50,7 @@ def eval_cmd(
     base = home or paths.home()
     store = Store(paths.store_path(base))
     name = Path(model).stem if not model.startswith("ollama:") else model.removeprefix("ollama:").replace(":", "_")
+    name = paths.safe_name(name)  # a folder under HOME/evals, never a path of its own
     out_dir = out or base / "evals" / name
     results = evaluate(
         model, [t.strip() for t in tasks.split(",") if t.strip()], data_dir=data_dir, limit=limit,
@@ -58,7 +59,7 @@ def eval_cmd(
         gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, task_paths=include_path or None,
         n_gpu_layers=n_gpu_layers,
     )
-    table = Table(title=f"{model}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table = Table(title=esc(model), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     for col in ("task", "metric", "filter", "value", "95% CI", "n", "seconds", "tokens/s"):
         # Numbers stay whole in a narrow terminal; names fold onto a second line.
         text = col in ("task", "metric", "filter")
@@ -68,7 +69,7 @@ def eval_cmd(
             first = i == 0
             ci = f"{_fmt(m.ci_low, 3)}–{_fmt(m.ci_high, 3)}" if m.ci_low is not None else "–"
             seconds = ("cached" if r.cached else _fmt(r.seconds, 1)) if first else ""
-            table.add_row(r.task if first else "", m.metric, m.filter, _fmt(m.value, 3), ci, str(m.n),
+            table.add_row(esc(r.task) if first else "", esc(m.metric), esc(m.filter), _fmt(m.value, 3), ci, str(m.n),
                           seconds, _fmt(r.tokens_per_s, 0) if first and not r.cached else "")
     console.print(table)
-    console.print(f"results: {out_dir}  (store: {paths.store_path(base)})", highlight=False)
+    console.print(f"results: {esc(out_dir)}  (store: {esc(paths.store_path(base))})", highlight=False, soft_wrap=True)

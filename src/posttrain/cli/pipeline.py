@@ -12,9 +12,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from posttrain._files import read_json_file, write_json_atomic
+from posttrain._files import read_json_file, write_json_atomic, write_text_atomic
 from posttrain.checkpoint import human_bytes
-from posttrain.cli._app import app, console, err_console
+from posttrain.cli._app import app, console, esc, print_error
 from posttrain.cli._options import n_gpu_layers_option
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
@@ -56,17 +56,17 @@ def _console_logging(verbose: bool = False) -> None:
 
 def _print_result(result) -> None:
     colour = {"succeeded": "green", "failed": "red", "interrupted": "yellow"}[result.status]
-    table = Table(title=f"run {result.run_id}: [{colour}]{result.status}[/]", title_justify="left")
+    table = Table(title=f"run {esc(result.run_id)}: [{colour}]{result.status}[/]", title_justify="left")
     for col in ("step", "status", "time", "peak RSS", "note"):
         table.add_column(col, overflow="fold")
     for s in result.steps:
         status = "reused" if s.reused else s.status
-        table.add_row(s.name, status, f"{s.wall_s:.1f} s" if s.wall_s is not None else "",
-                      human_bytes(s.peak_rss_bytes) if s.peak_rss_bytes else "", s.error or "")
+        table.add_row(esc(s.name), esc(status), f"{s.wall_s:.1f} s" if s.wall_s is not None else "",
+                      human_bytes(s.peak_rss_bytes) if s.peak_rss_bytes else "", esc(s.error or "", one_line=False))
     console.print(table)
     report = RunLayout(result.run_dir).report_html
     if report.exists():
-        console.print(f"report: {report}", highlight=False)
+        console.print(f"report: {esc(report)}", highlight=False, soft_wrap=True)
 
 
 @app.command("run")
@@ -101,14 +101,14 @@ def run_cmd(
         if isinstance(result, PosttrainError):
             text = result.one_line()
             where = "" if str(ckpt) in text or str(ckpt.resolve()) in text else f"{ckpt}: "
-            err_console.print(f"[bold red]error:[/] {where}{text}", highlight=False, soft_wrap=True)
+            print_error(f"{where}{text}")
             code = max(code, 1)
             continue
         _print_result(result)
         if result.status == "failed":
             code = max(code, 1)
         elif result.status == "interrupted" and code == 0:
-            console.print(f"interrupted: run the same command again to resume run {result.run_id}")
+            console.print(f"interrupted: run the same command again to resume run {esc(result.run_id)}")
             code = EX_TEMPFAIL
     raise typer.Exit(code)
 
@@ -160,7 +160,7 @@ def watch_cmd(
         write_json_atomic(path, settings)
         pid = spawn_detached(["watch", *map(str, dirs), "--settings", str(path), "--detached"], cfg.base_dir)
         console.print(f"watcher started in the background: PID {pid}; `posttrain status` to follow, "
-                      f"`posttrain stop` to stop (log: {cfg.base_dir / 'logs' / 'watch.log'})", highlight=False)
+                      f"`posttrain stop` to stop (log: {esc(cfg.base_dir / 'logs' / 'watch.log')})", highlight=False)
         return
     if not detached:
         _console_logging()
@@ -228,26 +228,25 @@ def _print_status(doc: dict) -> None:
     if doc["running"]:
         up = int(w.get("uptime_s") or 0)
         console.print(f"[green]watcher running[/]: PID {w['pid']}, up {up // 3600}h{up % 3600 // 60:02d}m{up % 60:02d}s, "
-                      f"home {doc['home']}", highlight=False)
-        console.print(f"  watching: {', '.join(w.get('roots') or [])}  pattern {w.get('pattern')}  "
+                      f"home {esc(doc['home'])}", highlight=False)
+        console.print(f"  watching: {esc(', '.join(w.get('roots') or []))}  pattern {esc(w.get('pattern'))}  "
                       f"({'file events + ' if w.get('events') else ''}rescan every {w.get('poll_interval_s', 0):g} s)",
                       highlight=False)
-        console.print(f"  queue: {len(w.get('queue') or [])}" + "".join(f"\n    {q}" for q in w.get("queue") or []),
+        console.print(f"  queue: {len(w.get('queue') or [])}" + "".join(f"\n    {esc(q)}" for q in w.get("queue") or []),
                       highlight=False)
         for path, cur in (w.get("current") or {}).items():
-            console.print(f"  now: {path}: step {cur.get('step') or 'starting'} (run {cur.get('run_id') or '…'})",
-                          highlight=False)
-        console.print(f"  log: {w.get('log')}", highlight=False)
+            step, run_id = cur.get("step") or "starting", cur.get("run_id") or "…"
+            console.print(f"  now: {esc(path)}: step {esc(step)} (run {esc(run_id)})", highlight=False)
+        console.print(f"  log: {esc(w.get('log'))}", highlight=False)
         effective = (w.get("settings") or {}).get("config") or {}
         if effective:
             shown = {k: effective.get(k) for k in ("quants", "tasks", "data_dir", "limit", "per_subject", "baseline",
                                                    "jobs", "n_gpu_layers") if effective.get(k) not in (None, [])}
-            console.print("  settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()), highlight=False,
-                          markup=False)
+            console.print("  settings: " + esc(", ".join(f"{k}={v}" for k, v in shown.items())), highlight=False)
     else:
-        console.print(f"[yellow]no watcher running[/] for {doc['home']}", highlight=False)
+        console.print(f"[yellow]no watcher running[/] for {esc(doc['home'])}", highlight=False)
     for run in doc.get("active_runs") or []:
-        console.print(f"  active run {run['id']} (PID {run['owner_pid']}): step {run.get('step') or '?'}",
+        console.print(f"  active run {esc(run['id'])} (PID {run['owner_pid']}): step {esc(run.get('step') or '?')}",
                       highlight=False)
     if doc.get("runs"):
         table = Table(title="recent runs", title_justify="left")
@@ -255,7 +254,8 @@ def _print_status(doc: dict) -> None:
             table.add_column(col, overflow="fold")
         for r in doc["runs"]:
             verdicts = "\n".join(r.get("verdicts") or []) or (r.get("failed") or "")
-            table.add_row(r["id"], r["status"], r.get("finished_at") or "", verdicts)
+            table.add_row(esc(r["id"]), esc(r["status"]), esc(r.get("finished_at") or ""),
+                          esc(verdicts, one_line=False))
         console.print(table)
 
 
@@ -288,8 +288,5 @@ def init_cmd(
 
     if path.exists() and not force:
         raise PosttrainError(f"{path} already exists", remedy="pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(config_template())
-    tmp.replace(path)
-    console.print(f"wrote {path}", highlight=False)
+    write_text_atomic(path, config_template())  # a fresh temporary name: never someone's .tmp file
+    console.print(f"wrote {esc(path)}", highlight=False, soft_wrap=True)

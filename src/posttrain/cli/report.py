@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from posttrain.cli._app import app, console
+from posttrain.cli._app import app, console, esc
 from posttrain.errors import PosttrainError
 
 _HOME_HELP = "posttrain home holding posttrain.db (default: $POSTTRAIN_HOME)."
@@ -35,7 +35,7 @@ def report_cmd(
 
     paths = report_from_store(_open_store(home), run_id, out)
     for kind in ("html", "md", "json"):
-        console.print(f"wrote {paths[kind]}", highlight=False, soft_wrap=True)
+        console.print(f"wrote {esc(paths[kind])}", highlight=False, soft_wrap=True)
 
 
 @app.command("runs")
@@ -50,7 +50,7 @@ def runs_cmd(
 
     store = _open_store(home)
     rows = index_rows(store)
-    table = Table(title=f"runs in {store.path}", title_justify="left")
+    table = Table(title=f"runs in {esc(store.path)}", title_justify="left")
     table.add_column("run", no_wrap=True)  # ids are copied into `posttrain report RUN`: never split them
     for col in ("created", "model", "status", "quant", "size", "KLD vs F16", "scores", "verdict"):
         table.add_column(col, overflow="fold")
@@ -62,7 +62,7 @@ def runs_cmd(
     if rows:
         console.print(table)
     else:
-        console.print(f"no runs in {store.path}")
+        console.print(f"no runs in {esc(store.path)}", highlight=False, soft_wrap=True)
     if html:
         path = write_index(store, out or store.path.parent / "runs" / "index.html")
-        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+        console.print(f"wrote {esc(path)}", highlight=False, soft_wrap=True)

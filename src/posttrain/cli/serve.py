@@ -34,8 +34,8 @@ def serve(
         signal.signal(sig, lambda *_: stop.set())
     with LlamaServer(gguf, n_ctx=ctx, n_threads=threads, port=port, log_path=log,
                      n_gpu_layers=n_gpu_layers) as server:
-        console.print(f"serving {escape(gguf.name)} at [bold]{server.url}/v1[/] (log: {server.log_path})",
-                      highlight=False)
+        console.print(f"serving {escape(gguf.name)} at [bold]{escape(server.url)}/v1[/] "
+                      f"(log: {escape(str(server.log_path))})", highlight=False)
         console.print("Ctrl-C to stop", style="dim")
         while not stop.wait(0.5):
             if server.process.poll() is not None:
@@ -89,7 +89,7 @@ def register(
     table = Table("name", "digest", "blob", "status", "template", "smoke", "reply")
     for r in regs:
         table.add_row(escape(r.name), r.digest.removeprefix("sha256:")[:12], "uploaded" if r.uploaded else "reused",
-                      r.status, r.template_family or "[yellow]not set[/]",
+                      escape(r.status), escape(r.template_family) if r.template_family else "[yellow]not set[/]",
                       f"{r.smoke_latency_s:.2f} s" if r.smoke_latency_s is not None else "-",
                       _shown(r.smoke_text))
     console.print(table)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from posttrain._terminal import esc
+
 _SHORT = {"no significant difference": "n.s."}
 _VERDICT_STYLE = {"better": "bold green", "worse": "bold red", "no significant difference": "dim"}
 
@@ -38,9 +40,10 @@ def render_table(doc: dict) -> Table:
     """One row per comparison: both means with CIs, Δ with CI, p, Holm p, verdict, MDE; the
     sentences go under the table."""
     level = f"{100 * (1 - doc['alpha']):g}%"
-    table = Table(title=f"{doc['new']['label']} vs {doc['baseline']['label']}  (α = {doc['alpha']}, Holm; n.s. = no significant difference; "
+    # Labels, task names and sentences come from the user's files: escaped, never read as markup.
+    table = Table(title=f"{esc(doc['new']['label'])} vs {esc(doc['baseline']['label'])}  (α = {doc['alpha']}, Holm; n.s. = no significant difference; "
                         "points = ×100 for proportions)",
-                  caption="\n".join(c["sentence"] for c in doc["comparisons"]), caption_justify="left",
+                  caption="\n".join(esc(c["sentence"]) for c in doc["comparisons"]), caption_justify="left",
                   show_lines=False)
     family = len(doc.get("pairs", [])) > 1
     if family:
@@ -59,7 +62,7 @@ def render_table(doc: dict) -> Table:
         if d.get("n_clusters"):
             what += f" [{d['n_clusters']} {d.get('cluster_key') or 'cluster'}s]"
         cells = [
-            what, str(c["n"]),
+            esc(what), str(c["n"]),
             _fmt(c["new"]["mean"], scale) + _ci(c["new"]["ci"], scale),
             _fmt(c["baseline"]["mean"], scale) + _ci(c["baseline"]["ci"], scale),
             _fmt(d["mean"], scale, True) + _ci(d["ci"], scale, True),
@@ -68,6 +71,6 @@ def render_table(doc: dict) -> Table:
             _fmt(c["mde_80"], scale),
         ]
         if family:
-            cells.insert(0, f"{c['new_label']} vs {c['baseline_label']}")
+            cells.insert(0, esc(f"{c['new_label']} vs {c['baseline_label']}"))
         table.add_row(*cells)
     return table

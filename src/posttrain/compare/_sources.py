@@ -23,6 +23,7 @@ _SAMPLE_KEYS = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps
 _QUESTION_CHARS = 600
 _SAMPLES_RE = re.compile(r"^samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[\d\-.]+)\.jsonl$")
 _RESULTS_RE = re.compile(r"^results_(?P<date>\d{4}-\d{2}-\d{2}T[\d\-.]+)\.json$")
+_RERUN = "the file is truncated or damaged; rerun lm-eval with --log_samples"
 
 
 def parse_clusters(spec: str | None) -> dict[str, str]:
@@ -69,15 +70,39 @@ def _latest_samples(folder: Path, date: str | None) -> dict[str, Path]:
     return {t: max(files)[1] for t, files in by_task.items()}
 
 
+def _read_results(path: Path) -> dict:
+    """lm-eval's results_*.json as an object, or a PosttrainError that names the file and the line."""
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise PosttrainError(f"{path} is not UTF-8 text (byte {e.start})", remedy=_RERUN) from None
+    except json.JSONDecodeError as e:
+        raise PosttrainError(f"{path}:{e.lineno}:{e.colno} is not JSON ({e.msg})", remedy=_RERUN) from None
+    except RecursionError:
+        raise PosttrainError(f"{path} is nested too deeply to be an lm-eval results file", remedy=_RERUN) from None
+    if not isinstance(doc, dict):
+        raise PosttrainError(f"{path} holds a JSON {type(doc).__name__}, not lm-eval's results object",
+                             remedy=_RERUN)
+    return doc
+
+
+def _mapping(doc: dict, key: str) -> dict:
+    """`doc[key]` when it is an object; a field of the wrong type counts as absent (these are optional)."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _group_of(results: dict) -> dict[str, str]:
     """Leaf task → top-level group, from lm-eval's `group_subtasks` (groups may nest)."""
-    subtasks: dict[str, list[str]] = results.get("group_subtasks") or {}
+    subtasks = {g: [c for c in children if isinstance(c, str)]
+                for g, children in _mapping(results, "group_subtasks").items() if isinstance(children, list)}
     parent = {child: g for g, children in subtasks.items() for child in children}
     out = {}
     for leaf in {c for cs in subtasks.values() for c in cs} - subtasks.keys():
-        top = leaf
-        while top in parent:
+        top, seen = leaf, {leaf}
+        while top in parent and parent[top] not in seen:  # a damaged file may name a cycle
             top = parent[top]
+            seen.add(top)
         out[leaf] = top
     return out
 
@@ -104,7 +129,7 @@ def _choices(sample: dict, delimiter: str) -> list[str] | None:
 
 def _question(sample: dict) -> str | None:
     args = sample.get("arguments")
-    if isinstance(args, dict) and "gen_args_0" in args:
+    if isinstance(args, dict) and isinstance(args.get("gen_args_0"), dict):
         prompt = str(args["gen_args_0"].get("arg_0", ""))
         # The prompt ends with this item's own question; few-shot examples come before it.
         text = prompt.rsplit("\n\n", 1)[-1].strip()
@@ -158,7 +183,7 @@ def load_lm_eval_folder(root: Path, clusters: dict[str, str] | None = None) -> t
     folder, date = _pick_run_folder(root)
     results: dict = {}
     if date is not None:
-        results = json.loads((folder / f"results_{date}.json").read_text(encoding="utf-8"))
+        results = _read_results(folder / f"results_{date}.json")
     groups = _group_of(results)
     label = str(results.get("model_name") or folder.name)
     if label.startswith(("/", ".", "~")):  # a local checkpoint path: its folder name reads better
@@ -166,33 +191,69 @@ def load_lm_eval_folder(root: Path, clusters: dict[str, str] | None = None) -> t
     items: list[ItemResult] = []
     for task, path in sorted(_latest_samples(folder, date).items()):
         group = groups.get(task)
-        delimiter = str(((results.get("configs") or {}).get(task) or {}).get("target_delimiter", " "))
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    s = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise PosttrainError(f"{path}:{line_no} is not JSON ({e.msg})",
-                                         remedy="the file is truncated or damaged; rerun lm-eval") from e
-                metrics = s.get("metrics") or [k for k, v in s.items() if k not in _SAMPLE_KEYS
-                                               and isinstance(v, (int, float)) and not isinstance(v, bool)]
-                question = _question(s)
-                cluster = _cluster(s.get("doc"), task, group, clusters)
-                for metric in metrics:
-                    value = s.get(metric)
-                    if isinstance(value, bool):
-                        value = float(value)
-                    if not isinstance(value, (int, float)) or not math.isfinite(value):
-                        continue  # non-mean metrics (e.g. bleu's tuples) have no per-item score to pair
-                    target, response = _render_answers(s, metric, delimiter)
-                    items.append(ItemResult(
-                        task=task, group=group, doc_id=int(s["doc_id"]),
-                        doc_hash=str(s.get("doc_hash") or f"doc_id:{s['doc_id']}"),
-                        filter=str(s.get("filter") or "none"), metric=metric, value=float(value),
-                        cluster=cluster, question=question, target=target, response=response))
+        config = _mapping(_mapping(results, "configs"), task)
+        delimiter = str(config.get("target_delimiter", " "))
+        for where, sample in _sample_lines(path):
+            items += _sample_items(sample, where, task, group, delimiter, clusters)
     return label, items
+
+
+def _sample_lines(path: Path):
+    """(`path:line`, the JSON object) for each non-empty line of a samples_*.jsonl file."""
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            where = f"{path}:{line_no}"
+            if not raw.strip():
+                continue
+            try:
+                sample = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                raise PosttrainError(f"{where} is not JSON ({getattr(e, 'msg', e.__class__.__name__)})",
+                                     remedy=_RERUN) from None
+            if not isinstance(sample, dict):
+                raise PosttrainError(f"{where} is a JSON {type(sample).__name__}, not an lm-eval sample object",
+                                     remedy=_RERUN)
+            yield where, sample
+
+
+def _doc_id(sample: dict, where: str) -> int:
+    value = sample.get("doc_id")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise PosttrainError(f"{where}: the sample has no integer doc_id", remedy=_RERUN)
+
+
+def _metric_names(sample: dict, where: str) -> list[str]:
+    named = sample.get("metrics")
+    if named is None or named == []:
+        return [k for k, v in sample.items() if k not in _SAMPLE_KEYS
+                and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not (isinstance(named, list) and all(isinstance(m, str) for m in named)):
+        raise PosttrainError(f"{where}: \"metrics\" is not a list of metric names", remedy=_RERUN)
+    return named
+
+
+def _sample_items(s: dict, where: str, task: str, group: str | None, delimiter: str,
+                  clusters: dict[str, str]) -> list[ItemResult]:
+    """The per-metric items of one lm-eval sample line (metrics without a finite number are skipped)."""
+    doc_id = _doc_id(s, where)
+    question = _question(s)
+    cluster = _cluster(s.get("doc"), task, group, clusters)
+    items = []
+    for metric in _metric_names(s, where):
+        value = s.get(metric)
+        if isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue  # non-mean metrics (e.g. bleu's tuples) have no per-item score to pair
+        target, response = _render_answers(s, metric, delimiter)
+        items.append(ItemResult(
+            task=task, group=group, doc_id=doc_id, doc_hash=str(s.get("doc_hash") or f"doc_id:{doc_id}"),
+            filter=str(s.get("filter") or "none"), metric=metric, value=float(value),
+            cluster=cluster, question=question, target=target, response=response))
+    return items
 
 
 # ---------------------------------------------------------------- store
@@ -290,8 +351,8 @@ def task_settings(source: str | Path, *, store: Store | None = None) -> dict[str
     folder, date = _pick_run_folder(Path(text).expanduser())
     if date is None:
         return out
-    results = json.loads((folder / f"results_{date}.json").read_text(encoding="utf-8"))
-    versions, shots = results.get("versions") or {}, results.get("n-shot") or {}
+    results = _read_results(folder / f"results_{date}.json")
+    versions, shots = _mapping(results, "versions"), _mapping(results, "n-shot")
     for task in versions.keys() | shots.keys():
         out[task] = {"version": versions.get(task), "n_shot": shots.get(task)}
     return out

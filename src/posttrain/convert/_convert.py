@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from posttrain.convert._quant_types import (
     quantizer_types,
 )
 from posttrain.errors import CheckpointIncomplete, PosttrainError
+from posttrain.paths import confined, safe_name
 from posttrain.store import utcnow
 from posttrain.toolchain import ConverterTree, converter_env, find_converter
 
@@ -96,7 +98,7 @@ def default_model_name(checkpoint: Path) -> str:
         name = checkpoint.parent.name
     elif name.startswith("checkpoint-") and checkpoint.parent.name:
         name = f"{checkpoint.parent.name}-{name}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+    return safe_name(name)
 
 
 def _count_params(weight_files: list[Path]) -> int:
@@ -108,11 +110,9 @@ def _count_params(weight_files: list[Path]) -> int:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
         for key, info in header.items():
-            if key != "__metadata__":
-                count = 1
-                for dim in info["shape"]:
-                    count *= dim
-                total += count
+            shape = info.get("shape") if isinstance(info, dict) and key != "__metadata__" else None
+            if isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape):
+                total += math.prod(shape)  # only for the disk-space estimate: an odd entry counts 0
     return total
 
 
@@ -206,20 +206,58 @@ def _run_quantizer(tree: ConverterTree, src: Path, dest: Path, quant: str, imatr
 
 
 def _load_manifest(out_dir: Path) -> dict:
+    """The manifest an earlier run wrote, or {} when there is none or it is not one (it is rewritten)."""
     path = out_dir / MANIFEST
     if path.is_file():
-        with suppress(json.JSONDecodeError):
-            return json.loads(path.read_text())
+        with suppress(ValueError, RecursionError):  # not UTF-8, not JSON, absurdly nested
+            doc = json.loads(path.read_bytes().decode("utf-8"))
+            if isinstance(doc, dict):
+                return doc
     return {}
+
+
+def _manifest_entries(manifest: dict) -> dict:
+    """The variant entries of a manifest, keeping only those shaped like `Variant.to_json()`."""
+    listed = manifest.get("variants")
+    if not isinstance(listed, dict):
+        return {}
+    fields = {f for f in Variant.__dataclass_fields__ if f != "cached"}
+    return {q: e for q, e in listed.items() if isinstance(e, dict) and set(e) == fields
+            and isinstance(e["path"], str) and isinstance(e["sha256"], str) and type(e["size_bytes"]) is int}
+
+
+def _ours(manifest: dict) -> set[str]:
+    """Names of the files in out_dir that posttrain wrote, or had started to write, by its manifest."""
+    if manifest.get("schema") != MANIFEST_SCHEMA:
+        return set()
+    pending = manifest.get("pending")
+    names = {e["path"] for e in _manifest_entries(manifest).values()}
+    return names | ({p for p in pending if isinstance(p, str)} if isinstance(pending, list) else set())
+
+
+def _refuse_foreign(out_dir: Path, file_names: list[str], manifest: dict) -> None:
+    """Refuse to replace a file posttrain did not write: a GGUF name its manifest does not list, or a
+    manifest.json that is not posttrain's."""
+    ours = _ours(manifest)
+    foreign = [MANIFEST] if (out_dir / MANIFEST).exists() and manifest.get("schema") != MANIFEST_SCHEMA else []
+    foreign += [n for n in file_names if ((out_dir / n).exists() or (out_dir / n).is_symlink()) and n not in ours]
+    if foreign:
+        raise PosttrainError(f"{out_dir} already holds {', '.join(foreign)}, which posttrain did not write; "
+                             "nothing was changed",
+                             remedy="choose another --out, move the file away, or pass --force to replace it")
 
 
 def _reusable(entry: dict | None, out_dir: Path, ckpt_sha: str, toolchain: dict, options: dict,
               manifest: dict) -> bool:
     if not entry or manifest.get("checkpoint_sha256") != ckpt_sha or manifest.get("options") != options:
         return False
-    if manifest.get("toolchain", {}).get("llama_cpp_python") != toolchain["llama_cpp_python"]:
+    recorded = manifest.get("toolchain")
+    if not isinstance(recorded, dict) or recorded.get("llama_cpp_python") != toolchain["llama_cpp_python"]:
         return False
-    path = out_dir / entry["path"]
+    try:
+        path = confined(out_dir, entry["path"])  # a manifest entry names a file in out_dir, nowhere else
+    except PosttrainError:
+        return False
     return path.is_file() and path.stat().st_size == entry["size_bytes"] and sha256_file(path) == entry["sha256"]
 
 
@@ -239,6 +277,7 @@ def convert_checkpoint(
     progress: Progress | None = None,
     n_gpu_layers: int | None = None,
     checkpoint_sha256: str | None = None,
+    force: bool = False,
 ) -> ConvertResult:
     """Convert `checkpoint` into GGUF variants under `out_dir`; skip variants already made and verified.
 
@@ -248,6 +287,8 @@ def convert_checkpoint(
     `n_gpu_layers`: layers llama.cpp offloads while checking the variants (default: all on a GPU build).
     `checkpoint_sha256`: the checkpoint's content hash when the caller has it (the pipeline), so the
     weights are not read again just to hash them.
+    A file in `out_dir` that posttrain's manifest there does not list is never replaced unless
+    `force` (PosttrainError before any work).
     """
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir)
@@ -259,30 +300,36 @@ def convert_checkpoint(
     tree = find_converter(llama_cpp_dir)
     toolchain = {"llama_cpp_python": tree.llama_cpp_python, "converter": tree.source,
                  "sdist_sha256": tree.sdist_sha256, "converter_root": str(tree.root)}
-    name = model_name or default_model_name(checkpoint)
+    name = safe_name(model_name) if model_name else default_model_name(checkpoint)
+    if not force:  # before anything is written there, the lock file included
+        _refuse_foreign(out_dir, [f"{name}-{q}.gguf" for q in wanted], _load_manifest(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     imatrix_path = Path(imatrix) if imatrix else None
     if imatrix_path is not None and not imatrix_path.is_file():
         raise PosttrainError(f"importance matrix {imatrix_path} does not exist")
 
     with _locked(out_dir):
-        # Under the lock no other conversion writes here: leftovers are from a killed run.
-        for stale in out_dir.glob(".*.partial"):
+        # Under the lock no other conversion writes here: leftovers are from a killed run (named by _produce).
+        for stale in out_dir.glob(".*.gguf.*.partial"):
             stale.unlink(missing_ok=True)
+        manifest = _load_manifest(out_dir)
         if checkpoint_sha256 is None:
             say("checkpoint", "hashing")
         ckpt_sha = checkpoint_sha256 or hash_checkpoint(verdict)
-        manifest = _load_manifest(out_dir)
         options = {"pre_tokenizer": pre_tokenizer,
                    "imatrix_sha256": sha256_file(imatrix_path) if imatrix_path else None}
         same_source = manifest.get("checkpoint_sha256") == ckpt_sha and manifest.get("options") == options
-        entries: dict = manifest.get("variants", {}) if same_source else {}
+        entries: dict = _manifest_entries(manifest) if same_source else {}
         todo = [q for q in wanted if not _reusable(entries.get(q), out_dir, ckpt_sha, toolchain, options, manifest)]
         if todo:
             _check_disk(out_dir, _count_params(verdict.weight_files), todo)
         manifest = {"schema": MANIFEST_SCHEMA, "model_name": name, "checkpoint": str(checkpoint.resolve()),
                     "checkpoint_sha256": ckpt_sha, "architecture": verdict.architecture, "toolchain": toolchain,
                     "options": options, "variants": entries}
+        if todo:
+            # Claimed before they exist: a rerun after a crash knows these names are posttrain's to replace.
+            manifest["pending"] = [f"{name}-{q}.gguf" for q in todo]
+            write_json_atomic(out_dir / MANIFEST, manifest)
         variants = _make_variants(wanted, todo, entries, checkpoint, out_dir, name, tree, pre_tokenizer,
                                   imatrix_path, say, manifest)
         if verify and any(not v.cached or not v.verification for v in variants):
@@ -298,6 +345,7 @@ def convert_checkpoint(
             for v in variants:
                 entries[v.quant] = v.to_json()
             manifest["updated_at"] = utcnow()
+        manifest.pop("pending", None)
         write_json_atomic(out_dir / MANIFEST, manifest)
     return ConvertResult(checkpoint, ckpt_sha, name, out_dir, out_dir / MANIFEST, toolchain, variants)
 
@@ -319,7 +367,7 @@ def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint
                     continue
                 if quant not in CONVERTER_TYPES and "F16" in checks:
                     checks["F16"].result()  # the quantizer reads the checked F16 under its final name
-                final = out_dir / f"{name}-{quant}.gguf"
+                final = confined(out_dir, f"{name}-{quant}.gguf")
                 partial, made_by, seconds = _produce(quant, checkpoint, out_dir, final, name, tree, pre_tokenizer,
                                                      imatrix, say)
                 checks[quant] = checker.submit(_check_and_place, quant, partial, final, tree, made_by, seconds, say)

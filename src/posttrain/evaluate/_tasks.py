@@ -73,14 +73,20 @@ def read_rows(path: Path, required: Iterable[str]) -> list[dict]:
                 raise _missing(path, col)
         return table.to_pylist()
     rows = []
-    with path.open(encoding="utf-8") as fh:
+    with path.open("rb") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise PosttrainError(f"{path}:{lineno}: not UTF-8 text ({e.reason})") from None
             except json.JSONDecodeError as e:
                 raise PosttrainError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise PosttrainError(f"{path}:{lineno}: JSON nested too deeply") from None
+            if not isinstance(row, dict):
+                raise PosttrainError(f"{path}:{lineno}: a row must be a JSON object, not a {type(row).__name__}")
             for col in required:
                 if col not in row:
                     raise _missing(path, col, f" (line {lineno})")

@@ -48,10 +48,14 @@ def load_compare(path: Path) -> dict[str, Any]:
     """The compare document, or {} when the run has none (it failed or stopped before compare)."""
     if not path.exists():
         return {}
+    remedy = "re-run the compare step of this run"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise PosttrainError(f"cannot read {path}: {e}", remedy="re-run the compare step of this run") from e
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: not UTF-8, not JSON
+        raise PosttrainError(f"cannot read {path}: {e}", remedy=remedy) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("comparisons", []), list):
+        raise PosttrainError(f"{path} is not a compare document (posttrain.compare/1)", remedy=remedy)
+    return doc
 
 
 def _quality(manifest: Any, sha256: str) -> dict[str, Any]:

@@ -154,9 +154,10 @@ def chat_template_from_checkpoint(checkpoint_dir: Path) -> str | None:
     if not config.is_file():
         return None
     try:
-        value = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
+    value = doc.get("chat_template") if isinstance(doc, dict) else None
     if isinstance(value, list):
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
         value = named.get("default") or next(iter(named.values()), None)

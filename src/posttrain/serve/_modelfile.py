@@ -47,30 +47,74 @@ def merge_parameters(overrides: Mapping[str, object] | None, stop: tuple[str, ..
     return params
 
 
-def _quote(value: object) -> str:
+def quote_value(text: str, what: str, *, bare: bool = False) -> str:
+    """`text` written so that Ollama's Modelfile parser reads back exactly `text`, never more.
+
+    Ollama's parser (parser/parser.go) has no escape sequences: a value is bare up to the end of its
+    line, `"…"` up to the first line end after a closing `"`, or `\"\"\"…\"\"\"` up to the first line end
+    after a closing `\"\"\"`; characters that are not printable are dropped. So a value with `\"\"\"` in it,
+    or with control characters other than newline and tab, cannot be written faithfully: it is refused
+    rather than allowed to end early and add lines (a second FROM, say) of its own. `what` names the
+    value in that error.
+    """
+    if '"""' in text:
+        raise PosttrainError(f'{what} contains """, which a Modelfile cannot quote', remedy='remove the """ from it')
+    odd = next((c for c in text if not (c.isprintable() or c in "\n\r\t")), None)
+    if odd is not None:
+        raise PosttrainError(f"{what} contains the control character {odd!r}, which a Modelfile cannot hold",
+                             remedy="remove it")
+    if bare and text and not any(c.isspace() or c == '"' for c in text):
+        return text
+    if '"' not in text and "\n" not in text and "\r" not in text:
+        return f'"{text}"'
+    return f'"""{text}"""'
+
+
+def _quote(key: str, value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return quote_value(value, f"parameter {key}")
     return str(value)
 
 
 def render_modelfile(gguf: Path, params: Mapping[str, object], template: str | None, system: str | None) -> str:
-    """A Modelfile with the same content as the API call: `ollama create NAME -f <gguf>.Modelfile`."""
-    lines = [f"# Written by posttrain. Reproduce by hand: ollama create NAME -f {gguf.name}.Modelfile",
-             f"FROM ./{gguf.name}"]
+    """A Modelfile with the same content as the API call: `ollama create NAME -f <gguf>.Modelfile`.
+
+    Every value is quoted by `quote_value`: a value that cannot be quoted is refused, so no
+    template, system prompt, parameter or file name can add lines of its own.
+    """
+    if any(c in "\r\n" for c in gguf.name):  # it also goes into the comment line, which a line end would close
+        raise PosttrainError(f"the file name {gguf.name!r} contains a line break, which a Modelfile cannot hold",
+                             remedy="rename the file")
+    source = quote_value(f"./{gguf.name}", f"the file name {gguf.name!r}", bare=True)
+    lines = [f"{_HEADER} Reproduce by hand: ollama create NAME -f {gguf.name}.Modelfile",
+             f"FROM {source}"]
     if template is not None:
-        if '"""' in template:
-            raise PosttrainError(f'the chat template for {gguf.name} contains """, which a Modelfile cannot quote')
-        lines.append(f'TEMPLATE """{template}"""')
+        lines.append(f"TEMPLATE {quote_value(template, f'the chat template for {gguf.name}')}")
     if system:
-        lines.append(f'SYSTEM """{system}"""')
+        lines.append(f"SYSTEM {quote_value(system, 'the system prompt (--system)')}")
     for key, value in params.items():
+        if not (key.replace("_", "").isalnum() and key.isascii()):
+            raise PosttrainError(f"parameter name {key!r} is not a Modelfile PARAMETER name",
+                                 remedy="use letters, digits and _ only, e.g. --param num_ctx=8192")
         for v in value if isinstance(value, list) else [value]:
-            lines.append(f"PARAMETER {key} {_quote(v)}")
+            lines.append(f"PARAMETER {key} {_quote(key, v)}")
     return "\n".join(lines) + "\n"
 
 
+_HEADER = "# Written by posttrain."
+
+
+def is_posttrain_modelfile(path: Path) -> bool:
+    """True when `path` is a regular file that starts with the header line posttrain writes."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(_HEADER)) == _HEADER.encode()
+    except OSError:
+        return False
 
 
 def modelfile_path(gguf: Path) -> Path:

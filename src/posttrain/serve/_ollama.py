@@ -34,6 +34,7 @@ from posttrain.serve._chat_templates import (
 from posttrain.serve._modelfile import (
     blob_digest_of,
     from_line_path,
+    is_posttrain_modelfile,
     merge_parameters,
     modelfile_path,
     parse_show_parameters,
@@ -228,6 +229,7 @@ def register_variants(
     """
     url = normalize_url(url)
     plans: list[tuple[Variant, Registration, ChatFamily | None]] = []
+    modelfiles: dict[Path, str] = {}
     for variant in discover_variants(target):
         family = detect_family(_chat_template_for(variant, chat_template, checkpoint))
         model, tag = _model_and_tag(name, variant)
@@ -239,10 +241,19 @@ def register_variants(
         )
         if family is None:
             reg.warnings.append("template not set: chat template unknown or absent, Ollama will guess from the GGUF")
-        # The Modelfile is written whether or not Ollama is reachable: it is how a user imports by hand.
-        write_text_atomic(reg.modelfile, render_modelfile(variant.path, reg.parameters,
-                                                         family.template if family else None, system))
+        # Rendered for every variant before any is written: a value that cannot be quoted stops the
+        # command with nothing written.
+        modelfiles[reg.modelfile] = render_modelfile(variant.path, reg.parameters,
+                                                     family.template if family else None, system)
         plans.append((variant, reg, family))
+    # The Modelfiles are written whether or not Ollama is reachable: they are how a user imports by hand.
+    # One posttrain did not write (no header line of ours) is never replaced.
+    for path in modelfiles:
+        if (path.exists() or path.is_symlink()) and not is_posttrain_modelfile(path):
+            raise PosttrainError(f"{path} exists and posttrain did not write it; nothing was changed",
+                                 remedy="move it away (posttrain writes <gguf>.Modelfile beside each GGUF)")
+    for path, text in modelfiles.items():
+        write_text_atomic(path, text)
 
     api = _Ollama(url, timeout, attempts)
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from posttrain._files import sha256_file
 from posttrain.errors import PosttrainError
+from posttrain.paths import confined
 
 
 @dataclass(frozen=True)
@@ -73,29 +74,60 @@ def _model_name_from_file(path: Path, quant: str) -> str:
     return stem
 
 
-def _from_manifest(manifest_path: Path, only: set[Path] | None) -> list[Variant]:
+def _manifest_entries(manifest_path: Path) -> tuple[dict, list[dict]]:
+    """(the manifest, its variant entries), each checked to be what `posttrain convert` writes."""
+    bad = PosttrainError(f"{manifest_path} is not a manifest `posttrain convert` wrote",
+                         remedy="re-run `posttrain convert`, or pass the .gguf files themselves")
     try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise PosttrainError(f"cannot read {manifest_path}: {e}", remedy="re-run `posttrain convert`") from None
+        data = json.loads(manifest_path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise PosttrainError(f"cannot read {manifest_path}: {e.strerror}", remedy="re-run `posttrain convert`") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise bad from None
+    if not isinstance(data, dict):
+        raise bad
+    listed = data.get("variants") or []
+    # schema posttrain.convert/1 keys variants by quant; a plain list is accepted too.
+    if isinstance(listed, dict):
+        listed = [dict(v, quant=v.get("quant") or q) if isinstance(v, dict) else v for q, v in listed.items()]
+    if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
+        raise bad
+    return data, listed
+
+
+_SHA256 = re.compile(r"(sha256:)?[0-9a-f]{64}")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system: no such file either
+        return False
+
+
+def _from_manifest(manifest_path: Path, only: set[Path] | None) -> list[Variant]:
+    data, entries = _manifest_entries(manifest_path)
     model = data.get("model_name") or data.get("model") or manifest_path.parent.name
     ckpt = data.get("checkpoint") or data.get("checkpoint_dir")
     out = []
-    listed = data.get("variants") or []
-    # schema posttrain.convert/1 keys variants by quant; a plain list is accepted too.
-    entries = [dict(v, quant=v.get("quant") or q) for q, v in listed.items()] if isinstance(listed, dict) else listed
     for v in entries:
         file = v.get("file") or v.get("path")
         if not file:
             continue
-        path = (manifest_path.parent / file).resolve()
+        if not isinstance(file, str):
+            raise PosttrainError(f"{manifest_path} lists a variant whose path is not a file name",
+                                 remedy="re-run `posttrain convert`")
+        # Register writes <file>.Modelfile beside each file: a manifest must not lead it elsewhere.
+        path = confined(manifest_path.parent, file).resolve()
         if only is not None and path not in only:
             continue
-        if not path.is_file():
+        if not _is_file(path):
             raise PosttrainError(f"{manifest_path} lists {file}, which is missing", remedy="re-run `posttrain convert`")
+        sha = v.get("sha256")
+        sha = sha.removeprefix("sha256:") if isinstance(sha, str) and _SHA256.fullmatch(sha) else sha256_file(path)
         out.append(Variant(path=path, quant=str(v.get("quant") or quant_from_name(path.name) or "unknown").upper(),
-                           sha256=(v.get("sha256") or sha256_file(path)).removeprefix("sha256:"),
-                           model_name=str(model), checkpoint=Path(ckpt) if ckpt else None))
+                           sha256=sha,
+                           model_name=str(model), checkpoint=Path(ckpt) if isinstance(ckpt, str) and ckpt else None))
     return out
 
 
