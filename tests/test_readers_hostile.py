@@ -88,8 +88,6 @@ def test_any_utf8_bytes_as_config_load_or_are_one_posttrain_error(data):
             pass
 
 
-@pytest.mark.xfail(reason="pipeline/_config.py's _read_toml lets UnicodeDecodeError through (the CLI boundary "
-                          "still prints one line, without the path); that module is being changed elsewhere")
 def test_a_config_file_that_is_not_utf8_is_one_posttrain_error(tmp_path):
     from posttrain.pipeline import load_config
 

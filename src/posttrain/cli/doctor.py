@@ -7,11 +7,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from posttrain.checkpoint import human_bytes
-from posttrain.cli._app import app, console
+from posttrain.cli._app import app, console, esc
 from posttrain.cli._options import n_gpu_layers_option
 from posttrain.errors import PosttrainError
 
@@ -31,13 +30,13 @@ def _selftest_rows(row, table: Table, system_info: str, n_gpu_layers: int | None
     try:
         ours, control = run_selftest(n_gpu_layers)
     except RuntimeError as e:
-        row("llama.cpp self-test", False, escape(str(e)))
+        row("llama.cpp self-test", False, str(e))
         return
     if ours.ok:
         row("llama.cpp self-test", True, f"{ours.detail} (extra CPU buffer types off)")
     else:
         row("llama.cpp self-test", False,
-            escape(f"{ours.status}: {ours.detail}. llama.cpp: {system_info}. Fix: rebuild llama.cpp for this machine, "
+            (f"{ours.status}: {ours.detail}. llama.cpp: {system_info}. Fix: rebuild llama.cpp for this machine, "
                    f"e.g. without AMX: POSTTRAIN_LLAMA_CMAKE_ARGS=\"{_native.cmake_args_without_amx(system_info)}\" "
                    f"bash scripts/setup.sh"))
     if control.ok:
@@ -45,7 +44,7 @@ def _selftest_rows(row, table: Table, system_info: str, n_gpu_layers: int | None
     else:
         # Not a failure of posttrain's: its own loads avoid this. Other llama.cpp programs here may crash.
         table.add_row("llama.cpp defaults", "[yellow]crash[/]" if control.status == "crashed" else "[yellow]fails[/]",
-                      escape(f"{control.status}: {control.detail} with llama.cpp's extra CPU buffer types on; "
+                      esc(f"{control.status}: {control.detail} with llama.cpp's extra CPU buffer types on; "
                              f"posttrain keeps them off ({_native.EXTRA_BUFTS_ENV} unset)"))
 
 
@@ -70,7 +69,7 @@ def doctor(
     def row(name: str, good: bool, detail: str) -> None:
         nonlocal ok
         ok &= good
-        table.add_row(name, "[green]ok[/]" if good else "[red]missing[/]", detail)
+        table.add_row(name, "[green]ok[/]" if good else "[red]missing[/]", esc(detail))
 
     llama = _pkg("llama-cpp-python")
     if llama:

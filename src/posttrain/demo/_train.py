@@ -91,8 +91,10 @@ _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "m
 def _copy_tokenizer(init_dir: Path, out: Path) -> None:
     """The tokenizer files exactly as `make_tiny` wrote them (tokenizer.model included, which
     llama.cpp's converter reads for SentencePiece; a re-save by the fast tokenizer drops it)."""
+    from posttrain.tiny import MARKER  # make_tiny's record of its own output; it describes init_dir only
+
     for f in init_dir.iterdir():
-        if f.is_file() and f.name not in _MODEL_FILES:
+        if f.is_file() and f.name not in _MODEL_FILES and f.name != MARKER:
             shutil.copy2(f, out / f.name)
 
 

@@ -198,6 +198,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise PosttrainError(f"{path} is not valid TOML: {e}", remedy="fix the line it names") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8 by definition
+        raise PosttrainError(f"{path} is not valid TOML: not UTF-8 text (byte {e.start})",
+                             remedy="save it as UTF-8") from None
     except OSError as e:
         raise PosttrainError(f"cannot read {path}: {e.strerror}") from None
 
