@@ -115,3 +115,22 @@ def test_task_paths_must_be_directories_and_accept_commas(tmp_path, monkeypatch)
     assert load_config().task_paths == [tmp_path / "t1", tmp_path / "t2"]
     with pytest.raises(PosttrainError, match="task_paths: .*nope is not a directory"):
         load_config(task_paths=str(tmp_path / "nope"))
+
+
+def test_a_mistyped_posttrain_variable_is_an_error_that_names_the_right_one(monkeypatch):
+    monkeypatch.setenv("POSTTRAIN_QUANT", "f16")  # the setting is POSTTRAIN_QUANTS
+    with pytest.raises(PosttrainError) as e:
+        load_config(discover=False)
+    assert e.value.one_line() == ("unknown environment variable POSTTRAIN_QUANT — did you mean POSTTRAIN_QUANTS? "
+                                  "(or unset it)")
+
+
+def test_every_posttrain_variable_the_code_reads_is_known(monkeypatch):
+    # Nested settings, and the variables read outside the config (setup.sh, the toolchain, tests).
+    for name in ("POSTTRAIN_OLLAMA__URL", "POSTTRAIN_WATCH__SETTLE_S", "POSTTRAIN_N_GPU_LAYERS", "POSTTRAIN_HOME",
+                 "POSTTRAIN_LLAMA_EXTRA_BUFTS", "POSTTRAIN_TEST_CRASH", "POSTTRAIN_CUDA"):
+        monkeypatch.setenv(name, "0" if "LAYERS" in name or "SETTLE" in name else "http://127.0.0.1:9"
+                           if "URL" in name else "")
+    from posttrain.pipeline._config import check_variables
+
+    check_variables()

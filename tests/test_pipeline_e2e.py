@@ -150,18 +150,22 @@ def test_watch_once_hands_the_checkpoint_to_the_same_run(setup, reference):
 
 def test_a_failing_step_leaves_independent_steps_running_and_the_report_says_why(setup, reference):
     home, _ = reference
-    config = setup["root"] / "missing-baseline.toml"
+    # A baseline that passes the up-front check (a folder with config.json) but cannot be converted.
+    broken = setup["root"] / "broken-base"
+    broken.mkdir(exist_ok=True)
+    shutil.copy(setup["ckpt"] / "config.json", broken / "config.json")
+    config = setup["root"] / "broken-baseline.toml"
     config.write_text(setup["config"].read_text().replace(f'baseline = "{setup["root"] / "base"}"',
-                                                           f'baseline = "{setup["root"] / "no-such-model"}"'))
+                                                           f'baseline = "{broken}"'))
     proc = subprocess.run([sys.executable, "-m", "posttrain", "run", str(setup["ckpt"]), "--config", str(config),
                            "--home", str(home)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     store = Store(home / "posttrain.db")
-    (run,) = store.query("SELECT id, status, run_dir FROM runs WHERE baseline LIKE '%no-such-model'")
+    (run,) = store.query("SELECT id, status, run_dir FROM runs WHERE baseline LIKE '%broken-base'")
     steps = {r["name"]: (r["status"], r["error"]) for r in store.query("SELECT * FROM steps WHERE run_id=?",
                                                                         (run["id"],))}
     assert run["status"] == "failed"
-    assert steps["baseline"][0] == "failed" and "no-such-model" in steps["baseline"][1]
+    assert steps["baseline"][0] == "failed" and "broken-base" in steps["baseline"][1]
     assert steps["evaluate"][0] == "done"  # independent of the baseline: still ran (from the result cache)
     assert steps["evaluate_baseline"] == ("skipped", "skipped: baseline failed")
     assert steps["compare"] == ("skipped", "skipped: evaluate_baseline skipped")
@@ -169,6 +173,20 @@ def test_a_failing_step_leaves_independent_steps_running_and_the_report_says_why
     report = json.loads((Path(run["run_dir"]) / "report.json").read_text())
     assert [f["step"] for f in report["failures"]] == ["baseline"]
     assert not (Path(run["run_dir"]) / "compare.json").exists()
+
+
+def test_a_missing_baseline_is_refused_before_any_work(setup, tmp_path):
+    home = tmp_path / "home"
+    config = tmp_path / "missing-baseline.toml"
+    config.write_text(setup["config"].read_text().replace(f'baseline = "{setup["root"] / "base"}"',
+                                                           f'baseline = "{setup["root"] / "no-such-model"}"'))
+    proc = subprocess.run([sys.executable, "-m", "posttrain", "run", str(setup["ckpt"]), "--config", str(config),
+                           "--home", str(home)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: baseline '{setup['root'] / 'no-such-model'}' not found — give a Hugging Face directory, "
+        f"a .gguf file or ollama:NAME"]
+    assert not (home / "runs").exists() and not (home / "gguf").exists()  # nothing was converted
 
 
 def test_an_incomplete_checkpoint_is_refused_with_the_reason(setup, tmp_path):

@@ -61,14 +61,24 @@ def test_server_starts_answers_a_completion_and_stops_cleanly(gguf, tmp_path):
     assert "/v1/completions" in text and "Shutting down" in text  # the log streamed to the file
 
 
-def test_a_file_that_is_not_a_gguf_fails_with_the_log_tail(tmp_path):
+def test_a_file_that_is_not_a_gguf_is_refused_before_a_server_starts(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf at all" * 100)
-    server = LlamaServer(bad, n_ctx=256, log_path=tmp_path / "bad.log", startup_timeout=60)
+    with pytest.raises(PosttrainError) as e:
+        LlamaServer(bad, n_ctx=256, log_path=tmp_path / "bad.log", startup_timeout=60)
+    assert "broken.gguf is not a GGUF file" in e.value.one_line()
+    assert not (tmp_path / "bad.log").exists()
+
+
+def test_a_truncated_gguf_fails_in_one_line_naming_the_cause_and_the_log(gguf, tmp_path):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(gguf.read_bytes()[:4096])
+    server = LlamaServer(cut, n_ctx=256, log_path=tmp_path / "cut.log", startup_timeout=60)
     with pytest.raises(PosttrainError) as e:
         server.start()
-    assert "exited with code" in e.value.message and "broken.gguf" in e.value.message
-    assert str(tmp_path / "bad.log") in e.value.message
+    line = e.value.one_line()
+    assert "\n" not in line and "Traceback" not in line
+    assert "cut.gguf exited with code" in line and str(tmp_path / "cut.log") in line
     assert server.process.poll() is not None
 
 

@@ -141,7 +141,7 @@ def watch_cmd(
     One watcher per home: a second one refuses and names the running PID. SIGTERM/SIGINT let the
     current step finish, then exit 0. `posttrain status` / `posttrain stop` from any shell.
     """
-    from posttrain.pipeline import pipeline_handler, serve_watch, spawn_detached
+    from posttrain.pipeline import check_inputs, pipeline_handler, serve_watch, spawn_detached
 
     if settings_file is not None:
         # The detached child: the settings its parent parsed and validated, nothing parsed again.
@@ -154,6 +154,7 @@ def watch_cmd(
     for d in dirs:
         if not d.is_dir():
             raise PosttrainError(f"cannot watch {d}: not a directory", remedy="create it or fix the path")
+    check_inputs(cfg)
     settings = _watch_settings(cfg, dirs, no_events)
     if daemon and not once:
         path = cfg.base_dir / WATCH_SETTINGS_FILE

@@ -27,6 +27,7 @@ from posttrain.pipeline._runner import (
 )
 from posttrain.pipeline._stages import (
     Stages,
+    check_inputs,
     pipeline_handler,
     plan_run,
     run_many,
@@ -47,6 +48,7 @@ __all__ = [
     "StepResult",
     "StepSkipped",
     "Watcher",
+    "check_inputs",
     "compile_pattern",
     "config_template",
     "find_config_file",

@@ -218,11 +218,42 @@ def _explain(e: ValidationError, source: Path | None) -> PosttrainError:
                           remedy="see `posttrain init` for every setting and its default")
 
 
+# POSTTRAIN_* variables that are not settings of Config: read elsewhere (paths, the toolchain,
+# scripts/setup.sh, the tests' crash hook, notify's voice command).
+OTHER_VARIABLES = {"POSTTRAIN_HOME", "POSTTRAIN_CACHE", "POSTTRAIN_CONFIG", "POSTTRAIN_LLAMA_CPP_DIR",
+                   "POSTTRAIN_LLAMA_EXTRA_BUFTS", "POSTTRAIN_TEST_CRASH", "POSTTRAIN_CUDA", "POSTTRAIN_CUDA_ARCH",
+                   "POSTTRAIN_LLAMA_CMAKE_ARGS", "POSTTRAIN_SAY"}
+
+
+def _known_variables() -> set[str]:
+    known = set(OTHER_VARIABLES)
+    for name, field in Config.model_fields.items():
+        known.add(f"POSTTRAIN_{name.upper()}")
+        section = field.annotation if isinstance(field.annotation, type) else None
+        if section is not None and issubclass(section, BaseModel):
+            known |= {f"POSTTRAIN_{name.upper()}__{key.upper()}" for key in section.model_fields}
+    return known
+
+
+def check_variables(environ: dict[str, str] | None = None) -> None:
+    """A mistyped POSTTRAIN_* variable is an error, as an unknown key in the file is: otherwise the
+    setting the user meant silently keeps its default."""
+    import difflib
+
+    known = _known_variables()
+    for name in sorted(environ if environ is not None else os.environ):
+        if name.upper().startswith("POSTTRAIN_") and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), sorted(known), n=1)
+            hint = f"did you mean {close[0]}?" if close else "see `posttrain init` for the settings"
+            raise PosttrainError(f"unknown environment variable {name}", remedy=f"{hint} (or unset it)")
+
+
 def load_config(file: Path | None = None, *, discover: bool = True, **flags: Any) -> Config:
     """Build the settings from the file (explicit or discovered), the environment and `flags`.
 
     Flags that are None are "not given". Nested flags use the section name: `ollama={"url": ...}`.
     """
+    check_variables()
     path = find_config_file(file) if (file is not None or discover) else None
     data = _read_toml(path) if path else {}
     given = {k: v for k, v in flags.items() if v is not None and v != {}}

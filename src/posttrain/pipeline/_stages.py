@@ -68,6 +68,26 @@ def plan_run(checkpoint: str | Path, config: Config, *, known_sha256: str | None
                    checkpoint_signature=[list(entry) for entry in signature])
 
 
+def check_inputs(config: Config) -> None:
+    """What can be checked before any work starts: a missing baseline or data directory fails now,
+    not after an hour of conversion and evaluation."""
+    ref = config.baseline
+    if ref and not ref.startswith("ollama:"):
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise PosttrainError(f"baseline {ref!r} not found",
+                                 remedy="give a Hugging Face directory, a .gguf file or ollama:NAME")
+        if path.is_file() and path.suffix != ".gguf":
+            raise PosttrainError(f"baseline {ref!r} is a file but not a .gguf",
+                                 remedy="give a Hugging Face directory, a .gguf file or ollama:NAME")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise PosttrainError(f"baseline {ref!r} is a directory without config.json",
+                                 remedy="give a Hugging Face checkpoint directory, a .gguf file or ollama:NAME")
+    if config.data_dir is not None and not config.data_dir.is_dir():
+        raise PosttrainError(f"data directory {config.data_dir} does not exist",
+                             remedy="give the folder holding the benchmark files (gsm8k/, mmlu/, hellaswag/)")
+
+
 # -- small helpers -------------------------------------------------------------------------------
 def _files_exist(*keys: str) -> Callable[[Outputs], bool]:
     def verify(out: Outputs) -> bool:
@@ -290,6 +310,7 @@ def run_many(checkpoints: list[Path], config: Config, *, jobs: int | None = None
              on_event: Callable[[str, str, str], None] | None = None) -> list[RunResult | PosttrainError]:
     """Several checkpoints: one after another, or `jobs` at a time. A checkpoint that cannot even be
     planned (incomplete, unreadable) gives its error in its place; the others still run."""
+    check_inputs(config)
     store = Store(config.store_path)
     jobs = jobs or config.jobs
 

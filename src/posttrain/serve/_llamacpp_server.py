@@ -46,6 +46,15 @@ def default_threads() -> int:
     return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
 
 
+def _cause(log: str) -> str:
+    """The line of a server log that says why it stopped: the last exception line, else the last line."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if line.split(":", 1)[0].endswith(("Error", "Exception")):
+            return line
+    return lines[-1] if lines else "no output"
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -67,6 +76,10 @@ class LlamaServer:
         self.gguf = Path(gguf)
         if not self.gguf.is_file():
             raise PosttrainError(f"{self.gguf} does not exist", remedy="give the path of a .gguf file")
+        with open(self.gguf, "rb") as fh:
+            if fh.read(4) != b"GGUF":  # said now, not as a server that dies while starting
+                raise PosttrainError(f"{self.gguf} is not a GGUF file (it does not start with the GGUF magic bytes)",
+                                     remedy="give a .gguf made by `posttrain convert`")
         if parallel != 1:
             raise PosttrainError(f"parallel={parallel}: llama-cpp-python's server serves one request at a time",
                                  remedy="use parallel=1 and start one server per concurrent client")
@@ -146,9 +159,10 @@ class LlamaServer:
                     tail = _tail(self.log_path)
                     if "address already in use" in tail.lower():
                         raise _PortTaken()
+                    # One line: the cause, and where the whole log is (a traceback is no message).
                     raise PosttrainError(f"llama.cpp server for {self.gguf.name} exited with code {code} while "
-                                         f"starting; log {self.log_path}:\n{tail}",
-                                         remedy="check that the GGUF loads (`posttrain convert` verifies it)")
+                                         f"starting: {_cause(tail)}",
+                                         remedy=f"full log: {self.log_path}; `posttrain convert` verifies a GGUF")
                 try:
                     if http.get(url).status_code == 200:
                         return
@@ -157,8 +171,9 @@ class LlamaServer:
                 time.sleep(0.2)
         tail = _tail(self.log_path)
         self.stop()
-        raise PosttrainError(f"llama.cpp server for {self.gguf.name} not ready after {self.startup_timeout:.0f} s; "
-                             f"log {self.log_path}:\n{tail}", remedy="a larger startup_timeout for big models")
+        raise PosttrainError(f"llama.cpp server for {self.gguf.name} not ready after {self.startup_timeout:.0f} s: "
+                             f"{_cause(tail)}", remedy=f"full log: {self.log_path}; a larger startup_timeout for "
+                                                      f"big models")
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after the grace period. Returns the exit code (None if never started)."""
