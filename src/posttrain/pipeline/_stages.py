@@ -169,11 +169,15 @@ class Stages:
         return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants}
 
     def register(self, ctx: RunContext) -> Outputs:
-        from posttrain.serve import register_variants
+        from posttrain.serve import Variant, register_variants
 
         o = self.config.ollama
-        paths = [Path(v["path"]) for v in ctx.outputs["convert"]["variants"]]
-        regs = register_variants(paths, url=o.url, params={"temperature": o.temperature, "top_p": o.top_p,
+        convert = ctx.outputs["convert"]
+        # convert's own record of what it made and verified: nothing is rediscovered or hashed again.
+        variants = [Variant(path=Path(v["path"]), quant=v["quant"], sha256=v["sha256"],
+                            model_name=convert["model_name"], checkpoint=Path(ctx.spec.checkpoint))
+                    for v in convert["variants"]]
+        regs = register_variants(variants, url=o.url, params={"temperature": o.temperature, "top_p": o.top_p,
                                                            "num_ctx": o.num_ctx},
                                  store=ctx.store, checkpoint=Path(ctx.spec.checkpoint))
         if regs and all(r.status.startswith("skipped") for r in regs):

@@ -205,7 +205,7 @@ def _record(store: Store, url: str, reg: Registration, variant: Variant) -> None
 
 
 def register_variants(
-    target: Path | list[Path],
+    target: Path | list[Path] | list[Variant],
     *,
     url: str = DEFAULT_URL,
     name: str | None = None,
@@ -219,7 +219,8 @@ def register_variants(
     attempts: int = 3,
     timeout: float = 600.0,
 ) -> list[Registration]:
-    """Import every GGUF variant in `target` (a directory, a file or a list of files) into Ollama.
+    """Import every GGUF variant in `target` (a directory, a file, a list of files, or the `Variant`s
+    a caller already knows, as the pipeline does from its convert step) into Ollama.
 
     `name` overrides the model part of `{model}_{quant}:latest` (`name:tag` sets the tag). `params`
     override the default PARAMETERs. The chat template comes from `chat_template`, else the
@@ -230,7 +231,8 @@ def register_variants(
     url = normalize_url(url)
     plans: list[tuple[Variant, Registration, ChatFamily | None]] = []
     modelfiles: dict[Path, str] = {}
-    for variant in discover_variants(target):
+    known = isinstance(target, list) and all(isinstance(t, Variant) for t in target) and target
+    for variant in (target if known else discover_variants(target)):
         family = detect_family(_chat_template_for(variant, chat_template, checkpoint))
         model, tag = _model_and_tag(name, variant)
         reg = Registration(
