@@ -33,6 +33,28 @@ from posttrain.errors import PosttrainError, TransientError
 GGUF_MAGIC = b"GGUF"
 LLAMACPP_BACKEND = "posttrain-llamacpp"
 OLLAMA_BACKEND = "posttrain-ollama"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What posttrain knows about one lm-eval model type: the one place a backend is described."""
+
+    name: str  # lm-eval's model name
+    kind: str  # the reference it serves: gguf, hf, endpoint, ollama
+    version_of: str  # the distribution whose version is part of the result cache key
+    load_args: tuple[tuple[str, object], ...] = ()  # lm-eval's extra arguments at instantiation
+    cacheable: bool = True  # results reusable by model id (an endpoint's weights cannot be pinned)
+    loglikelihood: bool = True  # returns prompt log-probs (MMLU, HellaSwag); Ollama does not
+    gpu_layers: bool = False  # takes llama.cpp's n_gpu_layers
+
+
+BACKENDS = {b.kind: b for b in (
+    Backend(LLAMACPP_BACKEND, "gguf", "llama_cpp_python", gpu_layers=True),
+    Backend("hf", "hf", "transformers", load_args=(("batch_size", 8),)),
+    Backend("local-completions", "endpoint", "lm_eval", cacheable=False),
+    # Cacheable when its GGUF blob is readable here (the blob's sha256 pins the weights).
+    Backend(OLLAMA_BACKEND, "ollama", "ollama", loglikelihood=False),
+)}
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 
 # Every model instantiation goes through make_lm; the count lets callers (and tests) see that a
@@ -73,7 +95,7 @@ def _gguf_ref(path: Path, reference: str | None = None, sha256: str | None = Non
         if fh.read(4) != GGUF_MAGIC:
             raise PosttrainError(f"{path} is not a GGUF file (no GGUF magic)",
                                  remedy="give a .gguf made by `posttrain convert`, or an HF checkpoint directory")
-    return ModelRef(reference or str(path), "gguf", LLAMACPP_BACKEND, sha256 or file_sha256(path),
+    return ModelRef(reference or str(path), "gguf", BACKENDS["gguf"].name, sha256 or file_sha256(path),
                     {"model": str(path.resolve())}, gguf=path.resolve())
 
 
@@ -84,7 +106,7 @@ def with_gpu_layers(ref: ModelRef, n_gpu_layers: int | None) -> ModelRef:
     if n_gpu_layers is None:
         return ref
     ll = with_gpu_layers(ref.loglikelihood, n_gpu_layers) if ref.loglikelihood is not None else None
-    args = {**ref.model_args, "n_gpu_layers": n_gpu_layers} if ref.backend == LLAMACPP_BACKEND else ref.model_args
+    args = {**ref.model_args, "n_gpu_layers": n_gpu_layers} if BACKENDS[ref.kind].gpu_layers else ref.model_args
     return replace(ref, model_args=args, loglikelihood=ll)
 
 
@@ -94,7 +116,7 @@ def _hf_ref(path: Path) -> ModelRef:
     verdict = inspect_checkpoint(path, settle_seconds=0)
     if not verdict.complete:
         raise PosttrainError(f"{path} is not a complete Hugging Face checkpoint: {verdict.reason}")
-    return ModelRef(str(path), "hf", "hf", checkpoint_sha256(verdict),
+    return ModelRef(str(path), "hf", BACKENDS["hf"].name, checkpoint_sha256(verdict),
                     {"pretrained": str(path.resolve()), "dtype": "float32", "device": "cpu",
                      "trust_remote_code": False})
 
@@ -124,7 +146,7 @@ def _ollama_ref(name: str, url: str) -> ModelRef:
     else:
         ll = None
         model_id = f"ollama:{name}@{url}"
-    return ModelRef(f"ollama:{name}", "ollama", OLLAMA_BACKEND, model_id,
+    return ModelRef(f"ollama:{name}", "ollama", BACKENDS["ollama"].name, model_id,
                     {"model": name, "base_url": url}, cacheable=blob is not None, gguf=blob, loglikelihood=ll)
 
 
@@ -136,11 +158,11 @@ def resolve_model(model: str | Path, *, endpoint: str | None = None, tokenizer: 
         if tokenizer is None or not Path(tokenizer).is_dir():
             raise PosttrainError("--endpoint needs --tokenizer DIR (a local Hugging Face tokenizer directory)",
                                  remedy="lm-eval tokenizes locally; the Hub is not reachable from here")
-        return ModelRef(text, "endpoint", "local-completions", f"endpoint:{endpoint}|{text}",
+        return ModelRef(text, "endpoint", BACKENDS["endpoint"].name, f"endpoint:{endpoint}|{text}",
                         {"model": text, "base_url": _completions_url(endpoint), "tokenizer": str(tokenizer),
                          "tokenizer_backend": "huggingface", "tokenized_requests": False,
                          "num_concurrent": 1, "max_retries": 3},
-                        cacheable=False)
+                        cacheable=BACKENDS["endpoint"].cacheable)
     if text.startswith("ollama:"):
         return _ollama_ref(text.removeprefix("ollama:"), ollama_url or os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_URL)
     path = Path(text).expanduser()
@@ -170,7 +192,7 @@ def make_lm(ref: ModelRef) -> LM:
     if ref.backend == LLAMACPP_BACKEND and not _backend_registered(LLAMACPP_BACKEND):
         raise PosttrainError("the in-process llama.cpp backend (posttrain-llamacpp) is not available",
                              remedy="evaluate the HF checkpoint directory instead, or update posttrain")
-    extra = {"batch_size": 8} if ref.backend == "hf" else {}
+    extra = dict(BACKENDS[ref.kind].load_args)
     model_loads += 1
     try:
         return get_model(ref.backend).create_from_arg_obj(dict(ref.model_args), extra)

@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from posttrain.errors import PosttrainError
-from posttrain.evaluate._backends import ModelRef, make_lm, resolve_model, with_gpu_layers
+from posttrain.evaluate._backends import BACKENDS, ModelRef, make_lm, resolve_model, with_gpu_layers
 from posttrain.evaluate._results import (
     EvalResult,
     cache_key,
@@ -53,8 +53,7 @@ def harness_version() -> str:
 
 
 def _backend_version(ref: ModelRef) -> str:
-    dist = {"posttrain-llamacpp": "llama_cpp_python", "hf": "transformers", "posttrain-ollama": "ollama",
-            "local-completions": "lm_eval"}.get(ref.backend, "lm_eval")
+    dist = BACKENDS[ref.kind].version_of
     return f"{ref.backend}/{dist}=={_version(dist)}"
 
 
@@ -277,7 +276,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
             groups = _group_of(loaded)
             generative = all(t.config.output_type == "generate_until" for t in leaves.values())
             run_ref = ref
-            if ref.kind == "ollama" and not generative:
+            if not BACKENDS[ref.kind].loglikelihood and not generative:
                 if ref.loglikelihood is None:
                     raise PosttrainError(
                         f"task {name!r} needs prompt log-probabilities, which Ollama does not return, and the GGUF "
