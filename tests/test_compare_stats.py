@@ -280,6 +280,16 @@ def test_a_few_unmatched_items_are_counted_and_one_sided_tasks_skipped():
     assert doc["skipped"] == [{"task": "only_base", "filter": "none", "metric": "acc", "n_only_new": 0,
                                "n_only_baseline": 10, "reason": "only in baseline", "new_label": "n",
                                "baseline_label": "b"}]
+    # The terminal table says so too: beside n, and in a line under the table.
+    from rich.console import Console
+
+    from posttrain.compare import render_table
+
+    console = Console(width=200, record=True)
+    console.print(render_table(doc))
+    text = console.export_text()
+    assert "57 (+3 unpaired)" in text
+    assert "0 item(s) only in n and 3 only in b are not paired and not counted" in text
 
 
 def test_empty_sides_and_disjoint_tasks_are_clear_errors():

@@ -36,14 +36,30 @@ def _p(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _n(c: dict) -> str:
+    """Paired items, and (+k) for items only one side has, which the statistics leave out."""
+    unpaired = (c.get("n_only_new") or 0) + (c.get("n_only_baseline") or 0)
+    return f"{c['n']} (+{unpaired} unpaired)" if unpaired else str(c["n"])
+
+
+def _unpaired_note(c: dict) -> str | None:
+    only_new, only_base = c.get("n_only_new") or 0, c.get("n_only_baseline") or 0
+    if not only_new and not only_base:
+        return None
+    return (f"{c['task']}: {only_new} item(s) only in {c['new_label']} and {only_base} only in "
+            f"{c['baseline_label']} are not paired and not counted")
+
+
 def render_table(doc: dict) -> Table:
     """One row per comparison: both means with CIs, Δ with CI, p, Holm p, verdict, MDE; the
-    sentences go under the table."""
+    sentences go under the table, with a line for every comparison that left items unpaired."""
     level = f"{100 * (1 - doc['alpha']):g}%"
+    notes = [c["sentence"] for c in doc["comparisons"]]
+    notes += [n for c in doc["comparisons"] if (n := _unpaired_note(c))]
     # Labels, task names and sentences come from the user's files: escaped, never read as markup.
     table = Table(title=f"{esc(doc['new']['label'])} vs {esc(doc['baseline']['label'])}  (α = {doc['alpha']}, Holm; n.s. = no significant difference; "
                         "points = ×100 for proportions)",
-                  caption="\n".join(esc(c["sentence"]) for c in doc["comparisons"]), caption_justify="left",
+                  caption="\n".join(esc(n) for n in notes), caption_justify="left",
                   show_lines=False)
     family = len(doc.get("pairs", [])) > 1
     if family:
@@ -62,7 +78,7 @@ def render_table(doc: dict) -> Table:
         if d.get("n_clusters"):
             what += f" [{d['n_clusters']} {d.get('cluster_key') or 'cluster'}s]"
         cells = [
-            esc(what), str(c["n"]),
+            esc(what), _n(c),
             _fmt(c["new"]["mean"], scale) + _ci(c["new"]["ci"], scale),
             _fmt(c["baseline"]["mean"], scale) + _ci(c["baseline"]["ci"], scale),
             _fmt(d["mean"], scale, True) + _ci(d["ci"], scale, True),
