@@ -223,7 +223,7 @@ def test_any_jsonl_benchmark_file_is_read_or_is_one_posttrain_error(lines):
 @FAST
 @given(doc=json_or_bytes(json_values | st.fixed_dictionaries({"comparisons": json_values})))
 def test_report_reads_any_compare_json_or_is_one_posttrain_error(doc):
-    from posttrain.report._store import load_compare
+    from posttrain.report._gather import load_compare
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "compare.json"

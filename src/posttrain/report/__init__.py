@@ -65,7 +65,7 @@ def report_from_store(store: Store, run_id: str, out_dir: Path | None = None, *,
     """Gather a run's inputs from the store and `<run_dir>/compare.json`, and write its report
     (into the run's folder unless `out_dir` is given). `outcome`: the run's status when the report is
     written before the run is closed (the pipeline's report step); the store's otherwise."""
-    from posttrain.report._store import gather
+    from posttrain.report._gather import gather
 
     inputs, folder = gather(store, run_id)
     if outcome is not None:

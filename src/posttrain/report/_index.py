@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from posttrain import __version__
 from posttrain.contracts import RunLayout
-from posttrain.report import _store
+from posttrain.report import _gather
 from posttrain.report._render import _env, write_atomically
 from posttrain.store import Store
 
@@ -39,10 +39,10 @@ def index_rows(store: Store, link_base: Path | None = None) -> list[dict[str, An
     rows: list[dict[str, Any]] = []
     for run in store.query("SELECT * FROM runs ORDER BY created_at DESC, id DESC"):
         run = dict(run)
-        folder = _store.run_dir(store, run)
-        compare = _store.load_compare(RunLayout(folder).compare_json)
-        variants = _store.load_variants(store, run)
-        evals = _store.load_evals(store, run["id"], variants)
+        folder = _gather.run_dir(store, run)
+        compare = _gather.load_compare(RunLayout(folder).compare_json)
+        variants = _gather.load_variants(store, run)
+        evals = _gather.load_evals(store, run["id"], variants)
         report = RunLayout(folder).report_html
         link = None
         if report.exists():

@@ -1,5 +1,6 @@
 """Gather a report's inputs from the store (runs, steps, variants, evals, run_evals, items) and the
-compare document the pipeline saved at `<run_dir>/compare.json`."""
+compare document the pipeline saved at `<run_dir>/compare.json`: the report's reading side (the
+store itself is `posttrain.store`)."""
 
 from __future__ import annotations
 
