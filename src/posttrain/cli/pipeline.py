@@ -154,7 +154,7 @@ def watch_cmd(
     for d in dirs:
         if not d.is_dir():
             raise PosttrainError(f"cannot watch {d}: not a directory", remedy="create it or fix the path")
-    check_inputs(cfg)
+    check_inputs(cfg, baseline_may_appear=True)
     settings = _watch_settings(cfg, dirs, no_events)
     if daemon and not once:
         path = cfg.base_dir / WATCH_SETTINGS_FILE

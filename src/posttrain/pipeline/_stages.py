@@ -68,13 +68,16 @@ def plan_run(checkpoint: str | Path, config: Config, *, known_sha256: str | None
                    checkpoint_signature=[list(entry) for entry in signature])
 
 
-def check_inputs(config: Config) -> None:
+def check_inputs(config: Config, *, baseline_may_appear: bool = False) -> None:
     """What can be checked before any work starts: a missing baseline or data directory fails now,
-    not after an hour of conversion and evaluation."""
+    not after an hour of conversion and evaluation. A watcher may be started before its baseline
+    exists (the demo's early checkpoint is saved by the training it watches): `baseline_may_appear`."""
     ref = config.baseline
     if ref and not ref.startswith("ollama:"):
         path = Path(ref).expanduser()
-        if not path.exists():
+        if not path.exists() and baseline_may_appear:
+            log.warning("baseline %s does not exist yet: runs fail at their baseline step until it does", ref)
+        elif not path.exists():
             raise PosttrainError(f"baseline {ref!r} not found",
                                  remedy="give a Hugging Face directory, a .gguf file or ollama:NAME")
         if path.is_file() and path.suffix != ".gguf":
