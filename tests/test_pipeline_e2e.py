@@ -231,3 +231,13 @@ def test_kill9_inside_conversion_then_rerun_completes_with_intact_files(setup, r
                            timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr
     assert_same_report(normalised_report(home), reference[1])
+
+
+def test_a_mistyped_task_is_refused_before_any_work_with_close_names(setup, tmp_path):
+    home = tmp_path / "home"
+    proc = subprocess.run(posttrain_cmd(setup, home, "run", str(setup["ckpt"])) + ["--tasks", "hellaswg"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: unknown lm-eval task 'hellaswg' — did you mean: hellaswag")
+    assert not (home / "runs").exists() and not (home / "gguf").exists()

@@ -89,6 +89,23 @@ def check_inputs(config: Config, *, baseline_may_appear: bool = False) -> None:
     if config.data_dir is not None and not config.data_dir.is_dir():
         raise PosttrainError(f"data directory {config.data_dir} does not exist",
                              remedy="give the folder holding the benchmark files (gsm8k/, mmlu/, hellaswag/)")
+    _check_task_names(config)
+
+
+def _check_task_names(config: Config) -> None:
+    """Unknown task names, with lm-eval's closest ones. Cheap for the usual cases (the offline
+    families with --data-dir, the user's own task folders); only other names make lm-eval index its
+    thousands of task files (seconds), which the evaluate step would do anyway."""
+    from posttrain.evaluate._tasks import check_task_names, offline_family
+
+    own: set[str] = set()
+    if config.task_paths:
+        from lm_eval.tasks import TaskManager
+
+        own = set(TaskManager(include_path=[str(p) for p in config.task_paths], include_defaults=False).all_tasks)
+    unknown = [t for t in config.tasks if t not in own and not (config.data_dir and offline_family(t))]
+    if unknown:
+        check_task_names(unknown)
 
 
 # -- small helpers -------------------------------------------------------------------------------
