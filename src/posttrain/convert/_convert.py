@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from posttrain import contracts
 from posttrain._files import sha256_file, write_json_atomic
+from posttrain._locks import FileLock
 from posttrain.checkpoint import checkpoint_sha256 as hash_checkpoint
 from posttrain.checkpoint import human_bytes, inspect_checkpoint
 from posttrain.convert import _verify
@@ -127,8 +127,7 @@ def _check_disk(out_dir: Path, n_params: int, quants: list[str]) -> None:
 @contextmanager
 def _locked(out_dir: Path):
     # Two conversions into the same folder (a watcher and a manual run) take turns.
-    with open(out_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(out_dir / ".lock"):
         yield
 
 

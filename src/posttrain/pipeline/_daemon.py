@@ -9,7 +9,6 @@ watcher rewrites atomically.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import logging.handlers
 import os
@@ -25,6 +24,7 @@ from typing import Any
 import psutil
 
 from posttrain._files import read_json_file, write_json_atomic
+from posttrain._locks import FileLock
 from posttrain.errors import PosttrainError
 from posttrain.store import utcnow
 
@@ -113,19 +113,16 @@ class InstanceLock:
     def __init__(self, home: Path):
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
-        self.fd: int | None = None
+        self._lock: FileLock | None = None
 
     def acquire(self, args: list[str] | None = None) -> InstanceLock:
-        fd = os.open(self.home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        lock = FileLock(self.home / LOCK_FILE)
+        if not lock.try_acquire():
             info = read_pid_file(self.home)
             pid = f"PID {info.pid}" if info else "PID unknown"
             raise PosttrainError(f"a watcher is already running for {self.home} ({pid})",
-                                 remedy="`posttrain status` shows it; `posttrain stop` stops it") from None
-        self.fd = fd
+                                 remedy="`posttrain status` shows it; `posttrain stop` stops it")
+        self._lock = lock
         stale = read_pid_file(self.home)
         if stale is not None and stale.pid != os.getpid():
             # We hold the lock, so whoever wrote this file is gone (or never released it by dying).
@@ -137,15 +134,14 @@ class InstanceLock:
         return self
 
     def release(self) -> None:
-        if self.fd is None:
+        if self._lock is None:
             return
         for name in (PID_FILE, STATUS_FILE):
             doc = read_json(self.home / name) or {}
             if doc.get("pid") == os.getpid():
                 (self.home / name).unlink(missing_ok=True)
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = None
+        self._lock.release()
+        self._lock = None
 
     def __enter__(self) -> InstanceLock:
         return self.acquire()

@@ -10,7 +10,6 @@ it simply runs again.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from posttrain._locks import FileLock
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError, TransientError
 from posttrain.pipeline._isolation import ChildOutcome, NativeCrash, StepJob, run_in_child
@@ -154,45 +154,23 @@ class RunLocked(PosttrainError):
 
 
 class _RunLock:
-    """flock on <run_dir>/.lock: released by the kernel when its holder dies, however it dies."""
+    """<run_dir>/.lock (posttrain._locks): released by the OS when its holder dies, however it dies."""
 
     def __init__(self, run_dir: Path, run_id: str):
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = RunLayout(run_dir).lock
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(self.fd)
-            raise RunLocked(f"run {run_id} is already in progress (PID {holder})",
-                            remedy="wait for it to finish, or stop that process") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        self._lock = FileLock(RunLayout(run_dir).lock)
+        if not self._lock.try_acquire():
+            raise RunLocked(f"run {run_id} is already in progress (PID {self._lock.holder()})",
+                            remedy="wait for it to finish, or stop that process")
 
     def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-
-    @staticmethod
-    def held(run_dir: Path) -> bool:
-        """Whether a live process drives the run in `run_dir` now. The lock, not a recorded PID, says so:
-        the kernel drops it when its holder dies, and a recycled PID holds no lock."""
-        path = RunLayout(run_dir).lock
-        if not path.exists():
-            return False
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing drops a lock we got
-        return False
+        self._lock.release()
 
 
 def run_is_live(run_dir: str | Path | None) -> bool:
-    return run_dir is not None and _RunLock.held(Path(run_dir))
+    """Whether a live process drives the run in `run_dir` now. The lock, not a recorded PID, says so:
+    the OS drops it when its holder dies, and a recycled PID holds no lock."""
+    return run_dir is not None and FileLock.held(RunLayout(Path(run_dir)).lock)
 
 
 class _ResourceSampler:
