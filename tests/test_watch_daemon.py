@@ -142,6 +142,24 @@ def test_sigterm_mid_step_exits_0_and_the_next_start_resumes(dirs, tiny_spm, sto
     assert steps_log(home) == ["start first", "end first", "start second", "end second"]
 
 
+def test_a_stop_file_alone_finishes_the_step_and_stops_the_watcher(dirs, tiny_spm, stop_all):
+    # The way `posttrain stop` works on Windows, where no SIGTERM can be sent: run here on Linux.
+    from posttrain.pipeline._daemon import STOP_FILE, stop_daemon
+
+    home, watched = dirs
+    watcher = spawn(home, watched, delay=4.0)
+    stop_all.append(watcher)
+    assert wait_for(lambda: (home / "watch.pid").exists())
+    shutil.copytree(tiny_spm, watched / "exp1" / "final_model")
+    assert wait_for(lambda: steps_log(home) == ["start first"])
+    pid, how = stop_daemon(home, grace_s=60, use_signal=False)
+    assert (pid, how) == (watcher.pid, "stopped")
+    out, _ = watcher.communicate(timeout=10)
+    assert watcher.returncode == 0, out
+    assert steps_log(home) == ["start first", "end first"]
+    assert not (home / STOP_FILE).exists() and not (home / "watch.pid").exists()
+
+
 def test_status_and_stop_work_from_another_process(dirs, tiny_spm, stop_all):
     home, watched = dirs
     watcher = spawn(home, watched, delay=2.0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -20,6 +21,14 @@ from collections.abc import Callable
 
 POLL_S = 0.2
 PR_SET_PDEATHSIG = 1
+
+
+def detached_kwargs() -> dict:
+    """`subprocess.Popen` arguments for a child that must not get the terminal's Ctrl-C and may
+    outlive this process's session: a new session on POSIX, a detached new process group on Windows."""
+    if sys.platform == "win32":
+        return {"creationflags": subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
 
 
 def _set_pdeathsig(sig: int) -> None:

@@ -14,7 +14,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import portalocker
+
+def _portalocker():
+    # Imported when a lock is taken, not with posttrain: commands that take none (check, --help) then
+    # load no locking code at all.
+    import portalocker
+
+    return portalocker
 
 
 class FileLock:
@@ -26,10 +32,11 @@ class FileLock:
 
     def try_acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        pl = _portalocker()
         fh = open(self.path, "a+")  # noqa: SIM115 - held open as long as the lock is
         try:
-            portalocker.lock(fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
-        except portalocker.LockException:
+            pl.lock(fh, pl.LOCK_EX | pl.LOCK_NB)
+        except pl.LockException:
             fh.close()
             return False
         self._fh = fh
@@ -41,14 +48,15 @@ class FileLock:
 
     def acquire(self) -> FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        pl = _portalocker()
         fh = open(self.path, "a+")  # noqa: SIM115
-        portalocker.lock(fh, portalocker.LOCK_EX)
+        pl.lock(fh, pl.LOCK_EX)
         self._fh = fh
         return self
 
     def release(self) -> None:
         if self._fh is not None:
-            portalocker.unlock(self._fh)
+            _portalocker().unlock(self._fh)
             self._fh.close()
             self._fh = None
 

@@ -30,6 +30,8 @@ from typing import Literal
 
 from transformers import TrainerCallback
 
+from posttrain._lifeline import detached_kwargs
+
 log = logging.getLogger("posttrain.integrations")
 
 Mode = Literal["auto", "enqueue", "subprocess"]
@@ -152,7 +154,7 @@ class PosttrainCallback(TrainerCallback):
                if k not in _DISTRIBUTED_ENV and not k.startswith(_DISTRIBUTED_PREFIXES)}
         with open(log_path, "ab") as sink:
             proc = subprocess.Popen(helper, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True, env=env, cwd=str(home))
+                                    close_fds=True, env=env, cwd=str(home), **detached_kwargs())
         log.info("posttrain: started PID %d: once %s is complete it runs `%s` (log: %s)", proc.pid, checkpoint,
                  " ".join(argv), log_path)
         return Handoff("subprocess", checkpoint, detail="helper started", pid=proc.pid, log=log_path, argv=argv)

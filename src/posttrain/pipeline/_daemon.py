@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 
 from posttrain._files import read_json_file, write_json_atomic
+from posttrain._lifeline import detached_kwargs
 from posttrain._locks import FileLock
 from posttrain.errors import PosttrainError
 from posttrain.store import utcnow
@@ -33,6 +34,7 @@ log = logging.getLogger("posttrain.pipeline")
 PID_FILE = "watch.pid"
 LOCK_FILE = "watch.lock"
 STATUS_FILE = "watch.status.json"
+STOP_FILE = "watch.stop"
 LOG_FILE = "logs/watch.log"
 # The watcher rewrites its status file at least this often, alive or busy; a reader that finds it
 # older than STALE_AFTER_S treats the watcher as hung, whatever its PID says.
@@ -123,6 +125,7 @@ class InstanceLock:
             raise PosttrainError(f"a watcher is already running for {self.home} ({pid})",
                                  remedy="`posttrain status` shows it; `posttrain stop` stops it")
         self._lock = lock
+        (self.home / STOP_FILE).unlink(missing_ok=True)  # a request left for an earlier watcher is not ours
         stale = read_pid_file(self.home)
         if stale is not None and stale.pid != os.getpid():
             # We hold the lock, so whoever wrote this file is gone (or never released it by dying).
@@ -136,7 +139,7 @@ class InstanceLock:
     def release(self) -> None:
         if self._lock is None:
             return
-        for name in (PID_FILE, STATUS_FILE):
+        for name in (PID_FILE, STATUS_FILE, STOP_FILE):
             doc = read_json(self.home / name) or {}
             if doc.get("pid") == os.getpid():
                 (self.home / name).unlink(missing_ok=True)
@@ -188,7 +191,7 @@ def spawn_detached(argv: list[str], home: Path, timeout: float = 30.0) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "ab") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "posttrain", *argv], stdin=subprocess.DEVNULL,
-                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                                stdout=sink, stderr=subprocess.STDOUT, close_fds=True, **detached_kwargs())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = read_pid_file(home)
@@ -217,8 +220,15 @@ def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
     return False
 
 
-def stop_daemon(home: Path, grace_s: float = 60.0) -> tuple[int, str]:
-    """SIGTERM the watcher, wait up to `grace_s` for a clean stop, then SIGKILL. (pid, how it ended)."""
+def request_stop(home: Path, pid: int) -> None:
+    """Ask watcher `pid` to finish its current step and exit, through a file it polls: the way that
+    works on every OS (Windows has no SIGTERM to deliver to another process)."""
+    write_json_atomic(home / STOP_FILE, {"pid": pid, "requested_at": utcnow()})
+
+
+def stop_daemon(home: Path, grace_s: float = 60.0, *, use_signal: bool = True) -> tuple[int, str]:
+    """Ask the watcher to stop (stop file, and SIGTERM where there are signals), wait up to `grace_s`
+    for a clean stop, then kill it. (pid, how it ended)."""
     info = read_pid_file(home)
     if info is None or not info.alive:
         if info is not None:
@@ -226,7 +236,9 @@ def stop_daemon(home: Path, grace_s: float = 60.0) -> tuple[int, str]:
             (home / STATUS_FILE).unlink(missing_ok=True)
         raise PosttrainError(f"no watcher is running for {home}", remedy="start one with `posttrain watch DIR --daemon`")
     proc = psutil.Process(info.pid)
-    proc.terminate()
+    request_stop(home, info.pid)
+    if use_signal and sys.platform != "win32":  # on Windows terminate() would be TerminateProcess: a kill
+        proc.terminate()
     if _wait_gone(proc, grace_s):
         return info.pid, "stopped"
     proc.kill()
@@ -238,11 +250,15 @@ def stop_daemon(home: Path, grace_s: float = 60.0) -> tuple[int, str]:
     return info.pid, "killed"
 
 
-def _beat(watcher, done: threading.Event) -> None:
+def _beat(watcher, done: threading.Event, home: Path, stop: threading.Event) -> None:
     """Rewrite the status file every HEARTBEAT_S, so waiting commands can tell a live watcher from a
-    hung or dead one (a PID alone cannot say 'hung')."""
+    hung or dead one (a PID alone cannot say 'hung'); and look for a stop request (`request_stop`)."""
     while not done.wait(HEARTBEAT_S):
         watcher.publish()
+        asked = read_json(home / STOP_FILE)
+        if asked is not None and asked.get("pid") == os.getpid() and not stop.is_set():
+            log.info("stop requested (%s): finishing the current step, then stopping (resumable)", STOP_FILE)
+            stop.set()
 
 
 def _keep_native_traces(home: Path) -> None:
@@ -274,7 +290,8 @@ def serve_watch(home: Path, roots: list[Path], handler_factory, *, pattern: str,
     lock = InstanceLock(home).acquire(args=sys.argv)
     # Its own event: a stop request lets the current step finish, and the heartbeat goes on meanwhile.
     done_beating = threading.Event()
-    beat = threading.Thread(target=lambda: _beat(watcher, done_beating), name="heartbeat", daemon=True)
+    beat = threading.Thread(target=lambda: _beat(watcher, done_beating, home, stop), name="heartbeat",
+                            daemon=True)
     try:
         install_stop_handlers(stop)
         store = Store(paths.store_path(home))

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from posttrain import _native
+from posttrain._lifeline import detached_kwargs
 from posttrain.errors import PosttrainError
 
 # Strong references: a server dropped without stop() is still stopped when posttrain exits.
@@ -144,7 +145,7 @@ class LlamaServer:
         self._log_file = self.log_path.open("ab", buffering=0)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(self.command(port), stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                        stderr=subprocess.STDOUT, env=env, **detached_kwargs())
         # A new session keeps the terminal's Ctrl-C away from the child: posttrain stops it in order.
         _LIVE.add(self)
 
