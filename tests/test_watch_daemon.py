@@ -121,13 +121,20 @@ def test_a_stale_pid_file_from_a_dead_watcher_is_cleaned(dirs, stop_all):
     assert wait_for(lambda: f"removed a stale PID file: PID {dead.pid}" in (home / "logs" / "watch.log").read_text())
 
 
-def test_sigterm_mid_step_exits_0_and_the_next_start_resumes(dirs, tiny_spm, stop_all):
+def mid_step(dirs, tiny_spm, stop_all, delay: float) -> subprocess.Popen:
+    """A watcher that is inside the first step of a checkpoint's run."""
     home, watched = dirs
-    watcher = spawn(home, watched, delay=3.0)
+    watcher = spawn(home, watched, delay=delay)
     stop_all.append(watcher)
     assert wait_for(lambda: (home / "watch.pid").exists())
     shutil.copytree(tiny_spm, watched / "exp1" / "final_model")
     assert wait_for(lambda: steps_log(home) == ["start first"])
+    return watcher
+
+
+def test_sigterm_mid_step_exits_0_and_the_next_start_resumes(dirs, tiny_spm, stop_all):
+    home, watched = dirs
+    watcher = mid_step(dirs, tiny_spm, stop_all, delay=3.0)
     watcher.send_signal(signal.SIGTERM)
     out, _ = watcher.communicate(timeout=60)
     assert watcher.returncode == 0, out
@@ -146,12 +153,8 @@ def test_a_stop_file_alone_finishes_the_step_and_stops_the_watcher(dirs, tiny_sp
     # The way `posttrain stop` works on Windows, where no SIGTERM can be sent: run here on Linux.
     from posttrain.pipeline._daemon import STOP_FILE, stop_daemon
 
-    home, watched = dirs
-    watcher = spawn(home, watched, delay=4.0)
-    stop_all.append(watcher)
-    assert wait_for(lambda: (home / "watch.pid").exists())
-    shutil.copytree(tiny_spm, watched / "exp1" / "final_model")
-    assert wait_for(lambda: steps_log(home) == ["start first"])
+    home, _ = dirs
+    watcher = mid_step(dirs, tiny_spm, stop_all, delay=4.0)
     pid, how = stop_daemon(home, grace_s=60, use_signal=False)
     assert (pid, how) == (watcher.pid, "stopped")
     out, _ = watcher.communicate(timeout=10)
