@@ -153,16 +153,17 @@ def test_register_reads_any_manifest_or_refuses_it_and_never_leaves_the_folder(m
 @FAST
 @given(manifest=json_or_bytes(manifest_like | json_values))
 def test_convert_reads_any_manifest_without_crashing_and_reuses_nothing_outside(manifest):
-    from posttrain.convert._convert import _load_manifest, _manifest_entries, _reusable
+    from posttrain.convert._convert import _VARIANT_FIELDS, _reusable
+    from posttrain.convert._manifest import load_manifest, manifest_entries
 
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "a" / "gguf"
         out.mkdir(parents=True)
         (out / "manifest.json").write_bytes(manifest)
         (Path(d) / "outside-Q8_0.gguf").write_bytes(b"GGUF")
-        doc = _load_manifest(out)
+        doc = load_manifest(out)
         assert isinstance(doc, dict)
-        for entry in _manifest_entries(doc).values():
+        for entry in manifest_entries(doc, _VARIANT_FIELDS).values():
             toolchain = {"llama_cpp_python": "x"}
             _reusable(entry, out, "sha", toolchain, {}, {**doc, "checkpoint_sha256": "sha", "options": {},
                                                          "toolchain": toolchain})

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from posttrain.checkpoint import checkpoint_sha256 as hash_checkpoint
 from posttrain.checkpoint import human_bytes, inspect_checkpoint
 from posttrain.convert import _verify
 from posttrain.convert._gguf_info import read_header
+from posttrain.convert._manifest import MANIFEST, load_manifest, manifest_entries, refuse_foreign
 from posttrain.convert._quant_types import (
     CONVERTER_TYPES,
     NEEDS_IMATRIX,
@@ -35,7 +36,6 @@ from posttrain.paths import confined, safe_name
 from posttrain.store import utcnow
 from posttrain.toolchain import ConverterTree, converter_env, find_converter
 
-MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = contracts.MANIFEST_SCHEMA
 _SHIM = Path(__file__).with_name("_converter_shim.py")
 # Bytes per parameter of each output, for the disk-space check (k-quants and IQ types ≤ 0.75).
@@ -74,6 +74,10 @@ class Variant:
         d["path"] = self.path.name
         d.pop("cached")
         return d
+
+
+# What a manifest entry holds: the fields Variant.to_json() writes.
+_VARIANT_FIELDS = {f for f in Variant.__dataclass_fields__ if f != "cached"}
 
 
 @dataclass
@@ -204,48 +208,6 @@ def _run_quantizer(tree: ConverterTree, src: Path, dest: Path, quant: str, imatr
         raise PosttrainError(f"llama.cpp's quantizer failed to make {quant}", remedy=remedy)
 
 
-def _load_manifest(out_dir: Path) -> dict:
-    """The manifest an earlier run wrote, or {} when there is none or it is not one (it is rewritten)."""
-    path = out_dir / MANIFEST
-    if path.is_file():
-        with suppress(ValueError, RecursionError):  # not UTF-8, not JSON, absurdly nested
-            doc = json.loads(path.read_bytes().decode("utf-8"))
-            if isinstance(doc, dict):
-                return doc
-    return {}
-
-
-def _manifest_entries(manifest: dict) -> dict:
-    """The variant entries of a manifest, keeping only those shaped like `Variant.to_json()`."""
-    listed = manifest.get("variants")
-    if not isinstance(listed, dict):
-        return {}
-    fields = {f for f in Variant.__dataclass_fields__ if f != "cached"}
-    return {q: e for q, e in listed.items() if isinstance(e, dict) and set(e) == fields
-            and isinstance(e["path"], str) and isinstance(e["sha256"], str) and type(e["size_bytes"]) is int}
-
-
-def _ours(manifest: dict) -> set[str]:
-    """Names of the files in out_dir that posttrain wrote, or had started to write, by its manifest."""
-    if manifest.get("schema") != MANIFEST_SCHEMA:
-        return set()
-    pending = manifest.get("pending")
-    names = {e["path"] for e in _manifest_entries(manifest).values()}
-    return names | ({p for p in pending if isinstance(p, str)} if isinstance(pending, list) else set())
-
-
-def _refuse_foreign(out_dir: Path, file_names: list[str], manifest: dict) -> None:
-    """Refuse to replace a file posttrain did not write: a GGUF name its manifest does not list, or a
-    manifest.json that is not posttrain's."""
-    ours = _ours(manifest)
-    foreign = [MANIFEST] if (out_dir / MANIFEST).exists() and manifest.get("schema") != MANIFEST_SCHEMA else []
-    foreign += [n for n in file_names if ((out_dir / n).exists() or (out_dir / n).is_symlink()) and n not in ours]
-    if foreign:
-        raise PosttrainError(f"{out_dir} already holds {', '.join(foreign)}, which posttrain did not write; "
-                             "nothing was changed",
-                             remedy="choose another --out, move the file away, or pass --force to replace it")
-
-
 def _reusable(entry: dict | None, out_dir: Path, ckpt_sha: str, toolchain: dict, options: dict,
               manifest: dict) -> bool:
     if not entry or manifest.get("checkpoint_sha256") != ckpt_sha or manifest.get("options") != options:
@@ -301,7 +263,7 @@ def convert_checkpoint(
                  "sdist_sha256": tree.sdist_sha256, "converter_root": str(tree.root)}
     name = safe_name(model_name) if model_name else default_model_name(checkpoint)
     if not force:  # before anything is written there, the lock file included
-        _refuse_foreign(out_dir, [f"{name}-{q}.gguf" for q in wanted], _load_manifest(out_dir))
+        refuse_foreign(out_dir, [f"{name}-{q}.gguf" for q in wanted], load_manifest(out_dir), _VARIANT_FIELDS)
     out_dir.mkdir(parents=True, exist_ok=True)
     imatrix_path = Path(imatrix) if imatrix else None
     if imatrix_path is not None and not imatrix_path.is_file():
@@ -311,14 +273,14 @@ def convert_checkpoint(
         # Under the lock no other conversion writes here: leftovers are from a killed run (named by _produce).
         for stale in out_dir.glob(".*.gguf.*.partial"):
             stale.unlink(missing_ok=True)
-        manifest = _load_manifest(out_dir)
+        manifest = load_manifest(out_dir)
         if checkpoint_sha256 is None:
             say("checkpoint", "hashing")
         ckpt_sha = checkpoint_sha256 or hash_checkpoint(verdict)
         options = {"pre_tokenizer": pre_tokenizer,
                    "imatrix_sha256": sha256_file(imatrix_path) if imatrix_path else None}
         same_source = manifest.get("checkpoint_sha256") == ckpt_sha and manifest.get("options") == options
-        entries: dict = _manifest_entries(manifest) if same_source else {}
+        entries: dict = manifest_entries(manifest, _VARIANT_FIELDS) if same_source else {}
         todo = [q for q in wanted if not _reusable(entries.get(q), out_dir, ckpt_sha, toolchain, options, manifest)]
         if todo:
             _check_disk(out_dir, _count_params(verdict.weight_files), todo)

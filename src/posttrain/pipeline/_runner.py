@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -34,6 +32,7 @@ from posttrain._locks import FileLock
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError, TransientError
 from posttrain.pipeline._isolation import ChildOutcome, NativeCrash, StepJob, run_in_child
+from posttrain.pipeline._resources import ResourceSampler
 from posttrain.store import Store, dumps, utcnow
 
 log = logging.getLogger("posttrain.pipeline")
@@ -171,65 +170,6 @@ def run_is_live(run_dir: str | Path | None) -> bool:
     """Whether a live process drives the run in `run_dir` now. The lock, not a recorded PID, says so:
     the OS drops it when its holder dies, and a recycled PID holds no lock."""
     return run_dir is not None and FileLock.held(RunLayout(Path(run_dir)).lock)
-
-
-class _ResourceSampler:
-    """Peak RSS of this process and its children while a step runs (children: converter, servers)."""
-
-    def __init__(self, interval: float = 0.1, enabled: bool = True):
-        self.enabled = enabled
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-        self._gpu = _cuda()
-
-    def _sample(self) -> None:
-        try:
-            me = psutil.Process()
-            total = me.memory_info().rss
-            for child in me.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except psutil.Error:
-                    pass  # a child that exited between listing and reading
-            self.peak = max(self.peak, total)
-        except psutil.Error:
-            pass
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> _ResourceSampler:
-        if not self.enabled:  # the step runs in a child, which measures itself
-            return self
-        if self._gpu is not None:
-            self._gpu.reset_peak_memory_stats()
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.enabled:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    def gpu_peak(self) -> int | None:
-        return int(self._gpu.max_memory_allocated()) if self._gpu is not None else None
-
-
-def _cuda():
-    # Only if torch is already loaded by a stage: importing it just to learn there is no GPU costs seconds.
-    torch = sys.modules.get("torch")
-    try:
-        if torch is not None and torch.cuda.is_available():
-            return torch.cuda
-    except Exception:  # a broken CUDA install must not fail the run; there is just no GPU figure
-        pass
-    return None
 
 
 def _inputs_sha256(step: Step, outputs: dict[str, Outputs], status: dict[str, tuple[str, str | None]]) -> str:
@@ -406,7 +346,7 @@ class Runner:
 
         t0 = time.monotonic()
         isolated = step.isolated and self.isolate
-        with _ResourceSampler(enabled=not isolated) as sampler:
+        with ResourceSampler(enabled=not isolated) as sampler:
             try:
                 out = Retrying(
                     # The predicate decides; this only bounds it (transient attempts plus the crash retry).
