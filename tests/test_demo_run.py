@@ -47,7 +47,8 @@ def test_demo_exits_within_30_s_when_its_watcher_is_killed(tmp_path):
 
     from polling import wait_for
 
-    from posttrain.pipeline._daemon import STATUS_FILE, read_json
+    from posttrain._files import read_json_file
+    from posttrain.pipeline._daemon import STATUS_FILE
 
     workdir = tmp_path / "demo"
     home = workdir / "home"
@@ -56,7 +57,7 @@ def test_demo_exits_within_30_s_when_its_watcher_is_killed(tmp_path):
                             env={**os.environ, "COLUMNS": "1000"})
     try:
         def busy() -> bool:
-            doc = read_json(home / STATUS_FILE) or {}
+            doc = read_json_file(home / STATUS_FILE) or {}
             return any(v.get("step") for v in (doc.get("current") or {}).values())
 
         # Not past the demo's own end: a demo that failed early has nothing to wait for.

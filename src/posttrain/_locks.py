@@ -30,10 +30,13 @@ class FileLock:
         self.path = Path(path)
         self._fh = None
 
-    def try_acquire(self) -> bool:
+    def _open(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        return open(self.path, "a+")  # noqa: SIM115 - held open as long as the lock is
+
+    def try_acquire(self) -> bool:
         pl = _portalocker()
-        fh = open(self.path, "a+")  # noqa: SIM115 - held open as long as the lock is
+        fh = self._open()
         try:
             pl.lock(fh, pl.LOCK_EX | pl.LOCK_NB)
         except pl.LockException:
@@ -47,9 +50,8 @@ class FileLock:
         return True
 
     def acquire(self) -> FileLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         pl = _portalocker()
-        fh = open(self.path, "a+")  # noqa: SIM115
+        fh = self._open()
         pl.lock(fh, pl.LOCK_EX)
         self._fh = fh
         return self

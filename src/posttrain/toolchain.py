@@ -178,11 +178,10 @@ def build_info() -> dict[str, str]:
     """llama-cpp-python's version and llama.cpp's system info (build flags: AVX, BLAS, GPU backends)."""
     info = {"llama_cpp_python": llama_cpp_python_version()}
     try:
-        import llama_cpp
+        from posttrain import _native
 
-        raw = llama_cpp.llama_print_system_info()
-        info["system_info"] = raw.decode(errors="replace").strip() if isinstance(raw, bytes) else str(raw)
-        info["gpu_offload"] = str(bool(llama_cpp.llama_supports_gpu_offload()))
+        info["system_info"] = _native.system_info()
+        info["gpu_offload"] = str(_native.gpu_offload_supported())
     except Exception as e:  # a broken build must still be reportable by `doctor`
         info["error"] = f"{type(e).__name__}: {e}"
     return info

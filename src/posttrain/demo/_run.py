@@ -120,9 +120,10 @@ def _say_log_tail(home: Path, say: Callable[[str], None]) -> None:
 
 
 def _current_step(home: Path) -> str | None:
-    from posttrain.pipeline._daemon import STATUS_FILE, read_json
+    from posttrain._files import read_json_file
+    from posttrain.pipeline._daemon import STATUS_FILE
 
-    doc = read_json(home / STATUS_FILE) or {}
+    doc = read_json_file(home / STATUS_FILE) or {}
     steps = [v.get("step") for v in (doc.get("current") or {}).values() if v.get("step")]
     return steps[0] if steps else None
 

@@ -165,7 +165,8 @@ def watching_pid(home: Path, checkpoint: Path) -> int | None:
 
     Running means alive by PID *and* by a recent heartbeat in its status file: a hung watcher would
     take the checkpoint and never process it, so it is passed over like a dead one."""
-    from posttrain.pipeline._daemon import STATUS_FILE, read_json, watcher_health
+    from posttrain._files import read_json_file
+    from posttrain.pipeline._daemon import STATUS_FILE, watcher_health
     from posttrain.pipeline._watcher import compile_pattern
 
     health = watcher_health(home)
@@ -173,7 +174,7 @@ def watching_pid(home: Path, checkpoint: Path) -> int | None:
         if health.pid is not None:
             log.warning("posttrain: not handing over to the watcher: %s", health.reason)
         return None
-    status = read_json(home / STATUS_FILE) or {}
+    status = read_json_file(home / STATUS_FILE) or {}
     if status.get("pid") != health.pid or status.get("mode") == "once":
         return None  # a `watch --once` scan will not come back for a checkpoint saved after it
     regex = compile_pattern(str(status.get("pattern") or "**/final_model"))

@@ -42,7 +42,6 @@ HEARTBEAT_S = 2.0
 STALE_AFTER_S = 30.0
 
 
-read_json = read_json_file  # the name the status readers use
 
 
 @dataclass
@@ -61,7 +60,7 @@ class DaemonInfo:
 
 
 def read_pid_file(home: Path) -> DaemonInfo | None:
-    doc = read_json(home / PID_FILE)
+    doc = read_json_file(home / PID_FILE)
     if not doc or not isinstance(doc.get("pid"), int):
         return None
     pid, created = doc["pid"], float(doc.get("create_time") or 0)
@@ -89,7 +88,7 @@ def watcher_health(home: Path, stale_after_s: float = STALE_AFTER_S) -> Health:
         return Health(False, f"no watcher is running for {home} (no PID file)")
     if not info.alive:
         return Health(False, f"the watcher (PID {info.pid}) is no longer running", info.pid)
-    status = read_json(home / STATUS_FILE) or {}
+    status = read_json_file(home / STATUS_FILE) or {}
     if status.get("pid") != info.pid:
         if info.uptime_s < stale_after_s:
             return Health(True, "starting", info.pid)  # it writes its first status once it has scanned
@@ -140,7 +139,7 @@ class InstanceLock:
         if self._lock is None:
             return
         for name in (PID_FILE, STATUS_FILE, STOP_FILE):
-            doc = read_json(self.home / name) or {}
+            doc = read_json_file(self.home / name) or {}
             if doc.get("pid") == os.getpid():
                 (self.home / name).unlink(missing_ok=True)
         self._lock.release()
@@ -255,7 +254,7 @@ def _beat(watcher, done: threading.Event, home: Path, stop: threading.Event) -> 
     hung or dead one (a PID alone cannot say 'hung'); and look for a stop request (`request_stop`)."""
     while not done.wait(HEARTBEAT_S):
         watcher.publish()
-        asked = read_json(home / STOP_FILE)
+        asked = read_json_file(home / STOP_FILE)
         if asked is not None and asked.get("pid") == os.getpid() and not stop.is_set():
             log.info("stop requested (%s): finishing the current step, then stopping (resumable)", STOP_FILE)
             stop.set()

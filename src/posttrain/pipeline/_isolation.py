@@ -28,6 +28,7 @@ import psutil
 
 from posttrain._files import read_json_file
 from posttrain.contracts import RunLayout
+from posttrain.pipeline._resources import tree_rss
 from posttrain.errors import PosttrainError
 
 CHILD_MODULE = "posttrain.pipeline._step_child"
@@ -93,20 +94,6 @@ def describe_exit(returncode: int) -> str | None:
     return f"{fault} in native code" if fault else None
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    try:
-        members = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in members:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass  # exited between listing and reading
-    return total
-
-
 def run_in_child(job: StepJob, run_dir: Path) -> ChildOutcome:
     """Run one attempt of `job.step` in a fresh Python process and wait for it (however long the step
     takes: the child's liveness, not a timeout, bounds the wait). Raises NativeCrash when the child
@@ -130,7 +117,7 @@ def run_in_child(job: StepJob, run_dir: Path) -> ChildOutcome:
         try:
             watched = psutil.Process(proc.pid)
             while proc.poll() is None:
-                peak = max(peak, _tree_rss(watched))
+                peak = max(peak, tree_rss(watched))
                 time.sleep(_POLL_S)
         except psutil.NoSuchProcess:
             proc.wait()

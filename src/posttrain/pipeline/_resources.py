@@ -21,20 +21,10 @@ class ResourceSampler:
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-        self._gpu = _cuda()
+        self._gpu = loaded_cuda()
 
     def _sample(self) -> None:
-        try:
-            me = psutil.Process()
-            total = me.memory_info().rss
-            for child in me.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except psutil.Error:
-                    pass  # a child that exited between listing and reading
-            self.peak = max(self.peak, total)
-        except psutil.Error:
-            pass
+        self.peak = max(self.peak, tree_rss(psutil.Process()))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -60,7 +50,28 @@ class ResourceSampler:
         return int(self._gpu.max_memory_allocated()) if self._gpu is not None else None
 
 
-def _cuda():
+def tree_rss(proc: psutil.Process) -> int:
+    """Resident memory of `proc` and all its descendants now (0 when it is gone)."""
+    try:
+        members = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in members:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass  # exited between listing and reading
+    return total
+
+
+def gpu_peak() -> int | None:
+    """Peak GPU memory torch allocated in this process, when torch with CUDA is loaded here."""
+    cuda = loaded_cuda()
+    return int(cuda.max_memory_allocated()) if cuda is not None else None
+
+
+def loaded_cuda():
     # Only if torch is already loaded by a stage: importing it just to learn there is no GPU costs seconds.
     torch = sys.modules.get("torch")
     try:

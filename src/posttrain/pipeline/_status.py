@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from posttrain import paths
+from posttrain._files import read_json_file
 from posttrain.contracts import RunLayout
-from posttrain.pipeline._daemon import STATUS_FILE, read_json, read_pid_file
+from posttrain.pipeline._daemon import STATUS_FILE, read_pid_file
 from posttrain.pipeline._runner import run_is_live
 
 
@@ -27,7 +28,7 @@ def gather_status(home: Path, last: int = 5) -> dict[str, Any]:
     running = bool(info and info.alive)
     doc: dict[str, Any] = {"home": str(home), "running": running, "watcher": None, "runs": [], "active_runs": []}
     if running:
-        status = read_json(home / STATUS_FILE) or {}
+        status = read_json_file(home / STATUS_FILE) or {}
         doc["watcher"] = {**status, "pid": info.pid, "started_at": info.started_at, "uptime_s": info.uptime_s}
     elif info is not None:
         doc["stale_pid"] = info.pid

@@ -27,16 +27,6 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     return {"message": f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__, "remedy": None}
 
 
-def _gpu_peak() -> int | None:
-    torch = sys.modules.get("torch")  # only when a stage loaded it: importing it to learn nothing costs seconds
-    try:
-        if torch is not None and torch.cuda.is_available():
-            return int(torch.cuda.max_memory_allocated())
-    except Exception:  # noqa: BLE001 - a broken CUDA install only loses the figure
-        pass
-    return None
-
-
 def _crash_for_test(job) -> None:
     """The test-only hook: a real segfault in C, so the parent sees exactly what a native fault looks like."""
     from posttrain.pipeline._isolation import CRASH_HOOK_ENV, crash_hook_matches
@@ -53,7 +43,8 @@ def main(argv: list[str]) -> int:
     from posttrain import _lifeline
     from posttrain._files import write_json_atomic
     from posttrain.pipeline._runner import RunContext, StepSkipped
-    from posttrain.store import Store, dumps
+    from posttrain.pipeline._resources import gpu_peak
+    from posttrain.store import Store
 
     job_path, result_path, parent_pid = argv[0], argv[1], int(argv[2])
     if not _lifeline.die_with_parent(parent_pid):
@@ -69,9 +60,7 @@ def main(argv: list[str]) -> int:
         outputs = job.run(ctx)
         if not isinstance(outputs, dict):
             raise TypeError(f"step {job.step} returned {type(outputs).__name__}, not a dict of outputs")
-        import json
-
-        result: dict[str, Any] = {"ok": True, "outputs": json.loads(dumps(outputs))}
+        result: dict[str, Any] = {"ok": True, "outputs": outputs}  # written as JSON below
     except StepSkipped as e:
         result = {"ok": False, "skipped": True, "message": e.reason}
     except Exception as e:  # noqa: BLE001 - every failure goes back to the parent, described
@@ -79,7 +68,7 @@ def main(argv: list[str]) -> int:
         result = {"ok": False, "skipped": False, "transient": isinstance(e, job.transient), **_describe(e)}
     finally:
         store.close()
-    result["gpu_mem_bytes"] = _gpu_peak()
+    result["gpu_mem_bytes"] = gpu_peak()
     write_json_atomic(result_path, result)
     return 0
 
