@@ -166,7 +166,6 @@ def _item_rows(values: list[float], task: str, group: str | None = None) -> list
 @pytest.fixture
 def store(tmp_path) -> Store:
     """A real store with two models' evaluations written by the evaluate stage's own writer."""
-    from posttrain.evaluate._results import save_eval
 
     store = Store(tmp_path / "posttrain.db")
     base = [1.0, 0.0, 1.0, 1.0] * 25
@@ -179,8 +178,8 @@ def store(tmp_path) -> Store:
               "output_dir": None}
     ids = {}
     for model, values in (("base-F16", base), ("tiny-Q4_K_M", new)):
-        ids[model] = save_eval(store, key=f"key-{model}", record={**record, "model_id": model},
-                               items=_item_rows(values[:50], "mmlu_a", "mmlu") + _item_rows(values[50:], "mmlu_b", "mmlu"))
+        ids[model] = store.evals.save(f"key-{model}", record={**record, "model_id": model},
+                                      items=_item_rows(values[:50], "mmlu_a", "mmlu") + _item_rows(values[50:], "mmlu_b", "mmlu"))
     with store.connect() as db:
         db.execute("INSERT INTO runs (id, checkpoint, created_at) VALUES ('r1', '/ckpt', '2026-11-25')")
         db.execute("INSERT INTO run_evals VALUES ('r1', 'baseline', 'base-F16', ?)", (ids["base-F16"],))

@@ -53,3 +53,18 @@ def test_migration_names_are_unique_and_numbered_in_order():
     assert len(set(names)) == len(names)
     numbers = [int(name[1:4]) for name in names]
     assert numbers == sorted(numbers) and all(name.startswith("m") for name in names)
+
+
+def test_only_the_store_speaks_sql():
+    """The store owns its SQL: a statement anywhere else in posttrain would bypass its repositories
+    (and the single writer of a run's status)."""
+    import re
+    from pathlib import Path
+
+    import posttrain
+
+    root = Path(posttrain.__file__).parent
+    statement = re.compile(r"""["'](SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER)\s""")
+    offenders = [f"{p.relative_to(root)}:{n}" for p in root.rglob("*.py") if "store" not in p.relative_to(root).parts
+                 for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if statement.search(line)]
+    assert offenders == []

@@ -261,24 +261,21 @@ def _sample_items(s: dict, where: str, task: str, group: str | None, delimiter: 
 
 def items_for_evals(store: Store, eval_ids: list[int]) -> tuple[str, list[ItemResult]]:
     """(label, items) of stored evaluations: what the pipeline's compare step hands on, by id."""
-    models = store.eval_models(eval_ids)
+    models = store.evals.models(eval_ids)
     missing = set(eval_ids) - set(models)
     if missing:
         raise PosttrainError(f"no evaluation with id {', '.join(map(str, sorted(missing)))} in {store.path}",
                              remedy="list evaluations with `posttrain status`, or check --home")
-    return " + ".join(sorted(set(models.values()))), store.items(eval_ids)
+    return " + ".join(sorted(set(models.values()))), store.evals.items(eval_ids)
 
 
 def _load_run(store: Store, run_id: str, label: str) -> tuple[str, list[ItemResult]]:
-    links = store.query("SELECT eval_id FROM run_evals WHERE run_id = ? AND label = ?", (run_id, label))
-    if not links:
-        links = store.query("SELECT eval_id FROM run_evals WHERE run_id = ? AND role = ?", (run_id, label))
-    if not links:
-        known = store.query("SELECT DISTINCT role, label FROM run_evals WHERE run_id = ?", (run_id,))
-        hint = ", ".join(f"{r['label']} ({r['role']})" for r in known) or "none"
+    ids = store.run_evals.ids(run_id, label)
+    if not ids:
+        hint = ", ".join(f"{lbl} ({role})" for role, lbl in store.run_evals.labels(run_id)) or "none"
         raise PosttrainError(f"run {run_id} has no evaluations labelled {label!r} (it has: {hint})",
                              remedy="use run:RUN_ID:LABEL with one of the labels listed")
-    _, items = items_for_evals(store, sorted({r["eval_id"] for r in links}))
+    _, items = items_for_evals(store, ids)
     return label, items
 
 
@@ -341,13 +338,8 @@ def task_settings(source: str | Path, *, store: Store | None = None) -> dict[str
             ids = [int(x) for x in rest.split(",") if x.strip().isdigit()]
         else:
             run_id, _, label = rest.partition(":")
-            ids = [r["eval_id"] for r in store.query(
-                "SELECT eval_id FROM run_evals WHERE run_id = ? AND (label = ? OR role = ?)", (run_id, label, label))]
-        if ids:
-            marks = ",".join("?" * len(ids))
-            for r in store.query(f"SELECT task, task_version, n_shot FROM evals WHERE id IN ({marks})", tuple(ids)):
-                out[r["task"]] = {"version": r["task_version"], "n_shot": r["n_shot"]}
-        return out
+            ids = store.run_evals.ids(run_id, label)
+        return store.evals.settings(ids) if ids else out
     folder, date = _pick_run_folder(Path(text).expanduser())
     if date is None:
         return out

@@ -96,11 +96,9 @@ def _processed(home: Path, checkpoint: Path) -> dict | None:
         return None
     store = Store(db)
     try:
-        rows = store.query("SELECT p.status, p.run_id, r.run_dir FROM processed_checkpoints p "
-                           "LEFT JOIN runs r ON r.id = p.run_id WHERE p.path = ?", (str(checkpoint),))
+        return store.processed.by_path(str(checkpoint))
     finally:
         store.close()
-    return dict(rows[0]) if rows else None
 
 
 def _finished_row(row: dict | None) -> bool:

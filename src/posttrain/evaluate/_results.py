@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sqlite3
 from dataclasses import dataclass, field
 
 from posttrain._ci import mean_interval
 from posttrain.contracts import ItemResult
-from posttrain.store import Store, dumps, utcnow
+from posttrain.store import Store, dumps
 
 # Bump when what posttrain stores for the same lm-eval output changes.
 STORAGE_FORMAT = "posttrain.evaluate/1"
@@ -71,49 +70,6 @@ def confidence_interval(values: list[float]) -> tuple[float | None, float | None
     return (ci[0], ci[1]) if ci else (None, None)
 
 
-ITEM_COLUMNS = ("task", "task_group", "doc_id", "doc_hash", "filter", "metric", "value", "choice_ll_json",
-                "question", "target", "response", "cluster", "think_sha256")
-
-
-def find_cached(store: Store, key: str):
-    rows = store.query("SELECT * FROM evals WHERE cache_key = ?", (key,))
-    return rows[0] if rows else None
-
-
-def save_eval(store: Store, *, key: str, record: dict, items: list[dict]) -> int:
-    """Insert the evaluation and all its items in one transaction; returns the eval id.
-
-    When another process stored the same key meanwhile (two runs of one baseline), its row is kept
-    and returned: the results are interchangeable by construction of the key.
-    """
-    try:
-        return _insert_eval(store, key=key, record=record, items=items)
-    except sqlite3.IntegrityError:
-        row = find_cached(store, key)
-        if row is None:
-            raise
-        return int(row["id"])
-
-
-def _insert_eval(store: Store, *, key: str, record: dict, items: list[dict]) -> int:
-    with store.connect() as db:
-        cur = db.execute(
-            """INSERT INTO evals (cache_key, model_id, backend, task, task_hash, task_version, n_shot,
-                   selection_json, gen_args_json, harness_version, aggregates_json, env_json, seconds,
-                   tokens, n_items, output_dir, created_at)
-               VALUES (:cache_key, :model_id, :backend, :task, :task_hash, :task_version, :n_shot,
-                   :selection_json, :gen_args_json, :harness_version, :aggregates_json, :env_json, :seconds,
-                   :tokens, :n_items, :output_dir, :created_at)""",
-            {**record, "cache_key": key, "created_at": utcnow()},
-        )
-        eval_id = cur.lastrowid
-        db.executemany(
-            f"INSERT INTO items (eval_id, {', '.join(ITEM_COLUMNS)}) VALUES (?, {', '.join('?' * len(ITEM_COLUMNS))})",
-            [(eval_id, *(item.get(c) for c in ITEM_COLUMNS)) for item in items],
-        )
-    return int(eval_id)
-
-
 def metrics_from_items(items: list[dict], aggregates: dict) -> list[MetricValue]:
     """Per (metric, filter): lm-eval's aggregate value and stderr, with a 95% CI from the items."""
     by_key: dict[tuple[str, str], list[float]] = {}
@@ -142,4 +98,4 @@ def metrics_from_json(data: list[dict]) -> list[MetricValue]:
 
 def items_for_eval(store: Store, eval_id: int) -> list[ItemResult]:
     """The per-item results of one evaluation (the store's one reader of them)."""
-    return store.items([eval_id])
+    return store.evals.items([eval_id])

@@ -17,11 +17,9 @@ from posttrain.evaluate._backends import BACKENDS, ModelRef, make_lm, resolve_mo
 from posttrain.evaluate._results import (
     EvalResult,
     cache_key,
-    find_cached,
     metrics_from_items,
     metrics_from_json,
     metrics_to_json,
-    save_eval,
 )
 from posttrain.evaluate._selection import Selection, select
 from posttrain.evaluate._tasks import (
@@ -301,7 +299,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
             if not run_ref.cacheable:
                 parts["uncacheable_run"] = uuid.uuid4().hex
             key = cache_key(parts)
-            row = find_cached(store, key)
+            row = store.evals.by_key(key)
             if row is not None:
                 agg = json.loads(row["aggregates_json"])
                 results.append(EvalResult(name, metrics_from_json(agg["metrics"]), row["n_items"], row["seconds"],
@@ -336,7 +334,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
             n_docs = len({(i["task"], i["doc_id"]) for i in items})
             tokens = (lm.work_tokens - tokens_before) or None
             output_dir = str(out_dir / "lm_eval" / tracker.general_config_tracker.model_name_sanitized)
-            eval_id = save_eval(store, key=key, items=items, record={
+            eval_id = store.evals.save(key, items=items, record={
                 "model_id": run_ref.model_id, "backend": run_ref.backend, "task": name, "task_hash": task_hash,
                 "task_version": dumps({leaf: res.get("versions", {}).get(leaf) for leaf in leaves}),
                 "n_shot": n_shot, "selection_json": dumps(selection.to_json()), "gen_args_json": dumps(gen_args),

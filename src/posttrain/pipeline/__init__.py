@@ -23,7 +23,6 @@ from posttrain.pipeline._runner import (
     Step,
     StepResult,
     StepSkipped,
-    step_rows,
 )
 from posttrain.pipeline._stages import (
     Stages,
@@ -62,6 +61,5 @@ __all__ = [
     "run_pipeline",
     "serve_watch",
     "spawn_detached",
-    "step_rows",
     "stop_daemon",
 ]

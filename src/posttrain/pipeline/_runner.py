@@ -214,26 +214,15 @@ class Runner:
 
     # -- store ---------------------------------------------------------------------------------
     def _open_run(self, spec: RunSpec) -> None:
-        with self.store.connect() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO runs (id, checkpoint, checkpoint_sha256, model_name, baseline, config_json,"
-                " status, created_at, run_dir) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                (spec.run_id, spec.checkpoint, spec.checkpoint_sha256, spec.model_name, spec.baseline,
-                 dumps(spec.config), utcnow(), str(spec.run_dir)))
-            db.execute("UPDATE runs SET status='running', finished_at=NULL, owner_pid=? WHERE id=?",
-                       (os.getpid(), spec.run_id))
-            for step in self.steps:
-                db.execute("INSERT OR IGNORE INTO steps (run_id, name, status) VALUES (?, ?, 'pending')",
-                           (spec.run_id, step.name))
+        self.store.runs.open(run_id=spec.run_id, checkpoint=spec.checkpoint, checkpoint_sha256=spec.checkpoint_sha256,
+                             model_name=spec.model_name, baseline=spec.baseline, config=spec.config,
+                             run_dir=str(spec.run_dir), steps=[s.name for s in self.steps], owner_pid=os.getpid())
 
     def _recorded(self, run_id: str) -> dict[str, Any]:
-        rows = self.store.query("SELECT * FROM steps WHERE run_id=?", (run_id,))
-        return {r["name"]: r for r in rows}
+        return {r["name"]: r for r in self.store.steps.of_run(run_id)}
 
     def _mark(self, run_id: str, name: str, **cols: Any) -> None:
-        sets = ", ".join(f"{k}=?" for k in cols)
-        with self.store.connect() as db:
-            db.execute(f"UPDATE steps SET {sets} WHERE run_id=? AND name=?", (*cols.values(), run_id, name))
+        self.store.steps.update(run_id, name, **cols)
 
     def _emit(self, run_id: str, step: str, event: str) -> None:
         if self.on_event is not None:
@@ -256,9 +245,7 @@ class Runner:
             status = "failed"
         else:
             status = "succeeded"
-        with self.store.connect() as db:
-            db.execute("UPDATE runs SET status=?, finished_at=?, owner_pid=NULL WHERE id=?",
-                       (status, utcnow() if status != "interrupted" else None, spec.run_id))
+        self.store.runs.finish(spec.run_id, status)
         log.info("run %s %s", spec.run_id, status)
         return RunResult(spec.run_id, spec.run_dir, status, results)
 
@@ -405,9 +392,3 @@ class Runner:
         except Exception:  # outputs that cannot even be checked are outputs to recompute
             log.exception("verifying recorded outputs of %s failed; running it again", step.name)
             return None
-
-
-def step_rows(store: Store, run_id: str) -> list[dict[str, Any]]:
-    """The recorded steps of a run, in the order they were created (for reports and `status`)."""
-    rows = store.query("SELECT * FROM steps WHERE run_id=? ORDER BY rowid", (run_id,))
-    return [dict(r) for r in rows]

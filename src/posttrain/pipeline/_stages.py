@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from posttrain.pipeline._runner import (
     Step,
     StepSkipped,
 )
-from posttrain.store import Store, dumps, utcnow
+from posttrain.store import Store
 
 log = logging.getLogger("posttrain.pipeline")
 
@@ -120,13 +120,6 @@ def _variants_intact(out: Outputs) -> bool:
         Path(v["path"]).is_file() and Path(v["path"]).stat().st_size == v["size_bytes"] for v in out["variants"])
 
 
-def _link_evals(store: Store, run_id: str, role: str, label: str, eval_ids: Iterable[int]) -> None:
-    with store.connect() as db:
-        for eid in eval_ids:
-            db.execute("INSERT OR IGNORE INTO run_evals (run_id, role, label, eval_id) VALUES (?, ?, ?, ?)",
-                       (run_id, role, label, eid))
-
-
 # -- the stages ----------------------------------------------------------------------------------
 class Stages:
     """Builds the step list for one configuration."""
@@ -178,14 +171,11 @@ class Stages:
         variants = [{"quant": v.quant, "path": str(v.path), "sha256": v.sha256, "size_bytes": v.size_bytes}
                     for v in result.variants]
         manifest = json.loads(Path(result.manifest_path).read_text())
-        with ctx.store.connect() as db:
-            for v in result.variants:
-                db.execute(
-                    "INSERT OR REPLACE INTO variants (sha256, path, quant, model_name, checkpoint_sha256, size_bytes,"
-                    " toolchain, manifest_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (v.sha256, str(v.path), v.quant, result.model_name, result.checkpoint_sha256, v.size_bytes,
-                     result.toolchain.get("llama_cpp_python") and f"llama-cpp-python {result.toolchain['llama_cpp_python']}",
-                     dumps(manifest), utcnow()))
+        toolchain = result.toolchain.get("llama_cpp_python")
+        for v in result.variants:
+            ctx.store.variants.put(sha256=v.sha256, path=str(v.path), quant=v.quant, model_name=result.model_name,
+                                   checkpoint_sha256=result.checkpoint_sha256, size_bytes=v.size_bytes,
+                                   toolchain=toolchain and f"llama-cpp-python {toolchain}", manifest=manifest)
         return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants}
 
     def register(self, ctx: RunContext) -> Outputs:
@@ -251,12 +241,12 @@ class Stages:
             label = f"{name}-{v['quant']}"
             evals[label] = self._evaluate_one(ctx, v["path"], label)
             sources[label] = v["path"]
-            _link_evals(ctx.store, ctx.run_id, "candidate", label, evals[label])
+            ctx.store.run_evals.link(ctx.run_id, "candidate", label, evals[label])
         return {"evals": evals, "sources": sources}
 
     def evaluate_baseline(self, ctx: RunContext) -> Outputs:
         ids = self._evaluate_one(ctx, ctx.outputs["baseline"]["model"], BASELINE_LABEL)
-        _link_evals(ctx.store, ctx.run_id, "baseline", BASELINE_LABEL, ids)
+        ctx.store.run_evals.link(ctx.run_id, "baseline", BASELINE_LABEL, ids)
         return {"evals": {BASELINE_LABEL: ids}, "sources": {BASELINE_LABEL: ctx.outputs["baseline"]["source"]}}
 
     def compare(self, ctx: RunContext) -> Outputs:
@@ -294,7 +284,7 @@ class Stages:
     def notify(self, ctx: RunContext) -> Outputs:
         from posttrain.notify import NotifySummary, notify
 
-        run = dict(ctx.store.query("SELECT * FROM runs WHERE id=?", (ctx.run_id,))[0])
+        run = ctx.store.runs.get(ctx.run_id)
         compare_path = RunLayout(ctx.run_dir).compare_json
         compare = json.loads(compare_path.read_text()) if ctx.outputs.get("compare") else None
         failures = [{"step": name, "error": err} for name, (status, err) in ctx.step_status.items()

@@ -39,21 +39,18 @@ def gather_status(home: Path, last: int = 5) -> dict[str, Any]:
 
     store = Store(db)
     try:
-        for r in store.query("SELECT id, status, created_at, finished_at, run_dir FROM runs "
-                             "ORDER BY COALESCE(finished_at, created_at) DESC LIMIT ?", (last,)):
-            failed = store.query("SELECT name, error FROM steps WHERE run_id=? AND status='failed'", (r["id"],))
+        for r in store.runs.latest_activity(last):
+            failed = store.steps.failed(r["id"])
             status = r["status"]
             if status == "running" and not run_is_live(r["run_dir"]):
                 status = "interrupted"  # its process died (kill -9, power loss): rerunning its command resumes it
             doc["runs"].append({"id": r["id"], "status": status, "finished_at": r["finished_at"],
                                 "verdicts": _verdicts(r["run_dir"]),
                                 "failed": "; ".join(f"{f['name']}: {f['error']}" for f in failed) or None})
-        for r in store.query("SELECT id, owner_pid, run_dir FROM runs WHERE status='running'"):
+        for r in store.runs.marked_running():
             if not run_is_live(r["run_dir"]):
                 continue  # crashed: it resumes when its command runs again
-            step = store.query("SELECT name FROM steps WHERE run_id=? AND status='running'", (r["id"],))
-            doc["active_runs"].append({"id": r["id"], "owner_pid": r["owner_pid"],
-                                       "step": step[0]["name"] if step else None})
+            doc["active_runs"].append({"id": r["id"], "owner_pid": r["owner_pid"], "step": store.steps.running(r["id"])})
     finally:
         store.close()
     return doc

@@ -154,17 +154,10 @@ class Watcher:
 
     # -- deciding ------------------------------------------------------------------------------
     def _processed(self, sha: str) -> str | None:
-        rows = self.store.query("SELECT status FROM processed_checkpoints WHERE checkpoint_sha256=?", (sha,))
-        return rows[0]["status"] if rows else None
+        return self.store.processed.status(sha)
 
     def _record(self, sha: str, path: Path, status: str, run_id: str | None = None) -> None:
-        now = utcnow()
-        with self.store.connect() as db:
-            db.execute(
-                "INSERT INTO processed_checkpoints (checkpoint_sha256, path, run_id, status, first_seen, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(checkpoint_sha256) DO UPDATE SET path=excluded.path,"
-                " run_id=COALESCE(excluded.run_id, run_id), status=excluded.status, updated_at=excluded.updated_at",
-                (sha, str(path), run_id, status, now, now))
+        self.store.processed.record(sha, str(path), status, run_id)
 
     def _sha(self, verdict: Verdict) -> str:
         key = (verdict.path, verdict.content_signature())

@@ -15,16 +15,7 @@ from posttrain import __version__
 from posttrain._ci import mean_interval
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
-from posttrain.store import Store
-
-
-def _loads(text: str | None) -> Any:
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return None
+from posttrain.store import Store, loads
 
 
 def _pkg_version(name: str) -> str | None:
@@ -39,10 +30,10 @@ def run_dir(store: Store, run: dict[str, Any]) -> Path:
 
 
 def load_run(store: Store, run_id: str) -> dict[str, Any]:
-    rows = store.query("SELECT * FROM runs WHERE id = ?", (run_id,))
-    if not rows:
+    run = store.runs.get(run_id)
+    if run is None:
         raise PosttrainError(f"no run {run_id!r} in {store.path}", remedy="`posttrain runs` lists the runs")
-    return dict(rows[0])
+    return run
 
 
 def load_compare(path: Path) -> dict[str, Any]:
@@ -83,10 +74,9 @@ def _quality(manifest: Any, sha256: str) -> dict[str, Any]:
 def load_variants(store: Store, run: dict[str, Any]) -> list[dict[str, Any]]:
     if not run.get("checkpoint_sha256"):
         return []
-    rows = store.query("SELECT * FROM variants WHERE checkpoint_sha256 = ? ORDER BY size_bytes DESC",
-                       (run["checkpoint_sha256"],))
+    rows = store.variants.of_checkpoint(run["checkpoint_sha256"])
     return [{"quant": r["quant"], "path": r["path"], "sha256": r["sha256"], "size_bytes": r["size_bytes"],
-             "toolchain": r["toolchain"], **_quality(_loads(r["manifest_json"]), r["sha256"])} for r in rows]
+             "toolchain": r["toolchain"], **_quality(loads(r["manifest_json"]), r["sha256"])} for r in rows]
 
 
 def _interval(values: list[float]) -> tuple[float, tuple[float, float] | None]:
@@ -117,19 +107,16 @@ def load_evals(store: Store, run_id: str, variants: list[dict[str, Any]]) -> lis
     evaluation linked to the run, so a group (mmlu) spread over many leaf-task evaluations is one row
     with the same n and CI method as the compare document."""
     by_model = {v["sha256"]: v["quant"] for v in variants} | {v["path"]: v["quant"] for v in variants}
-    rows = store.query(
-        "SELECT re.role, re.label, e.* FROM run_evals re JOIN evals e ON e.id = re.eval_id "
-        "WHERE re.run_id = ? ORDER BY re.role DESC, re.label, e.task", (run_id,))
+    rows = store.run_evals.evals(run_id)
     values: dict[tuple[str, str, str, str, str], list[float]] = defaultdict(list)
     meta: dict[tuple[str, str, str, str, str], dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
     for r in rows:
         common = {"label": r["label"], "role": r["role"], "quant": by_model.get(r["model_id"])}
-        items = store.query("SELECT COALESCE(task_group, task) AS t, filter, metric, value FROM items "
-                            "WHERE eval_id = ? AND value IS NOT NULL", (r["id"],))
+        items = store.evals.scores(r["id"])
         if not items:
             out.extend({**common, "task_hash": r["task_hash"], "seconds": r["seconds"], **agg}
-                       for agg in _from_aggregates(_loads(r["aggregates_json"]), r["task"]))
+                       for agg in _from_aggregates(loads(r["aggregates_json"]), r["task"]))
             continue
         seen: set[tuple[str, str, str, str, str]] = set()
         for item in items:
@@ -154,7 +141,7 @@ def load_evals(store: Store, run_id: str, variants: list[dict[str, Any]]) -> lis
 
 
 def load_steps(store: Store, run_id: str) -> list[dict[str, Any]]:
-    rows = store.query("SELECT * FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,))
+    rows = store.steps.of_run(run_id)
     return [{"name": r["name"], "status": r["status"], "wall_s": r["wall_s"], "peak_rss_bytes": r["peak_rss_bytes"],
              "error": r["error"], "attempts": r["attempts"]} for r in rows]
 
@@ -170,8 +157,7 @@ def environment(store: Store, run_id: str, variants: list[dict[str, Any]]) -> di
     toolchains = sorted({v["toolchain"] for v in variants if v.get("toolchain")})
     if toolchains:
         env["llama.cpp toolchain"] = "; ".join(toolchains)
-    rows = store.query("SELECT DISTINCT e.harness_version, e.backend, e.env_json FROM run_evals re "
-                       "JOIN evals e ON e.id = re.eval_id WHERE re.run_id = ?", (run_id,))
+    rows = store.run_evals.evals(run_id)
     harness = sorted({r["harness_version"] for r in rows if r["harness_version"]})
     if harness:
         env["lm-eval (evaluations)"] = ", ".join(harness)
@@ -179,7 +165,7 @@ def environment(store: Store, run_id: str, variants: list[dict[str, Any]]) -> di
     if backends:
         env["evaluation backend"] = ", ".join(backends)
     for r in rows:
-        for k, v in (_loads(r["env_json"]) or {}).items():
+        for k, v in (loads(r["env_json"]) or {}).items():
             env.setdefault(str(k), v)
     return {k: v for k, v in env.items() if v is not None}
 

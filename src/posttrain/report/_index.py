@@ -37,8 +37,7 @@ def _href(target: Path, base: Path) -> str:
 def index_rows(store: Store, link_base: Path | None = None) -> list[dict[str, Any]]:
     """One row per (run, variant) — or one per run without variants — newest run first."""
     rows: list[dict[str, Any]] = []
-    for run in store.query("SELECT * FROM runs ORDER BY created_at DESC, id DESC"):
-        run = dict(run)
+    for run in store.runs.newest_first():
         folder = _gather.run_dir(store, run)
         compare = _gather.load_compare(RunLayout(folder).compare_json)
         variants = _gather.load_variants(store, run)

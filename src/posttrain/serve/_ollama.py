@@ -43,7 +43,7 @@ from posttrain.serve._modelfile import (
 )
 from posttrain.serve._names import DEFAULT_TAG, variant_name
 from posttrain.serve._variants import Variant, discover_variants, gguf_metadata
-from posttrain.store import Store, dumps, utcnow
+from posttrain.store import Store
 
 T = TypeVar("T")
 
@@ -186,22 +186,13 @@ def _model_and_tag(name: str | None, variant: Variant) -> tuple[str, str]:
 def _created_by_posttrain(store: Store | None, url: str, name: str) -> bool:
     if store is None:
         return True  # without a store there is no record to check; the caller chose to trust the name
-    return bool(store.query("SELECT 1 FROM registrations WHERE ollama_url=? AND name=?", (url, name)))
+    return store.registrations.exists(url, name)
 
 
 def _record(store: Store, url: str, reg: Registration, variant: Variant) -> None:
-    with store.connect() as db:
-        db.execute(
-            """INSERT INTO registrations (variant_sha256, ollama_url, name, blob_digest, params_json, template_set,
-                                          smoke_text, smoke_latency_s, created_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-               ON CONFLICT (ollama_url, name) DO UPDATE SET
-                 variant_sha256=excluded.variant_sha256, blob_digest=excluded.blob_digest,
-                 params_json=excluded.params_json, template_set=excluded.template_set,
-                 smoke_text=excluded.smoke_text, smoke_latency_s=excluded.smoke_latency_s""",
-            (variant.sha256, url, reg.name, reg.digest, dumps(reg.parameters), int(reg.template_set),
-             reg.smoke_text, reg.smoke_latency_s, utcnow()),
-        )
+    store.registrations.put(url=url, name=reg.name, variant_sha256=variant.sha256, blob_digest=reg.digest,
+                            parameters=reg.parameters, template_set=reg.template_set, smoke_text=reg.smoke_text,
+                            smoke_latency_s=reg.smoke_latency_s)
 
 
 def register_variants(
@@ -350,7 +341,7 @@ def unregister(url: str, store: Store, names: list[str] | None = None, *, attemp
     A name posttrain has no record of creating is refused, never deleted.
     """
     url = normalize_url(url)
-    recorded = [r["name"] for r in store.query("SELECT name FROM registrations WHERE ollama_url=? ORDER BY name", (url,))]
+    recorded = store.registrations.names(url)
     wanted = recorded if names is None else names
     foreign = [n for n in wanted if n not in recorded]
     if foreign:
@@ -366,8 +357,7 @@ def unregister(url: str, store: Store, names: list[str] | None = None, *, attemp
                     if e.status_code != 404:  # already gone is what we wanted
                         raise
             _retrying(attempts, f"delete of {n}", call)
-            with store.connect() as db:
-                db.execute("DELETE FROM registrations WHERE ollama_url=? AND name=?", (url, n))
+            store.registrations.delete(url, n)
             deleted.append(n)
     finally:
         api.close()
