@@ -1,5 +1,5 @@
-"""What crosses a stage boundary, defined once: the per-item record, the documents' schema names, and
-where every file of a run lives. Writers and readers import these names instead of repeating strings.
+"""What crosses a stage boundary, defined once: the GGUF variant and the convert manifest, the per-item
+record, the documents' schema names, and where every file of a run lives. Writers and readers import these names instead of repeating strings.
 
 Who writes and who reads each one is in docs/ARCHITECTURE.md.
 """
@@ -13,6 +13,41 @@ from pathlib import Path
 COMPARE_SCHEMA = "posttrain.compare/1"  # compare → report, notify, status
 MANIFEST_SCHEMA = "posttrain.convert/1"  # convert → register, report
 REPORT_SCHEMA = "posttrain.report/1"  # report → users, the runs index
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One GGUF file that convert made and verified (or that a user named): what register, serve and
+    evaluate are handed. convert's own record of how it was made (timings, checks) stays in convert."""
+
+    path: Path
+    quant: str  # upper case, llama.cpp's spelling: F16, Q8_0, Q4_K_M
+    sha256: str  # hex, no prefix
+    model_name: str
+    size_bytes: int | None = None
+    checkpoint: Path | None = None  # the HF checkpoint it came from (its chat template), when known
+
+    def to_json(self) -> dict:
+        """As a step's outputs hold it (the runner stores outputs as JSON)."""
+        return {"path": str(self.path), "quant": self.quant, "sha256": self.sha256, "model_name": self.model_name,
+                "size_bytes": self.size_bytes, "checkpoint": str(self.checkpoint) if self.checkpoint else None}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Variant:
+        return cls(path=Path(d["path"]), quant=d["quant"], sha256=d["sha256"], model_name=d["model_name"],
+                   size_bytes=d.get("size_bytes"), checkpoint=Path(d["checkpoint"]) if d.get("checkpoint") else None)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """`manifest.json` of a convert output folder (schema `MANIFEST_SCHEMA`), as its one reader,
+    `posttrain.convert.read_manifest`, returns it."""
+
+    path: Path
+    model_name: str
+    checkpoint: Path | None
+    checkpoint_sha256: str | None
+    variants: tuple[Variant, ...]
 
 
 @dataclass(frozen=True)

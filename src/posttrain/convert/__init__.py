@@ -3,17 +3,19 @@
 from posttrain._files import sha256_file
 from posttrain.convert._convert import (
     MANIFEST,
+    BuiltVariant,
     ConvertResult,
-    Variant,
     convert_checkpoint,
     default_model_name,
 )
+from posttrain.convert._manifest import read_manifest
 from posttrain.convert._quant_types import canonical, parse_quant_list, quantizer_types
 
 __all__ = [
     "MANIFEST",
+    "BuiltVariant",
     "ConvertResult",
-    "Variant",
+    "read_manifest",
     "canonical",
     "convert_checkpoint",
     "default_model_name",

@@ -24,6 +24,7 @@ from posttrain.checkpoint import checkpoint_sha256 as hash_checkpoint
 from posttrain.checkpoint import human_bytes, inspect_checkpoint
 from posttrain.convert import _verify
 from posttrain.convert._gguf_info import read_header
+from posttrain.contracts import Variant
 from posttrain.convert._manifest import MANIFEST, load_manifest, manifest_entries, refuse_foreign
 from posttrain.convert._quant_types import (
     CONVERTER_TYPES,
@@ -46,7 +47,10 @@ Progress = Callable[[str, str], None]  # (variant, status text)
 
 
 @dataclass
-class Variant:
+class BuiltVariant:
+    """How convert made one variant (timings, header, checks): what the manifest entry holds. The
+    stages after convert get the plain `contracts.Variant` (`ConvertResult.handover()`)."""
+
     quant: str
     path: Path
     sha256: str
@@ -76,8 +80,8 @@ class Variant:
         return d
 
 
-# What a manifest entry holds: the fields Variant.to_json() writes.
-_VARIANT_FIELDS = {f for f in Variant.__dataclass_fields__ if f != "cached"}
+# What a manifest entry holds: the fields BuiltVariant.to_json() writes.
+_VARIANT_FIELDS = {f for f in BuiltVariant.__dataclass_fields__ if f != "cached"}
 
 
 @dataclass
@@ -88,10 +92,15 @@ class ConvertResult:
     out_dir: Path
     manifest_path: Path
     toolchain: dict
-    variants: list[Variant]
+    variants: list[BuiltVariant]
 
-    def variant(self, quant: str) -> Variant:
+    def variant(self, quant: str) -> BuiltVariant:
         return next(v for v in self.variants if v.quant == quant.upper())
+
+    def handover(self) -> list[Variant]:
+        """The variants as the stages after convert take them."""
+        return [Variant(path=v.path, quant=v.quant, sha256=v.sha256, model_name=self.model_name,
+                        size_bytes=v.size_bytes, checkpoint=self.checkpoint) for v in self.variants]
 
 
 def default_model_name(checkpoint: Path) -> str:
@@ -313,10 +322,10 @@ def convert_checkpoint(
 
 def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint: Path, out_dir: Path, name: str,
                    tree: ConverterTree, pre_tokenizer: str | None, imatrix: Path | None, say: Progress,
-                   manifest: dict) -> list[Variant]:
+                   manifest: dict) -> list[BuiltVariant]:
     """Make the variants in `todo`, reuse the others. Checking a finished file (reading its header
     with gguf-py takes seconds for a large vocabulary) overlaps with making the next one."""
-    done: dict[str, Variant] = {}
+    done: dict[str, BuiltVariant] = {}
     checks: dict[str, Future] = {}
     with ThreadPoolExecutor(max_workers=1) as checker:
         try:
@@ -324,7 +333,7 @@ def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint
                 if quant not in todo:
                     say(quant, "cached")
                     entry = entries[quant]
-                    done[quant] = Variant(**{**entry, "path": out_dir / entry["path"], "cached": True})
+                    done[quant] = BuiltVariant(**{**entry, "path": out_dir / entry["path"], "cached": True})
                     continue
                 if quant not in CONVERTER_TYPES and "F16" in checks:
                     checks["F16"].result()  # the quantizer reads the checked F16 under its final name
@@ -365,7 +374,7 @@ def _produce(quant: str, checkpoint: Path, out_dir: Path, final: Path, name: str
 
 
 def _check_and_place(quant: str, partial: Path, final: Path, tree: ConverterTree, made_by: str,
-                     seconds: float, say: Progress) -> Variant:
+                     seconds: float, say: Progress) -> BuiltVariant:
     """Header reads back and the file loads in llama.cpp: only then does it get its final name."""
     started = time.perf_counter()
     try:
@@ -378,11 +387,11 @@ def _check_and_place(quant: str, partial: Path, final: Path, tree: ConverterTree
     finally:
         partial.unlink(missing_ok=True)
     seconds += time.perf_counter() - started
-    return Variant(quant, final, sha256_file(final), final.stat().st_size, round(seconds, 3), made_by,
+    return BuiltVariant(quant, final, sha256_file(final), final.stat().st_size, round(seconds, 3), made_by,
                    header=header.to_json())
 
 
-def _verify_all(variants: list[Variant], checkpoint: Path, ckpt_bytes: int, hf_reference: bool | None,
+def _verify_all(variants: list[BuiltVariant], checkpoint: Path, ckpt_bytes: int, hf_reference: bool | None,
                 say: Progress, n_gpu_layers: int | None = None) -> None:
     f16 = next(v for v in variants if v.quant == "F16")
     say("F16", "verifying (probe text)")

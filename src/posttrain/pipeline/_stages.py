@@ -21,7 +21,7 @@ from typing import Any
 
 from posttrain._files import sha256_file, write_json_atomic
 from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
-from posttrain.contracts import RunLayout
+from posttrain.contracts import RunLayout, Variant
 from posttrain.errors import CheckpointIncomplete, PosttrainError
 from posttrain.pipeline._config import Config
 from posttrain.pipeline._runner import (
@@ -168,8 +168,7 @@ class Stages:
                                     model_name=name, allow_pickle=self.config.allow_pickle,
                                     n_gpu_layers=self.config.n_gpu_layers,
                                     checkpoint_sha256=ctx.outputs["detect"]["sha256"])
-        variants = [{"quant": v.quant, "path": str(v.path), "sha256": v.sha256, "size_bytes": v.size_bytes}
-                    for v in result.variants]
+        variants = [v.to_json() for v in result.handover()]
         manifest = json.loads(Path(result.manifest_path).read_text())
         toolchain = result.toolchain.get("llama_cpp_python")
         for v in result.variants:
@@ -179,14 +178,11 @@ class Stages:
         return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants}
 
     def register(self, ctx: RunContext) -> Outputs:
-        from posttrain.serve import Variant, register_variants
+        from posttrain.serve import register_variants
 
         o = self.config.ollama
-        convert = ctx.outputs["convert"]
         # convert's own record of what it made and verified: nothing is rediscovered or hashed again.
-        variants = [Variant(path=Path(v["path"]), quant=v["quant"], sha256=v["sha256"],
-                            model_name=convert["model_name"], checkpoint=Path(ctx.spec.checkpoint))
-                    for v in convert["variants"]]
+        variants = [Variant.from_json(v) for v in ctx.outputs["convert"]["variants"]]
         regs = register_variants(variants, url=o.url, params={"temperature": o.temperature, "top_p": o.top_p,
                                                            "num_ctx": o.num_ctx},
                                  store=ctx.store, checkpoint=Path(ctx.spec.checkpoint))

@@ -51,23 +51,16 @@ def load_compare(path: Path) -> dict[str, Any]:
 
 
 def _quality(manifest: Any, sha256: str) -> dict[str, Any]:
-    """KL divergence / top-1 agreement vs F16 from a convert manifest (`posttrain.convert/1`): either
-    the variant's own entry or the whole manifest, whose `variants` maps quant -> entry."""
-    if not isinstance(manifest, dict):
+    """KL divergence and top-1 agreement against F16, from the variant's entry in the convert manifest
+    (`posttrain.convert/1`: variants → quant → verification.vs_f16) the variants table keeps."""
+    listed = manifest.get("variants") if isinstance(manifest, dict) else None
+    entry = next((v for v in listed.values() if isinstance(v, dict) and v.get("sha256") == sha256), {}) \
+        if isinstance(listed, dict) else {}
+    vs_f16 = (entry.get("verification") or {}).get("vs_f16") if isinstance(entry.get("verification"), dict) else None
+    if not isinstance(vs_f16, dict):
         return {}
-    entry = manifest
-    listed = manifest.get("variants") or {}
-    for v in (listed.values() if isinstance(listed, dict) else listed):
-        if isinstance(v, dict) and v.get("sha256") == sha256:
-            entry = v
-            break
-    vs_f16 = ((entry.get("verification") or {}).get("vs_f16") or {}) if isinstance(entry, dict) else {}
-    found: dict[str, Any] = {}
-    for key, names in (("kld_vs_f16", ("kld_vs_f16", "mean_kld")), ("top1_vs_f16", ("top1_vs_f16", "top1_agreement"))):
-        for src in (vs_f16, entry):
-            for name in names:
-                if key not in found and isinstance(src.get(name), (int, float)):
-                    found[key] = float(src[name])
+    found = {key: float(vs_f16[name]) for key, name in (("kld_vs_f16", "mean_kld"), ("top1_vs_f16", "top1_agreement"))
+             if isinstance(vs_f16.get(name), (int, float))}
     return found
 
 

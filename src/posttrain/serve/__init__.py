@@ -16,7 +16,8 @@ from posttrain.serve._ollama import (
     resolve_ollama_gguf,
     unregister,
 )
-from posttrain.serve._variants import Variant, discover_variants
+from posttrain.contracts import Variant
+from posttrain.serve._variants import discover_variants
 
 __all__ = [
     "DEFAULT_PARAMETERS",

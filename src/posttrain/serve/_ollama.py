@@ -42,7 +42,8 @@ from posttrain.serve._modelfile import (
     same_parameters,
 )
 from posttrain.serve._names import DEFAULT_TAG, variant_name
-from posttrain.serve._variants import Variant, discover_variants, gguf_metadata
+from posttrain.contracts import Variant
+from posttrain.serve._variants import discover_variants, gguf_metadata
 from posttrain.store import Store
 
 T = TypeVar("T")

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain._files import sha256_file
+from posttrain.contracts import Variant
+from posttrain.convert._manifest import read_manifest
 from posttrain.errors import PosttrainError
-from posttrain.paths import confined
-
-
-@dataclass(frozen=True)
-class Variant:
-    path: Path
-    quant: str  # upper case, llama.cpp's spelling: F16, Q8_0, Q4_K_M
-    sha256: str  # hex, no prefix
-    model_name: str
-    checkpoint: Path | None = None  # where the chat template can be read, when known
-
 
 
 def gguf_metadata(path: Path) -> dict[str, str]:
@@ -74,61 +63,9 @@ def _model_name_from_file(path: Path, quant: str) -> str:
     return stem
 
 
-def _manifest_entries(manifest_path: Path) -> tuple[dict, list[dict]]:
-    """(the manifest, its variant entries), each checked to be what `posttrain convert` writes."""
-    bad = PosttrainError(f"{manifest_path} is not a manifest `posttrain convert` wrote",
-                         remedy="re-run `posttrain convert`, or pass the .gguf files themselves")
-    try:
-        data = json.loads(manifest_path.read_bytes().decode("utf-8"))
-    except OSError as e:
-        raise PosttrainError(f"cannot read {manifest_path}: {e.strerror}", remedy="re-run `posttrain convert`") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise bad from None
-    if not isinstance(data, dict):
-        raise bad
-    listed = data.get("variants") or []
-    # schema posttrain.convert/1 keys variants by quant; a plain list is accepted too.
-    if isinstance(listed, dict):
-        listed = [dict(v, quant=v.get("quant") or q) if isinstance(v, dict) else v for q, v in listed.items()]
-    if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
-        raise bad
-    return data, listed
-
-
-_SHA256 = re.compile(r"(sha256:)?[0-9a-f]{64}")
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # a name too long for the file system: no such file either
-        return False
-
-
 def _from_manifest(manifest_path: Path, only: set[Path] | None) -> list[Variant]:
-    data, entries = _manifest_entries(manifest_path)
-    model = data.get("model_name") or data.get("model") or manifest_path.parent.name
-    ckpt = data.get("checkpoint") or data.get("checkpoint_dir")
-    out = []
-    for v in entries:
-        file = v.get("file") or v.get("path")
-        if not file:
-            continue
-        if not isinstance(file, str):
-            raise PosttrainError(f"{manifest_path} lists a variant whose path is not a file name",
-                                 remedy="re-run `posttrain convert`")
-        # Register writes <file>.Modelfile beside each file: a manifest must not lead it elsewhere.
-        path = confined(manifest_path.parent, file).resolve()
-        if only is not None and path not in only:
-            continue
-        if not _is_file(path):
-            raise PosttrainError(f"{manifest_path} lists {file}, which is missing", remedy="re-run `posttrain convert`")
-        sha = v.get("sha256")
-        sha = sha.removeprefix("sha256:") if isinstance(sha, str) and _SHA256.fullmatch(sha) else sha256_file(path)
-        out.append(Variant(path=path, quant=str(v.get("quant") or quant_from_name(path.name) or "unknown").upper(),
-                           sha256=sha,
-                           model_name=str(model), checkpoint=Path(ckpt) if isinstance(ckpt, str) and ckpt else None))
-    return out
+    listed = read_manifest(manifest_path).variants
+    return [v for v in listed if only is None or v.path in only]
 
 
 def _from_file(path: Path) -> Variant:
@@ -137,7 +74,7 @@ def _from_file(path: Path) -> Variant:
         file_type = gguf_metadata(path).get("general.file_type")
         quant = _ftype_names().get(int(file_type), "unknown") if file_type and file_type.isdigit() else "unknown"
     return Variant(path=path.resolve(), quant=quant, sha256=sha256_file(path),
-                   model_name=_model_name_from_file(path, quant))
+                   model_name=_model_name_from_file(path, quant), size_bytes=path.stat().st_size)
 
 
 def discover_variants(target: Path | list[Path]) -> list[Variant]:
