@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from posttrain.evaluate._backends import ModelRef, OllamaLM, resolve_model
 from posttrain.evaluate._results import EvalResult, MetricValue, items_for_eval
-from posttrain.evaluate._runner import DEFAULT_TASKS, evaluate
+from posttrain.evaluate._runner import evaluate, evaluate_request
+from posttrain.evaluate._task_plan import DEFAULT_TASKS, EvalRequest
 from posttrain.evaluate._selection import Selection, select
 from posttrain._thinking import DEFAULT_THINK_PATTERNS, strip_think
 
@@ -18,12 +19,14 @@ from posttrain.evaluate import _llamacpp_lm  # noqa: E402,F401
 __all__ = [
     "DEFAULT_TASKS",
     "DEFAULT_THINK_PATTERNS",
+    "EvalRequest",
     "EvalResult",
     "MetricValue",
     "ModelRef",
     "OllamaLM",
     "Selection",
     "evaluate",
+    "evaluate_request",
     "items_for_eval",
     "resolve_model",
     "select",
