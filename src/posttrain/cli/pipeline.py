@@ -178,11 +178,13 @@ WATCH_SETTINGS_FILE = "watch.settings.json"
 
 def _absolute(cfg):
     """The same settings with every path absolute: the watcher may run from another directory."""
+    from posttrain.pipeline import Baseline
+
     updates = {"home": cfg.base_dir.expanduser().resolve(),
                "data_dir": cfg.data_dir.resolve() if cfg.data_dir else None,
                "task_paths": [p.resolve() for p in cfg.task_paths]}
-    if cfg.baseline and not cfg.baseline.startswith("ollama:") and Path(cfg.baseline).expanduser().exists():
-        updates["baseline"] = str(Path(cfg.baseline).expanduser().resolve())
+    if cfg.baseline:
+        updates["baseline"] = Baseline.parse(cfg.baseline).absolute()
     return cfg.model_copy(update=updates)
 
 

@@ -1,6 +1,7 @@
 """The unattended pipeline: steps with state in the store (resume after any crash), the stages as
 steps, settings from posttrain.toml / POSTTRAIN_* / flags, and the checkpoint watcher daemon."""
 
+from posttrain.pipeline._baseline import Baseline
 from posttrain.pipeline._config import (
     Config,
     config_template,
@@ -36,6 +37,7 @@ from posttrain.pipeline._status import gather_status
 from posttrain.pipeline._watcher import Watcher, compile_pattern
 
 __all__ = [
+    "Baseline",
     "Config",
     "InstanceLock",
     "RunContext",

@@ -23,6 +23,7 @@ from posttrain._files import sha256_file, write_json_atomic
 from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
 from posttrain.contracts import RunLayout, Variant
 from posttrain.errors import CheckpointIncomplete, PosttrainError
+from posttrain.pipeline._baseline import Baseline
 from posttrain.pipeline._config import Config
 from posttrain.pipeline._runner import (
     Outputs,
@@ -72,20 +73,8 @@ def check_inputs(config: Config, *, baseline_may_appear: bool = False) -> None:
     """What can be checked before any work starts: a missing baseline or data directory fails now,
     not after an hour of conversion and evaluation. A watcher may be started before its baseline
     exists (the demo's early checkpoint is saved by the training it watches): `baseline_may_appear`."""
-    ref = config.baseline
-    if ref and not ref.startswith("ollama:"):
-        path = Path(ref).expanduser()
-        if not path.exists() and baseline_may_appear:
-            log.warning("baseline %s does not exist yet: runs fail at their baseline step until it does", ref)
-        elif not path.exists():
-            raise PosttrainError(f"baseline {ref!r} not found",
-                                 remedy="give a Hugging Face directory, a .gguf file or ollama:NAME")
-        if path.is_file() and path.suffix != ".gguf":
-            raise PosttrainError(f"baseline {ref!r} is a file but not a .gguf",
-                                 remedy="give a Hugging Face directory, a .gguf file or ollama:NAME")
-        if path.is_dir() and not (path / "config.json").is_file():
-            raise PosttrainError(f"baseline {ref!r} is a directory without config.json",
-                                 remedy="give a Hugging Face checkpoint directory, a .gguf file or ollama:NAME")
+    if config.baseline:
+        Baseline.parse(config.baseline).check(may_appear=baseline_may_appear)
     if config.data_dir is not None and not config.data_dir.is_dir():
         raise PosttrainError(f"data directory {config.data_dir} does not exist",
                              remedy="give the folder holding the benchmark files (gsm8k/, mmlu/, hellaswag/)")
@@ -192,15 +181,16 @@ class Stages:
 
     # baseline: an HF directory (converted to F16 once, cached by content), a .gguf, or ollama:NAME.
     def baseline(self, ctx: RunContext) -> Outputs:
-        ref = self.config.baseline
-        if not ref:
+        if not self.config.baseline:
             raise StepSkipped("no baseline given (--baseline or `baseline` in posttrain.toml)")
-        if ref.startswith("ollama:"):
+        baseline = Baseline.parse(self.config.baseline)
+        ref = baseline.text
+        if baseline.is_ollama:
             return {"model": ref, "source": ref}
-        path = Path(ref).expanduser().resolve()
-        if path.is_file() and path.suffix == ".gguf":
+        path = baseline.path.resolve()
+        if baseline.is_gguf:
             return {"model": str(path), "source": ref, "sha256": sha256_file(path)}
-        if path.is_dir():
+        if baseline.is_checkpoint:
             from posttrain.convert import convert_checkpoint, default_model_name
 
             name = f"{default_model_name(path)}"
@@ -208,13 +198,12 @@ class Stages:
                                         allow_pickle=self.config.allow_pickle, n_gpu_layers=self.config.n_gpu_layers)
             f16 = result.variant("F16")
             return {"model": str(f16.path), "source": ref, "sha256": f16.sha256}
-        raise PosttrainError(f"baseline {ref!r} not found",
-                             remedy="give a Hugging Face directory, a .gguf file or ollama:NAME")
+        raise baseline.not_found()
 
     @staticmethod
     def _baseline_ok(out: Outputs) -> bool:
         model = out["model"]
-        return model.startswith("ollama:") or (Path(model).is_file() and sha256_file(Path(model)) == out["sha256"])
+        return Baseline.parse(model).is_ollama or (Path(model).is_file() and sha256_file(Path(model)) == out["sha256"])
 
     def _evaluate_one(self, ctx: RunContext, model: str, label: str) -> list[int]:
         from posttrain.evaluate import evaluate
