@@ -315,7 +315,8 @@ def test_register_refuses_a_manifest_leading_outside_its_folder(tmp_path):
     gguf_dir.mkdir(parents=True)
     (tmp_path / "victim-Q8_0.gguf").write_bytes(b"GGUF not really")
     (gguf_dir / "manifest.json").write_text(json.dumps(
-        {"model_name": "m", "variants": {"Q8_0": {"path": "../../victim-Q8_0.gguf", "sha256": "0" * 64}}}))
+        {"schema": "posttrain.convert/1", "model_name": "m",
+         "variants": {"Q8_0": {"path": "../../victim-Q8_0.gguf", "sha256": "0" * 64, "size_bytes": 15}}}))
     before = tree(tmp_path)
     line = one_line_error(posttrain("register", gguf_dir, "--ollama", "http://127.0.0.1:9", "--home",
                                     tmp_path / "out" / "home", cwd=tmp_path))

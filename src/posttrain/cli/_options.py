@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
 import typer
 
 
@@ -10,3 +17,79 @@ def n_gpu_layers_option() -> int | None:
         None, "--n-gpu-layers", "-ngl", envvar="POSTTRAIN_N_GPU_LAYERS",
         help="Layers llama.cpp puts on the GPU: -1 all, 0 none (default: all when this llama.cpp build "
              "offloads, e.g. built with POSTTRAIN_CUDA=1; none on a CPU build).")
+
+
+def home_option() -> Path | None:
+    return typer.Option(None, "--home", help="Base directory for outputs and the store posttrain.db "
+                                             "(default $POSTTRAIN_HOME, else ~/.local/share/posttrain).")
+
+
+def config_option() -> Path | None:
+    return typer.Option(None, "--config", "-c", help="posttrain.toml to read (default: ./posttrain.toml if present).")
+
+
+# -- the options `run` and `watch` share ------------------------------------------------------------
+# Declared once and added to both commands by `@pipeline_options`, which hands them to the command as
+# one `PipelineOptions`: a new pipeline setting is one line here, not two signatures kept in step.
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    baseline: str | None = None
+    config: Path | None = None
+    quant: list[str] | None = None
+    tasks: list[str] | None = None
+    limit: int | None = None
+    home: Path | None = None
+    jobs: int | None = None
+    data_dir: Path | None = None
+    notify: list[str] | None = None
+    n_gpu_layers: int | None = None
+
+    def load_config(self, **watch):
+        """The run's settings: the flags given, over POSTTRAIN_* variables, over posttrain.toml."""
+        from posttrain.pipeline import load_config
+
+        return load_config(self.config, home=self.home, baseline=self.baseline,
+                           quants=",".join(self.quant) if self.quant else None,
+                           tasks=",".join(self.tasks) if self.tasks else None, limit=self.limit, jobs=self.jobs,
+                           data_dir=self.data_dir, notify={"urls": list(self.notify)} if self.notify else None,
+                           n_gpu_layers=self.n_gpu_layers, watch={k: v for k, v in watch.items() if v is not None})
+
+
+def _pipeline_option_params() -> list[inspect.Parameter]:
+    options = {
+        "baseline": typer.Option(None, "--baseline", "-b", help="HF directory, .gguf file, or ollama:NAME to compare against."),
+        "config": config_option(),
+        "quant": typer.Option(None, "--quant", "-q", help="GGUF types, repeatable or comma-separated (default f16,q8_0,q4_k_m)."),
+        "tasks": typer.Option(None, "--tasks", "-t", help="lm-eval tasks, repeatable or comma-separated."),
+        "limit": typer.Option(None, "--limit", help="Evaluate only N items per task."),
+        "home": home_option(),
+        "jobs": typer.Option(None, "--jobs", "-j", help="Checkpoints processed at the same time (default 1)."),
+        "data_dir": typer.Option(None, "--data-dir", help="Local benchmark files in the official layouts (no Hub)."),
+        "notify": typer.Option(None, "--notify", help="apprise URL to notify when a run ends (repeatable), e.g. ntfy://topic."),
+        "n_gpu_layers": n_gpu_layers_option(),
+    }
+    hints = typing.get_type_hints(PipelineOptions)
+    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hints[name])
+            for name, option in options.items()]
+
+
+def pipeline_options(command: Callable) -> Callable:
+    """Give `command` the shared pipeline options; it receives them as `options: PipelineOptions`."""
+    own = inspect.signature(command)
+    params = [p for name, p in own.parameters.items() if name != "options"]
+    added = _pipeline_option_params()
+    hints = {k: v for k, v in typing.get_type_hints(command).items() if k != "options"}
+
+    @functools.wraps(command)
+    def with_options(*args, **kwargs):
+        shared = {p.name: kwargs.pop(p.name) for p in added}
+        return command(*args, options=PipelineOptions(**shared), **kwargs)
+
+    # typer reads the parameters from the signature and their types from __annotations__.
+    with_options.__signature__ = own.replace(parameters=[
+        *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation)) for p in params),
+        *added])
+    with_options.__annotations__ = {**hints, **{p.name: p.annotation for p in added}}
+    del with_options.__wrapped__  # else typer (through get_type_hints) would read the original
+    return with_options

@@ -9,6 +9,7 @@ import typer
 
 from posttrain._files import write_text_atomic
 from posttrain.cli._app import app, console, esc
+from posttrain.cli._options import home_option
 from posttrain.errors import PosttrainError
 
 
@@ -26,7 +27,7 @@ def compare_cmd(
                                                          "difference (metric units, 0.02 = 2 points) at 80% power."),
     seed: int = typer.Option(0, help="Seed of the paired bootstrap."),
     n_boot: int = typer.Option(10000, "--n-boot", help="Bootstrap resamples (continuous metrics)."),
-    home: Path | None = typer.Option(None, "--home", help="posttrain home holding posttrain.db (default: $POSTTRAIN_HOME)."),
+    home: Path | None = home_option(),
 ) -> None:
     """Compare NEW with BASELINE item by item: CIs, paired difference, McNemar / paired t, clustered SE,
     Holm-adjusted verdicts, minimum detectable effect."""

@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from posttrain.cli._app import app, console, esc
-from posttrain.cli._options import n_gpu_layers_option
+from posttrain.cli._options import home_option, n_gpu_layers_option
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -30,7 +30,7 @@ def eval_cmd(
     per_subject: int | None = typer.Option(None, "--per-subject", help="Evaluate N items per MMLU subject."),
     seed: int = typer.Option(0, help="Seed for the item subset; the same seed picks the same items for every model."),
     num_fewshot: int | None = typer.Option(None, "--num-fewshot", help="Few-shot examples (default: each task's own)."),
-    home: Path | None = typer.Option(None, "--home", help="posttrain home (store and outputs)."),
+    home: Path | None = home_option(),
     out: Path | None = typer.Option(None, "--out", help="Where lm-eval's results and samples go "
                                     "(default HOME/evals/<model>)."),
     endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible completions server URL."),

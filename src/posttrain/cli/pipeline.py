@@ -15,34 +15,11 @@ from rich.table import Table
 from posttrain._files import read_json_file, write_json_atomic, write_text_atomic
 from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console, esc, print_error
-from posttrain.cli._options import n_gpu_layers_option
+from posttrain.cli._options import PipelineOptions, config_option, home_option, pipeline_options
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, try again" — an interrupted run resumes when rerun
-
-_CONFIG = typer.Option(None, "--config", "-c", help="posttrain.toml to read (default: ./posttrain.toml if present).")
-_HOME = typer.Option(None, "--home", help="Base directory for outputs and the store (default $POSTTRAIN_HOME).")
-_BASELINE = typer.Option(None, "--baseline", "-b", help="HF directory, .gguf file, or ollama:NAME to compare against.")
-_QUANT = typer.Option(None, "--quant", "-q", help="GGUF types, repeatable or comma-separated (default f16,q8_0,q4_k_m).")
-_TASKS = typer.Option(None, "--tasks", "-t", help="lm-eval tasks, repeatable or comma-separated.")
-_LIMIT = typer.Option(None, "--limit", help="Evaluate only N items per task.")
-_JOBS = typer.Option(None, "--jobs", "-j", help="Checkpoints processed at the same time (default 1).")
-_DATA_DIR = typer.Option(None, "--data-dir", help="Local benchmark files in the official layouts (no Hub).")
-_NOTIFY = typer.Option(None, "--notify", help="apprise URL to notify when a run ends (repeatable), e.g. ntfy://topic.")
-
-
-def _config(config: Path | None, home: Path | None, baseline: str | None = None, quant: list[str] | None = None,
-            tasks: list[str] | None = None, limit: int | None = None, jobs: int | None = None,
-            data_dir: Path | None = None, notify: list[str] | None = None, n_gpu_layers: int | None = None,
-            **watch):
-    from posttrain.pipeline import load_config
-
-    return load_config(config, home=home, baseline=baseline, quants=",".join(quant) if quant else None,
-                       tasks=",".join(tasks) if tasks else None, limit=limit, jobs=jobs, data_dir=data_dir,
-                       notify={"urls": list(notify)} if notify else None, n_gpu_layers=n_gpu_layers,
-                       watch={k: v for k, v in watch.items() if v is not None})
-
 
 def _console_logging(verbose: bool = False) -> None:
     root = logging.getLogger("posttrain")
@@ -70,19 +47,11 @@ def _print_result(result) -> None:
 
 
 @app.command("run")
+@pipeline_options
 def run_cmd(
     checkpoints: list[Path] = typer.Argument(..., help="Finished checkpoint directories (processed in order)."),
-    baseline: str | None = _BASELINE,
-    config: Path | None = _CONFIG,
-    quant: list[str] | None = _QUANT,
-    tasks: list[str] | None = _TASKS,
-    limit: int | None = _LIMIT,
-    home: Path | None = _HOME,
-    jobs: int | None = _JOBS,
-    data_dir: Path | None = _DATA_DIR,
-    notify: list[str] | None = _NOTIFY,
-    n_gpu_layers: int | None = n_gpu_layers_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    options: PipelineOptions = None,  # the shared pipeline options, added by @pipeline_options
 ) -> None:
     """Convert, register, evaluate, compare, report and notify for each CHECKPOINT; resumes after any crash.
 
@@ -92,7 +61,7 @@ def run_cmd(
     from posttrain.pipeline import install_stop_handlers, run_many
 
     _console_logging(verbose)
-    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers)
+    cfg = options.load_config()
     stop = threading.Event()
     install_stop_handlers(stop)
     results = run_many(checkpoints, cfg, stop_event=stop)
@@ -114,6 +83,7 @@ def run_cmd(
 
 
 @app.command("watch")
+@pipeline_options
 def watch_cmd(
     dirs: list[Path] = typer.Argument(..., help="Directories to watch (recursively)."),
     pattern: str | None = typer.Option(None, "--pattern", "-p", help="Checkpoint directories to pick up (default '**/final_model')."),
@@ -122,19 +92,10 @@ def watch_cmd(
     interval: float | None = typer.Option(None, "--interval", help="Seconds between full rescans (default 300)."),
     settle: float | None = typer.Option(None, "--settle", help="Seconds a checkpoint must stay unchanged (default 1)."),
     no_events: bool = typer.Option(False, "--no-events", help="Poll only (for filesystems without inotify)."),
-    baseline: str | None = _BASELINE,
-    config: Path | None = _CONFIG,
-    quant: list[str] | None = _QUANT,
-    tasks: list[str] | None = _TASKS,
-    limit: int | None = _LIMIT,
-    home: Path | None = _HOME,
-    jobs: int | None = _JOBS,
-    data_dir: Path | None = _DATA_DIR,
-    notify: list[str] | None = _NOTIFY,
-    n_gpu_layers: int | None = n_gpu_layers_option(),
     settings_file: Path | None = typer.Option(None, "--settings", hidden=True,
                                               help="(internal) the settings `watch --daemon` resolved"),
     detached: bool = typer.Option(False, "--detached", hidden=True),
+    options: PipelineOptions = None,  # the shared pipeline options, added by @pipeline_options
 ) -> None:
     """Watch DIRS for finished checkpoints and run the pipeline on each one, once (by content hash).
 
@@ -147,8 +108,7 @@ def watch_cmd(
         # The detached child: the settings its parent parsed and validated, nothing parsed again.
         cfg, dirs, no_events = _read_watch_settings(settings_file)
     else:
-        cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers,
-                      pattern=pattern, check_interval_s=interval, settle_s=settle)
+        cfg = options.load_config(pattern=pattern, check_interval_s=interval, settle_s=settle)
         cfg = _absolute(cfg)
         dirs = [d.expanduser().resolve() for d in dirs]
     for d in dirs:
@@ -206,8 +166,8 @@ def _read_watch_settings(path: Path):
 
 @app.command("status")
 def status_cmd(
-    home: Path | None = _HOME,
-    config: Path | None = _CONFIG,
+    home: Path | None = home_option(),
+    config: Path | None = config_option(),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     last: int = typer.Option(5, "--last", help="How many recent runs to list."),
 ) -> None:
@@ -217,7 +177,7 @@ def status_cmd(
     """
     from posttrain.pipeline import gather_status
 
-    cfg = _config(config, home)
+    cfg = PipelineOptions(config=config, home=home).load_config()
     doc = gather_status(cfg.base_dir, last=last)
     if as_json:
         typer.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
@@ -264,14 +224,14 @@ def _print_status(doc: dict) -> None:
 
 @app.command("stop")
 def stop_cmd(
-    home: Path | None = _HOME,
-    config: Path | None = _CONFIG,
+    home: Path | None = home_option(),
+    config: Path | None = config_option(),
     grace: float = typer.Option(120.0, "--grace", help="Seconds to wait for the current step before SIGKILL."),
 ) -> None:
     """Stop the watcher: SIGTERM (it finishes the current step), SIGKILL after the grace period."""
     from posttrain.pipeline import stop_daemon
 
-    cfg = _config(config, home)
+    cfg = PipelineOptions(config=config, home=home).load_config()
     t0 = time.monotonic()
     pid, how = stop_daemon(cfg.base_dir, grace_s=grace)
     if how == "stopped":

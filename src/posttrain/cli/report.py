@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from posttrain.cli._app import app, console, esc
+from posttrain.cli._options import home_option
 from posttrain.errors import PosttrainError
 
 _HOME_HELP = "posttrain home holding posttrain.db (default: $POSTTRAIN_HOME)."
@@ -28,7 +29,7 @@ def _open_store(home: Path | None):
 def report_cmd(
     run_id: str = typer.Argument(..., help="Run id (see `posttrain runs`)."),
     out: Path | None = typer.Option(None, "--out", help="Folder for the report files (default: the run's folder)."),
-    home: Path | None = typer.Option(None, "--home", help=_HOME_HELP),
+    home: Path | None = home_option(),
 ) -> None:
     """Write report.html (self-contained, with plots), report.md and report.json for RUN."""
     from posttrain.report import report_from_store
@@ -42,7 +43,7 @@ def report_cmd(
 def runs_cmd(
     html: bool = typer.Option(False, "--html", help="Also write the index page (leaderboard linking each report)."),
     out: Path | None = typer.Option(None, "--out", help="Index page path (default: HOME/runs/index.html)."),
-    home: Path | None = typer.Option(None, "--home", help=_HOME_HELP),
+    home: Path | None = home_option(),
 ) -> None:
     """List the runs in the store, newest first, with their variants and verdicts."""
     from posttrain.report import index_rows, write_index

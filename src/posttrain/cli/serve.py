@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from posttrain.cli._app import app, console
-from posttrain.cli._options import n_gpu_layers_option
+from posttrain.cli._options import home_option, n_gpu_layers_option
 from posttrain.errors import PosttrainError
 
 
@@ -73,7 +73,7 @@ def register(
     system: str | None = typer.Option(None, "--system", help="SYSTEM prompt."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="HF checkpoint to read the chat template from."),
     smoke: bool = typer.Option(True, "--smoke/--no-smoke", help="Send one short chat per variant after import."),
-    home: Path | None = typer.Option(None, "--home", help="posttrain home (store); default $POSTTRAIN_HOME."),
+    home: Path | None = home_option(),
 ) -> None:
     """Import every GGUF variant into Ollama as {model}_{quant}:latest and write <gguf>.Modelfile."""
     from posttrain.paths import store_path
