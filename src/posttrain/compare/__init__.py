@@ -6,6 +6,7 @@ p-values across the whole family, the minimum detectable effect, and one sentenc
 """
 
 from posttrain.compare._compare import SCHEMA, compare_family, compare_items, pair_items
+from posttrain.compare._document import read_compare, verdict_sentences
 from posttrain.compare._items import ItemResult
 from posttrain.compare._power import items_needed, min_detectable_effect
 from posttrain.compare._render import render_table
@@ -31,6 +32,8 @@ __all__ = [
     "min_detectable_effect",
     "pair_items",
     "parse_clusters",
+    "read_compare",
     "render_table",
     "task_settings",
+    "verdict_sentences",
 ]

@@ -255,6 +255,14 @@ class Stages:
         path = Path(out["path"])
         return path.is_file() and sha256_file(path) == out["sha256"]
 
+    @staticmethod
+    def _compare_doc(ctx: RunContext) -> dict:
+        """What this run's compare step wrote (verified by its hash when the step finished), or {}."""
+        from posttrain.compare import read_compare
+
+        out = ctx.outputs.get("compare")
+        return read_compare(Path(out["path"])) if out else {}
+
     def report(self, ctx: RunContext) -> Outputs:
         from posttrain.report import report_from_store
 
@@ -263,15 +271,15 @@ class Stages:
             RunLayout(ctx.run_dir).compare_json.unlink(missing_ok=True)
         # Written before the run ends: it shows the outcome the run is heading for, which the runner
         # records when it closes the run (notify, the only later step, never fails it).
-        paths = report_from_store(ctx.store, ctx.run_id, ctx.run_dir, outcome=ctx.outcome)
+        paths = report_from_store(ctx.store, ctx.run_id, ctx.run_dir, outcome=ctx.outcome,
+                                  compare=self._compare_doc(ctx))
         return {k: str(v) for k, v in paths.items()}
 
     def notify(self, ctx: RunContext) -> Outputs:
         from posttrain.notify import NotifySummary, notify
 
         run = ctx.store.runs.get(ctx.run_id)
-        compare_path = RunLayout(ctx.run_dir).compare_json
-        compare = json.loads(compare_path.read_text()) if ctx.outputs.get("compare") else None
+        compare = self._compare_doc(ctx) or None
         failures = [{"step": name, "error": err} for name, (status, err) in ctx.step_status.items()
                     if status == "failed"]
         report = (ctx.outputs.get("report") or {}).get("html")

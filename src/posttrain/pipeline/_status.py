@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,9 @@ from posttrain.pipeline._runner import run_is_live
 
 
 def _verdicts(run_dir: str | None) -> list[str]:
-    if not run_dir:
-        return []
-    try:
-        doc = json.loads(RunLayout(Path(run_dir)).compare_json.read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-    return [c["sentence"] for c in doc.get("comparisons") or [] if c.get("sentence")]
+    from posttrain.compare import verdict_sentences
+
+    return verdict_sentences(RunLayout(Path(run_dir)).compare_json) if run_dir else []
 
 
 def gather_status(home: Path, last: int = 5) -> dict[str, Any]:

@@ -61,13 +61,14 @@ def write_report(out_dir: Path, *, compare: dict[str, Any], run: dict[str, Any],
 
 
 def report_from_store(store: Store, run_id: str, out_dir: Path | None = None, *,
-                      outcome: str | None = None) -> dict[str, Path]:
-    """Gather a run's inputs from the store and `<run_dir>/compare.json`, and write its report
-    (into the run's folder unless `out_dir` is given). `outcome`: the run's status when the report is
-    written before the run is closed (the pipeline's report step); the store's otherwise."""
+                      outcome: str | None = None, compare: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Gather a run's inputs from the store, and write its report (into the run's folder unless
+    `out_dir` is given). `outcome`: the run's status when the report is written before the run is
+    closed (the pipeline's report step); the store's otherwise. `compare`: the run's compare document
+    ({} for none); by default `<run_dir>/compare.json`."""
     from posttrain.report._gather import gather
 
-    inputs, folder = gather(store, run_id)
+    inputs, folder = gather(store, run_id, compare)
     if outcome is not None:
         inputs["run"] = {**inputs["run"], "status": outcome}
     return write_report(out_dir or folder, **inputs)

@@ -4,7 +4,6 @@ store itself is `posttrain.store`)."""
 
 from __future__ import annotations
 
-import json
 import platform
 from collections import defaultdict
 from importlib.metadata import PackageNotFoundError, version
@@ -13,6 +12,7 @@ from typing import Any
 
 from posttrain import __version__
 from posttrain._ci import mean_interval
+from posttrain.compare._document import read_compare
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 from posttrain.store import Store, loads
@@ -34,20 +34,6 @@ def load_run(store: Store, run_id: str) -> dict[str, Any]:
     if run is None:
         raise PosttrainError(f"no run {run_id!r} in {store.path}", remedy="`posttrain runs` lists the runs")
     return run
-
-
-def load_compare(path: Path) -> dict[str, Any]:
-    """The compare document, or {} when the run has none (it failed or stopped before compare)."""
-    if not path.exists():
-        return {}
-    remedy = "re-run the compare step of this run"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:  # ValueError: not UTF-8, not JSON
-        raise PosttrainError(f"cannot read {path}: {e}", remedy=remedy) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("comparisons", []), list):
-        raise PosttrainError(f"{path} is not a compare document (posttrain.compare/1)", remedy=remedy)
-    return doc
 
 
 def _quality(manifest: Any, sha256: str) -> dict[str, Any]:
@@ -163,14 +149,16 @@ def environment(store: Store, run_id: str, variants: list[dict[str, Any]]) -> di
     return {k: v for k, v in env.items() if v is not None}
 
 
-def gather(store: Store, run_id: str) -> tuple[dict[str, Any], Path]:
-    """The keyword arguments for write_report, and the run's folder."""
+def gather(store: Store, run_id: str, compare: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
+    """The keyword arguments for write_report, and the run's folder. `compare`: the run's compare
+    document when the caller has it (the pipeline hands on what its compare step wrote); else it is
+    read from the run's folder."""
     run = load_run(store, run_id)
     folder = run_dir(store, run)
     variants = load_variants(store, run)
     steps = load_steps(store, run_id)
     inputs = {
-        "compare": load_compare(RunLayout(folder).compare_json),
+        "compare": read_compare(RunLayout(folder).compare_json) if compare is None else compare,
         "run": {k: run[k] for k in ("id", "checkpoint", "model_name", "baseline", "created_at", "finished_at",
                                     "status")},
         "variants": variants,

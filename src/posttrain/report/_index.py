@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from posttrain import __version__
+from posttrain.compare._document import read_compare
 from posttrain.contracts import RunLayout
 from posttrain.report import _gather
 from posttrain.report._render import _env, write_atomically
@@ -39,7 +40,7 @@ def index_rows(store: Store, link_base: Path | None = None) -> list[dict[str, An
     rows: list[dict[str, Any]] = []
     for run in store.runs.newest_first():
         folder = _gather.run_dir(store, run)
-        compare = _gather.load_compare(RunLayout(folder).compare_json)
+        compare = read_compare(RunLayout(folder).compare_json)
         variants = _gather.load_variants(store, run)
         evals = _gather.load_evals(store, run["id"], variants)
         report = RunLayout(folder).report_html
