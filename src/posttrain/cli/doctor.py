@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from posttrain._versions import package_version
 from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console, esc
 from posttrain.cli._options import n_gpu_layers_option
 from posttrain.errors import PosttrainError
-
-
-def _pkg(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def _selftest_rows(row, table: Table, system_info: str, n_gpu_layers: int | None) -> None:
@@ -71,7 +64,7 @@ def doctor(
         ok &= good
         table.add_row(name, "[green]ok[/]" if good else "[red]missing[/]", esc(detail))
 
-    llama = _pkg("llama-cpp-python")
+    llama = package_version("llama-cpp-python")
     if llama:
         info = toolchain.build_info()
         row("llama-cpp-python", "error" not in info,
@@ -88,7 +81,7 @@ def doctor(
         _selftest_rows(row, table, info.get("system_info", ""), n_gpu_layers)
     for dist, fix in (("lm-eval", "pip install 'lm-eval>=0.4.13'"), ("torch", "pip install torch==2.13.0"),
                       ("transformers", "pip install transformers"), ("ollama", "pip install ollama")):
-        v = _pkg(dist)
+        v = package_version(dist)
         row(dist, v is not None, v or fix)
     try:
         import ollama

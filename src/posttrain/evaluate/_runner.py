@@ -9,6 +9,7 @@ import platform
 import time
 from pathlib import Path
 
+from posttrain._versions import package_version
 from posttrain.evaluate._backends import ModelRef, make_lm, resolve_model, with_gpu_layers
 from posttrain.evaluate._measured_lm import MeasuredLM
 from posttrain.evaluate._results import EvalResult, metrics_from_items, metrics_from_json, metrics_to_json
@@ -18,7 +19,6 @@ from posttrain.evaluate._task_plan import (
     EvalRequest,
     TaskPlan,
     harness_version,
-    package_version,
     plan_task,
     task_source,
 )

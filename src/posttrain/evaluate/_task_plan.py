@@ -8,11 +8,11 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from posttrain._thinking import DEFAULT_THINK_PATTERNS
+from posttrain._versions import package_version
 from posttrain.errors import PosttrainError
 from posttrain.evaluate._backends import BACKENDS, ModelRef
 from posttrain.evaluate._results import cache_key
@@ -23,13 +23,6 @@ from posttrain.store import dumps
 log = logging.getLogger("posttrain.evaluate")
 
 DEFAULT_TASKS = ["mmlu", "gsm8k", "hellaswag"]
-
-
-def package_version(dist: str) -> str | None:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 def harness_version() -> str:

@@ -6,23 +6,16 @@ from __future__ import annotations
 
 import platform
 from collections import defaultdict
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from posttrain import __version__
 from posttrain._ci import mean_interval
+from posttrain._versions import package_version
 from posttrain.compare._document import read_compare
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 from posttrain.store import Store, loads
-
-
-def _pkg_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def run_dir(store: Store, run: dict[str, Any]) -> Path:
@@ -130,8 +123,8 @@ def environment(store: Store, run_id: str, variants: list[dict[str, Any]]) -> di
         "posttrain": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "llama-cpp-python": _pkg_version("llama-cpp-python"),
-        "lm-eval": _pkg_version("lm-eval"),
+        "llama-cpp-python": package_version("llama-cpp-python"),
+        "lm-eval": package_version("lm-eval"),
     }
     toolchains = sorted({v["toolchain"] for v in variants if v.get("toolchain")})
     if toolchains:
