@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_evaluate_offline import write_gsm8k, write_hellaswag
 
-from posttrain.evaluate import _backends, evaluate
+from posttrain.evaluate import evaluate
 from posttrain.store import Store
 
 
@@ -22,7 +23,7 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-def test_second_run_loads_no_model_and_any_key_part_recomputes(tiny_gguf, data_dir, tmp_path):
+def test_second_run_loads_no_model_and_any_key_part_recomputes(tiny_gguf, data_dir, tmp_path, caplog):
     store = Store(tmp_path / "posttrain.db")
     out = tmp_path / "out"
 
@@ -30,13 +31,18 @@ def test_second_run_loads_no_model_and_any_key_part_recomputes(tiny_gguf, data_d
         kw.setdefault("limit", 3)
         return evaluate(model, list(tasks), data_dir=data_dir, store=store, out_dir=out, **kw)
 
+    caplog.set_level(logging.INFO, logger="posttrain.evaluate")
+
+    def loads() -> int:  # every model load goes through make_lm, which logs it
+        return sum(r.getMessage().startswith("loading ") for r in caplog.records)
+
     (first,) = run()
-    loads = _backends.model_loads
+    loaded = loads()
     samples_files = sorted(out.rglob("samples_*.jsonl"))
 
     (again,) = run()
     assert again.cached and again.eval_id == first.eval_id and again.metrics == first.metrics
-    assert _backends.model_loads == loads  # no model was even loaded
+    assert loads() == loaded  # no model was even loaded
     assert sorted(out.rglob("samples_*.jsonl")) == samples_files  # and lm-eval did not run
 
     changed = {
@@ -56,7 +62,7 @@ def test_second_run_loads_no_model_and_any_key_part_recomputes(tiny_gguf, data_d
         assert not result.cached, what
         assert result.eval_id not in ids, what
         ids.add(result.eval_id)
-    assert _backends.model_loads > loads
+    assert loads() > loaded
 
     # generation arguments are part of the key too (GSM8K is a generation task)
     (g1,) = run(tasks=("gsm8k",), gen_kwargs={"max_gen_toks": 4})

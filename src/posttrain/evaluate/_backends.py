@@ -13,6 +13,7 @@ GGUF blob in-process with llama.cpp when that file is readable here.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -57,9 +58,7 @@ BACKENDS = {b.kind: b for b in (
 )}
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 
-# Every model instantiation goes through make_lm; the count lets callers (and tests) see that a
-# cached evaluation did no model work at all.
-model_loads = 0
+log = logging.getLogger("posttrain.evaluate")
 
 
 @dataclass(frozen=True)
@@ -186,14 +185,13 @@ def _backend_registered(name: str) -> bool:
 
 def make_lm(ref: ModelRef) -> LM:
     """Instantiate the lm-eval model for `ref` (this is where weights are loaded)."""
-    global model_loads
     from lm_eval.api.registry import get_model
 
     if ref.backend == LLAMACPP_BACKEND and not _backend_registered(LLAMACPP_BACKEND):
         raise PosttrainError("the in-process llama.cpp backend (posttrain-llamacpp) is not available",
                              remedy="evaluate the HF checkpoint directory instead, or update posttrain")
     extra = dict(BACKENDS[ref.kind].load_args)
-    model_loads += 1
+    log.info("loading %s for evaluation (%s)", ref.reference, ref.backend)
     try:
         return get_model(ref.backend).create_from_arg_obj(dict(ref.model_args), extra)
     except PosttrainError:
