@@ -69,5 +69,8 @@ elif [ -z "$CMAKE_FLAGS" ] && [ -f "$BUILT_WITH" ]; then
   echo "note: llama-cpp-python was built with CMAKE_ARGS=\"$(cat "$BUILT_WITH")\"; kept (delete $BUILT_WITH and .venv to go back)" >&2
 fi
 
-.venv/bin/python -m pip install --quiet -e ".[test]"
+# --test adds the optional parts the tests drive for real: Ray (a local cluster), MLflow and W&B
+# (offline), PEFT (LoRA adapters).
+if [ "$WITH_TEST_TOOLS" = 1 ]; then EXTRAS="test,lora,track,ray"; else EXTRAS="test"; fi
+.venv/bin/python -m pip install --quiet -e ".[$EXTRAS]"
 .venv/bin/posttrain --version
