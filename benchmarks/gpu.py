@@ -25,6 +25,7 @@ the sequential one-prompt-at-a-time loop.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import shutil
@@ -263,6 +264,10 @@ def main() -> None:
               f"same ending as float32: {row['agreement']:.1%}", flush=True)
         if hasattr(handle, "close"):
             handle.close()
+        del handle, score
+        gc.collect()
+        if device == "cuda":  # torch's cached blocks would count as used when vLLM sizes its share
+            torch.cuda.empty_cache()
 
     for quant, n_batch, n_seq, n_ubatch, fa in ENGINE_SETTINGS:
         run(f"engine {quant}, n_batch {n_batch}, {n_seq} seq, n_ubatch {n_ubatch}{', flash attn' if fa else ''}",
