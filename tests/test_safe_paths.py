@@ -50,3 +50,10 @@ def test_confined_follows_symlinks(tmp_path):
     with pytest.raises(PosttrainError, match="points outside"):
         confined(out, "link/secret")
     assert confined(out, "sub/x.gguf") == out / "sub" / "x.gguf"
+
+
+def test_non_ascii_names_fold_accents_and_keep_their_own_identity():
+    assert safe_name("café-modèle") == "cafe-modele"  # an ASCII base: nothing lost, no hash
+    ja, other = safe_name("モデル"), safe_name("実験")
+    assert ja.startswith("model-") and other.startswith("model-") and ja != other
+    assert safe_name("exp1-モデル").startswith("exp1-") and safe_name("exp1-モデル") != "exp1"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,18 @@ def _apprise(url: str, title: str, body: str) -> dict[str, Any]:
         return _outcome("apprise", shown, False, f"{type(e).__name__}: {e}")
 
 
-# --- desktop ----------------------------------------------------------------------------------------
+# --- desktop ---------------------------------------------------------------------------------------
+# The platform decides which program speaks or shows a toast; `sys.platform` (not platform.system())
+# so the choice is one value a test can set. Programs always get argv lists, never a shell.
+
+# apprise's local toast plugins, and what each needs (apprise disables a plugin whose needs are missing).
+_TOASTS = {"win32": ("windows://", "pywin32 (pip install pywin32)"),
+           "darwin": ("macosx://", "terminal-notifier (brew install terminal-notifier)"),
+           "linux": ("dbus://", "dbus-python and PyGObject")}
+
+
+def _os_family() -> str:
+    return "linux" if sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")) else sys.platform
 
 
 def _session_bus() -> bool:
@@ -120,62 +131,86 @@ def _session_bus() -> bool:
 
 
 def _run(args: list[str], **kw: Any) -> subprocess.CompletedProcess:
+    if os.name == "nt":  # no console window flashing up for a PowerShell child of a detached watcher
+        kw.setdefault("creationflags", subprocess.CREATE_NO_WINDOW)
     return subprocess.run(args, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, check=False, **kw)
 
 
-def _desktop(title: str, body: str) -> dict[str, Any]:
-    system = platform.system()
-    if system == "Darwin" and (osa := shutil.which("osascript")):
-        # The text travels as argv, never spliced into the AppleScript source.
-        args = [osa, "-e", "on run argv", "-e", "display notification (item 2 of argv) with title (item 1 of argv)",
-                "-e", "end run", title, body]
-        target = "osascript"
-    elif system == "Linux" or system.endswith("BSD"):
-        exe = shutil.which("notify-send")
-        if not exe:
-            return _outcome("desktop", "notify-send", False, "notify-send not installed", skipped=True)
-        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or not _session_bus():
-            return _outcome("desktop", "notify-send", False, "no desktop session (DISPLAY/WAYLAND_DISPLAY and "
-                            "a D-Bus session bus are needed)", skipped=True)
-        args = [exe, "--app-name=posttrain", "--", title, body]
-        target = "notify-send"
-    else:
-        return _outcome("desktop", system or "unknown", False, f"no desktop notifier for {system}", skipped=True)
+def _run_outcome(channel: str, target: str, args: list[str], **kw: Any) -> dict[str, Any]:
     try:
-        proc = _run(args)
+        proc = _run(args, **kw)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return _outcome("desktop", target, False, f"{type(e).__name__}: {e}")
+        return _outcome(channel, target, False, f"{type(e).__name__}: {e}")
     if proc.returncode != 0:
-        return _outcome("desktop", target, False, _one_line(proc.stderr or f"exit {proc.returncode}", 200))
-    return _outcome("desktop", target, True)
+        return _outcome(channel, target, False, _one_line(proc.stderr or f"exit {proc.returncode}", 200))
+    return _outcome(channel, target, True)
+
+
+def _apprise_toast(url: str, title: str, body: str) -> dict[str, Any] | None:
+    """A toast through apprise's local plugin, or None when apprise has it disabled here."""
+    import apprise
+
+    plugin = apprise.Apprise.instantiate(url)
+    if plugin is None:
+        return None
+    try:
+        ok = bool(plugin.notify(body=body, title=title))
+    except Exception as e:  # a notifier must never end a run
+        return _outcome("desktop", url, False, f"{type(e).__name__}: {e}")
+    return _outcome("desktop", url, ok, "" if ok else "delivery failed (see log)")
+
+
+def _desktop(title: str, body: str) -> dict[str, Any]:
+    family = _os_family()
+    if family == "linux" and not ((os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and _session_bus()):
+        return _outcome("desktop", "notify-send", False, "no desktop session (DISPLAY/WAYLAND_DISPLAY and "
+                        "a D-Bus session bus are needed)", skipped=True)
+    url, needs = _TOASTS.get(family, (None, ""))
+    if url and (done := _apprise_toast(url, title, body)) is not None:
+        return done
+    # Without apprise's plugin: the platform's own command-line notifier, where there is one.
+    if family == "darwin":
+        if not (osa := shutil.which("osascript")):
+            return _outcome("desktop", "osascript", False, f"osascript not found and {url} needs {needs}",
+                            skipped=True)
+        # The text travels as argv, never spliced into the AppleScript source.
+        return _run_outcome("desktop", "osascript", [osa, "-e", "on run argv", "-e", "display notification "
+                            "(item 2 of argv) with title (item 1 of argv)", "-e", "end run", title, body])
+    if family == "linux":
+        if not (exe := shutil.which("notify-send")):
+            return _outcome("desktop", "notify-send", False, f"notify-send not installed and {url} needs {needs}",
+                            skipped=True)
+        return _run_outcome("desktop", "notify-send", [exe, "--app-name=posttrain", "--", title, body])
+    if url:
+        return _outcome("desktop", url, False, f"apprise's {url} needs {needs}", skipped=True)
+    return _outcome("desktop", family or "unknown", False, f"no desktop notifier for {family}", skipped=True)
 
 
 # --- voice ------------------------------------------------------------------------------------------
 
+# SAPI through PowerShell. The text goes through the environment, so nothing the model wrote is ever
+# parsed as PowerShell.
 _SAPI = ("Add-Type -AssemblyName System.Speech; "
          "(New-Object System.Speech.Synthesis.SpeechSynthesizer).Speak($env:POSTTRAIN_SAY)")
 
 
 def _voice(text: str) -> dict[str, Any]:
-    env = None
-    if exe := shutil.which("espeak-ng") or shutil.which("espeak"):
-        args = [exe, "--", text]
-    elif exe := shutil.which("say"):
-        args = [exe, "--", text]
-    elif exe := shutil.which("powershell") or shutil.which("pwsh"):
-        # The text goes through the environment, so nothing the model wrote is parsed as PowerShell.
+    family = _os_family()
+    kw: dict[str, Any] = {}
+    if family == "win32":
+        exe, wanted = shutil.which("powershell") or shutil.which("pwsh"), "PowerShell (for SAPI)"
         args = [exe, "-NoProfile", "-NonInteractive", "-Command", _SAPI]
-        env = {**os.environ, "POSTTRAIN_SAY": text}
+        kw["env"] = {**os.environ, "POSTTRAIN_SAY": text}
+    elif family == "darwin":
+        exe, wanted = shutil.which("say"), "say"
+        args = [exe, "-f", "-"]  # the text on stdin: nothing in it can be read as an option
+        kw["input"] = text
     else:
-        return _outcome("voice", "tts", False, "no speech program (espeak-ng, say, PowerShell)", skipped=True)
-    target = Path(exe).name
-    try:
-        proc = _run(args, env=env)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return _outcome("voice", target, False, f"{type(e).__name__}: {e}")
-    if proc.returncode != 0:
-        return _outcome("voice", target, False, _one_line(proc.stderr or f"exit {proc.returncode}", 200))
-    return _outcome("voice", target, True)
+        exe, wanted = shutil.which("espeak-ng") or shutil.which("espeak"), "espeak-ng or espeak"
+        args = [exe, "--", text]
+    if not exe:
+        return _outcome("voice", "tts", False, f"no speech program ({wanted} not found)", skipped=True)
+    return _run_outcome("voice", Path(exe).name, args, **kw)
 
 
 def notify(summary: NotifySummary | dict[str, Any], *, urls: list[str] | tuple[str, ...] = (),

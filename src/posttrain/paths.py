@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from pathlib import Path
+import unicodedata
+from pathlib import Path, PurePath
 
 from posttrain.errors import PosttrainError
 
@@ -39,18 +40,44 @@ _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._-]+")
 def safe_name(raw: str, *, fallback: str = "model", max_len: int = _MAX_NAME) -> str:
     """`raw` (a model name, a run label) made safe as ONE path component, the only way posttrain does it.
 
-    Keeps ASCII letters, digits, `.`, `_` and `-`; every other run of characters (`/`, `\\`, spaces,
-    NUL, non-ASCII) becomes one `-`. Leading and trailing `.` and `-` go, so the result is never
-    `..`, never hidden, and never starts like an option. A name that had to be shortened keeps a
-    short hash of the original, so two long names that differ only at the end stay distinct.
+    Letters with an ASCII base lose their accents (`é` → `e`); then ASCII letters, digits, `.`, `_` and
+    `-` are kept and every other run of characters (`/`, `\\`, spaces, NUL) becomes one `-`. Leading and
+    trailing `.` and `-` go, so the result is never `..`, never hidden, and never starts like an option.
+    A name that lost characters with no ASCII form (Japanese, say) or had to be shortened keeps a short
+    hash of the original, so `モデル` and `実験` do not both become `model` and overwrite each other.
     """
-    text = _UNSAFE_RUN.sub("-", str(raw)).strip(".-")
-    if not text:
+    raw = str(raw)
+    decomposed = unicodedata.normalize("NFKD", raw)
+    lost = any(ord(c) > 127 and not unicodedata.combining(c) for c in decomposed)
+    text = _UNSAFE_RUN.sub("-", decomposed.encode("ascii", "ignore").decode("ascii")).strip(".-")
+    if not text and not lost:
         return fallback
-    if len(text) > max_len:
-        digest = hashlib.sha256(str(raw).encode("utf-8", "surrogatepass")).hexdigest()[:8]
-        text = text[: max_len - len(digest) - 1].rstrip(".-") + "-" + digest
+    if lost or len(text) > max_len:
+        digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        text = (text or fallback)[: max_len - len(digest) - 1].rstrip(".-") + "-" + digest
     return text
+
+
+# Folder names that say nothing about the model: the one above names it instead.
+GENERIC_DIR_NAMES = frozenset({"final_model", "final", "model", "output", "outputs", "best_model", "merged"})
+
+
+def model_label(checkpoint: str | PurePath) -> str:
+    """The name a person gave a checkpoint, as written (not made safe): `runs/exp1/final_model` → `exp1`,
+    `runs/exp1/checkpoint-500` → `exp1-checkpoint-500`, `D:\\学習\\モデル\\final_model` → `モデル`.
+
+    Pure string work on either separator, so a path recorded on Windows reads the same on Linux (a
+    report made elsewhere from a copied store); `safe_name` of it is the model's file and Ollama name."""
+    parts = [p for p in re.split(r"[\\/]+", str(checkpoint)) if p and p != "."]
+    if not parts:
+        return ""
+    name = parts[-1]
+    parent = parts[-2] if len(parts) > 1 and not parts[-2].endswith(":") else ""
+    if name in GENERIC_DIR_NAMES and parent:
+        return parent
+    if name.startswith("checkpoint-") and parent:
+        return f"{parent}-{name}"
+    return name
 
 
 def confined(base: str | Path, relative: str | Path) -> Path:

@@ -33,7 +33,7 @@ from posttrain.convert._quant_types import (
     quantizer_types,
 )
 from posttrain.errors import CheckpointIncomplete, PosttrainError
-from posttrain.paths import confined, safe_name
+from posttrain.paths import confined, model_label, safe_name
 from posttrain.store import utcnow
 from posttrain.toolchain import ConverterTree, converter_env, find_converter
 
@@ -41,7 +41,6 @@ MANIFEST_SCHEMA = contracts.MANIFEST_SCHEMA
 _SHIM = Path(__file__).with_name("_converter_shim.py")
 # Bytes per parameter of each output, for the disk-space check (k-quants and IQ types ≤ 0.75).
 _BYTES_PER_PARAM = {"F32": 4.0, "F16": 2.0, "BF16": 2.0, "Q8_0": 1.07}
-_GENERIC_DIR_NAMES = {"final_model", "final", "model", "output", "outputs", "best_model", "merged"}
 
 Progress = Callable[[str, str], None]  # (variant, status text)
 
@@ -104,14 +103,8 @@ class ConvertResult:
 
 
 def default_model_name(checkpoint: Path) -> str:
-    """`runs/exp1/final_model` → `exp1`; `runs/exp1/checkpoint-500` → `exp1-checkpoint-500`."""
-    checkpoint = checkpoint.resolve()
-    name = checkpoint.name
-    if name in _GENERIC_DIR_NAMES and checkpoint.parent.name:
-        name = checkpoint.parent.name
-    elif name.startswith("checkpoint-") and checkpoint.parent.name:
-        name = f"{checkpoint.parent.name}-{name}"
-    return safe_name(name)
+    """`runs/exp1/final_model` → `exp1`; `runs/exp1/checkpoint-500` → `exp1-checkpoint-500` (paths.model_label)."""
+    return safe_name(model_label(Path(checkpoint).resolve()))
 
 
 def _count_params(weight_files: list[Path]) -> int:

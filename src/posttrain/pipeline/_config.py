@@ -28,6 +28,8 @@ from posttrain.errors import PosttrainError
 from posttrain.store import dumps
 
 CONFIG_NAME = "posttrain.toml"
+WINDOWS_PATH_REMEDY = ("in TOML, write a Windows path in single quotes ('D:\\webdataset\\run'), with doubled "
+                       "backslashes in double quotes, or with forward slashes")
 _QUANT = re.compile(r"^[a-z0-9_]+$")
 _TASK = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -127,6 +129,14 @@ class Config(BaseSettings):
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None
 
+    @field_validator("home", "data_dir", "baseline", mode="before")
+    @classmethod
+    def _no_control_characters(cls, v: Any) -> Any:
+        # "D:\new\run" in double quotes parses, as a newline and a carriage return: refuse it.
+        if isinstance(v, str) and any(ord(c) < 32 for c in v):
+            raise ValueError(f"{v!r} contains a control character; {WINDOWS_PATH_REMEDY}")
+        return v
+
     @field_validator("task_paths")
     @classmethod
     def _task_dirs(cls, v: list[Path]) -> list[Path]:
@@ -197,7 +207,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
-        raise PosttrainError(f"{path} is not valid TOML: {e}", remedy="fix the line it names") from None
+        # The usual cause on Windows: a path like "D:\webdataset" in double quotes, where `\` escapes.
+        remedy = WINDOWS_PATH_REMEDY if str(e).startswith(("Unescaped '\\'", "Invalid hex value")) \
+            else "fix the line it names"
+        raise PosttrainError(f"{path} is not valid TOML: {e}", remedy=remedy) from None
     except UnicodeDecodeError as e:  # TOML is UTF-8 by definition
         raise PosttrainError(f"{path} is not valid TOML: not UTF-8 text (byte {e.start})",
                              remedy="save it as UTF-8") from None

@@ -12,6 +12,7 @@ from posttrain import __version__
 from posttrain.compare._document import read_compare
 from posttrain.contracts import RunLayout
 from posttrain.report import _gather
+from posttrain.report._model import display_name
 from posttrain.report._render import _env, write_atomically
 from posttrain.store import Store
 
@@ -48,6 +49,7 @@ def index_rows(store: Store, link_base: Path | None = None) -> list[dict[str, An
         if report.exists():
             link = _href(report, link_base) if link_base else str(report)
         base = {"run_id": run["id"], "created_at": run["created_at"], "model_name": run["model_name"],
+                "display_name": display_name(run["model_name"], run["checkpoint"]),
                 "status": run["status"], "baseline": run["baseline"], "verdict": _verdict_summary(compare),
                 "report": link}
         if not variants:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from posttrain._thinking import strip_think
 from posttrain.contracts import COMPARE_SCHEMA, REPORT_SCHEMA  # noqa: F401  (re-exported)
 from posttrain.errors import PosttrainError
+from posttrain.paths import model_label, safe_name
 
 VERDICTS = ("better", "worse", "no significant difference")
 
@@ -33,6 +34,20 @@ class RunInfo(_Loose):
     created_at: str | None = None
     finished_at: str | None = None
     status: str | None = None
+
+    @computed_field  # in report.json too, so every reader shows the same name
+    @property
+    def display_name(self) -> str:
+        return display_name(self.model_name, self.checkpoint) or self.id
+
+
+def display_name(model_name: str | None, checkpoint: str | None) -> str | None:
+    """The model's name as its owner wrote it (`モデル`), when the stored name is the safe form of the
+    checkpoint folder's name (`model-94591749`, for files and Ollama); otherwise the stored name."""
+    label = model_label(checkpoint) if checkpoint else ""
+    if label and (model_name is None or safe_name(label) == model_name):
+        return label
+    return model_name
 
 
 class VariantInfo(_Loose):
