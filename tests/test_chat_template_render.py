@@ -19,20 +19,32 @@ import pytest
 
 from posttrain.serve._chat_templates import FAMILIES
 from posttrain.serve._gotemplate import execute
-from posttrain.serve._render_check import CONVERSATIONS, ollama_values, render_jinja, render_ollama
+from posttrain.serve._render_check import CONVERSATIONS, Tokens, ollama_values, render_jinja, render_ollama
 from posttrain.serve._template_derive import derive_template
 
 CORPUS = Path(__file__).parent / "data" / "chat_templates"
-SPECIAL = {"bos_token": "<s>", "eos_token": "</s>"}  # the corpus has templates only, not tokenizers
+# Most of the corpus is templates without their tokenizers: these stand in for BOS and EOS there.
+SPECIAL = Tokens(bos="<s>", eos="</s>")
+# Read from the GGUF the template came from (tokenizer.ggml.*): SmolLM2 adds no BOS, and its BOS is <|im_start|>.
+KNOWN_TOKENS = {"HuggingFaceTB-SmolLM2-135M-Instruct": Tokens("<|im_start|>", "<|im_end|>", "<|endoftext|>", False)}
 
 
-def _corpus() -> dict[str, str]:
-    return {p.stem: p.read_text(encoding="utf-8") for p in sorted(CORPUS.glob("*.jinja"))}
+def _corpus() -> dict[str, tuple[str, Tokens]]:
+    """name -> (Jinja, tokens): the template files, then the cases of llama.cpp's own template test."""
+    corpus = {p.stem: (p.read_text(encoding="utf-8"), KNOWN_TOKENS.get(p.stem, SPECIAL))
+              for p in sorted(CORPUS.glob("*.jinja"))}
+    cases = json.loads((CORPUS / "llamacpp-test-chat-template.json").read_text(encoding="utf-8"))
+    for name, case in cases.items():
+        corpus[f"llama.cpp test: {name}"] = (case["template"], Tokens(case["bos_token"], case["eos_token"]))
+    return corpus
+
+
+CORPUS_TEMPLATES = _corpus()
 
 
 @pytest.fixture(scope="module")
 def derived():
-    return {name: derive_template(text, SPECIAL) for name, text in _corpus().items()}
+    return {name: derive_template(text, tokens) for name, (text, tokens) in CORPUS_TEMPLATES.items()}
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +74,8 @@ def test_corpus_counts_exact_refused_and_not_covered(derived):
     for name, r in sorted(derived.items()):
         if r.kind != "exact":
             print(f"  {r.kind}: {name}: {r.reason}")
-    assert len(derived) >= 70
-    assert kinds["exact"] >= 59
+    assert len(derived) >= 100
+    assert kinds["exact"] >= 90
     assert kinds["different"] == 0  # a derived TEMPLATE that renders differently is never written
     for r in derived.values():
         assert (r.template is None) == (r.kind != "exact")
@@ -73,12 +85,12 @@ def test_every_written_template_renders_both_conversations_exactly_as_the_jinja(
     for name, r in derived.items():
         if r.template is None:
             continue
-        text = (CORPUS / f"{name}.jinja").read_text(encoding="utf-8")
+        text, tokens = CORPUS_TEMPLATES[name]
         for conversation in ("system+user+assistant+user", "user+assistant+user"):
             messages = CONVERSATIONS[conversation]
             if r.system_placement == "refused" and messages[0]["role"] == "system":
                 continue  # Gemma 2 raises on a system message: nothing to match
-            assert render_ollama(r.template, messages, r.system) == render_jinja(text, messages, SPECIAL), \
+            assert render_ollama(r.template, messages, r.system) == render_jinja(text, messages, tokens), \
                 (name, conversation)
 
 
@@ -123,8 +135,13 @@ def test_thinking_prompt_default_system_and_system_placement_follow_the_model(de
     assert "<|im_start|>assistant\n<think>\n" in render_ollama(qwq.template, CONVERSATIONS["user"], qwq.system)
     qwen = derived["Qwen-Qwen2.5-7B-Instruct"]
     assert qwen.system == "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-    assert derived["HuggingFaceTB-SmolLM3-3B"].system  # a default system prompt becomes the Modelfile SYSTEM
+    smol = derived["HuggingFaceTB-SmolLM2-135M-Instruct"]  # its default system prompt becomes the Modelfile SYSTEM
+    assert smol.system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert render_ollama(smol.template, CONVERSATIONS["user"], smol.system).startswith("<|im_start|>system\nYou are")
+    assert smol.stop == ("<|im_end|>", "<|endoftext|>")
     assert derived["mistralai-Mistral-Nemo-Instruct-2407"].system_placement == "last-user"
+    assert derived["llama.cpp test: Phi-3-mini"].system_placement == "dropped"
+    assert ".System" not in derived["llama.cpp test: Phi-3-mini"].template
     assert derived["google-gemma-2-2b-it"].system_placement == "refused"
     assert ".System" not in derived["google-gemma-2-2b-it"].template
     llama31 = derived["meta-llama-Llama-3.1-8B-Instruct"]

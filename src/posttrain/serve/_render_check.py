@@ -10,7 +10,7 @@ the system messages joined, and no tools are passed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from posttrain.serve._gotemplate import GoStruct, GoTemplateError, execute
@@ -29,17 +29,31 @@ CONVERSATIONS: dict[str, list[dict[str, str]]] = {
 }
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """The tokenizer's special tokens as the chat template and llama.cpp see them."""
+
+    bos: str = ""
+    eos: str = ""
+    eot: str = ""  # end of turn, where the tokenizer has one apart from EOS
+    add_bos: bool = True  # llama.cpp puts BOS in front of the prompt itself (the GGUF's add_bos_token)
+
+    def template_kwargs(self) -> dict[str, str]:
+        return {"bos_token": self.bos, "eos_token": self.eos}
+
+
 class JinjaRefused(Exception):
     """The model's own template raises for this conversation (e.g. "System role not supported")."""
 
 
-def render_jinja(chat_template: str, messages: list[dict[str, str]], special: Mapping[str, str],
+def render_jinja(chat_template: str, messages: list[dict[str, str]], tokens: Tokens,
                  *, strftime_now: Callable[[str], str] | None = None) -> str:
     """The prompt transformers' own chat-template renderer builds, generation prompt included, without
-    the leading BOS (llama.cpp adds BOS itself when tokenizing, in Ollama and in posttrain's server)."""
+    the leading BOS when llama.cpp adds one itself when tokenizing (in Ollama and posttrain's server)."""
     from jinja2.exceptions import TemplateError
     from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
 
+    special = tokens.template_kwargs()
     try:
         if strftime_now is None:
             rendered, _ = render_jinja_template([messages], chat_template=chat_template,
@@ -54,8 +68,7 @@ def render_jinja(chat_template: str, messages: list[dict[str, str]], special: Ma
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:  # a template's own bug
         raise JinjaRefused(f"{type(e).__name__}: {e}") from None
     text = rendered[0]
-    bos = special.get("bos_token") or ""
-    return text[len(bos):] if bos and text.startswith(bos) else text
+    return text[len(tokens.bos):] if tokens.add_bos and tokens.bos and text.startswith(tokens.bos) else text
 
 
 def ollama_values(messages: list[dict[str, str]], default_system: str | None) -> dict[str, object]:
@@ -94,7 +107,7 @@ class Check:
     detail: str = ""  # the first difference, or why a side could not render
 
 
-def check_template(template: str, chat_template: str, special: Mapping[str, str],
+def check_template(template: str, chat_template: str, tokens: Tokens,
                    default_system: str | None) -> list[Check]:
     """Every conversation of CONVERSATIONS rendered by the Jinja and by the TEMPLATE, compared.
 
@@ -104,7 +117,7 @@ def check_template(template: str, chat_template: str, special: Mapping[str, str]
     checks = []
     for name, messages in CONVERSATIONS.items():
         try:
-            expected = render_jinja(chat_template, messages, special)
+            expected = render_jinja(chat_template, messages, tokens)
         except JinjaRefused as e:
             checks.append(Check(name, True, f"the model's template refuses it: {e}"))
             continue

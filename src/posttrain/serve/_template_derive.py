@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from posttrain.serve._render_check import Check, JinjaRefused, check_template, render_jinja
+from posttrain.serve._render_check import Check, JinjaRefused, Tokens, check_template, render_jinja
 
 # Marker contents: plain words that no template trims, escapes or changes, and no template contains.
 _SYS, _U1, _A1, _U2, _A2, _U3 = "Qsysxz", "Quoneaxz", "Qaoneaxz", "Qutwoxz", "Qatwoxz", "Quthreexz"
@@ -71,25 +70,24 @@ def _messages(*contents: str) -> list[dict[str, str]]:
     return [{"role": roles[c], "content": c} for c in contents]
 
 
-def _dated(chat_template: str, special: Mapping[str, str]) -> bool:
+def _dated(chat_template: str, tokens: Tokens) -> bool:
     """True when the rendering changes with today's date (Llama 3.2's "Today Date: 26 Nov 2026")."""
     for msgs in (_messages(_U1), _messages(_SYS, _U1)):
         try:
-            if (render_jinja(chat_template, msgs, special, strftime_now=lambda f: "01 Jan 2001")
-                    != render_jinja(chat_template, msgs, special, strftime_now=lambda f: "02 Feb 2002")):
+            if (render_jinja(chat_template, msgs, tokens, strftime_now=lambda f: "01 Jan 2001")
+                    != render_jinja(chat_template, msgs, tokens, strftime_now=lambda f: "02 Feb 2002")):
                 return True
         except JinjaRefused:
             continue
     return False
 
 
-def _stops(between_turns: str, special: Mapping[str, str]) -> tuple[str, ...]:
+def _stops(between_turns: str, tokens: Tokens) -> tuple[str, ...]:
     stops = []
     m = _TURN_END.match(between_turns)
     if m:
         stops.append(m.group(1))
-    for key in ("eot_token", "eos_token"):
-        token = special.get(key)
+    for token in (tokens.eot, tokens.eos):
         if token and token not in stops:
             stops.append(token)
     return tuple(stops)
@@ -119,21 +117,20 @@ def _assemble(head_system: tuple[str, str] | None, head_plain: str, last_user: t
     return "\n".join(line for line in lines if line)
 
 
-def derive_template(chat_template: str, special: Mapping[str, str]) -> TemplateResult:
+def derive_template(chat_template: str, tokens: Tokens) -> TemplateResult:
     """The TEMPLATE for `chat_template`, checked on every conversation of `_render_check.CONVERSATIONS`.
 
-    `special` holds the tokenizer's `bos_token`, `eos_token` (and `eot_token` where it has one), as
-    transformers passes them to the template.
+    `tokens` are the tokenizer's special tokens: BOS and EOS go to the template as transformers
+    passes them, EOT and EOS become stop tokens beside the template's own turn end.
     """
     if _CLASSIFIER.search(chat_template):
         return TemplateResult(None, "a safety classifier's template: it wraps the conversation in a "
                               "classification prompt, so chat turns have no TEMPLATE", kind="refused")
-    if _dated(chat_template, special):
+    if _dated(chat_template, tokens):
         return TemplateResult(None, "the template writes today's date in a format Ollama's currentDate "
                               "cannot print", kind="not-covered")
-    tokens, special = special, {k: v for k, v in special.items() if k != "eot_token"}
     try:
-        plain = _split(render_jinja(chat_template, _messages(_U1, _A1, _U2, _A2, _U3), special),
+        plain = _split(render_jinja(chat_template, _messages(_U1, _A1, _U2, _A2, _U3), tokens),
                        [_U1, _A1, _U2, _A2, _U3])
     except JinjaRefused as e:
         return TemplateResult(None, f"the model's template fails on a plain chat: {e}", kind="refused")
@@ -142,7 +139,7 @@ def derive_template(chat_template: str, special: Mapping[str, str]) -> TemplateR
     head, user_to_assistant, assistant_to_user, tail = plain[0], plain[1], plain[2], plain[5]
     placement, head_system, last_user, default = "dropped", None, None, None
     try:
-        with_system = render_jinja(chat_template, _messages(_SYS, _U1, _A1, _U2, _A2, _U3), special)
+        with_system = render_jinja(chat_template, _messages(_SYS, _U1, _A1, _U2, _A2, _U3), tokens)
     except JinjaRefused:
         placement, with_system = "refused", None
     if with_system is not None and _SYS in with_system:
@@ -162,12 +159,12 @@ def derive_template(chat_template: str, special: Mapping[str, str]) -> TemplateR
             return TemplateResult(None, "the template places the system prompt where no TEMPLATE shape "
                                   "here puts it", kind="not-covered")
     elif with_system is not None and with_system != render_jinja(
-            chat_template, _messages(_U1, _A1, _U2, _A2, _U3), special):
+            chat_template, _messages(_U1, _A1, _U2, _A2, _U3), tokens):
         return TemplateResult(None, "the template changes the system text it is given", kind="not-covered")
     template = _assemble(head_system, head, last_user, user_to_assistant, assistant_to_user, tail)
     result = TemplateResult(template, system=default, stop=_stops(assistant_to_user, tokens),
                             system_placement=placement)
-    result.checks = check_template(template, chat_template, special, default)
+    result.checks = check_template(template, chat_template, tokens, default)
     failed = next((c for c in result.checks if not c.equal), None)
     if failed is not None:
         result.template = None
