@@ -1,4 +1,9 @@
-"""Hugging Face chat templates (Jinja) → Ollama TEMPLATE (Go text/template) for known families.
+"""Hugging Face chat templates (Jinja) → Ollama TEMPLATE (Go text/template).
+
+`choose_template` is what registration uses: the TEMPLATE derived from the model's own Jinja
+(`_template_derive`), else one of the family templates below, each only when it renders a fixed set
+of conversations exactly as the Jinja does. The family templates predate the derivation and stay as
+its fallback.
 
 Ollama renders prompts with its own Go template, not the checkpoint's Jinja. It guesses one from
 the GGUF's `tokenizer.chat_template` only when it recognises it; an imported fine-tune without the
@@ -11,8 +16,11 @@ family's own template puts a system prompt.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from posttrain.serve._render_check import Tokens, check_template
+from posttrain.serve._template_derive import derive_template
 
 
 @dataclass(frozen=True)
@@ -162,3 +170,36 @@ def chat_template_from_checkpoint(checkpoint_dir: Path) -> str | None:
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
         value = named.get("default") or next(iter(named.values()), None)
     return value if isinstance(value, str) else None
+
+
+@dataclass
+class TemplateChoice:
+    """The TEMPLATE registration writes (None: none, Ollama falls back to its own guess) and why."""
+
+    template: str | None
+    source: str | None  # "derived" (from the model's Jinja) or a family name; None when not set
+    stop: tuple[str, ...] = ()
+    system: str | None = None  # the Jinja's default system prompt, written as SYSTEM
+    warnings: list[str] = field(default_factory=list)
+
+
+_SYSTEM_NOTES = {
+    "dropped": "the model's chat template ignores system messages, so a system prompt has no effect",
+    "refused": "the model's chat template refuses system messages, so the TEMPLATE shows none",
+}
+
+
+def choose_template(chat_template: str | None, tokens: Tokens) -> TemplateChoice:
+    """The TEMPLATE for a model: derived from its Jinja, else a known family's, each written only when
+    it renders the fixed conversations exactly as the Jinja does (`_render_check`)."""
+    if not chat_template:
+        return TemplateChoice(None, None, warnings=["template not set: the model has no chat template, "
+                                                    "Ollama will guess from the GGUF"])
+    derived = derive_template(chat_template, tokens)
+    if derived.template is not None:
+        notes = [_SYSTEM_NOTES[derived.system_placement]] if derived.system_placement in _SYSTEM_NOTES else []
+        return TemplateChoice(derived.template, "derived", derived.stop, derived.system, notes)
+    family = detect_family(chat_template) if derived.kind != "refused" else None
+    if family is not None and all(c.equal for c in check_template(family.template, chat_template, tokens, None)):
+        return TemplateChoice(family.template, family.name, family.stop)
+    return TemplateChoice(None, None, warnings=[f"template not set: {derived.reason}"])

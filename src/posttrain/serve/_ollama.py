@@ -27,9 +27,9 @@ from tenacity import (
 from posttrain._files import write_text_atomic
 from posttrain.errors import PosttrainError, TransientError
 from posttrain.serve._chat_templates import (
-    ChatFamily,
+    TemplateChoice,
     chat_template_from_checkpoint,
-    detect_family,
+    choose_template,
 )
 from posttrain.serve._modelfile import (
     blob_digest_of,
@@ -42,7 +42,7 @@ from posttrain.serve._modelfile import (
     same_parameters,
 )
 from posttrain.serve._names import DEFAULT_TAG, variant_name
-from posttrain.serve._variants import Variant, discover_variants, gguf_metadata
+from posttrain.serve._variants import Variant, discover_variants, gguf_header
 from posttrain.store import Store, dumps, utcnow
 
 T = TypeVar("T")
@@ -67,11 +67,13 @@ class Registration:
     status: str
     modelfile: Path
     parameters: dict[str, object]
-    template_family: str | None = None
+    template_family: str | None = None  # "derived" (from the model's Jinja), a family name, or None: not set
     uploaded: bool = False
     smoke_text: str | None = None
     smoke_latency_s: float | None = None
     warnings: list[str] = field(default_factory=list)
+    template: str | None = None  # the TEMPLATE written, checked against the model's own rendering
+    system: str | None = None  # the SYSTEM written: --system, else the chat template's default
 
     @property
     def template_set(self) -> bool:
@@ -167,13 +169,16 @@ class _Ollama:
         return _retrying(self.attempts, f"HEAD blob {digest}", call)
 
 
-def _chat_template_for(variant: Variant, chat_template: str | None, checkpoint: Path | None) -> str | None:
-    if chat_template:
-        return chat_template
-    for ckpt in (checkpoint, variant.checkpoint):
-        if ckpt is not None and (found := chat_template_from_checkpoint(Path(ckpt))):
-            return found
-    return gguf_metadata(variant.path).get("tokenizer.chat_template")
+def _chat_template_for(variant: Variant, chat_template: str | None, checkpoint: Path | None) -> TemplateChoice:
+    metadata, tokens = gguf_header(variant.path)
+    if not chat_template:
+        for ckpt in (checkpoint, variant.checkpoint):
+            if ckpt is not None and (found := chat_template_from_checkpoint(Path(ckpt))):
+                chat_template = found
+                break
+        else:
+            chat_template = metadata.get("tokenizer.chat_template")
+    return choose_template(chat_template, tokens)
 
 
 def _model_and_tag(name: str | None, variant: Variant) -> tuple[str, str]:
@@ -229,25 +234,23 @@ def register_variants(
     `replace_foreign` is set. An unreachable server gives registrations whose status says so.
     """
     url = normalize_url(url)
-    plans: list[tuple[Variant, Registration, ChatFamily | None]] = []
+    plans: list[tuple[Variant, Registration]] = []
     modelfiles: dict[Path, str] = {}
     known = isinstance(target, list) and all(isinstance(t, Variant) for t in target) and target
     for variant in (target if known else discover_variants(target)):
-        family = detect_family(_chat_template_for(variant, chat_template, checkpoint))
+        choice = _chat_template_for(variant, chat_template, checkpoint)
         model, tag = _model_and_tag(name, variant)
         reg = Registration(
             name=variant_name(model, variant.quant, tag), variant=variant.path, quant=variant.quant,
             digest=f"sha256:{variant.sha256}", status="pending", modelfile=modelfile_path(variant.path),
-            parameters=merge_parameters(params, family.stop if family else ()),
-            template_family=family.name if family else None,
+            parameters=merge_parameters(params, choice.stop), template_family=choice.source,
+            warnings=list(choice.warnings), template=choice.template,
+            system=system if system is not None else choice.system,
         )
-        if family is None:
-            reg.warnings.append("template not set: chat template unknown or absent, Ollama will guess from the GGUF")
         # Rendered for every variant before any is written: a value that cannot be quoted stops the
         # command with nothing written.
-        modelfiles[reg.modelfile] = render_modelfile(variant.path, reg.parameters,
-                                                     family.template if family else None, system)
-        plans.append((variant, reg, family))
+        modelfiles[reg.modelfile] = render_modelfile(variant.path, reg.parameters, reg.template, reg.system)
+        plans.append((variant, reg))
     # The Modelfiles are written whether or not Ollama is reachable: they are how a user imports by hand.
     # One posttrain did not write (no header line of ours) is never replaced.
     for path in modelfiles:
@@ -260,21 +263,21 @@ def register_variants(
     api = _Ollama(url, timeout, attempts)
     try:
         if not api.reachable():
-            for _, reg, _ in plans:
+            for _, reg in plans:
                 reg.status = f"skipped: Ollama not reachable at {url}"
-            return [reg for _, reg, _ in plans]
-        for variant, reg, family in plans:
-            _register_one(api, variant, reg, family, system, store, replace_foreign, smoke)
+            return [reg for _, reg in plans]
+        for variant, reg in plans:
+            _register_one(api, variant, reg, store, replace_foreign, smoke)
             if store is not None:
                 _record(store, url, reg, variant)
     finally:
         api.close()
-    return [reg for _, reg, _ in plans]
+    return [reg for _, reg in plans]
 
 
-def _register_one(api: _Ollama, variant: Variant, reg: Registration, family: ChatFamily | None,
-                  system: str | None, store: Store | None, replace_foreign: bool, smoke: bool) -> None:
-    template = family.template if family else None
+def _register_one(api: _Ollama, variant: Variant, reg: Registration, store: Store | None,
+                  replace_foreign: bool, smoke: bool) -> None:
+    template, system = reg.template, reg.system
     existing = api.show(reg.name)
     if existing is not None:
         same = (blob_digest_of(existing.modelfile) == reg.digest
