@@ -36,6 +36,8 @@ def _corpus() -> dict[str, tuple[str, Tokens]]:
     cases = json.loads((CORPUS / "llamacpp-test-chat-template.json").read_text(encoding="utf-8"))
     for name, case in cases.items():
         corpus[f"llama.cpp test: {name}"] = (case["template"], Tokens(case["bos_token"], case["eos_token"]))
+    for entry in json.loads((CORPUS / "hf-ollama-utils-automap.json").read_text(encoding="utf-8")):
+        corpus[f"ollama library: {entry['models'][0]}"] = (entry["template"], SPECIAL)
     return corpus
 
 
@@ -74,8 +76,8 @@ def test_corpus_counts_exact_refused_and_not_covered(derived):
     for name, r in sorted(derived.items()):
         if r.kind != "exact":
             print(f"  {r.kind}: {name}: {r.reason}")
-    assert len(derived) >= 100
-    assert kinds["exact"] >= 90
+    assert len(derived) >= 197
+    assert kinds["exact"] >= 173
     assert kinds["different"] == 0  # a derived TEMPLATE that renders differently is never written
     for r in derived.values():
         assert (r.template is None) == (r.kind != "exact")
@@ -155,12 +157,10 @@ def test_a_template_that_writes_todays_date_is_not_covered(derived):
     assert r.template is None and "date" in r.reason
 
 
-def test_safety_classifier_templates_get_no_chat_template():
-    guard = ("{% for m in messages %}Task: Check if there is unsafe content in '{{ m.role }}' messages."
-             "\n<BEGIN UNSAFE CONTENT CATEGORIES>S1: Violent Crimes.<END UNSAFE CONTENT CATEGORIES>\n"
-             "{{ m.content }}{% endfor %}")
-    r = derive_template(guard, SPECIAL)
-    assert r.template is None and r.kind == "refused" and "classifier" in r.reason
+def test_safety_classifier_templates_get_no_chat_template(derived):
+    for model in ("granite3-guardian:2b", "llama-guard3:8b", "shieldgemma:27b"):
+        r = derived[f"ollama library: library/{model}"]
+        assert r.template is None and r.kind == "refused" and "classifier" in r.reason
 
 
 def test_a_template_that_renders_differently_is_refused_naming_the_first_difference():
