@@ -138,6 +138,9 @@ def test_the_chat_template_becomes_an_ollama_template_that_renders_the_same_prom
     assert create["parameters"]["stop"] == ["<|im_end|>", "</s>"]
     assert standin.models[reg.name].template == reg.template
     assert f'TEMPLATE """{reg.template}"""' in reg.modelfile.read_text()
+    # the Modelfile says which template is meant; this Jinja declares no tools, so Ollama keeps the TEMPLATE
+    assert "# TEMPLATE: derived from the model's chat template" in reg.modelfile.read_text()
+    assert "OLLAMA_GO_TEMPLATE" not in reg.modelfile.read_text()
     # same template again: unchanged; another model's template: replaced
     assert register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, checkpoint=ckpt,
                              name="My Chat Model")[0].status == "unchanged"
@@ -145,6 +148,8 @@ def test_the_chat_template_becomes_an_ollama_template_that_renders_the_same_prom
     again = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, name="My Chat Model",
                               chat_template=llama31)
     assert again[0].status == "replaced" and "Cutting Knowledge Date" in standin.models[reg.name].template
+    # Llama 3.1's Jinja declares tools: Ollama >= 0.30 would prefer it, and the Modelfile says how to choose
+    assert "OLLAMA_GO_TEMPLATE=1" in again[0].modelfile.read_text()
 
 
 def test_a_template_that_would_render_differently_is_not_written_and_the_difference_is_named(gguf_dir, standin):
@@ -157,7 +162,8 @@ def test_a_template_that_would_render_differently_is_not_written_and_the_differe
     assert warning.startswith("template not set") and "at character" in warning and "Q: " in warning
     (create,) = [r.body for r in standin.requests_to("POST", "/api/create")]
     assert "template" not in create or create["template"] is None
-    assert "TEMPLATE" not in reg.modelfile.read_text()
+    assert "\nTEMPLATE" not in reg.modelfile.read_text()
+    assert "# No TEMPLATE: the TEMPLATE would render" in reg.modelfile.read_text()
 
 
 def test_a_safety_classifier_gets_no_chat_template_and_says_why(gguf_dir, standin):
@@ -166,7 +172,7 @@ def test_a_safety_classifier_gets_no_chat_template_and_says_why(gguf_dir, standi
     (reg,) = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, chat_template=guard, smoke=False)
     assert reg.template is None
     assert any("classifier" in w for w in reg.warnings)
-    assert "TEMPLATE" not in reg.modelfile.read_text()
+    assert "\nTEMPLATE" not in reg.modelfile.read_text()
 
 
 def test_a_default_system_prompt_of_the_template_is_written_as_system(gguf_dir, standin):

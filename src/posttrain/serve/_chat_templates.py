@@ -181,6 +181,33 @@ class TemplateChoice:
     stop: tuple[str, ...] = ()
     system: str | None = None  # the Jinja's default system prompt, written as SYSTEM
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for the Modelfile: which template Ollama will use
+
+
+# Since v0.30 (llama-server as its runner, server/images.go) Ollama renders a chat with the GGUF's own
+# Jinja instead of the Modelfile TEMPLATE when the Jinja shows more capabilities (tools, thinking)
+# than the TEMPLATE, unless the server runs with OLLAMA_GO_TEMPLATE set. It finds them by these words.
+_JINJA_TOOLS = ("tools", "tool_call")
+_JINJA_THINKING_SPLIT = ("content.split('</think>')", 'content.split("</think>")')
+
+
+def ollama_prefers_gguf_template(chat_template: str) -> bool:
+    """True when Ollama >= 0.30 would use the GGUF's chat template over a TEMPLATE with no tools or
+    thinking (as every TEMPLATE posttrain writes): the Jinja mentions tools or thinking."""
+    tools = any(w in chat_template for w in _JINJA_TOOLS)
+    thinking = ("<think>" in chat_template and "</think>" in chat_template) or (
+        any(w in chat_template for w in _JINJA_THINKING_SPLIT)
+        and "reasoning_content" not in chat_template and "<SPECIAL_12>" not in chat_template)
+    return tools or thinking
+
+
+def _notes(chat_template: str, written: str) -> list[str]:
+    if not ollama_prefers_gguf_template(chat_template):
+        return [f"TEMPLATE: {written}. Ollama uses it for every chat."]
+    return [f"TEMPLATE: {written}.",
+            "Ollama 0.30 and later render chats with the GGUF's own chat template instead, because that "
+            "template declares tools or thinking; for chats without tools both give the same prompt. "
+            "Start `ollama serve` with OLLAMA_GO_TEMPLATE=1 to use this TEMPLATE, =0 for the GGUF's."]
 
 
 _SYSTEM_NOTES = {
@@ -194,12 +221,20 @@ def choose_template(chat_template: str | None, tokens: Tokens) -> TemplateChoice
     it renders the fixed conversations exactly as the Jinja does (`_render_check`)."""
     if not chat_template:
         return TemplateChoice(None, None, warnings=["template not set: the model has no chat template, "
-                                                    "Ollama will guess from the GGUF"])
+                                                    "Ollama will guess from the GGUF"],
+                              notes=["No TEMPLATE: the model has no chat template."])
     derived = derive_template(chat_template, tokens)
     if derived.template is not None:
-        notes = [_SYSTEM_NOTES[derived.system_placement]] if derived.system_placement in _SYSTEM_NOTES else []
-        return TemplateChoice(derived.template, "derived", derived.stop, derived.system, notes)
+        warnings = [_SYSTEM_NOTES[derived.system_placement]] if derived.system_placement in _SYSTEM_NOTES else []
+        return TemplateChoice(derived.template, "derived", derived.stop, derived.system, warnings,
+                              _notes(chat_template, "derived from the model's chat template and checked to "
+                                                    "render the same prompts"))
     family = detect_family(chat_template) if derived.kind != "refused" else None
     if family is not None and all(c.equal for c in check_template(family.template, chat_template, tokens, None)):
-        return TemplateChoice(family.template, family.name, family.stop)
-    return TemplateChoice(None, None, warnings=[f"template not set: {derived.reason}"])
+        return TemplateChoice(family.template, family.name, family.stop,
+                              notes=_notes(chat_template, f"posttrain's {family.name} template, checked to render "
+                                                          "the same prompts as the model's chat template"))
+    return TemplateChoice(None, None, warnings=[f"template not set: {derived.reason}"],
+                          notes=[f"No TEMPLATE: {derived.reason}.",
+                                 "Ollama 0.30 and later then use the GGUF's own chat template; older versions "
+                                 "guess one from it."])

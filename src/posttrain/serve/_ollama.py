@@ -249,7 +249,8 @@ def register_variants(
         )
         # Rendered for every variant before any is written: a value that cannot be quoted stops the
         # command with nothing written.
-        modelfiles[reg.modelfile] = render_modelfile(variant.path, reg.parameters, reg.template, reg.system)
+        modelfiles[reg.modelfile] = render_modelfile(variant.path, reg.parameters, reg.template, reg.system,
+                                                     choice.notes)
         plans.append((variant, reg))
     # The Modelfiles are written whether or not Ollama is reachable: they are how a user imports by hand.
     # One posttrain did not write (no header line of ours) is never replaced.
