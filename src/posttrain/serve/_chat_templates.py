@@ -152,12 +152,7 @@ def detect_family(chat_template: str | None) -> ChatFamily | None:
     return None
 
 
-def chat_template_from_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The checkpoint's chat template: `chat_template.jinja` (transformers ≥ 4.43 writes it) or
-    `tokenizer_config.json`'s `chat_template` (a string, or a list of named templates: "default")."""
-    jinja = checkpoint_dir / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+def _tokenizer_config(checkpoint_dir: Path) -> dict | None:
     config = checkpoint_dir / "tokenizer_config.json"
     if not config.is_file():
         return None
@@ -165,7 +160,33 @@ def chat_template_from_checkpoint(checkpoint_dir: Path) -> str | None:
         doc = json.loads(config.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
-    value = doc.get("chat_template") if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else None
+
+
+def tokens_from_checkpoint(checkpoint_dir: Path) -> Tokens | None:
+    """BOS/EOS as `tokenizer_config.json` names them (a string, or an AddedToken dict's `content`)."""
+    doc = _tokenizer_config(checkpoint_dir)
+    if doc is None:
+        return None
+
+    def text(key: str) -> str:
+        value = doc.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        return value if isinstance(value, str) else ""
+
+    add_bos = doc.get("add_bos_token")
+    return Tokens(bos=text("bos_token"), eos=text("eos_token"),
+                  add_bos=add_bos if isinstance(add_bos, bool) else bool(text("bos_token")))
+
+
+def chat_template_from_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The checkpoint's chat template: `chat_template.jinja` (transformers ≥ 4.43 writes it) or
+    `tokenizer_config.json`'s `chat_template` (a string, or a list of named templates: "default")."""
+    jinja = checkpoint_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    doc = _tokenizer_config(checkpoint_dir)
+    value = doc.get("chat_template") if doc is not None else None
     if isinstance(value, list):
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
         value = named.get("default") or next(iter(named.values()), None)

@@ -30,6 +30,7 @@ from posttrain.serve._chat_templates import (
     TemplateChoice,
     chat_template_from_checkpoint,
     choose_template,
+    tokens_from_checkpoint,
 )
 from posttrain.serve._modelfile import (
     blob_digest_of,
@@ -42,6 +43,7 @@ from posttrain.serve._modelfile import (
     same_parameters,
 )
 from posttrain.serve._names import DEFAULT_TAG, variant_name
+from posttrain.serve._render_check import Tokens
 from posttrain.serve._variants import Variant, discover_variants, gguf_header
 from posttrain.store import Store, dumps, utcnow
 
@@ -170,14 +172,19 @@ class _Ollama:
 
 
 def _chat_template_for(variant: Variant, chat_template: str | None, checkpoint: Path | None) -> TemplateChoice:
-    metadata, tokens = gguf_header(variant.path)
+    """The template choice for a variant; its special tokens come from the GGUF (what Ollama runs), else
+    from the checkpoint's tokenizer files when the GGUF cannot be read here (Ollama will then refuse it,
+    but the Modelfile for a later import by hand is still written)."""
+    ckpts = [Path(c) for c in (checkpoint, variant.checkpoint) if c is not None]
+    try:
+        metadata, tokens = gguf_header(variant.path)
+    except PosttrainError:
+        if not ckpts:
+            raise
+        metadata, tokens = {}, next((t for c in ckpts if (t := tokens_from_checkpoint(c))), Tokens())
     if not chat_template:
-        for ckpt in (checkpoint, variant.checkpoint):
-            if ckpt is not None and (found := chat_template_from_checkpoint(Path(ckpt))):
-                chat_template = found
-                break
-        else:
-            chat_template = metadata.get("tokenizer.chat_template")
+        found = (chat_template_from_checkpoint(c) for c in ckpts)
+        chat_template = next((t for t in found if t), None) or metadata.get("tokenizer.chat_template")
     return choose_template(chat_template, tokens)
 
 
