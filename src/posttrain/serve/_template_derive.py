@@ -117,6 +117,37 @@ def _assemble(head_system: tuple[str, str] | None, head_plain: str, last_user: t
     return "\n".join(line for line in lines if line)
 
 
+@dataclass
+class _Placement:
+    """Where the Jinja puts a system prompt, and the text around it there."""
+
+    kind: str  # head, last-user, dropped, refused; "" when no TEMPLATE shape here fits
+    head: tuple[str, str] | None = None  # before and after the system text, up to the first user message
+    last_user: tuple[str, str] | None = None  # before and after it, in front of the last user message
+    default: str | None = None  # the system text the Jinja shows when it is given none
+
+
+def _place_system(chat_template: str, tokens: Tokens, plain_text: str, plain: list[str]) -> _Placement:
+    head, assistant_to_user, tail = plain[0], plain[2], plain[5]
+    try:
+        with_system = render_jinja(chat_template, _messages(_SYS, _U1, _A1, _U2, _A2, _U3), tokens)
+    except JinjaRefused:
+        return _Placement("refused")
+    if _SYS not in with_system:
+        return _Placement("dropped" if with_system == plain_text else "")
+    in_head = _split(with_system, [_SYS, _U1, _A1, _U2, _A2, _U3])
+    if in_head and in_head[2:] == plain[1:]:
+        before, after = in_head[0], in_head[1]
+        default = None
+        if head.startswith(before) and head.endswith(after) and len(head) > len(before) + len(after):
+            default = head[len(before):len(head) - len(after)]
+        return _Placement("head", head=(before, after), default=default)
+    at_last = _split(with_system, [_U1, _A1, _U2, _A2, _SYS, _U3])
+    if at_last and at_last[:4] == plain[:4] and at_last[4].startswith(assistant_to_user) and at_last[6] == tail:
+        return _Placement("last-user", last_user=(at_last[4][len(assistant_to_user):], at_last[5]))
+    return _Placement("")
+
+
 def derive_template(chat_template: str, tokens: Tokens) -> TemplateResult:
     """The TEMPLATE for `chat_template`, checked on every conversation of `_render_check.CONVERSATIONS`.
 
@@ -130,41 +161,21 @@ def derive_template(chat_template: str, tokens: Tokens) -> TemplateResult:
         return TemplateResult(None, "the template writes today's date in a format Ollama's currentDate "
                               "cannot print", kind="not-covered")
     try:
-        plain = _split(render_jinja(chat_template, _messages(_U1, _A1, _U2, _A2, _U3), tokens),
-                       [_U1, _A1, _U2, _A2, _U3])
+        plain_text = render_jinja(chat_template, _messages(_U1, _A1, _U2, _A2, _U3), tokens)
     except JinjaRefused as e:
         return TemplateResult(None, f"the model's template fails on a plain chat: {e}", kind="refused")
+    plain = _split(plain_text, [_U1, _A1, _U2, _A2, _U3])
     if plain is None or plain[3] != plain[1] or plain[4] != plain[2]:
         return TemplateResult(None, "the template does not render every turn the same way", kind="not-covered")
+    placement = _place_system(chat_template, tokens, plain_text, plain)
+    if not placement.kind:
+        return TemplateResult(None, "the template places or changes the system prompt in a way no TEMPLATE "
+                              "shape here follows", kind="not-covered")
     head, user_to_assistant, assistant_to_user, tail = plain[0], plain[1], plain[2], plain[5]
-    placement, head_system, last_user, default = "dropped", None, None, None
-    try:
-        with_system = render_jinja(chat_template, _messages(_SYS, _U1, _A1, _U2, _A2, _U3), tokens)
-    except JinjaRefused:
-        placement, with_system = "refused", None
-    if with_system is not None and _SYS in with_system:
-        in_head = _split(with_system, [_SYS, _U1, _A1, _U2, _A2, _U3])
-        if in_head and in_head[2:] == plain[1:]:
-            placement, head_system = "head", (in_head[0], in_head[1])
-            before, after = head_system
-            if head.startswith(before) and head.endswith(after) and len(head) > len(before) + len(after):
-                default = head[len(before):len(head) - len(after)]
-        else:
-            at_last = _split(with_system, [_U1, _A1, _U2, _A2, _SYS, _U3])
-            if (at_last and at_last[:4] == plain[:4] and at_last[4].startswith(assistant_to_user)
-                    and at_last[6] == tail):
-                placement = "last-user"
-                last_user = (at_last[4][len(assistant_to_user):], at_last[5])
-        if placement == "dropped":
-            return TemplateResult(None, "the template places the system prompt where no TEMPLATE shape "
-                                  "here puts it", kind="not-covered")
-    elif with_system is not None and with_system != render_jinja(
-            chat_template, _messages(_U1, _A1, _U2, _A2, _U3), tokens):
-        return TemplateResult(None, "the template changes the system text it is given", kind="not-covered")
-    template = _assemble(head_system, head, last_user, user_to_assistant, assistant_to_user, tail)
-    result = TemplateResult(template, system=default, stop=_stops(assistant_to_user, tokens),
-                            system_placement=placement)
-    result.checks = check_template(template, chat_template, tokens, default)
+    template = _assemble(placement.head, head, placement.last_user, user_to_assistant, assistant_to_user, tail)
+    result = TemplateResult(template, system=placement.default, stop=_stops(assistant_to_user, tokens),
+                            system_placement=placement.kind)
+    result.checks = check_template(template, chat_template, tokens, placement.default)
     failed = next((c for c in result.checks if not c.equal), None)
     if failed is not None:
         result.template = None
