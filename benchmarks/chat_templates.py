@@ -29,7 +29,10 @@ def corpus() -> dict[str, tuple[str, Tokens]]:
     for name, case in json.loads((CORPUS / "llamacpp-test-chat-template.json").read_text(encoding="utf-8")).items():
         found[f"llama.cpp test: {name}"] = (case["template"], Tokens(case["bos_token"], case["eos_token"]))
     for entry in json.loads((CORPUS / "hf-ollama-utils-automap.json").read_text(encoding="utf-8")):
-        found[f"ollama library: {entry['models'][0]}"] = (entry["template"], STAND_IN)
+        name = f"ollama library: {entry['models'][0]}"
+        while name in found:  # one model name, several published templates (qwq:32b has three)
+            name += "'"
+        found[name] = (entry["template"], STAND_IN)
     return found
 
 
