@@ -90,7 +90,7 @@ def test_every_variant_is_imported_with_its_blob_parameters_and_modelfile(gguf_d
         modelfile = (gguf_dir / f"{reg.variant.name}.Modelfile").read_text()
         assert f"FROM ./{reg.variant.name}\n" in modelfile
         assert "PARAMETER temperature 0.7" in modelfile and "PARAMETER num_ctx 4096" in modelfile
-        assert "TEMPLATE" not in modelfile
+        assert "\nTEMPLATE" not in modelfile and "# No TEMPLATE: the model has no chat template." in modelfile
     rows = store.query("SELECT name, blob_digest, smoke_text FROM registrations WHERE ollama_url=?", (standin.url,))
     assert {(r["name"], r["blob_digest"]) for r in rows} == {(r.name, r.digest) for r in regs}
     assert all(r["smoke_text"] == CANNED_REPLY for r in rows)
