@@ -148,8 +148,8 @@ def test_the_chat_template_becomes_an_ollama_template_that_renders_the_same_prom
     again = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, name="My Chat Model",
                               chat_template=llama31)
     assert again[0].status == "replaced" and "Cutting Knowledge Date" in standin.models[reg.name].template
-    # Llama 3.1's Jinja declares tools: Ollama >= 0.30 would prefer it, and the Modelfile says how to choose
-    assert "OLLAMA_GO_TEMPLATE=1" in again[0].modelfile.read_text()
+    # the tiny GGUF carries no chat template of its own: Ollama has nothing to prefer over the TEMPLATE
+    assert "Ollama uses it for every chat" in again[0].modelfile.read_text()
 
 
 def test_a_template_that_would_render_differently_is_not_written_and_the_difference_is_named(gguf_dir, standin):
@@ -311,8 +311,7 @@ def test_the_chat_template_in_the_gguf_header_is_used_when_no_checkpoint_is_at_h
     ckpt = tmp_path / "ckpt-llama3"
     shutil.copytree(tiny_spm, ckpt)
     config = json.loads((ckpt / "tokenizer_config.json").read_text())
-    config["chat_template"] = ("{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n'"
-                               " + m['content'] + '<|eot_id|>' }}{% endfor %}")
+    config["chat_template"] = (CORPUS / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text()
     (ckpt / "tokenizer_config.json").write_text(json.dumps(config))
     result = convert_checkpoint(ckpt, tmp_path / "out", ["f16"])
     lone = tmp_path / "lone" / "renamed-F16.gguf"  # no manifest beside it: only the GGUF header knows
@@ -323,6 +322,14 @@ def test_the_chat_template_in_the_gguf_header_is_used_when_no_checkpoint_is_at_h
     assert reg.template_family == "derived"
     assert standin.models[reg.name].template == reg.template and "<|start_header_id|>" in reg.template
     assert standin.models[reg.name].parameters["stop"] == ["<|eot_id|>", "</s>"]
+    # Llama 3.1's Jinja (now in the GGUF) declares tools: Ollama >= 0.30 would render with it instead, and
+    # the Modelfile says so and how to choose
+    modelfile = reg.modelfile.read_text()
+    assert "render chats with the GGUF's own chat template instead" in modelfile
+    assert "OLLAMA_GO_TEMPLATE=1" in modelfile and reg.warnings == []
+    # a template given here that is not the GGUF's: Ollama >= 0.30 would use the other one, a warning says so
+    (other,) = register_variants(lone, url=standin.url, smoke=False, chat_template=CHATML_JINJA)
+    assert any("not the one this TEMPLATE follows" in w for w in other.warnings)
 
 
 def test_model_output_is_shown_literally_never_as_terminal_markup(gguf_dir, standin, tmp_path):

@@ -222,13 +222,18 @@ def ollama_prefers_gguf_template(chat_template: str) -> bool:
     return tools or thinking
 
 
-def _notes(chat_template: str, written: str) -> list[str]:
-    if not ollama_prefers_gguf_template(chat_template):
-        return [f"TEMPLATE: {written}. Ollama uses it for every chat."]
+def _notes(chat_template: str, gguf_template: str | None, written: str) -> tuple[list[str], list[str]]:
+    """Modelfile comments saying which template Ollama will use, and a warning when that is not ours."""
+    if not gguf_template or not ollama_prefers_gguf_template(gguf_template):
+        return [f"TEMPLATE: {written}. Ollama uses it for every chat."], []
+    choose = "Start `ollama serve` with OLLAMA_GO_TEMPLATE=1 to use this TEMPLATE, =0 for the GGUF's."
+    if gguf_template != chat_template:
+        warning = ("Ollama 0.30 and later will render chats with the GGUF's own chat template, which is not the "
+                   "one this TEMPLATE follows, unless `ollama serve` runs with OLLAMA_GO_TEMPLATE=1")
+        return [f"TEMPLATE: {written}.", f"{warning}.", choose], [warning]
     return [f"TEMPLATE: {written}.",
             "Ollama 0.30 and later render chats with the GGUF's own chat template instead, because that "
-            "template declares tools or thinking; for chats without tools both give the same prompt. "
-            "Start `ollama serve` with OLLAMA_GO_TEMPLATE=1 to use this TEMPLATE, =0 for the GGUF's."]
+            "template declares tools or thinking; for chats without tools both give the same prompt.", choose], []
 
 
 _SYSTEM_NOTES = {
@@ -237,9 +242,10 @@ _SYSTEM_NOTES = {
 }
 
 
-def choose_template(chat_template: str | None, tokens: Tokens) -> TemplateChoice:
+def choose_template(chat_template: str | None, tokens: Tokens, gguf_template: str | None = None) -> TemplateChoice:
     """The TEMPLATE for a model: derived from its Jinja, else a known family's, each written only when
-    it renders the fixed conversations exactly as the Jinja does (`_render_check`)."""
+    it renders the fixed conversations exactly as the Jinja does (`_render_check`). `gguf_template` is
+    the GGUF's own `tokenizer.chat_template`, which newer Ollama may use instead (see `_notes`)."""
     if not chat_template:
         return TemplateChoice(None, None, warnings=["template not set: the model has no chat template, "
                                                     "Ollama will guess from the GGUF"],
@@ -247,14 +253,14 @@ def choose_template(chat_template: str | None, tokens: Tokens) -> TemplateChoice
     derived = derive_template(chat_template, tokens)
     if derived.template is not None:
         warnings = [_SYSTEM_NOTES[derived.system_placement]] if derived.system_placement in _SYSTEM_NOTES else []
-        return TemplateChoice(derived.template, "derived", derived.stop, derived.system, warnings,
-                              _notes(chat_template, "derived from the model's chat template and checked to "
-                                                    "render the same prompts"))
+        notes, also = _notes(chat_template, gguf_template, "derived from the model's chat template and checked "
+                                                           "to render the same prompts")
+        return TemplateChoice(derived.template, "derived", derived.stop, derived.system, warnings + also, notes)
     family = detect_family(chat_template) if derived.kind != "refused" else None
     if family is not None and all(c.equal for c in check_template(family.template, chat_template, tokens, None)):
-        return TemplateChoice(family.template, family.name, family.stop,
-                              notes=_notes(chat_template, f"posttrain's {family.name} template, checked to render "
-                                                          "the same prompts as the model's chat template"))
+        notes, also = _notes(chat_template, gguf_template, f"posttrain's {family.name} template, checked to "
+                                                           "render the same prompts as the model's chat template")
+        return TemplateChoice(family.template, family.name, family.stop, warnings=also, notes=notes)
     return TemplateChoice(None, None, warnings=[f"template not set: {derived.reason}"],
                           notes=[f"No TEMPLATE: {derived.reason}.",
                                  "Ollama 0.30 and later then use the GGUF's own chat template; older versions "

@@ -185,7 +185,7 @@ def _chat_template_for(variant: Variant, chat_template: str | None, checkpoint: 
     if not chat_template:
         found = (chat_template_from_checkpoint(c) for c in ckpts)
         chat_template = next((t for t in found if t), None) or metadata.get("tokenizer.chat_template")
-    return choose_template(chat_template, tokens)
+    return choose_template(chat_template, tokens, metadata.get("tokenizer.chat_template"))
 
 
 def _model_and_tag(name: str | None, variant: Variant) -> tuple[str, str]:
