@@ -58,7 +58,8 @@ def go_exec(tmp_path_factory):
         pytest.skip("needs the Go toolchain (text/template)")
     out = tmp_path_factory.mktemp("goexec") / "exec"
     subprocess.run(["go", "build", "-o", str(out), str(Path(__file__).parent / "go_template_exec.go")],
-                   check=True, capture_output=True, timeout=300, env={**os.environ, "GO111MODULE": "off"})
+                   check=True, capture_output=True, timeout=300,
+                   env={**os.environ, "GO111MODULE": "off", "GOCACHE": str(out.parent / "gocache")})
 
     def run(cases: list[dict]) -> list[dict]:
         done = subprocess.run([str(out)], input=json.dumps(cases), capture_output=True, text=True,
