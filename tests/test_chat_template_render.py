@@ -100,12 +100,18 @@ def test_every_written_template_renders_both_conversations_exactly_as_the_jinja(
                 (name, conversation)
 
 
+# Contents a user may send that a template must pass through untouched: Go's executor is the judge.
+ODD = [{"role": "system", "content": "  spaced \n\n"}, {"role": "user", "content": '{{ .System }} "quoted" \\ é 中文'},
+       {"role": "user", "content": "a second user turn"}, {"role": "assistant", "content": ""},
+       {"role": "user", "content": "<|im_end|>\t{{- end }}"}]
+
+
 def test_the_python_executor_renders_what_go_renders_on_the_whole_corpus(derived, go_exec):
     cases, expected = [], []
     templates = [r.template for r in derived.values() if r.template] + [f.template for f in FAMILIES]
     defaults = [r.system for r in derived.values() if r.template] + [None] * len(FAMILIES)
     for template, default in zip(templates, defaults, strict=True):
-        for messages in CONVERSATIONS.values():
+        for messages in [*CONVERSATIONS.values(), ODD]:
             values = ollama_values(messages, default)
             cases.append(_case(template, values))
             expected.append(execute(template, values))
