@@ -25,8 +25,10 @@ from posttrain.serve import (
     resolve_ollama_gguf,
     unregister,
 )
-from posttrain.serve._chat_templates import CHATML, LLAMA3
+from posttrain.serve._render_check import CONVERSATIONS, Tokens, render_jinja, render_ollama
 from posttrain.store import Store
+
+CORPUS = Path(__file__).parent / "data" / "chat_templates"
 
 CHATML_JINJA = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
                 " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
@@ -88,7 +90,7 @@ def test_every_variant_is_imported_with_its_blob_parameters_and_modelfile(gguf_d
         modelfile = (gguf_dir / f"{reg.variant.name}.Modelfile").read_text()
         assert f"FROM ./{reg.variant.name}\n" in modelfile
         assert "PARAMETER temperature 0.7" in modelfile and "PARAMETER num_ctx 4096" in modelfile
-        assert "TEMPLATE" not in modelfile
+        assert "\nTEMPLATE" not in modelfile and "# No TEMPLATE: the model has no chat template." in modelfile
     rows = store.query("SELECT name, blob_digest, smoke_text FROM registrations WHERE ollama_url=?", (standin.url,))
     assert {(r["name"], r["blob_digest"]) for r in rows} == {(r.name, r.digest) for r in regs}
     assert all(r["smoke_text"] == CANNED_REPLY for r in rows)
@@ -118,7 +120,7 @@ def test_a_changed_parameter_replaces_the_model_and_reuses_the_blob(gguf_dir, st
         assert 'PARAMETER stop "END"' in reg.modelfile.read_text()
 
 
-def test_a_known_chat_template_becomes_the_ollama_template_with_stop_tokens(gguf_dir, standin, tmp_path):
+def test_the_chat_template_becomes_an_ollama_template_that_renders_the_same_prompt(gguf_dir, standin, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHATML_JINJA}))
@@ -126,18 +128,75 @@ def test_a_known_chat_template_becomes_the_ollama_template_with_stop_tokens(gguf
                              url=standin.url, checkpoint=ckpt, name="My Chat Model")
     (reg,) = regs
     assert reg.name == "my-chat-model_q8_0:latest"
-    assert reg.template_family == "chatml" and reg.warnings == []
+    assert reg.template_family == "derived" and reg.warnings == []
     (create,) = [r.body for r in standin.requests_to("POST", "/api/create")]
-    assert create["template"] == CHATML.template
-    assert create["parameters"]["stop"] == ["<|im_start|>", "<|im_end|>"]
-    assert standin.models[reg.name].template == CHATML.template
-    assert f'TEMPLATE """{CHATML.template}"""' in reg.modelfile.read_text()
-    # same template again: unchanged; another family's template: replaced
+    assert create["template"] == reg.template
+    tokens = Tokens(bos="<s>", eos="</s>")  # the tiny model's SentencePiece specials
+    for messages in CONVERSATIONS.values():
+        assert render_ollama(reg.template, messages, None) == render_jinja(CHATML_JINJA, messages, tokens)
+    # the turn end the template writes after an answer, then the tokenizer's EOS
+    assert create["parameters"]["stop"] == ["<|im_end|>", "</s>"]
+    assert standin.models[reg.name].template == reg.template
+    assert f'TEMPLATE """{reg.template}"""' in reg.modelfile.read_text()
+    # the Modelfile says which template is meant; this Jinja declares no tools, so Ollama keeps the TEMPLATE
+    assert "# TEMPLATE: derived from the model's chat template" in reg.modelfile.read_text()
+    assert "OLLAMA_GO_TEMPLATE" not in reg.modelfile.read_text()
+    # same template again: unchanged; another model's template: replaced
     assert register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, checkpoint=ckpt,
                              name="My Chat Model")[0].status == "unchanged"
-    llama3 = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, name="My Chat Model",
-                               chat_template="<|start_header_id|>{{ role }}<|end_header_id|>{{ content }}<|eot_id|>")
-    assert llama3[0].status == "replaced" and standin.models[reg.name].template == LLAMA3.template
+    llama31 = (CORPUS / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text()
+    again = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, name="My Chat Model",
+                              chat_template=llama31)
+    assert again[0].status == "replaced" and "Cutting Knowledge Date" in standin.models[reg.name].template
+    # the tiny GGUF carries no chat template of its own: Ollama has nothing to prefer over the TEMPLATE
+    assert "Ollama uses it for every chat" in again[0].modelfile.read_text()
+
+
+def test_a_template_that_would_render_differently_is_not_written_and_the_difference_is_named(gguf_dir, standin):
+    # A question mark changes this template's output: the TEMPLATE cannot follow it.
+    odd = ("{% for m in messages %}<|{{ m.role }}|>{% if '?' in m.content %}Q: {% endif %}{{ m.content }}<|end|>"
+           "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    (reg,) = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, chat_template=odd, smoke=False)
+    assert reg.template is None and reg.template_family is None
+    (warning,) = reg.warnings
+    assert warning.startswith("template not set") and "at character" in warning and "Q: " in warning
+    (create,) = [r.body for r in standin.requests_to("POST", "/api/create")]
+    assert "template" not in create or create["template"] is None
+    assert "\nTEMPLATE" not in reg.modelfile.read_text()
+    assert "# No TEMPLATE: the TEMPLATE would render" in reg.modelfile.read_text()
+
+
+def test_a_safety_classifier_gets_no_chat_template_and_says_why(gguf_dir, standin):
+    guard = ("{% for m in messages %}Task: Check if there is unsafe content in '{{ m.role }}' messages.\n"
+             "{{ m.content }}{% endfor %}")
+    (reg,) = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, chat_template=guard, smoke=False)
+    assert reg.template is None
+    assert any("classifier" in w for w in reg.warnings)
+    assert "\nTEMPLATE" not in reg.modelfile.read_text()
+
+
+def test_a_default_system_prompt_of_the_template_is_written_as_system(gguf_dir, standin):
+    smol = (CORPUS / "HuggingFaceTB-SmolLM2-135M-Instruct.jinja").read_text()
+    (reg,) = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, chat_template=smol, smoke=False)
+    assert reg.system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert standin.models[reg.name].system == reg.system
+    assert f'SYSTEM "{reg.system}"' in reg.modelfile.read_text()
+    # --system wins over the template's default
+    (mine,) = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, chat_template=smol,
+                                system="Answer in French.", smoke=False)
+    assert standin.models[mine.name].system == "Answer in French."
+
+
+def test_the_modelfile_is_written_beside_a_symlinked_gguf_not_beside_its_target(gguf_dir, standin, tmp_path):
+    target = next(gguf_dir.glob("*Q8_0.gguf"))
+    links = tmp_path / "links"
+    links.mkdir()
+    link = links / "mine-Q8_0.gguf"
+    link.symlink_to(target)
+    (reg,) = register_variants(link, url=standin.url, chat_template=CHATML_JINJA, smoke=False)
+    assert reg.modelfile == links / "mine-Q8_0.gguf.Modelfile" and reg.modelfile.is_file()
+    assert not (gguf_dir / f"{target.name}.Modelfile").exists()
+    assert "FROM ./mine-Q8_0.gguf\n" in reg.modelfile.read_text()
 
 
 def test_transient_503s_are_retried_until_they_pass(gguf_dir, standin):
@@ -252,8 +311,7 @@ def test_the_chat_template_in_the_gguf_header_is_used_when_no_checkpoint_is_at_h
     ckpt = tmp_path / "ckpt-llama3"
     shutil.copytree(tiny_spm, ckpt)
     config = json.loads((ckpt / "tokenizer_config.json").read_text())
-    config["chat_template"] = ("{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n'"
-                               " + m['content'] + '<|eot_id|>' }}{% endfor %}")
+    config["chat_template"] = (CORPUS / "meta-llama-Llama-3.1-8B-Instruct.jinja").read_text()
     (ckpt / "tokenizer_config.json").write_text(json.dumps(config))
     result = convert_checkpoint(ckpt, tmp_path / "out", ["f16"])
     lone = tmp_path / "lone" / "renamed-F16.gguf"  # no manifest beside it: only the GGUF header knows
@@ -261,9 +319,17 @@ def test_the_chat_template_in_the_gguf_header_is_used_when_no_checkpoint_is_at_h
     shutil.copy(result.variants[0].path, lone)
     (reg,) = register_variants(lone, url=standin.url, smoke=False)
     assert reg.name == "renamed_f16:latest" and reg.quant == "F16"
-    assert reg.template_family == "llama3"
-    assert standin.models[reg.name].template == LLAMA3.template
-    assert standin.models[reg.name].parameters["stop"] == list(LLAMA3.stop)
+    assert reg.template_family == "derived"
+    assert standin.models[reg.name].template == reg.template and "<|start_header_id|>" in reg.template
+    assert standin.models[reg.name].parameters["stop"] == ["<|eot_id|>", "</s>"]
+    # Llama 3.1's Jinja (now in the GGUF) declares tools: Ollama >= 0.30 would render with it instead, and
+    # the Modelfile says so and how to choose
+    modelfile = reg.modelfile.read_text()
+    assert "render chats with the GGUF's own chat template instead" in modelfile
+    assert "OLLAMA_GO_TEMPLATE=1" in modelfile and reg.warnings == []
+    # a template given here that is not the GGUF's: Ollama >= 0.30 would use the other one, a warning says so
+    (other,) = register_variants(lone, url=standin.url, smoke=False, chat_template=CHATML_JINJA)
+    assert any("not the one this TEMPLATE follows" in w for w in other.warnings)
 
 
 def test_model_output_is_shown_literally_never_as_terminal_markup(gguf_dir, standin, tmp_path):

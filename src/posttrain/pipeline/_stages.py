@@ -177,7 +177,8 @@ class Stages:
                                  store=ctx.store, checkpoint=Path(ctx.spec.checkpoint))
         if regs and all(r.status.startswith("skipped") for r in regs):
             raise StepSkipped(regs[0].status.removeprefix("skipped: "))
-        return {"registrations": [{"name": r.name, "quant": r.quant, "status": r.status} for r in regs]}
+        return {"registrations": [{"name": r.name, "quant": r.quant, "status": r.status,
+                                   "template": r.template_family, "warnings": r.warnings} for r in regs]}
 
     # baseline: an HF directory (converted to F16 once, cached by content), a .gguf, or ollama:NAME.
     def baseline(self, ctx: RunContext) -> Outputs:

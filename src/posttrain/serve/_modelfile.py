@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from posttrain.errors import PosttrainError
@@ -78,17 +78,20 @@ def _quote(key: str, value: object) -> str:
     return str(value)
 
 
-def render_modelfile(gguf: Path, params: Mapping[str, object], template: str | None, system: str | None) -> str:
+def render_modelfile(gguf: Path, params: Mapping[str, object], template: str | None, system: str | None,
+                     notes: Sequence[str] = ()) -> str:
     """A Modelfile with the same content as the API call: `ollama create NAME -f <gguf>.Modelfile`.
 
     Every value is quoted by `quote_value`: a value that cannot be quoted is refused, so no
-    template, system prompt, parameter or file name can add lines of its own.
+    template, system prompt, parameter or file name can add lines of its own. `notes` become comment
+    lines (which template is meant, and why); a line break in one starts another comment line.
     """
     if any(c in "\r\n" for c in gguf.name):  # it also goes into the comment line, which a line end would close
         raise PosttrainError(f"the file name {gguf.name!r} contains a line break, which a Modelfile cannot hold",
                              remedy="rename the file")
     source = quote_value(f"./{gguf.name}", f"the file name {gguf.name!r}", bare=True)
     lines = [f"{_HEADER} Reproduce by hand: ollama create NAME -f {gguf.name}.Modelfile",
+             *(f"# {line}" for note in notes for line in note.splitlines()),
              f"FROM {source}"]
     if template is not None:
         lines.append(f"TEMPLATE {quote_value(template, f'the chat template for {gguf.name}')}")

@@ -27,9 +27,10 @@ from tenacity import (
 from posttrain._files import write_text_atomic
 from posttrain.errors import PosttrainError, TransientError
 from posttrain.serve._chat_templates import (
-    ChatFamily,
+    TemplateChoice,
     chat_template_from_checkpoint,
-    detect_family,
+    choose_template,
+    tokens_from_checkpoint,
 )
 from posttrain.serve._modelfile import (
     blob_digest_of,
@@ -43,7 +44,8 @@ from posttrain.serve._modelfile import (
 )
 from posttrain.serve._names import DEFAULT_TAG, variant_name
 from posttrain.contracts import Variant
-from posttrain.serve._variants import discover_variants, gguf_metadata
+from posttrain.serve._render_check import Tokens
+from posttrain.serve._variants import discover_variants, gguf_header
 from posttrain.store import Store
 
 T = TypeVar("T")
@@ -68,11 +70,13 @@ class Registration:
     status: str
     modelfile: Path
     parameters: dict[str, object]
-    template_family: str | None = None
+    template_family: str | None = None  # "derived" (from the model's Jinja), a family name, or None: not set
     uploaded: bool = False
     smoke_text: str | None = None
     smoke_latency_s: float | None = None
     warnings: list[str] = field(default_factory=list)
+    template: str | None = None  # the TEMPLATE written, checked against the model's own rendering
+    system: str | None = None  # the SYSTEM written: --system, else the chat template's default
 
     @property
     def template_set(self) -> bool:
@@ -168,13 +172,21 @@ class _Ollama:
         return _retrying(self.attempts, f"HEAD blob {digest}", call)
 
 
-def _chat_template_for(variant: Variant, chat_template: str | None, checkpoint: Path | None) -> str | None:
-    if chat_template:
-        return chat_template
-    for ckpt in (checkpoint, variant.checkpoint):
-        if ckpt is not None and (found := chat_template_from_checkpoint(Path(ckpt))):
-            return found
-    return gguf_metadata(variant.path).get("tokenizer.chat_template")
+def _chat_template_for(variant: Variant, chat_template: str | None, checkpoint: Path | None) -> TemplateChoice:
+    """The template choice for a variant; its special tokens come from the GGUF (what Ollama runs), else
+    from the checkpoint's tokenizer files when the GGUF cannot be read here (Ollama will then refuse it,
+    but the Modelfile for a later import by hand is still written)."""
+    ckpts = [Path(c) for c in (checkpoint, variant.checkpoint) if c is not None]
+    try:
+        metadata, tokens = gguf_header(variant.path)
+    except PosttrainError:
+        if not ckpts:
+            raise
+        metadata, tokens = {}, next((t for c in ckpts if (t := tokens_from_checkpoint(c))), Tokens())
+    if not chat_template:
+        found = (chat_template_from_checkpoint(c) for c in ckpts)
+        chat_template = next((t for t in found if t), None) or metadata.get("tokenizer.chat_template")
+    return choose_template(chat_template, tokens, metadata.get("tokenizer.chat_template"))
 
 
 def _model_and_tag(name: str | None, variant: Variant) -> tuple[str, str]:
@@ -221,25 +233,24 @@ def register_variants(
     `replace_foreign` is set. An unreachable server gives registrations whose status says so.
     """
     url = normalize_url(url)
-    plans: list[tuple[Variant, Registration, ChatFamily | None]] = []
+    plans: list[tuple[Variant, Registration]] = []
     modelfiles: dict[Path, str] = {}
     known = isinstance(target, list) and all(isinstance(t, Variant) for t in target) and target
     for variant in (target if known else discover_variants(target)):
-        family = detect_family(_chat_template_for(variant, chat_template, checkpoint))
+        choice = _chat_template_for(variant, chat_template, checkpoint)
         model, tag = _model_and_tag(name, variant)
         reg = Registration(
             name=variant_name(model, variant.quant, tag), variant=variant.path, quant=variant.quant,
             digest=f"sha256:{variant.sha256}", status="pending", modelfile=modelfile_path(variant.path),
-            parameters=merge_parameters(params, family.stop if family else ()),
-            template_family=family.name if family else None,
+            parameters=merge_parameters(params, choice.stop), template_family=choice.source,
+            warnings=list(choice.warnings), template=choice.template,
+            system=system if system is not None else choice.system,
         )
-        if family is None:
-            reg.warnings.append("template not set: chat template unknown or absent, Ollama will guess from the GGUF")
         # Rendered for every variant before any is written: a value that cannot be quoted stops the
         # command with nothing written.
-        modelfiles[reg.modelfile] = render_modelfile(variant.path, reg.parameters,
-                                                     family.template if family else None, system)
-        plans.append((variant, reg, family))
+        modelfiles[reg.modelfile] = render_modelfile(variant.path, reg.parameters, reg.template, reg.system,
+                                                     choice.notes)
+        plans.append((variant, reg))
     # The Modelfiles are written whether or not Ollama is reachable: they are how a user imports by hand.
     # One posttrain did not write (no header line of ours) is never replaced.
     for path in modelfiles:
@@ -252,21 +263,21 @@ def register_variants(
     api = _Ollama(url, timeout, attempts)
     try:
         if not api.reachable():
-            for _, reg, _ in plans:
+            for _, reg in plans:
                 reg.status = f"skipped: Ollama not reachable at {url}"
-            return [reg for _, reg, _ in plans]
-        for variant, reg, family in plans:
-            _register_one(api, variant, reg, family, system, store, replace_foreign, smoke)
+            return [reg for _, reg in plans]
+        for variant, reg in plans:
+            _register_one(api, variant, reg, store, replace_foreign, smoke)
             if store is not None:
                 _record(store, url, reg, variant)
     finally:
         api.close()
-    return [reg for _, reg, _ in plans]
+    return [reg for _, reg in plans]
 
 
-def _register_one(api: _Ollama, variant: Variant, reg: Registration, family: ChatFamily | None,
-                  system: str | None, store: Store | None, replace_foreign: bool, smoke: bool) -> None:
-    template = family.template if family else None
+def _register_one(api: _Ollama, variant: Variant, reg: Registration, store: Store | None,
+                  replace_foreign: bool, smoke: bool) -> None:
+    template, system = reg.template, reg.system
     existing = api.show(reg.name)
     if existing is not None:
         same = (blob_digest_of(existing.modelfile) == reg.digest

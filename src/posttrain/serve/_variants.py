@@ -9,10 +9,16 @@ from posttrain._files import sha256_file
 from posttrain.contracts import Variant
 from posttrain.convert._manifest import read_manifest
 from posttrain.errors import PosttrainError
+from posttrain.serve._render_check import Tokens
 
 
 def gguf_metadata(path: Path) -> dict[str, str]:
     """The GGUF's key/value header as llama.cpp reads it (vocabulary only: fast, no weights)."""
+    return gguf_header(path)[0]
+
+
+def gguf_header(path: Path) -> tuple[dict[str, str], Tokens]:
+    """The GGUF's key/value header and its special tokens, as llama.cpp reads them (vocabulary only)."""
     from llama_cpp._utils import suppress_stdout_stderr
 
     from posttrain import _native
@@ -27,7 +33,16 @@ def gguf_metadata(path: Path) -> dict[str, str]:
         raise PosttrainError(f"{path} is not a GGUF file llama.cpp can read: {e}",
                              remedy="re-run `posttrain convert`") from None
     try:
-        return dict(model.metadata)
+        vocab = model._model  # llama-cpp-python's vocabulary wrapper: the only place it exposes EOT and add_bos
+
+        def text(token: int) -> str:
+            return vocab.token_get_text(token) if token >= 0 else ""
+
+        eos = text(vocab.token_eos())
+        eot = text(vocab.token_eot())
+        tokens = Tokens(bos=text(vocab.token_bos()), eos=eos, eot="" if eot == eos else eot,
+                        add_bos=bool(vocab.add_bos_token()))
+        return dict(model.metadata), tokens
     finally:
         model.close()
 
@@ -73,7 +88,9 @@ def _from_file(path: Path) -> Variant:
     if quant is None:
         file_type = gguf_metadata(path).get("general.file_type")
         quant = _ftype_names().get(int(file_type), "unknown") if file_type and file_type.isdigit() else "unknown"
-    return Variant(path=path.resolve(), quant=quant, sha256=sha256_file(path),
+    # The path as given, a symlink not resolved: the Modelfile goes beside the name the user gave, and
+    # its FROM names that file, never a folder the link happens to point into.
+    return Variant(path=path.absolute(), quant=quant, sha256=sha256_file(path),
                    model_name=_model_name_from_file(path, quant), size_bytes=path.stat().st_size)
 
 
