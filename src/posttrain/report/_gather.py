@@ -16,6 +16,7 @@ from posttrain._ci import mean_interval
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 from posttrain.store import Store
+from posttrain.track import read_tracking
 
 
 def _loads(text: str | None) -> Any:
@@ -199,5 +200,6 @@ def gather(store: Store, run_id: str) -> tuple[dict[str, Any], Path]:
         "steps": steps,
         "environment": environment(store, run_id, variants),
         "failures": [{"step": s["name"], "error": s["error"]} for s in steps if s["status"] == "failed"],
+        "tracking": read_tracking(folder),
     }
     return inputs, folder
