@@ -30,17 +30,24 @@ _LIMIT = typer.Option(None, "--limit", help="Evaluate only N items per task.")
 _JOBS = typer.Option(None, "--jobs", "-j", help="Checkpoints processed at the same time (default 1).")
 _DATA_DIR = typer.Option(None, "--data-dir", help="Local benchmark files in the official layouts (no Hub).")
 _NOTIFY = typer.Option(None, "--notify", help="apprise URL to notify when a run ends (repeatable), e.g. ntfy://topic.")
+_TRACK = typer.Option(None, "--track", help="Record each run in an experiment tracker: mlflow, wandb (repeatable or "
+                                            "comma-separated). MLflow: local store under HOME/mlruns unless "
+                                            "MLFLOW_TRACKING_URI is set; W&B: offline unless WANDB_MODE=online.")
+_TRACK_ARTIFACTS = typer.Option(None, "--track-artifacts", help="Also send these to the trackers: gguf (the model "
+                                                                "files). Reports and documents are always sent.")
 
 
 def _config(config: Path | None, home: Path | None, baseline: str | None = None, quant: list[str] | None = None,
             tasks: list[str] | None = None, limit: int | None = None, jobs: int | None = None,
             data_dir: Path | None = None, notify: list[str] | None = None, n_gpu_layers: int | None = None,
-            **watch):
+            track: list[str] | None = None, track_artifacts: list[str] | None = None, **watch):
     from posttrain.pipeline import load_config
 
     return load_config(config, home=home, baseline=baseline, quants=",".join(quant) if quant else None,
                        tasks=",".join(tasks) if tasks else None, limit=limit, jobs=jobs, data_dir=data_dir,
                        notify={"urls": list(notify)} if notify else None, n_gpu_layers=n_gpu_layers,
+                       track=",".join(track) if track else None,
+                       track_artifacts=",".join(track_artifacts) if track_artifacts else None,
                        watch={k: v for k, v in watch.items() if v is not None})
 
 
@@ -82,6 +89,8 @@ def run_cmd(
     data_dir: Path | None = _DATA_DIR,
     notify: list[str] | None = _NOTIFY,
     n_gpu_layers: int | None = n_gpu_layers_option(),
+    track: list[str] | None = _TRACK,
+    track_artifacts: list[str] | None = _TRACK_ARTIFACTS,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Convert, register, evaluate, compare, report and notify for each CHECKPOINT; resumes after any crash.
@@ -92,7 +101,8 @@ def run_cmd(
     from posttrain.pipeline import install_stop_handlers, run_many
 
     _console_logging(verbose)
-    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers)
+    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers, track,
+                  track_artifacts)
     stop = threading.Event()
     install_stop_handlers(stop)
     results = run_many(checkpoints, cfg, stop_event=stop)
@@ -132,6 +142,8 @@ def watch_cmd(
     data_dir: Path | None = _DATA_DIR,
     notify: list[str] | None = _NOTIFY,
     n_gpu_layers: int | None = n_gpu_layers_option(),
+    track: list[str] | None = _TRACK,
+    track_artifacts: list[str] | None = _TRACK_ARTIFACTS,
     settings_file: Path | None = typer.Option(None, "--settings", hidden=True,
                                               help="(internal) the settings `watch --daemon` resolved"),
     detached: bool = typer.Option(False, "--detached", hidden=True),
@@ -147,8 +159,8 @@ def watch_cmd(
         # The detached child: the settings its parent parsed and validated, nothing parsed again.
         cfg, dirs, no_events = _read_watch_settings(settings_file)
     else:
-        cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers,
-                      pattern=pattern, check_interval_s=interval, settle_s=settle)
+        cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers, track,
+                      track_artifacts, pattern=pattern, check_interval_s=interval, settle_s=settle)
         cfg = _absolute(cfg)
         dirs = [d.expanduser().resolve() for d in dirs]
     for d in dirs:
