@@ -108,6 +108,25 @@ class Config(BaseSettings):
     _split_lists = field_validator("quants", "tasks", "task_paths", "track", "track_artifacts",
                                    mode="before")(_split)
 
+    @field_validator("quants")
+    @classmethod
+    def _quants(cls, v: list[str]) -> list[str]:
+        out: list[str] = []
+        for q in (q.strip().lower().replace("-", "_") for q in v):
+            if not _QUANT.match(q):
+                raise ValueError(f"{q!r} is not a GGUF type name (like f16, q8_0, q4_k_m)")
+            if q not in out:
+                out.append(q)
+        return out
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not _TASK.match(t):
+                raise ValueError(f"{t!r} is not a task name (like mmlu, gsm8k, hellaswag)")
+        return list(dict.fromkeys(v))
+
     @field_validator("track", "track_artifacts")
     @classmethod
     def _tracking(cls, v: list[str], info: ValidationInfo) -> list[str]:
