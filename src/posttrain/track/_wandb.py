@@ -34,7 +34,7 @@ class WandbTracker(Tracker):
         except ImportError:
             raise PosttrainError("wandb is not installed", remedy="pip install 'posttrain[track]'") from None
 
-        root = Path(os.environ.get("WANDB_DIR") or self.home / "wandb")
+        root = Path(os.environ.get("WANDB_DIR") or self.home / "wandb").resolve()
         root.mkdir(parents=True, exist_ok=True)
         tags = [t[:_MAX_TAG] for t in ("posttrain", record.status, record.tags.get("posttrain.verdict"),
                                        record.tags.get("posttrain.ship") and f"ship:{record.tags['posttrain.ship']}")
