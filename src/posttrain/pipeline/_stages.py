@@ -304,10 +304,14 @@ class Stages:
         c = self.config
         if not c.track:
             raise StepSkipped("no tracker configured (--track mlflow, --track wandb, or `track` in posttrain.toml)")
-        run = dict(ctx.store.query("SELECT * FROM runs WHERE id=?", (ctx.run_id,))[0])
-        outcomes = track_finished_run(ctx.store, run, step_rows(ctx.store, ctx.run_id), outcome=ctx.outcome,
-                                      trackers=c.track, home=c.base_dir, artifacts=c.track_artifacts,
-                                      attempts=c.retries, backoff_s=c.retry_backoff_s)
+        try:
+            run = dict(ctx.store.query("SELECT * FROM runs WHERE id=?", (ctx.run_id,))[0])
+            outcomes = track_finished_run(ctx.store, run, step_rows(ctx.store, ctx.run_id), outcome=ctx.outcome,
+                                          trackers=c.track, home=c.base_dir, artifacts=c.track_artifacts,
+                                          attempts=c.retries, backoff_s=c.retry_backoff_s)
+        except Exception as e:  # e.g. the store busy beyond its timeout: still not a reason to fail the run
+            log.exception("run %s: tracking could not start", ctx.run_id)
+            raise StepSkipped(f"not tracked: {type(e).__name__}: {e}; the same command tries again") from e
         report = RunLayout(ctx.run_dir).report_json
         try:
             report_from_store(ctx.store, ctx.run_id, ctx.run_dir, outcome=ctx.outcome)
