@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -272,10 +273,32 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_tracker_that_is_down_is_retried_noted_and_never_fails_the_run(finished, monkeypatch):
+@pytest.fixture()
+def receiver():
+    """A real HTTP server on 127.0.0.1 that keeps the notifications apprise posts to it (json://)."""
+    bodies: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            bodies.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"json://127.0.0.1:{server.server_address[1]}/", bodies
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_tracker_that_is_down_is_retried_noted_and_never_fails_the_run(finished, receiver, monkeypatch):
     store, run_dir, home = finished
+    url, notifications = receiver
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
-    config = Config(home=home, track=["mlflow"], retries=2, retry_backoff_s=0.1)
+    config = Config(home=home, track=["mlflow"], retries=2, retry_backoff_s=0.1, notify={"urls": [url]})
     keep = ("report", "track", "notify")
     # The pipeline's own report, track and notify steps, through the runner, on the finished run.
     steps = [dataclasses.replace(s, depends_on=tuple(d for d in s.depends_on if d in keep))
@@ -293,11 +316,8 @@ def test_a_tracker_that_is_down_is_retried_noted_and_never_fails_the_run(finishe
     assert "| mlflow | not tracked |" in md
     assert json.loads(RunLayout(run_dir).report_json.read_text())["tracking"][0]["ok"] is False
 
-    from posttrain.notify import NotifySummary
-
-    run = dict(store.query("SELECT * FROM runs WHERE id=?", (RUN_ID,))[0])
-    body = NotifySummary.from_run(run, tracking=[outcome]).body()
-    assert "Not tracked in mlflow: " in body
+    [message] = notifications
+    assert "Not tracked in mlflow: MlflowException: API request to" in message["message"]
 
 
 def test_an_unknown_tracker_is_refused_before_any_work(tmp_path):
