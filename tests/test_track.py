@@ -160,32 +160,8 @@ def test_mlflow_local_store_holds_params_metrics_tags_and_artifacts(finished, tm
     assert step.verify(out)
 
 
-def test_nested_under_mlflow_run_id_and_a_rerun_updates_the_same_run(finished, team_store, tmp_path, monkeypatch):
-    store, run_dir, home = finished
-    uri = team_store
-    team = MlflowClient(tracking_uri=uri)
-    experiment = team.create_experiment("fine-tunes", artifact_location=(tmp_path / "art").as_uri())
-    parent = team.create_run(experiment, run_name="sft-7b").info.run_id
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_RUN_ID", parent)
-
-    _, first = track_step(store, run_dir, home, track=["mlflow"], track_artifacts=["gguf"])
-    assert first["trackers"][0]["ok"], first
-    # The rerun of the same posttrain run, now failed: the same MLflow run, updated.
-    _, second = track_step(store, run_dir, home, failed="evaluate", track=["mlflow"])
-    assert second["trackers"][0]["ok"], second
-
-    client, runs = mlflow_runs(uri, experiment)
-    [child] = [r for r in runs if r.info.run_id != parent]
-    assert len(runs) == 2 and child.info.run_id == first["trackers"][0]["run"] == second["trackers"][0]["run"]
-    assert child.data.tags["mlflow.parentRunId"] == parent
-    assert child.data.tags["posttrain.status"] == "failed" and child.info.status == "FAILED"
-    assert "updated run" in second["trackers"][0]["note"]
-    gguf = sorted(a.path for a in client.list_artifacts(child.info.run_id, "gguf"))
-    assert gguf == [f"gguf/{MODEL}-{q}.gguf" for q in ("F16", "Q4_K_M", "Q8_0")]
-
-
-def test_a_run_trained_inside_mlflow_is_nested_through_the_callback(finished, team_store, tmp_path, monkeypatch):
+def test_nested_under_the_training_run_and_a_rerun_updates_the_same_run(finished, team_store, tmp_path,
+                                                                          monkeypatch):
     import mlflow
 
     from posttrain.demo import train_demo_model
@@ -213,6 +189,20 @@ def test_a_run_trained_inside_mlflow_is_nested_through_the_callback(finished, te
     [child] = [r for r in runs if r.info.run_id != training.info.run_id]
     assert child.data.tags["mlflow.parentRunId"] == training.info.run_id
     assert not (home / "mlruns").exists()
+
+    # The same posttrain run again, now failed, from a shell where the training job's MLFLOW_RUN_ID is
+    # set, with the GGUF files asked for: the same MLflow run, updated.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team_store)
+    monkeypatch.setenv("MLFLOW_RUN_ID", training.info.run_id)
+    _, again = track_step(store, run_dir, home, failed="evaluate", track=["mlflow"], track_artifacts=["gguf"])
+    assert again["trackers"][0]["ok"] and "updated run" in again["trackers"][0]["note"], again
+    client, runs = mlflow_runs(team_store, training.info.experiment_id)
+    [updated] = [r for r in runs if r.info.run_id != training.info.run_id]
+    assert updated.info.run_id == child.info.run_id == again["trackers"][0]["run"]
+    assert updated.data.tags["mlflow.parentRunId"] == training.info.run_id
+    assert updated.data.tags["posttrain.status"] == "failed" and updated.info.status == "FAILED"
+    gguf = sorted(a.path for a in client.list_artifacts(updated.info.run_id, "gguf"))
+    assert gguf == [f"gguf/{MODEL}-{q}.gguf" for q in ("F16", "Q4_K_M", "Q8_0")]
 
 
 def _wandb_records(run_file: Path):
@@ -326,3 +316,18 @@ def test_an_unknown_tracker_is_refused_before_any_work(tmp_path):
                           env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 1
     assert "track: 'mlfow' is not a tracker (one of: mlflow, wandb)" in proc.stderr
+
+
+def test_mlflow_run_id_in_the_environment_comes_before_the_callbacks_note(tmp_path, monkeypatch):
+    from posttrain.track import find_parent, record_parent
+
+    ckpt = tmp_path / "train" / "final_model"
+    assert find_parent(tmp_path / "home", ckpt) is None
+    monkeypatch.chdir(tmp_path)
+    record_parent(tmp_path / "home", ckpt, "noted", "sqlite:///mlflow.db")
+    noted = find_parent(tmp_path / "home", ckpt)
+    # A relative store is pinned to where training ran: posttrain reads it from elsewhere.
+    assert (noted.run_id, noted.tracking_uri) == ("noted", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert find_parent(tmp_path / "home", tmp_path / "other" / "final_model") is None
+    monkeypatch.setenv("MLFLOW_RUN_ID", "from-env")
+    assert find_parent(tmp_path / "home", ckpt).run_id == "from-env"
