@@ -326,8 +326,11 @@ class Stages:
 
     @staticmethod
     def _track_ok(out: Outputs) -> bool:
-        # Reused while the report is the one the trackers were sent (a resumed run that changed it tracks again).
+        # Reused while the report is the one the trackers were sent (a resumed run that changed it tracks
+        # again). A run whose report step failed was tracked without one: nothing to compare.
         report = Path(out["report"])
+        if out["report_sha256"] is None:
+            return True
         return report.is_file() and sha256_file(report) == out["report_sha256"]
 
     def notify(self, ctx: RunContext) -> Outputs:
