@@ -68,6 +68,8 @@ def test_home_follows_posttrain_home(tmp_path, monkeypatch):
     ("retries = 'three'", "retries: Input should be a valid integer"),
     ('[ollama]\nurl = "localhost:11434"', "ollama.url: must be an http(s) URL"),
     ("quants = [", "is not valid TOML"),
+    ('track = ["mlfow"]', "track: 'mlfow' is not a tracker (one of: mlflow, wandb)"),
+    ('track_artifacts = ["ggml"]', "track_artifacts: 'ggml' is not an artifact kind (one of: gguf)"),
 ])
 def test_invalid_settings_say_where_and_what(tmp_path, toml, message):
     path = tmp_path / "bad.toml"

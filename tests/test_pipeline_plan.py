@@ -37,8 +37,11 @@ def test_an_incomplete_checkpoint_is_not_planned(tiny_spm, tmp_path):
 def test_the_stage_list_and_its_dependencies():
     steps = {s.name: s for s in Stages(load_config(discover=False)).steps()}
     assert tuple(steps) == ("detect", "convert", "register", "baseline", "evaluate", "evaluate_baseline", "compare",
-                            "report", "notify")
+                            "report", "track", "notify")
     # Evaluating the variants needs neither Ollama nor the baseline.
     assert steps["evaluate"].depends_on == ("convert",)
     assert "register" not in steps["compare"].depends_on
     assert steps["report"].always and steps["notify"].always
+    # Tracking comes after the report (it sends it) and before notify (which says when it failed).
+    assert steps["track"].always and steps["track"].depends_on == ("report",)
+    assert "track" in steps["notify"].depends_on

@@ -38,6 +38,8 @@ SAMPLES = {
     "data_dir": (["--data-dir", "data"], lambda s: Path(s["config"]["data_dir"]).is_absolute()),
     "notify": (["--notify", "json://127.0.0.1:9/x"], lambda s: s["config"]["notify"]["urls"] == ["json://127.0.0.1:9/x"]),
     "n_gpu_layers": (["--n-gpu-layers", "0"], lambda s: s["config"]["n_gpu_layers"] == 0),
+    "track": (["--track", "mlflow,wandb"], lambda s: s["config"]["track"] == ["mlflow", "wandb"]),
+    "track_artifacts": (["--track-artifacts", "gguf"], lambda s: s["config"]["track_artifacts"] == ["gguf"]),
 }
 
 

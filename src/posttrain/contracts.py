@@ -93,6 +93,11 @@ class RunLayout:
         return self.root / "report.json"
 
     @property
+    def track_json(self) -> Path:
+        """What the experiment trackers did with the run (posttrain.track): read by report and notify."""
+        return self.root / "track.json"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

@@ -32,11 +32,14 @@ class NotifySummary(BaseModel):
     failed_step: str | None = None
     error: str | None = None
     report: str | None = None  # path or URL of report.html
+    tracking: list[str] = Field(default_factory=list)  # trackers that could not record the run
 
     @classmethod
     def from_run(cls, run: dict[str, Any], compare: dict[str, Any] | None = None,
-                 failures: list[dict[str, Any]] | None = None, report: str | Path | None = None) -> NotifySummary:
-        """Build the summary from the same inputs a report is made of."""
+                 failures: list[dict[str, Any]] | None = None, report: str | Path | None = None, *,
+                 tracking: list[dict[str, Any]] | None = None) -> NotifySummary:
+        """Build the summary from the same inputs a report is made of. `tracking`: the failed outcomes
+        of posttrain.track ({tracker, error})."""
         failures = failures or []
         comps = (compare or {}).get("comparisons") or []
         status = "failed" if failures else (run.get("status") or "succeeded")
@@ -50,7 +53,8 @@ class NotifySummary(BaseModel):
                    verdicts=[c["sentence"] for c in comps if c.get("sentence")],
                    failed_step=failures[0]["step"] if failures else None,
                    error=failures[0].get("error") if failures else None,
-                   report=str(report) if report else None)
+                   report=str(report) if report else None,
+                   tracking=[f"{t.get('tracker')}: {t.get('error') or 'failed'}" for t in tracking or []])
 
     def title(self) -> str:
         name = self.model_name or self.run_id
@@ -70,6 +74,8 @@ class NotifySummary(BaseModel):
             if self.headline:
                 lines.append(self.headline)
             lines.extend(self.verdicts)
+        for line in self.tracking:
+            lines.append("Not tracked in " + _one_line(line, 300))
         if self.report:
             lines.append(f"Report: {self.report}")
         return "\n".join(lines)

@@ -44,6 +44,8 @@ class PipelineOptions:
     data_dir: Path | None = None
     notify: list[str] | None = None
     n_gpu_layers: int | None = None
+    track: list[str] | None = None
+    track_artifacts: list[str] | None = None
 
     def load_config(self, **watch):
         """The run's settings: the flags given, over POSTTRAIN_* variables, over posttrain.toml."""
@@ -53,7 +55,12 @@ class PipelineOptions:
                            quants=",".join(self.quant) if self.quant else None,
                            tasks=",".join(self.tasks) if self.tasks else None, limit=self.limit, jobs=self.jobs,
                            data_dir=self.data_dir, notify={"urls": list(self.notify)} if self.notify else None,
-                           n_gpu_layers=self.n_gpu_layers, watch={k: v for k, v in watch.items() if v is not None})
+                           n_gpu_layers=self.n_gpu_layers, track=_joined(self.track),
+                           track_artifacts=_joined(self.track_artifacts), watch={k: v for k, v in watch.items() if v is not None})
+
+
+def _joined(values: list[str] | None) -> str | None:
+    return ",".join(values) if values else None
 
 
 def _pipeline_option_params() -> list[inspect.Parameter]:
@@ -68,6 +75,11 @@ def _pipeline_option_params() -> list[inspect.Parameter]:
         "data_dir": typer.Option(None, "--data-dir", help="Local benchmark files in the official layouts (no Hub)."),
         "notify": typer.Option(None, "--notify", help="apprise URL to notify when a run ends (repeatable), e.g. ntfy://topic."),
         "n_gpu_layers": n_gpu_layers_option(),
+        "track": typer.Option(None, "--track", help="Record each run in an experiment tracker: mlflow, wandb "
+                              "(repeatable or comma-separated). MLflow: local store under HOME/mlruns unless "
+                              "MLFLOW_TRACKING_URI is set; W&B: offline unless WANDB_MODE=online."),
+        "track_artifacts": typer.Option(None, "--track-artifacts", help="Also send these to the trackers: gguf "
+                                        "(the model files). Reports and documents are always sent."),
     }
     hints = typing.get_type_hints(PipelineOptions)
     return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hints[name])

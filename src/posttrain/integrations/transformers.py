@@ -10,6 +10,10 @@ callback hands the final checkpoint over and returns at once:
   `<home>/logs/`) that waits until the checkpoint is complete, then becomes `posttrain run
   CHECKPOINT ...`.
 
+When training logs to MLflow (transformers' `MLflowCallback`, or the script's own
+`mlflow.start_run()`), the callback notes that run's id for posttrain's tracking
+(`posttrain.track.record_parent`), so `--track mlflow` records posttrain's run as its nested child.
+
 `on_train_end` fires inside `trainer.train()`, before the usual `trainer.save_model(...)`: that is
 why the helper waits for the checkpoint rather than expecting it to be there. Nothing in here may
 stop or slow training: every failure is logged and swallowed, and the waiting happens in another
@@ -86,10 +90,14 @@ class PosttrainCallback(TrainerCallback):
         self.wait_timeout_s = wait_timeout_s
         self.handoff: Handoff | None = None
         self._train_began: float | None = None
+        self._mlflow_run: tuple[str, str | None] | None = None
 
     # -- Trainer events ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         self._train_began = time.time()
+        # Seen now: transformers' MLflowCallback (called before this one) has started its run, and
+        # ends it at train end, before this callback's on_train_end.
+        self._mlflow_run = training_mlflow_run()
 
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or self.handoff is not None:
@@ -115,6 +123,7 @@ class PosttrainCallback(TrainerCallback):
 
     def _hand_over(self, checkpoint: Path) -> Handoff:
         home = self._resolved_home()
+        self._note_mlflow_parent(home, checkpoint)
         if self.mode != "subprocess":
             pid = watching_pid(home, checkpoint)
             if pid is not None:
@@ -126,6 +135,19 @@ class PosttrainCallback(TrainerCallback):
                             "(start one with `posttrain watch DIR --daemon`, or use mode='auto')", home, checkpoint)
                 return Handoff("skipped", checkpoint, detail="no running watcher covers this path")
         return self._spawn(home, checkpoint)
+
+    def _note_mlflow_parent(self, home: Path, checkpoint: Path) -> None:
+        parent = self._mlflow_run or training_mlflow_run()
+        if parent is None:
+            return
+        from posttrain.track import record_parent
+
+        try:
+            record_parent(home, checkpoint, parent[0], parent[1])
+            log.info("posttrain: %s was trained in MLflow run %s; posttrain's run is tracked under it", checkpoint,
+                     parent[0])
+        except OSError as e:  # tracking's nesting is a nicety; the hand-over still happens
+            log.warning("posttrain: could not note MLflow run %s for %s: %s", parent[0], checkpoint, e)
 
     def command(self, home: Path, checkpoint: Path) -> list[str]:
         """The `posttrain run` command line the helper becomes once the checkpoint is complete."""
@@ -158,6 +180,21 @@ class PosttrainCallback(TrainerCallback):
         log.info("posttrain: started PID %d: once %s is complete it runs `%s` (log: %s)", proc.pid, checkpoint,
                  " ".join(argv), log_path)
         return Handoff("subprocess", checkpoint, detail="helper started", pid=proc.pid, log=log_path, argv=argv)
+
+
+def training_mlflow_run() -> tuple[str, str | None] | None:
+    """(run id, tracking URI) of the MLflow run this training logs to, or None. MLflow is never
+    imported here: a job that logs to it has imported it already."""
+    mlflow = sys.modules.get("mlflow")
+    try:
+        active = mlflow.active_run() if mlflow is not None and hasattr(mlflow, "active_run") else None
+        if active is not None:
+            return active.info.run_id, mlflow.get_tracking_uri()
+    except Exception:  # never into training
+        log.exception("posttrain: could not read the active MLflow run")
+    if run_id := os.environ.get("MLFLOW_RUN_ID", "").strip():
+        return run_id, os.environ.get("MLFLOW_TRACKING_URI") or None
+    return None
 
 
 def watching_pid(home: Path, checkpoint: Path) -> int | None:

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -99,11 +99,16 @@ class Config(BaseSettings):
     jobs: int = Field(1, ge=1, le=64)
     # Layers llama.cpp offloads to the GPU (-1 all, 0 none); None: all on a build that offloads.
     n_gpu_layers: int | None = Field(None, ge=-1)
+    # Experiment trackers each run is recorded in (posttrain.track): "mlflow", "wandb".
+    track: StrList = Field(default_factory=list)
+    # Artifacts sent on top of the reports and documents: "gguf" (the model files; large).
+    track_artifacts: StrList = Field(default_factory=list)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
 
-    _split_lists = field_validator("quants", "tasks", "task_paths", mode="before")(_split)
+    _split_lists = field_validator("quants", "tasks", "task_paths", "track", "track_artifacts",
+                                   mode="before")(_split)
 
     @field_validator("quants")
     @classmethod
@@ -123,6 +128,21 @@ class Config(BaseSettings):
             if not _TASK.match(t):
                 raise ValueError(f"{t!r} is not a task name (like mmlu, gsm8k, hellaswag)")
         return list(dict.fromkeys(v))
+
+    @field_validator("track", "track_artifacts")
+    @classmethod
+    def _tracking(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        from posttrain.track import ARTIFACT_KINDS, tracker_names
+
+        if info.field_name == "track":
+            allowed, what = tracker_names(), "a tracker"
+        else:
+            allowed, what = list(ARTIFACT_KINDS), "an artifact kind"
+        out = list(dict.fromkeys(x.strip().lower() for x in v))
+        for x in out:
+            if x not in allowed:
+                raise ValueError(f"{x!r} is not {what} (one of: {', '.join(allowed)})")
+        return out
 
     @field_validator("home", "data_dir")
     @classmethod
@@ -335,6 +355,12 @@ jobs = {d.jobs}
 # Layers llama.cpp puts on the GPU when converting checks and evaluates GGUF files: -1 all, 0 none.
 # Unset: all of them when llama-cpp-python was built for a GPU (POSTTRAIN_CUDA=1 scripts/setup.sh).
 # n_gpu_layers = -1
+
+# Experiment trackers every run is recorded in: "mlflow" (a local store under <home>/mlruns unless
+# MLFLOW_TRACKING_URI is set), "wandb" (offline unless WANDB_MODE=online). Empty: none.
+track = []
+# Also send the GGUF files to the trackers ("gguf"); the reports and documents always go.
+track_artifacts = []
 
 [ollama]
 # Registration is skipped (not failed) when nothing answers here.

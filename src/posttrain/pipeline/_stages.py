@@ -1,7 +1,8 @@
 """The stages as runner steps: the one place that knows the stage list and calls each stage's public API.
 
 detect → convert → register (Ollama, if reachable) → baseline → evaluate (each variant) →
-evaluate_baseline → compare (all variants vs the baseline, one Holm family) → report → notify.
+evaluate_baseline → compare (all variants vs the baseline, one Holm family) → report → track
+(experiment trackers, when configured) → notify.
 Each adapter returns a small JSON dict (paths and hashes) and a check that those outputs still
 exist, so a resumed run reuses what is there and redoes what is not. The heavy stages cache by
 content themselves (convert's manifest, evaluate's result cache), so a step cut short by a crash
@@ -130,7 +131,8 @@ class Stages:
             Step("report", self.report, _files_exist("html", "md", "json"),
                  depends_on=("detect", "convert", "register", "evaluate", "evaluate_baseline", "compare"),
                  always=True),
-            Step("notify", self.notify, depends_on=("report",), always=True),
+            Step("track", self.track, self._track_ok, depends_on=("report",), always=True),
+            Step("notify", self.notify, depends_on=("report", "track"), always=True),
         ]
 
     # detect: the checkpoint must still be the one the run is named after (same files, sizes and times
@@ -271,13 +273,53 @@ class Stages:
             # A run that failed before compare must not show a stale comparison from an earlier attempt.
             RunLayout(ctx.run_dir).compare_json.unlink(missing_ok=True)
         # Written before the run ends: it shows the outcome the run is heading for, which the runner
-        # records when it closes the run (notify, the only later step, never fails it).
+        # records when it closes the run (track and notify, the later steps, never fail it).
         paths = report_from_store(ctx.store, ctx.run_id, ctx.run_dir, outcome=ctx.outcome,
                                   compare=self._compare_doc(ctx))
         return {k: str(v) for k, v in paths.items()}
 
+    # track: never fails the run. A tracker that could not record it (after its retries) makes the
+    # step "skipped" with the reason, so the same command tries again; the report, rewritten here, and
+    # the notification say so.
+    def track(self, ctx: RunContext) -> Outputs:
+        from posttrain.report import report_from_store
+        from posttrain.track import track_finished_run
+
+        c = self.config
+        if not c.track:
+            raise StepSkipped("no tracker configured (--track mlflow, --track wandb, or `track` in posttrain.toml)")
+        try:
+            run = ctx.store.runs.get(ctx.run_id)
+            outcomes = track_finished_run(ctx.store, run, ctx.store.steps.of_run(ctx.run_id), outcome=ctx.outcome,
+                                          trackers=c.track, home=c.base_dir, artifacts=c.track_artifacts,
+                                          attempts=c.retries, backoff_s=c.retry_backoff_s)
+        except Exception as e:  # e.g. the store busy beyond its timeout: still not a reason to fail the run
+            log.exception("run %s: tracking could not start", ctx.run_id)
+            raise StepSkipped(f"not tracked: {type(e).__name__}: {e}; the same command tries again") from e
+        report = RunLayout(ctx.run_dir).report_json
+        try:
+            report_from_store(ctx.store, ctx.run_id, ctx.run_dir, outcome=ctx.outcome, compare=self._compare_doc(ctx))
+        except Exception:  # the report written by the report step stands; tracking is a courtesy
+            log.exception("run %s: the report could not be rewritten with the tracking outcome", ctx.run_id)
+        failed = [o for o in outcomes if not o.get("ok")]
+        if failed:
+            raise StepSkipped("not tracked in " + "; ".join(f"{o['tracker']} ({o.get('error')})" for o in failed)
+                              + "; the same command tries again")
+        return {"trackers": outcomes, "report": str(report),
+                "report_sha256": sha256_file(report) if report.is_file() else None}
+
+    @staticmethod
+    def _track_ok(out: Outputs) -> bool:
+        # Reused while the report is the one the trackers were sent (a resumed run that changed it tracks
+        # again). A run whose report step failed was tracked without one: nothing to compare.
+        report = Path(out["report"])
+        if out["report_sha256"] is None:
+            return True
+        return report.is_file() and sha256_file(report) == out["report_sha256"]
+
     def notify(self, ctx: RunContext) -> Outputs:
         from posttrain.notify import NotifySummary, notify
+        from posttrain.track import read_tracking
 
         run = ctx.store.runs.get(ctx.run_id)
         compare = self._compare_doc(ctx) or None
@@ -285,7 +327,8 @@ class Stages:
                     if status == "failed"]
         report = (ctx.outputs.get("report") or {}).get("html")
         run["status"] = ctx.outcome
-        summary = NotifySummary.from_run(run, compare, failures, report)
+        tracking = [o for o in read_tracking(ctx.run_dir) if not o.get("ok")] if self.config.track else []
+        summary = NotifySummary.from_run(run, compare, failures, report, tracking=tracking)
         outcomes = notify(summary, urls=self.config.notify.urls, voice=self.config.notify.voice)
         return {"outcomes": [{k: o.get(k) for k in ("channel", "target", "ok", "skipped", "detail")}
                              for o in outcomes]}

@@ -16,6 +16,7 @@ from posttrain.compare._document import read_compare
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 from posttrain.store import Store, loads
+from posttrain.track import read_tracking
 
 
 def run_dir(store: Store, run: dict[str, Any]) -> Path:
@@ -159,5 +160,6 @@ def gather(store: Store, run_id: str, compare: dict[str, Any] | None = None) -> 
         "steps": steps,
         "environment": environment(store, run_id, variants),
         "failures": [{"step": s["name"], "error": s["error"]} for s in steps if s["status"] == "failed"],
+        "tracking": read_tracking(folder),
     }
     return inputs, folder

@@ -99,6 +99,17 @@ class FailureInfo(_Loose):
     error: str | None = None
 
 
+class TrackingInfo(_Loose):
+    """What one experiment tracker did with the run (posttrain.track): where it is, or why not."""
+
+    tracker: str
+    ok: bool = False
+    run: str | None = None
+    where: str | None = None
+    note: str | None = None
+    error: str | None = None
+
+
 class ReportInput(BaseModel):
     """Everything `write_report` renders. `compare` is the `posttrain.compare/1` document, kept as a
     dict so report.json can embed it byte-for-byte equal in content."""
@@ -110,6 +121,7 @@ class ReportInput(BaseModel):
     steps: list[StepInfo] = Field(default_factory=list)
     environment: dict[str, Any] = Field(default_factory=dict)
     failures: list[FailureInfo] = Field(default_factory=list)
+    tracking: list[TrackingInfo] = Field(default_factory=list)
 
     @field_validator("compare")
     @classmethod
