@@ -221,12 +221,14 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
              out_dir: Path, endpoint: str | None = None, tokenizer: Path | None = None,
              ollama_url: str | None = None, think_patterns: list[str] | None = None,
              gen_kwargs: dict | None = None, label: str | None = None,
-             task_paths: list[Path] | None = None, n_gpu_layers: int | None = None) -> list[EvalResult]:
+             task_paths: list[Path] | None = None, n_gpu_layers: int | None = None,
+             shards=None) -> list[EvalResult]:
     """Evaluate one model on lm-eval tasks; one EvalResult per task, reused from the store when the key matches.
 
     `task_paths`: directories of your own lm-eval task YAMLs (lm-eval's `--include_path`); tasks found
     there are loaded from them, the others from lm-eval (or `data_dir`) as usual. `n_gpu_layers`:
     layers llama.cpp offloads for a GGUF (default: all on a build that offloads, else none).
+    `shards`: a `ShardedEvaluation` (evaluate/_shards.py) that runs each task as shards on an executor.
     """
     if data_dir is not None:
         # Everything is local: keep `datasets`/`huggingface_hub` from trying (and timing out on) the Hub.
@@ -311,14 +313,16 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
 
             lm_key = (run_ref.backend, run_ref.reference)
             if lm_key not in lms:
-                lms[lm_key] = MeasuredLM(make_lm(run_ref), think_patterns)
+                lms[lm_key] = (shards.lm(run_ref, think_patterns) if shards is not None
+                               else MeasuredLM(make_lm(run_ref), think_patterns))
             lm = lms[lm_key]
             tokens_before = lm.work_tokens
             lm.think_sha256.clear()
             run_label = label or run_ref.label
             tracker = tracker or EvaluationTracker(output_path=str(out_dir / "lm_eval"))
             started = time.perf_counter()
-            res = simple_evaluate(
+            run_lm_eval = shards.runner(name, leaves, n_shot) if shards is not None else simple_evaluate
+            res = run_lm_eval(
                 model=lm, model_args={"model": run_label}, tasks=_top_objects(loaded, name),
                 num_fewshot=num_fewshot, samples=selection.indices, gen_kwargs=gen_kwargs or None,
                 log_samples=True, evaluation_tracker=tracker, task_manager=tm,
