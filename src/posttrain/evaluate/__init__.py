@@ -10,6 +10,7 @@ from posttrain.evaluate._backends import ModelRef, OllamaLM, resolve_model
 from posttrain.evaluate._results import EvalResult, MetricValue, items_for_eval
 from posttrain.evaluate._runner import DEFAULT_TASKS, evaluate
 from posttrain.evaluate._selection import Selection, select
+from posttrain.evaluate._shards import ShardedEvaluation, sharded
 from posttrain._thinking import DEFAULT_THINK_PATTERNS, strip_think
 
 # The in-process llama.cpp backend registers itself with lm-eval on import.
@@ -23,9 +24,11 @@ __all__ = [
     "ModelRef",
     "OllamaLM",
     "Selection",
+    "ShardedEvaluation",
     "evaluate",
     "items_for_eval",
     "resolve_model",
     "select",
+    "sharded",
     "strip_think",
 ]

@@ -13,13 +13,15 @@ therefore a whole leaf (an MMLU subject); without, any run of documents.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from posttrain.evaluate._backends import ModelRef, make_lm
 from posttrain.evaluate._measured_lm import MeasuredLM
 from posttrain.evaluate._shard_worker import ShardSpec, run_shard
-from posttrain.executors import Executor, Unit
+from posttrain.executors import Executor, Unit, make_executor
 
 # Shards are sized to take about a minute: long enough that scheduling and fetching the model are a
 # small share, short enough that a lost worker costs little. Seconds per document are a rough guess
@@ -130,3 +132,23 @@ class ShardedEvaluation:
         from posttrain.evaluate._shard_merge import merge_outputs
 
         return merge_outputs(name, leaves, docs, outputs)
+
+
+@contextmanager
+def sharded(executor: str | None = "local", *, ray_address: str | None = None, shared_dir: Path | None = None,
+            data_dir: Path | None = None, task_paths: list[Path] | None = None, shard_docs: int | None = None,
+            progress: bool = True) -> Iterator[ShardedEvaluation | None]:
+    """What to pass as `evaluate(shards=...)`: None for the local executor without a shard size (today's
+    path, one lm-eval run per task in this process), else shards on the chosen executor, with a
+    progress bar. The executor (a private Ray cluster) ends with the block; Ctrl-C inside it cancels
+    the cluster's tasks."""
+    if (executor or "local") == "local" and not ray_address and shard_docs is None:
+        yield None
+        return
+    from posttrain.evaluate._shard_progress import ShardProgress
+
+    with make_executor(executor, ray_address=ray_address, shared_dir=shared_dir) as ex:
+        bar = ShardProgress() if progress else nullcontext()
+        with bar:
+            yield ShardedEvaluation(ex, data_dir=data_dir, task_paths=task_paths, shard_docs=shard_docs,
+                                    progress=bar if progress else None)
