@@ -15,7 +15,13 @@ from rich.table import Table
 from posttrain._files import read_json_file, write_json_atomic, write_text_atomic
 from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console, esc, print_error
-from posttrain.cli._options import n_gpu_layers_option
+from posttrain.cli._options import (
+    executor_option,
+    n_gpu_layers_option,
+    ray_address_option,
+    shard_docs_option,
+    shared_dir_option,
+)
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 
@@ -35,12 +41,13 @@ _NOTIFY = typer.Option(None, "--notify", help="apprise URL to notify when a run 
 def _config(config: Path | None, home: Path | None, baseline: str | None = None, quant: list[str] | None = None,
             tasks: list[str] | None = None, limit: int | None = None, jobs: int | None = None,
             data_dir: Path | None = None, notify: list[str] | None = None, n_gpu_layers: int | None = None,
-            **watch):
+            dist: dict | None = None, **watch):
     from posttrain.pipeline import load_config
 
     return load_config(config, home=home, baseline=baseline, quants=",".join(quant) if quant else None,
                        tasks=",".join(tasks) if tasks else None, limit=limit, jobs=jobs, data_dir=data_dir,
                        notify={"urls": list(notify)} if notify else None, n_gpu_layers=n_gpu_layers,
+                       **{k: v for k, v in (dist or {}).items() if v not in (None, "local")},
                        watch={k: v for k, v in watch.items() if v is not None})
 
 
@@ -82,6 +89,10 @@ def run_cmd(
     data_dir: Path | None = _DATA_DIR,
     notify: list[str] | None = _NOTIFY,
     n_gpu_layers: int | None = n_gpu_layers_option(),
+    executor: str = executor_option(),
+    ray_address: str | None = ray_address_option(),
+    shared_dir: Path | None = shared_dir_option(),
+    shard_docs: int | None = shard_docs_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Convert, register, evaluate, compare, report and notify for each CHECKPOINT; resumes after any crash.
@@ -92,7 +103,8 @@ def run_cmd(
     from posttrain.pipeline import install_stop_handlers, run_many
 
     _console_logging(verbose)
-    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers)
+    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers,
+                  dist=dict(executor=executor, ray_address=ray_address, shared_dir=shared_dir, shard_docs=shard_docs))
     stop = threading.Event()
     install_stop_handlers(stop)
     results = run_many(checkpoints, cfg, stop_event=stop)
@@ -132,6 +144,10 @@ def watch_cmd(
     data_dir: Path | None = _DATA_DIR,
     notify: list[str] | None = _NOTIFY,
     n_gpu_layers: int | None = n_gpu_layers_option(),
+    executor: str = executor_option(),
+    ray_address: str | None = ray_address_option(),
+    shared_dir: Path | None = shared_dir_option(),
+    shard_docs: int | None = shard_docs_option(),
     settings_file: Path | None = typer.Option(None, "--settings", hidden=True,
                                               help="(internal) the settings `watch --daemon` resolved"),
     detached: bool = typer.Option(False, "--detached", hidden=True),
@@ -148,6 +164,8 @@ def watch_cmd(
         cfg, dirs, no_events = _read_watch_settings(settings_file)
     else:
         cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers,
+                      dist=dict(executor=executor, ray_address=ray_address, shared_dir=shared_dir,
+                                shard_docs=shard_docs),
                       pattern=pattern, check_interval_s=interval, settle_s=settle)
         cfg = _absolute(cfg)
         dirs = [d.expanduser().resolve() for d in dirs]

@@ -97,6 +97,11 @@ class Config(BaseSettings):
     jobs: int = Field(1, ge=1, le=64)
     # Layers llama.cpp offloads to the GPU (-1 all, 0 none); None: all on a build that offloads.
     n_gpu_layers: int | None = Field(None, ge=-1)
+    # Where evaluation shards run (docs/executors.md): local, ray (a private cluster or ray_address), ray://HOST:PORT.
+    executor: str = "local"
+    ray_address: str | None = None
+    shared_dir: Path | None = None
+    shard_docs: int | None = Field(None, ge=1)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
@@ -121,6 +126,13 @@ class Config(BaseSettings):
             if not _TASK.match(t):
                 raise ValueError(f"{t!r} is not a task name (like mmlu, gsm8k, hellaswag)")
         return list(dict.fromkeys(v))
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, v: str) -> str:
+        if v not in ("local", "ray") and not v.startswith("ray://"):
+            raise ValueError(f"{v!r} is not an executor (local, ray or ray://HOST:PORT)")
+        return v
 
     @field_validator("home", "data_dir")
     @classmethod
@@ -322,6 +334,15 @@ jobs = {d.jobs}
 # Layers llama.cpp puts on the GPU when converting checks and evaluates GGUF files: -1 all, 0 none.
 # Unset: all of them when llama-cpp-python was built for a GPU (POSTTRAIN_CUDA=1 scripts/setup.sh).
 # n_gpu_layers = -1
+
+# Where evaluation shards run (docs/executors.md): "local" (this machine, as always), "ray" (a
+# private Ray cluster on 127.0.0.1, or the cluster ray_address names: "auto", "HOST:PORT"), or
+# "ray://HOST:PORT". shared_dir: a folder every node sees at the same path (models under it are
+# read in place). shard_docs: documents per shard (default: about a minute's worth).
+executor = "{d.executor}"
+# ray_address = "auto"
+# shared_dir = "/mnt/shared"
+# shard_docs = 200
 
 [ollama]
 # Registration is skipped (not failed) when nothing answers here.
