@@ -41,7 +41,7 @@ class WorkFailed(PosttrainError):
 
     def __init__(self, unit: str, node: str, error: str, attempts: int):
         super().__init__(f"{unit} failed {attempts} time(s); last on node {node}: {error}",
-                         remedy="see the error above; the other units' results were not stored")
+                         remedy="nothing of this step was stored; fix the cause and run again")
         self.unit, self.node, self.error, self.attempts = unit, node, error, attempts
 
 

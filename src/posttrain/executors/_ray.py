@@ -1,8 +1,7 @@
 """`ray`: units as Ray tasks on a cluster, retried by Ray when a worker or its node dies.
 
-Without an address posttrain starts a private single-node cluster whose every listener (GCS,
-raylet, object manager, dashboard agent) is on 127.0.0.1 and which has no dashboard; it is shut
-down on close. With an address (`auto`, `HOST:PORT`, `ray://HOST:PORT`) it joins a cluster someone
+Without an address posttrain starts a private single-node cluster: no dashboard, no client server,
+token authentication on every connection, the dashboard host 127.0.0.1; it is shut down on close. With an address (`auto`, `HOST:PORT`, `ray://HOST:PORT`) it joins a cluster someone
 else runs and leaves it running: that cluster's exposure is its operator's (docs/executors.md).
 """
 
@@ -66,7 +65,15 @@ class RayExecutor(Executor):
         env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if os.environ.get("PYTHONPATH") else None
         try:
             if address is None:
-                ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, dashboard_host=LOOPBACK,
+                # Ray's gRPC servers listen on every interface whatever the node address (Ray 2.60 has
+                # no setting for it), so what guards them is Ray's token authentication, which Ray
+                # turns on for a new local cluster unless told otherwise.
+                if os.environ.get("RAY_AUTH_MODE", "").strip().lower() not in ("", "token"):
+                    raise PosttrainError("RAY_AUTH_MODE turns Ray's token authentication off: the private cluster "
+                                         "would run code from anyone who reaches its ports",
+                                         remedy="unset RAY_AUTH_MODE (or set it to token)")
+                # "local": always a new cluster, never one `ray start` left running on this machine.
+                ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False, dashboard_host=LOOPBACK,
                          num_cpus=num_cpus, runtime_env=env, **quiet)
             else:
                 ray.init(address=address, runtime_env=env, **quiet)
