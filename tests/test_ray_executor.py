@@ -82,7 +82,7 @@ def test_a_node_killed_mid_run_changes_nothing(cluster, tiny_gguf, data_dir, loc
     home = tmp_path / "home"
     cmd = [sys.executable, "-m", "posttrain", "eval", str(tiny_gguf["Q8_0"]), "--tasks", "hellaswag",
            "--data-dir", str(data_dir), "--home", str(home), "--executor", "ray", "--ray-address", cluster.address,
-           "--shard-docs", "1"]
+           "--shard-docs", "1", "--shared-dir", str(tiny_gguf["Q8_0"].parent)]  # read in place, not sent
     proc = subprocess.Popen(cmd, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
