@@ -19,6 +19,30 @@ def n_gpu_layers_option() -> int | None:
              "offloads, e.g. built with POSTTRAIN_CUDA=1; none on a CPU build).")
 
 
+def executor_option(default: str | None = "local") -> str:
+    # The pipeline's default is None: the config's `executor` (itself "local" by default) then stands.
+    return typer.Option(
+        default, "--executor", envvar="POSTTRAIN_EXECUTOR",
+        help="Where evaluation shards run: local (this process, default), ray (a private Ray cluster on "
+             "127.0.0.1, or the one --ray-address names), or ray://HOST:PORT (docs/executors.md).")
+
+
+def ray_address_option() -> str | None:
+    return typer.Option(None, "--ray-address", envvar="POSTTRAIN_RAY_ADDRESS",
+                        help="An existing Ray cluster: auto, HOST:PORT or ray://HOST:PORT (with --executor ray).")
+
+
+def shared_dir_option():
+    return typer.Option(None, "--shared-dir", envvar="POSTTRAIN_SHARED_DIR",
+                        help="A folder every Ray node sees at the same path: models under it are read in place, "
+                             "others are sent once per node through Ray's object store.")
+
+
+def shard_docs_option() -> int | None:
+    return typer.Option(None, "--shard-docs", min=1,
+                        help="Documents per evaluation shard (default: about a minute's worth, from the model size).")
+
+
 def home_option() -> Path | None:
     return typer.Option(None, "--home", help="Base directory for outputs and the store posttrain.db "
                                              "(default $POSTTRAIN_HOME, else ~/.local/share/posttrain).")
@@ -46,6 +70,10 @@ class PipelineOptions:
     n_gpu_layers: int | None = None
     track: list[str] | None = None
     track_artifacts: list[str] | None = None
+    executor: str | None = None
+    ray_address: str | None = None
+    shared_dir: Path | None = None
+    shard_docs: int | None = None
 
     def load_config(self, **watch):
         """The run's settings: the flags given, over POSTTRAIN_* variables, over posttrain.toml."""
@@ -56,7 +84,9 @@ class PipelineOptions:
                            tasks=",".join(self.tasks) if self.tasks else None, limit=self.limit, jobs=self.jobs,
                            data_dir=self.data_dir, notify={"urls": list(self.notify)} if self.notify else None,
                            n_gpu_layers=self.n_gpu_layers, track=_joined(self.track),
-                           track_artifacts=_joined(self.track_artifacts), watch={k: v for k, v in watch.items() if v is not None})
+                           track_artifacts=_joined(self.track_artifacts), executor=self.executor,
+                           ray_address=self.ray_address, shared_dir=self.shared_dir, shard_docs=self.shard_docs,
+                           watch={k: v for k, v in watch.items() if v is not None})
 
 
 def _joined(values: list[str] | None) -> str | None:
@@ -80,6 +110,10 @@ def _pipeline_option_params() -> list[inspect.Parameter]:
                               "MLFLOW_TRACKING_URI is set; W&B: offline unless WANDB_MODE=online."),
         "track_artifacts": typer.Option(None, "--track-artifacts", help="Also send these to the trackers: gguf "
                                         "(the model files). Reports and documents are always sent."),
+        "executor": executor_option(default=None),
+        "ray_address": ray_address_option(),
+        "shared_dir": shared_dir_option(),
+        "shard_docs": shard_docs_option(),
     }
     hints = typing.get_type_hints(PipelineOptions)
     return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hints[name])

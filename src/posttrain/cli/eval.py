@@ -10,7 +10,14 @@ from rich import box
 from rich.table import Table
 
 from posttrain.cli._app import app, console, esc
-from posttrain.cli._options import home_option, n_gpu_layers_option
+from posttrain.cli._options import (
+    executor_option,
+    home_option,
+    n_gpu_layers_option,
+    ray_address_option,
+    shard_docs_option,
+    shared_dir_option,
+)
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -41,10 +48,14 @@ def eval_cmd(
                                                         "(repeatable; default <think>…</think>)."),
     max_gen_toks: int | None = typer.Option(None, "--max-gen-toks", help="Cap on generated tokens per item."),
     n_gpu_layers: int | None = n_gpu_layers_option(),
+    executor: str = executor_option(),
+    ray_address: str | None = ray_address_option(),
+    shared_dir: Path | None = shared_dir_option(),
+    shard_docs: int | None = shard_docs_option(),
 ) -> None:
     """Evaluate MODEL with lm-evaluation-harness; print metric, value, 95% CI, n, seconds, tokens/s per task."""
     from posttrain import paths
-    from posttrain.evaluate import evaluate
+    from posttrain.evaluate import evaluate, sharded
     from posttrain.store import Store
 
     base = home or paths.home()
@@ -52,13 +63,15 @@ def eval_cmd(
     name = Path(model).stem if not model.startswith("ollama:") else model.removeprefix("ollama:").replace(":", "_")
     name = paths.safe_name(name)  # a folder under HOME/evals, never a path of its own
     out_dir = out or base / "evals" / name
-    results = evaluate(
-        model, [t.strip() for t in tasks.split(",") if t.strip()], data_dir=data_dir, limit=limit,
-        per_subject=per_subject, seed=seed, num_fewshot=num_fewshot, store=store, out_dir=out_dir,
-        endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama, think_patterns=think_pattern or None,
-        gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, task_paths=include_path or None,
-        n_gpu_layers=n_gpu_layers,
-    )
+    with sharded(executor, ray_address=ray_address, shared_dir=shared_dir, data_dir=data_dir,
+                 task_paths=include_path or None, shard_docs=shard_docs) as shards:
+        results = evaluate(
+            model, [t.strip() for t in tasks.split(",") if t.strip()], data_dir=data_dir, limit=limit,
+            per_subject=per_subject, seed=seed, num_fewshot=num_fewshot, store=store, out_dir=out_dir,
+            endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama, think_patterns=think_pattern or None,
+            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, task_paths=include_path or None,
+            n_gpu_layers=n_gpu_layers, shards=shards,
+        )
     table = Table(title=esc(model), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     for col in ("task", "metric", "filter", "value", "95% CI", "n", "seconds", "tokens/s"):
         # Numbers stay whole in a narrow terminal; names fold onto a second line.

@@ -11,6 +11,7 @@ from posttrain.evaluate._results import EvalResult, MetricValue, items_for_eval
 from posttrain.evaluate._runner import evaluate, evaluate_request
 from posttrain.evaluate._task_plan import DEFAULT_TASKS, EvalRequest
 from posttrain.evaluate._selection import Selection, select
+from posttrain.evaluate._shards import ShardedEvaluation, sharded
 from posttrain._thinking import DEFAULT_THINK_PATTERNS, strip_think
 
 # The in-process llama.cpp backend registers itself with lm-eval on import.
@@ -25,10 +26,12 @@ __all__ = [
     "ModelRef",
     "OllamaLM",
     "Selection",
+    "ShardedEvaluation",
     "evaluate",
     "evaluate_request",
     "items_for_eval",
     "resolve_model",
     "select",
+    "sharded",
     "strip_think",
 ]

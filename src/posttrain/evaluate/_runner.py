@@ -60,10 +60,11 @@ class _Session:
     """What the tasks of one `evaluate()` call share: the loaded models, lm-eval's tracker and the
     runs to write as one lm-eval output folder."""
 
-    def __init__(self, request: EvalRequest, out_dir: Path, label: str | None, source):
+    def __init__(self, request: EvalRequest, out_dir: Path, label: str | None, source, shards=None):
         from lm_eval.loggers import EvaluationTracker
 
         self.request, self.out_dir, self.label, self.source = request, out_dir, label, source
+        self.shards = shards  # a ShardedEvaluation (evaluate/_shards.py), or None: in this process
         self.lms: dict[tuple[str, str], MeasuredLM] = {}
         self.tracker = EvaluationTracker(output_path=str(out_dir / "lm_eval"))
         self.runs: list[tuple[dict, dict]] = []
@@ -71,7 +72,9 @@ class _Session:
     def lm(self, ref: ModelRef) -> MeasuredLM:
         key = (ref.backend, ref.reference)
         if key not in self.lms:
-            self.lms[key] = MeasuredLM(make_lm(ref), list(self.request.think_patterns) if self.request.think_patterns is not None else None)
+            patterns = list(self.request.think_patterns) if self.request.think_patterns is not None else None
+            self.lms[key] = (self.shards.lm(ref, patterns) if self.shards is not None
+                             else MeasuredLM(make_lm(ref), patterns))
         return self.lms[key]
 
     def run(self, plan: TaskPlan, store: Store) -> EvalResult:
@@ -84,7 +87,9 @@ class _Session:
         label = self.label or plan.ref.label
         gen_kwargs = self.request.gen_kwargs or None
         started = time.perf_counter()
-        res = simple_evaluate(
+        run_lm_eval = (self.shards.runner(plan.name, plan.leaves, plan.n_shot) if self.shards is not None
+                       else simple_evaluate)
+        res = run_lm_eval(
             model=lm, model_args={"model": label}, tasks=plan.top_objects, num_fewshot=self.request.num_fewshot,
             samples=plan.selection.indices, gen_kwargs=gen_kwargs, log_samples=True,
             evaluation_tracker=self.tracker, task_manager=self.source.manager,
@@ -130,12 +135,14 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
              out_dir: Path, endpoint: str | None = None, tokenizer: Path | None = None,
              ollama_url: str | None = None, think_patterns: list[str] | None = None,
              gen_kwargs: dict | None = None, label: str | None = None,
-             task_paths: list[Path] | None = None, n_gpu_layers: int | None = None) -> list[EvalResult]:
+             task_paths: list[Path] | None = None, n_gpu_layers: int | None = None,
+             shards=None) -> list[EvalResult]:
     """Evaluate one model on lm-eval tasks; one EvalResult per task, reused from the store when the key matches.
 
     `task_paths`: directories of your own lm-eval task YAMLs (lm-eval's `--include_path`); tasks found
     there are loaded from them, the others from lm-eval (or `data_dir`) as usual. `n_gpu_layers`:
     layers llama.cpp offloads for a GGUF (default: all on a build that offloads, else none).
+    `shards`: a `ShardedEvaluation` (evaluate/_shards.py) that runs each task as shards on an executor.
     """
     request = EvalRequest(tasks=tuple(tasks or DEFAULT_TASKS), data_dir=data_dir,
                           task_paths=tuple(Path(p) for p in task_paths or ()), limit=limit, per_subject=per_subject,
@@ -143,11 +150,11 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
                           think_patterns=tuple(think_patterns) if think_patterns is not None else None)
     ref = with_gpu_layers(resolve_model(model, endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama_url),
                           n_gpu_layers)
-    return evaluate_request(ref, request, store=store, out_dir=Path(out_dir), label=label)
+    return evaluate_request(ref, request, store=store, out_dir=Path(out_dir), label=label, shards=shards)
 
 
 def evaluate_request(ref: ModelRef, request: EvalRequest, *, store: Store, out_dir: Path,
-                     label: str | None = None) -> list[EvalResult]:
+                     label: str | None = None, shards=None) -> list[EvalResult]:
     """Each task of the request: its stored result when the cache key matches, else run and stored."""
     if request.data_dir is not None:
         # Everything is local: keep `datasets`/`huggingface_hub` from trying (and timing out on) the Hub.
@@ -164,7 +171,7 @@ def evaluate_request(ref: ModelRef, request: EvalRequest, *, store: Store, out_d
             if cached is not None:
                 results.append(cached)
                 continue
-            session = session or _Session(request, out_dir, label, source)
+            session = session or _Session(request, out_dir, label, source, shards)
             results.append(session.run(plan, store))
     finally:
         if session is not None:

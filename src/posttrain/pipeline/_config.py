@@ -103,6 +103,11 @@ class Config(BaseSettings):
     track: StrList = Field(default_factory=list)
     # Artifacts sent on top of the reports and documents: "gguf" (the model files; large).
     track_artifacts: StrList = Field(default_factory=list)
+    # Where evaluation shards run (docs/executors.md): local, ray (a private cluster or ray_address), ray://HOST:PORT.
+    executor: str = "local"
+    ray_address: str | None = None
+    shared_dir: Path | None = None
+    shard_docs: int | None = Field(None, ge=1)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
@@ -143,6 +148,13 @@ class Config(BaseSettings):
             if x not in allowed:
                 raise ValueError(f"{x!r} is not {what} (one of: {', '.join(allowed)})")
         return out
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, v: str) -> str:
+        if v not in ("local", "ray") and not v.startswith("ray://"):
+            raise ValueError(f"{v!r} is not an executor (local, ray or ray://HOST:PORT)")
+        return v
 
     @field_validator("home", "data_dir")
     @classmethod
@@ -361,6 +373,14 @@ jobs = {d.jobs}
 track = []
 # Also send the GGUF files to the trackers ("gguf"); the reports and documents always go.
 track_artifacts = []
+# Where evaluation shards run (docs/executors.md): "local" (this machine, as always), "ray" (a
+# private Ray cluster on 127.0.0.1, or the cluster ray_address names: "auto", "HOST:PORT"), or
+# "ray://HOST:PORT". shared_dir: a folder every node sees at the same path (models under it are
+# read in place). shard_docs: documents per shard (default: about a minute's worth).
+executor = "{d.executor}"
+# ray_address = "auto"
+# shared_dir = "/mnt/shared"
+# shard_docs = 200
 
 [ollama]
 # Registration is skipped (not failed) when nothing answers here.

@@ -209,16 +209,20 @@ class Stages:
         return Baseline.parse(model).is_ollama or (Path(model).is_file() and sha256_file(Path(model)) == out["sha256"])
 
     def _evaluate_one(self, ctx: RunContext, model: str, label: str) -> list[int]:
-        from posttrain.evaluate import evaluate
+        from posttrain.evaluate import evaluate, sharded
 
         c = self.config
         # Only when set: task directories are an extension of evaluate's signature.
         extra = {"task_paths": list(c.task_paths)} if c.task_paths else {}
         if c.n_gpu_layers is not None:
             extra["n_gpu_layers"] = c.n_gpu_layers
-        results = evaluate(model, c.tasks, data_dir=c.data_dir, limit=c.limit, per_subject=c.per_subject,
-                           seed=c.seed, store=ctx.store, out_dir=RunLayout(ctx.run_dir).evals(_slug(label)),
-                           ollama_url=c.ollama.url, label=label, **extra)
+        with sharded(c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir, data_dir=c.data_dir,
+                     task_paths=list(c.task_paths) or None, shard_docs=c.shard_docs) as shards:
+            if shards is not None:  # an executor other than today's in-process path (docs/executors.md)
+                extra["shards"] = shards
+            results = evaluate(model, c.tasks, data_dir=c.data_dir, limit=c.limit, per_subject=c.per_subject,
+                               seed=c.seed, store=ctx.store, out_dir=RunLayout(ctx.run_dir).evals(_slug(label)),
+                               ollama_url=c.ollama.url, label=label, **extra)
         return [r.eval_id for r in results]
 
     def evaluate(self, ctx: RunContext) -> Outputs:
