@@ -21,3 +21,40 @@ def esc(value: object, *, one_line: bool = True) -> str:
         text = "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii")
                        for c in text)
     return escape(text)
+
+
+def _cell_text(cell: object) -> str:
+    from rich.text import Text
+
+    return cell.plain if isinstance(cell, Text) else str(cell)
+
+
+def _needs(column) -> int:
+    """The narrowest a column can be without splitting a word (or any text, for a no-wrap column)."""
+    texts = [_cell_text(column.header), *(_cell_text(c) for c in column.cells)]
+    if column.no_wrap:
+        return max((len(line) for t in texts for line in t.splitlines() or [""]), default=0)
+    return max((len(w) for t in texts for w in t.split()), default=0)
+
+
+def table_min_width(table) -> int:
+    """Columns at their narrowest (`_needs`), their padding and the separators between them."""
+    from rich.padding import Padding
+
+    _, right, _, left = Padding.unpack(table.padding)
+    cols = table.columns
+    separators = (len(cols) - 1 + (2 if table.show_edge else 0)) if table.box else 0
+    return sum(_needs(c) + left + right for c in cols) + separators
+
+
+def fit_table(table, width: int, *, drop: tuple[str, ...] = ()):
+    """`table` made readable at `width` columns: no column narrower than its longest word (so a name
+    wraps between words and is never split inside one), and when that does not fit, the columns named
+    in `drop` are left out, in that order, until it does. Returns the table."""
+    for column in table.columns:
+        column.min_width = max(column.min_width or 0, _needs(column))
+    for header in drop:
+        if table_min_width(table) <= width:
+            break
+        table.columns[:] = [c for c in table.columns if _cell_text(c.header) != header]
+    return table

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from posttrain._files import write_text_atomic
+from posttrain._files import refuse_foreign, write_text_atomic
 from posttrain.cli._app import app, console, esc
 from posttrain.errors import PosttrainError
 
@@ -27,6 +27,7 @@ def compare_cmd(
     seed: int = typer.Option(0, help="Seed of the paired bootstrap."),
     n_boot: int = typer.Option(10000, "--n-boot", help="Bootstrap resamples (continuous metrics)."),
     home: Path | None = typer.Option(None, "--home", help="posttrain home holding posttrain.db (default: $POSTTRAIN_HOME)."),
+    force: bool = typer.Option(False, "--force", help="Replace an --out file that posttrain did not write."),
 ) -> None:
     """Compare NEW with BASELINE item by item: CIs, paired difference, McNemar / paired t, clustered SE,
     Holm-adjusted verdicts, minimum detectable effect."""
@@ -44,6 +45,8 @@ def compare_cmd(
         raise PosttrainError("compare needs at least two sources: NEW BASELINE",
                              remedy="posttrain compare NEW_DIR BASELINE_DIR")
     clusters = parse_clusters(cluster)
+    if out is not None:
+        refuse_foreign([out], force=force)  # before any evaluation is read
     store = None
     if any(s.startswith(("eval:", "run:")) for s in sources):
         from posttrain.paths import store_path

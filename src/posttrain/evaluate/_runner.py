@@ -12,6 +12,7 @@ import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from posttrain import _progress
 from posttrain.errors import PosttrainError
 from posttrain.evaluate._backends import BACKENDS, ModelRef, make_lm, resolve_model, with_gpu_layers
 from posttrain.evaluate._results import (
@@ -23,7 +24,7 @@ from posttrain.evaluate._results import (
     metrics_to_json,
     save_eval,
 )
-from posttrain.evaluate._selection import Selection, select
+from posttrain.evaluate._selection import Selection, check_subset_options, select
 from posttrain.evaluate._tasks import (
     check_task_names,
     default_task_manager,
@@ -228,6 +229,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
     there are loaded from them, the others from lm-eval (or `data_dir`) as usual. `n_gpu_layers`:
     layers llama.cpp offloads for a GGUF (default: all on a build that offloads, else none).
     """
+    check_subset_options(limit, per_subject)  # before any task or data is loaded
     if data_dir is not None:
         # Everything is local: keep `datasets`/`huggingface_hub` from trying (and timing out on) the Hub.
         # Read when those libraries are first imported, which is below.
@@ -271,6 +273,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
     tracker = None
     try:
         for name in tasks:
+            _progress.begin(name, unit="requests")  # the CLI's display, when there is one
             loaded = _load_task(tm, name, offline=include is not None)
             leaves = loaded["tasks"]
             groups = _group_of(loaded)
@@ -307,6 +310,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
                 results.append(EvalResult(name, metrics_from_json(agg["metrics"]), row["n_items"], row["seconds"],
                                           row["tokens"], row["id"], True, row["model_id"], row["backend"],
                                           row["output_dir"]))
+                _progress.end(f"n={row['n_items']}, cached")
                 continue
 
             lm_key = (run_ref.backend, run_ref.reference)
@@ -348,6 +352,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
             })
             results.append(EvalResult(name, metrics, n_docs, seconds, tokens, eval_id, False, run_ref.model_id,
                                       run_ref.backend, output_dir))
+            _progress.end(f"n={n_docs}")
     finally:
         # One lm-eval run folder per call (one date id for all tasks), as `lm_eval` itself writes
         # it, so tools that read the newest run of a folder see every task; written even when a later

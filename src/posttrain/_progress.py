@@ -1,0 +1,284 @@
+"""One progress display per long command, and the libraries' own output kept off the terminal.
+
+A long command (`eval`, `convert`, `run`, `demo`) shows one rich progress line for the stage it is
+in (stage, done/total, rate, ETA) and prints one line per stage when it ends. Code deep inside a
+stage (the llama.cpp scoring loop, `MeasuredLM`) reports its work through the module functions
+`work` / `advance`, which do nothing when no display is active (library use, tests, step children).
+
+What the libraries underneath print (datasets' "Generating split", tqdm bars from lm-eval and
+transformers, lm-eval's logging, `git`'s "fatal: not a git repository" when lm-eval asks for a
+commit hash, llama.cpp's native logs) goes to a log file instead: `library_output_to` points the
+process's stdout and stderr file descriptors there for the duration, so output from child processes
+and C code is caught too, and the display writes to a copy of the terminal's descriptor.
+`--verbose` leaves everything where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+# Read by tqdm, datasets, huggingface_hub and transformers when they are imported (also in the
+# step children, which inherit the environment): their bars are off even in the log files.
+QUIET_ENV = {
+    "TQDM_DISABLE": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def quiet_libraries() -> None:
+    """Turn the libraries' progress bars off for this process and its children (before they are imported)."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def fmt_duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+class Display:
+    """The stage in progress as one live line; each finished stage as a printed line.
+
+    Thread-safe (rich's Progress is): the runner's steps and the scoring loop report from wherever they run.
+    """
+
+    def __init__(self, console, *, log_path: Path | None = None, title: str | None = None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
+
+        self.console = console
+        self.log_path = log_path
+        self._lock = threading.Lock()
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(bar_width=None), MofNCompleteColumn(),
+            TaskProgressColumn(), _RateColumn(), _EtaColumn(),
+            # The live line stays at the bottom; nothing of sys.stdout/stderr is routed through it
+            # (that is where the libraries write, and it goes to the log file).
+            console=console, transient=True, expand=True, redirect_stdout=False, redirect_stderr=False)
+        self._task = None
+        self._stage: str | None = None
+        self._unit = "items"
+        self._started = 0.0
+        self._title = title
+        self._live = False
+
+    # -- lifetime --------------------------------------------------------------------------------
+    def __enter__(self) -> Display:
+        from posttrain._terminal import esc
+
+        if self._title:
+            self.console.print(esc(self._title), highlight=False, soft_wrap=True)
+        if self.log_path is not None:
+            self.console.print(f"[dim]library output: {esc(self.log_path)}[/]", highlight=False, soft_wrap=True)
+        # Not a terminal (a pipe, a file, a test): no live line, only the stage lines.
+        self._live = self.console.is_terminal
+        if self._live:
+            self._progress.start()
+        _set_current(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _set_current(None, only=self)
+        if self._stage is not None:
+            self.end("stopped" if exc[0] is not None else "")
+        if self._live:
+            self._progress.stop()
+
+    # -- stages ----------------------------------------------------------------------------------
+    def begin(self, stage: str, total: int | None = None, unit: str = "items") -> None:
+        """Start showing `stage` (ending the one before it)."""
+        from posttrain._terminal import esc
+
+        with self._lock:
+            if self._stage is not None:
+                self._end_locked("")
+            self._stage, self._unit, self._started = stage, unit, time.perf_counter()
+            self._task = self._progress.add_task(esc(stage), total=total, unit=unit)
+
+    def add_total(self, n: int, unit: str | None = None) -> None:
+        with self._lock:
+            if self._task is None:
+                return
+            task = self._progress.tasks[-1]
+            fields = {"unit": unit} if unit else {}
+            self._progress.update(self._task, total=(task.total or 0) + n, **fields)
+            if unit:
+                self._unit = unit
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+    def done_count(self) -> int:
+        with self._lock:
+            return int(self._progress.tasks[-1].completed) if self._task is not None else 0
+
+    def catch_up(self, to: int) -> None:
+        """At least `to` done: for backends that report their work only when all of it is finished."""
+        with self._lock:
+            if self._task is not None and self._progress.tasks[-1].completed < to:
+                self._progress.update(self._task, completed=to)
+
+    def end(self, note: str = "") -> None:
+        with self._lock:
+            if self._stage is not None:
+                self._end_locked(note)
+
+    def _end_locked(self, note: str) -> None:
+        from posttrain._terminal import esc
+
+        task = next(t for t in self._progress.tasks if t.id == self._task)
+        seconds = time.perf_counter() - self._started
+        parts = [f"[green]✓[/] {esc(self._stage)}"]
+        if task.total:
+            pct = 100.0 * task.completed / task.total
+            parts.append(f"{int(task.completed)}/{int(task.total)} {esc(self._unit)} ({pct:.0f} %)")
+            if task.completed and seconds > 0:
+                parts.append(f"{task.completed / seconds:.1f} {esc(self._unit)}/s")
+        parts.append(fmt_duration(seconds))
+        if note:
+            parts.append(esc(note))
+        self._progress.remove_task(self._task)
+        self._task, self._stage = None, None
+        self._progress.console.print("  ".join(parts), highlight=False)
+
+    def line(self, text: str) -> None:
+        """A line above the live display (already escaped markup)."""
+        self._progress.console.print(text, highlight=False, soft_wrap=True)
+
+
+def _columns():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text("" if not speed else f"{speed:.1f} {task.fields.get('unit', '')}/s", style="cyan")
+
+    class EtaColumn(ProgressColumn):
+        max_refresh = 0.5
+
+        def render(self, task):
+            remaining = task.time_remaining
+            return Text("" if remaining is None else f"ETA {fmt_duration(remaining)}", style="dim")
+
+    return RateColumn, EtaColumn
+
+
+_RateColumn, _EtaColumn = _columns()
+
+# -- the reporting side: used by code that does not know whether anyone is watching ---------------
+
+_current: Display | None = None
+_current_lock = threading.Lock()
+
+
+def _set_current(display: Display | None, only: Display | None = None) -> None:
+    global _current
+    with _current_lock:
+        if only is None or _current is only:
+            _current = display
+
+
+def current() -> Display | None:
+    return _current
+
+
+def begin(stage: str, total: int | None = None, unit: str = "items") -> None:
+    if _current is not None:
+        _current.begin(stage, total, unit)
+
+
+def end(note: str = "") -> None:
+    if _current is not None:
+        _current.end(note)
+
+
+def advance(n: int = 1) -> None:
+    if _current is not None:
+        _current.advance(n)
+
+
+@contextlib.contextmanager
+def work(n: int, unit: str = "requests") -> Iterator[None]:
+    """`n` more units of work in the current stage; when the block ends they count as done, for
+    backends that do not report item by item."""
+    display = _current
+    if display is None:
+        yield
+        return
+    before = display.done_count()
+    display.add_total(n, unit)
+    yield
+    display.catch_up(before + n)
+
+
+# -- the libraries' output -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def library_output_to(log_path: Path | None) -> Iterator[io.TextIOBase | None]:
+    """Send everything written to this process's stdout/stderr (Python, C code, child processes) to
+    `log_path` while the block runs; yield a text stream on the terminal's stderr for the display.
+    With `log_path` None nothing is moved and None is yielded (the display then uses the console)."""
+    if log_path is None:
+        yield None
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    terminal = os.fdopen(os.dup(saved[2]), "w", encoding="utf-8", errors="replace", buffering=1)
+    handler = _warnings_to(terminal)
+    try:
+        with open(log_path, "ab", buffering=0) as log:
+            for fd in (1, 2):
+                os.dup2(log.fileno(), fd)
+            try:
+                yield terminal
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                for fd, copy in saved.items():
+                    os.dup2(copy, fd)
+    finally:
+        logging.getLogger("posttrain").removeHandler(handler)
+        for copy in saved.values():
+            os.close(copy)
+        terminal.close()
+
+
+class _AboveDisplay(logging.StreamHandler):
+    """posttrain's own warnings stay on the terminal, printed above the live line when there is one."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        display = _current
+        if display is None:
+            super().emit(record)
+            return
+        from posttrain._terminal import esc
+
+        try:
+            display.line(f"[yellow]{esc(record.levelname.lower())}:[/] {esc(record.getMessage())}")
+        except Exception:  # noqa: BLE001 - a warning that cannot be shown is not worth a failure
+            self.handleError(record)
+
+
+def _warnings_to(stream) -> logging.Handler:
+    handler = _AboveDisplay(stream)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logging.getLogger("posttrain").addHandler(handler)
+    return handler
