@@ -70,6 +70,9 @@ class Display:
         self._started = 0.0
         self._title = title
         self._live = False
+        self._closed = threading.Event()
+        self._children: Path | None = None
+        self._started_wall = 0.0
 
     # -- lifetime --------------------------------------------------------------------------------
     def __enter__(self) -> Display:
@@ -87,13 +90,19 @@ class Display:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closed.set()
         _set_current(None, only=self)
         if self._stage is not None:
-            self.end("stopped" if exc[0] is not None else "")
+            self.end("stopped" if exc[0] is not None else "", ok=exc[0] is None)
         if self._live:
             self._progress.stop()
 
     # -- stages ----------------------------------------------------------------------------------
+    @property
+    def stage(self) -> str | None:
+        """The stage shown now, None between stages."""
+        return self._stage
+
     def begin(self, stage: str, total: int | None = None, unit: str = "items") -> None:
         """Start showing `stage` (ending the one before it)."""
         from posttrain._terminal import esc
@@ -102,6 +111,7 @@ class Display:
             if self._stage is not None:
                 self._end_locked("")
             self._stage, self._unit, self._started = stage, unit, time.perf_counter()
+            self._started_wall = time.time()
             self._task = self._progress.add_task(esc(stage), total=total, unit=unit)
 
     def add_total(self, n: int, unit: str | None = None) -> None:
@@ -128,17 +138,18 @@ class Display:
             if self._task is not None and self._progress.tasks[-1].completed < to:
                 self._progress.update(self._task, completed=to)
 
-    def end(self, note: str = "") -> None:
+    def end(self, note: str = "", ok: bool = True) -> None:
         with self._lock:
             if self._stage is not None:
-                self._end_locked(note)
+                self._end_locked(note, ok)
 
-    def _end_locked(self, note: str) -> None:
+    def _end_locked(self, note: str, ok: bool = True) -> None:
         from posttrain._terminal import esc
 
+        self._sync_children()  # the child's last counts, written just before it ended
         task = next(t for t in self._progress.tasks if t.id == self._task)
         seconds = time.perf_counter() - self._started
-        parts = [f"[green]✓[/] {esc(self._stage)}"]
+        parts = [f"{'[green]✓[/]' if ok else '[red]✗[/]'} {esc(self._stage)}"]
         if task.total:
             pct = 100.0 * task.completed / task.total
             parts.append(f"{int(task.completed)}/{int(task.total)} {esc(self._unit)} ({pct:.0f} %)")
@@ -150,6 +161,30 @@ class Display:
         self._progress.remove_task(self._task)
         self._task, self._stage = None, None
         self._progress.console.print("  ".join(parts), highlight=False)
+
+    def follow_children(self, folder: Path) -> None:
+        """Show the counts that child processes report into `folder` (FileReporter) in the current stage."""
+        self._children = folder
+
+        def poll() -> None:
+            while not self._closed.wait(0.5):
+                with self._lock:
+                    self._sync_children()
+
+        threading.Thread(target=poll, name="posttrain-progress", daemon=True).start()
+
+    def _sync_children(self) -> None:
+        # Only what a child wrote since this stage began: an earlier step's file is not this one's.
+        if self._children is None or self._task is None:
+            return
+        state = latest_child_progress(self._children, since=self._started_wall)
+        if not state or not state.get("stage"):
+            return
+        from posttrain._terminal import esc
+
+        self._unit = state.get("unit") or "items"
+        self._progress.update(self._task, description=esc(f"{self._stage} · {state['stage']}"),
+                              total=state.get("total"), completed=state.get("done") or 0, unit=self._unit)
 
     def line(self, text: str) -> None:
         """A line above the live display (already escaped markup)."""
@@ -221,6 +256,83 @@ def work(n: int, unit: str = "requests") -> Iterator[None]:
     display.add_total(n, unit)
     yield
     display.catch_up(before + n)
+
+
+# -- progress from child processes (the pipeline's isolated steps) ---------------------------------
+
+# Set by a display that follows child processes; a step child that sees it reports into that folder.
+PROGRESS_DIR_ENV = "POSTTRAIN_PROGRESS_DIR"
+
+
+class FileReporter:
+    """Stands in for a Display in a child process: the current stage and its counts as a small JSON
+    file (`<dir>/<pid>.json`, replaced atomically, at most every half second) that the parent's
+    display reads."""
+
+    def __init__(self, path: Path, prefix: str = ""):
+        self.path, self.prefix = path, prefix
+        self._state = {"stage": None, "done": 0, "total": None, "unit": "items"}
+        self._lock = threading.Lock()
+        self._written = 0.0
+
+    def _write(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._written < 0.5:
+            return
+        self._written = now
+        from posttrain._files import write_json_atomic
+
+        with contextlib.suppress(OSError):  # progress is a nicety; a full disk must not fail the step
+            write_json_atomic(self.path, self._state)
+
+    def begin(self, stage: str, total: int | None = None, unit: str = "items") -> None:
+        with self._lock:
+            self._state = {"stage": f"{self.prefix}{stage}", "done": 0, "total": total, "unit": unit}
+            self._write(force=True)
+
+    def add_total(self, n: int, unit: str | None = None) -> None:
+        with self._lock:
+            self._state["total"] = (self._state["total"] or 0) + n
+            if unit:
+                self._state["unit"] = unit
+            self._write()
+
+    def advance(self, n: int = 1) -> None:
+        with self._lock:
+            self._state["done"] += n
+            self._write()
+
+    def done_count(self) -> int:
+        return int(self._state["done"])
+
+    def catch_up(self, to: int) -> None:
+        with self._lock:
+            self._state["done"] = max(self._state["done"], to)
+            self._write(force=True)
+
+    def end(self, note: str = "", ok: bool = True) -> None:
+        with self._lock:
+            self._write(force=True)
+
+
+def report_to_parent(prefix: str = "") -> None:
+    """In a child process: report progress to the parent's display, when it asked for it."""
+    folder = os.environ.get(PROGRESS_DIR_ENV)
+    if folder:
+        _set_current(FileReporter(Path(folder) / f"{os.getpid()}.json", prefix))  # type: ignore[arg-type]
+
+
+def latest_child_progress(folder: Path, since: float = 0.0) -> dict | None:
+    """The most recently written progress file of a child process in `folder` (written at or after
+    `since`, a time.time()), or None."""
+    from posttrain._files import read_json_file
+
+    try:
+        stamped = [(p.stat().st_mtime, p) for p in folder.glob("*.json")]
+    except OSError:
+        return None
+    stamped = [(m, p) for m, p in stamped if m >= since]
+    return read_json_file(max(stamped)[1]) if stamped else None
 
 
 # -- the libraries' output -------------------------------------------------------------------------

@@ -29,6 +29,11 @@ def _cell_text(cell: object) -> str:
     return cell.plain if isinstance(cell, Text) else str(cell)
 
 
+def _widest(column) -> int:
+    texts = [_cell_text(column.header), *(_cell_text(c) for c in column.cells)]
+    return max((len(line) for t in texts for line in t.splitlines() or [""]), default=0)
+
+
 def _needs(column) -> int:
     """The narrowest a column can be without splitting a word (or any text, for a no-wrap column)."""
     texts = [_cell_text(column.header), *(_cell_text(c) for c in column.cells)]
@@ -37,14 +42,19 @@ def _needs(column) -> int:
     return max((len(w) for t in texts for w in t.split()), default=0)
 
 
-def table_min_width(table) -> int:
-    """Columns at their narrowest (`_needs`), their padding and the separators between them."""
+def _frame(table) -> int:
+    """What a table takes besides its columns' content: padding and the separators between columns."""
     from rich.padding import Padding
 
     _, right, _, left = Padding.unpack(table.padding)
     cols = table.columns
     separators = (len(cols) - 1 + (2 if table.show_edge else 0)) if table.box else 0
-    return sum(_needs(c) + left + right for c in cols) + separators
+    return len(cols) * (left + right) + separators
+
+
+def table_min_width(table) -> int:
+    """Columns at their narrowest (`_needs`), their padding and the separators between them."""
+    return sum(_needs(c) for c in table.columns) + _frame(table)
 
 
 def fit_table(table, width: int, *, drop: tuple[str, ...] = ()):
@@ -57,4 +67,21 @@ def fit_table(table, width: int, *, drop: tuple[str, ...] = ()):
         if table_min_width(table) <= width:
             break
         table.columns[:] = [c for c in table.columns if _cell_text(c.header) != header]
+    _share_width(table, width)
     return table
+
+
+def _share_width(table, width: int) -> None:
+    """Fixed column widths when the table must wrap: rich's own shrinking is proportional and can
+    leave a column below its longest word; here each gets its narrowest width plus a share of the
+    room left, in proportion to how much wider its content would like to be."""
+    cols = table.columns
+    if not cols or sum(_widest(c) for c in cols) + _frame(table) <= width:
+        return  # fits unwrapped: rich lays it out as it is
+    needs = [_needs(c) for c in cols]
+    wants = [max(_widest(c) - n, 0) for c, n in zip(cols, needs, strict=True)]
+    spare = max(width - table_min_width(table), 0)
+    total = sum(wants) or 1
+    extra = [spare * w // total for w in wants]
+    for column, need, more in zip(cols, needs, extra, strict=True):
+        column.width = need + more

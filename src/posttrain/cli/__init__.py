@@ -77,7 +77,7 @@ def main() -> None:
     except _clicks.ClickException as e:
         print_error(e.format_message())
         sys.exit(e.exit_code)
-    except (KeyboardInterrupt, _clicks.Abort, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         code = EXIT_INTERRUPTED
     except Exception as e:  # the one boundary: nothing leaves as a traceback
         line, code = failure_line(e)

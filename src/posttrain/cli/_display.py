@@ -8,6 +8,8 @@ terminal. The display writes to stderr, so stdout holds only the command's resul
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,12 +26,32 @@ def verbose_option() -> bool:
 
 
 @contextlib.contextmanager
-def long_command(log_path: Path, *, verbose: bool = False, title: str | None = None) -> Iterator[_progress.Display]:
-    """One progress display for the block; library output to `log_path` unless `verbose`."""
+def long_command(log_path: Path, *, verbose: bool = False, title: str | None = None,
+                 follow_children: bool = False) -> Iterator[_progress.Display]:
+    """One progress display for the block; library output to `log_path` unless `verbose`.
+    `follow_children`: the pipeline's step children (and a watcher's) report their counts to it."""
     if not verbose:
         _progress.quiet_libraries()
-    with _progress.library_output_to(None if verbose else log_path) as terminal:
+    with contextlib.ExitStack() as stack:
+        terminal = stack.enter_context(_progress.library_output_to(None if verbose else log_path))
         # A copy of the terminal's own descriptor: rich sees whether it is a terminal and how wide.
         console = err_console if terminal is None else Console(file=terminal, stderr=True)
-        with _progress.Display(console, log_path=None if verbose else log_path, title=title) as display:
-            yield display
+        display = stack.enter_context(_progress.Display(console, log_path=None if verbose else log_path, title=title))
+        if follow_children:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="posttrain-progress-")))
+            stack.enter_context(_environ(_progress.PROGRESS_DIR_ENV, str(folder)))
+            display.follow_children(folder)
+        yield display
+
+
+@contextlib.contextmanager
+def _environ(key: str, value: str) -> Iterator[None]:
+    before = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from posttrain._files import refuse_foreign, write_text_atomic
+from posttrain._terminal import fit_table
 from posttrain.cli._app import app, console, esc
 from posttrain.errors import PosttrainError
 
@@ -71,7 +72,8 @@ def compare_cmd(
     if as_json:
         typer.echo(text)
     else:
-        console.print(render_table(doc))
+        # At 80 columns the MDE and the unadjusted p go first (the JSON and the report keep them).
+        console.print(fit_table(render_table(doc), console.width, drop=("MDE 80%", "p")))
     if mde is not None:
         for c in doc["comparisons"]:
             sd = c["diff"]["se"] * (c["diff"]["n_clusters"] or c["n"]) ** 0.5 if c["diff"]["se"] else None

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
 from posttrain._files import refuse_foreign
+from posttrain._terminal import fit_table
 from posttrain.cli._app import app, console, esc
 from posttrain.errors import PosttrainError
 
@@ -60,17 +62,18 @@ def runs_cmd(
     if html:
         refuse_foreign([index_path], force=force)  # before anything is printed or written
     rows = index_rows(store)
-    table = Table(title=f"runs in {esc(store.path)}", title_justify="left")
+    table = Table(title=f"runs in {esc(store.path)}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     table.add_column("run", no_wrap=True)  # ids are copied into `posttrain report RUN`: never split them
     for col in ("created", "model", "status", "quant", "size", "KLD vs F16", "scores", "verdict"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", justify="right" if col in ("size", "KLD vs F16") else "left")
     for r in rows:
-        scores = ", ".join(f"{k} {fmt_num(v)}" for k, v in r["scores"].items())
+        scores = "\n".join(f"{k} {fmt_num(v)}" for k, v in r["scores"].items())
         cells = (r["run_id"], (r["created_at"] or "")[:19], r["model_name"] or "", r["status"] or "",
                  r["quant"] or "—", fmt_bytes(r["size_bytes"]), fmt_num(r["kld_vs_f16"], 5), scores, r["verdict"])
         table.add_row(*(Text(c) for c in cells))  # Text: names like "[red]x" are shown, not parsed as markup
     if rows:
-        console.print(table)
+        # At 80 columns the less telling columns go first; the report has all of them.
+        console.print(fit_table(table, console.width, drop=("KLD vs F16", "created", "size", "status", "model")))
     else:
         console.print(f"no runs in {esc(store.path)}", highlight=False, soft_wrap=True)
     if html:
