@@ -191,7 +191,7 @@ def _items(values, task="hellaswag"):
 
 def test_p_values_below_display_precision_never_print_as_zero(tmp_path):
     assert [fmt_p(p) for p in (0.0, 1e-300, 3.2e-7, 0.0049, 0.41, None)] == [
-        "< 1e-40", "< 1e-40", "3.2e-7", "0.0049", "0.410", "—"]
+        "< 1e-40", "< 1e-40", "3.2e-7", "0.0049", "0.4100", "—"]
     # 400 items right against 400 wrong: McNemar's p underflows far below 1e-40.
     doc = compare_family([("new", _items([1] * 400), "base", _items([0] * 400))])
     console = Console(width=80, record=True, file=open(os.devnull, "w"))

@@ -14,13 +14,11 @@ P_FLOOR = 1e-40
 
 
 def fmt_p(p: float | None, *, missing: str = "—") -> str:
-    """`0.412`, `0.0123`, `3.2e-07`, `< 1e-40`; `missing` for no value."""
+    """`0.4120`, `0.0049`, `3.2e-7`, `< 1e-40`; `missing` for no value."""
     if p is None or not isinstance(p, int | float) or math.isnan(p):
         return missing
     if p < P_FLOOR:
         return f"< {P_FLOOR:g}"
     if p < 0.001:
         return f"{p:.1e}".replace("e-0", "e-")
-    if p < 0.01:
-        return f"{p:.4f}"
-    return f"{p:.3f}"
+    return f"{p:.4f}"

@@ -70,18 +70,13 @@ class Display:
         self._started = 0.0
         self._title = title
         self._live = False
+        self._headed = False
         self._closed = threading.Event()
         self._children: Path | None = None
         self._started_wall = 0.0
 
     # -- lifetime --------------------------------------------------------------------------------
     def __enter__(self) -> Display:
-        from posttrain._terminal import esc
-
-        if self._title:
-            self.console.print(esc(self._title), highlight=False, soft_wrap=True)
-        if self.log_path is not None:
-            self.console.print(f"[dim]library output: {esc(self.log_path)}[/]", highlight=False, soft_wrap=True)
         # Not a terminal (a pipe, a file, a test): no live line, only the stage lines.
         self._live = self.console.is_terminal
         if self._live:
@@ -103,11 +98,24 @@ class Display:
         """The stage shown now, None between stages."""
         return self._stage
 
+    def _header(self) -> None:
+        # Printed with the first stage: a command that fails before any work prints its one error line only.
+        from posttrain._terminal import esc
+
+        self._headed = True
+        if self._title:
+            self._progress.console.print(esc(self._title), highlight=False, soft_wrap=True)
+        if self.log_path is not None:
+            self._progress.console.print(f"[dim]library output: {esc(self.log_path)}[/]", highlight=False,
+                                         soft_wrap=True)
+
     def begin(self, stage: str, total: int | None = None, unit: str = "items") -> None:
         """Start showing `stage` (ending the one before it)."""
         from posttrain._terminal import esc
 
         with self._lock:
+            if not self._headed:
+                self._header()
             if self._stage is not None:
                 self._end_locked("")
             self._stage, self._unit, self._started = stage, unit, time.perf_counter()
@@ -188,6 +196,8 @@ class Display:
 
     def line(self, text: str) -> None:
         """A line above the live display (already escaped markup)."""
+        if not self._headed:
+            self._header()
         self._progress.console.print(text, highlight=False, soft_wrap=True)
 
 
@@ -346,7 +356,9 @@ def library_output_to(log_path: Path | None) -> Iterator[io.TextIOBase | None]:
     if log_path is None:
         yield None
         return
+    created = [d for d in (log_path.parent, *log_path.parent.parents) if not d.exists()]
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    existed = log_path.exists()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
@@ -370,6 +382,16 @@ def library_output_to(log_path: Path | None) -> Iterator[io.TextIOBase | None]:
         for copy in saved.values():
             os.close(copy)
         terminal.close()
+        _drop_if_empty(log_path, existed, created)
+
+
+def _drop_if_empty(log_path: Path, existed: bool, created: list[Path]) -> None:
+    """A command that failed before any work leaves nothing behind: no empty log, no folder made for it."""
+    with contextlib.suppress(OSError):
+        if not existed and log_path.stat().st_size == 0:
+            log_path.unlink()
+            for folder in created:  # deepest first
+                folder.rmdir()
 
 
 class _AboveDisplay(logging.StreamHandler):
