@@ -34,7 +34,7 @@ def test_demo_reports_a_significant_gain_for_every_variant(tmp_path):
         assert c["p_adjusted"] < 0.01
         assert c["sentence"] in proc.stdout  # the demo prints every verdict
     # The callback saw the watcher and left final_model to it; the watcher is stopped afterwards.
-    assert "callback: watcher" in proc.stdout
+    assert "callback: watcher" in proc.stdout + proc.stderr  # a line of the progress display (stderr)
     info = read_pid_file(workdir / "home")
     assert info is None or not info.alive
 

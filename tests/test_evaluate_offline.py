@@ -95,7 +95,8 @@ def test_three_official_layouts_end_to_end_items_match_lm_eval_samples(tiny_gguf
 
     by_task = {r.task: r for r in results}
     assert list(by_task) == ["mmlu", "gsm8k", "hellaswag"]
-    assert by_task["mmlu"].n == 3 * len(SUBJECTS) and by_task["gsm8k"].n == 3 and by_task["hellaswag"].n == 3
+    # --per-subject cuts the task with subjects only; GSM8K and HellaSwag keep all their items (4 each)
+    assert by_task["mmlu"].n == 3 * len(SUBJECTS) and by_task["gsm8k"].n == 4 and by_task["hellaswag"].n == 4
     assert {(m.metric, m.filter) for m in by_task["gsm8k"].metrics} == {
         ("exact_match", "strict-match"), ("exact_match", "flexible-extract")}
     assert {m.metric for m in by_task["hellaswag"].metrics} == {"acc", "acc_norm"}
@@ -164,8 +165,10 @@ def test_selection_is_deterministic_nested_and_stratified():
     assert len(limited.indices["mmlu_a"]) > len(limited.indices["mmlu_b"]) >= len(limited.indices["mmlu_c"]) == 1
     with pytest.raises(PosttrainError, match="smaller than the number of subjects"):
         select(sizes, limit=2, per_subject=None, seed=0)
-    with pytest.raises(PosttrainError, match="cannot be used together"):
-        select(sizes, limit=2, per_subject=2, seed=0)
+    # both: --per-subject for a task with subjects, --limit for the others
+    assert select(sizes, limit=2, per_subject=2, seed=0).mode == "per_subject"
+    with pytest.raises(PosttrainError, match="positive integer"):
+        select(sizes, limit=0, per_subject=None, seed=0)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])

@@ -52,7 +52,7 @@ def _items(home: Path) -> dict[str, list]:
     store = Store(home / "posttrain.db")
     out = {}
     for row in store.query("SELECT id, task FROM evals ORDER BY task"):
-        out[row["task"]] = store.items([row["id"]])
+        out[row["task"]] = store.evals.items([row["id"]])
     return out
 
 

@@ -78,3 +78,39 @@ def read_json_file(path: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+# How posttrain's own outputs start: JSON documents name a `posttrain.*` schema, HTML pages carry a
+# generator meta tag (older pages: a title starting "posttrain"), Markdown reports their heading.
+_OWN_HTML = ('<meta name="generator" content="posttrain', "<title>posttrain ")
+_OWN_MARKDOWN = "## posttrain report"
+
+
+def written_by_posttrain(path: str | Path) -> bool:
+    """Whether the file at `path` is one of posttrain's own outputs (a report, an index page, a
+    compare document), recognised by its content, not its name."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    stripped = head.lstrip()
+    if stripped.startswith("{"):
+        doc = read_json_file(path)
+        return doc is not None and isinstance(doc.get("schema"), str) and doc["schema"].startswith("posttrain.")
+    if stripped.startswith(_OWN_MARKDOWN):
+        return True
+    return any(marker in head for marker in _OWN_HTML)
+
+
+def refuse_foreign(paths: list[Path], *, force: bool) -> None:
+    """Refuse to replace an existing file that posttrain did not write, unless `force`."""
+    from posttrain.errors import PosttrainError
+
+    for path in paths:
+        if path.is_dir():
+            raise PosttrainError(f"{path} is a directory, where posttrain would write a file",
+                                 remedy="choose another --out")
+        if not force and path.exists() and not written_by_posttrain(path):
+            raise PosttrainError(f"{path} exists and was not written by posttrain; it is left as it is",
+                                 remedy="choose another --out, or pass --force to replace it")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from posttrain._files import write_text_atomic
+from posttrain._files import refuse_foreign, write_text_atomic
+from posttrain._terminal import fit_table
 from posttrain.cli._app import app, console, esc
 from posttrain.cli._options import home_option
 from posttrain.errors import PosttrainError
@@ -28,6 +29,7 @@ def compare_cmd(
     seed: int = typer.Option(0, help="Seed of the paired bootstrap."),
     n_boot: int = typer.Option(10000, "--n-boot", help="Bootstrap resamples (continuous metrics)."),
     home: Path | None = home_option(),
+    force: bool = typer.Option(False, "--force", help="Replace an --out file that posttrain did not write."),
 ) -> None:
     """Compare NEW with BASELINE item by item: CIs, paired difference, McNemar / paired t, clustered SE,
     Holm-adjusted verdicts, minimum detectable effect."""
@@ -45,6 +47,8 @@ def compare_cmd(
         raise PosttrainError("compare needs at least two sources: NEW BASELINE",
                              remedy="posttrain compare NEW_DIR BASELINE_DIR")
     clusters = parse_clusters(cluster)
+    if out is not None:
+        refuse_foreign([out], force=force)  # before any evaluation is read
     store = None
     if any(s.startswith(("eval:", "run:")) for s in sources):
         from posttrain.paths import store_path
@@ -69,7 +73,8 @@ def compare_cmd(
     if as_json:
         typer.echo(text)
     else:
-        console.print(render_table(doc))
+        # At 80 columns the MDE and the unadjusted p go first (the JSON and the report keep them).
+        console.print(fit_table(render_table(doc), console.width, drop=("MDE 80%", "p")))
     if mde is not None:
         for c in doc["comparisons"]:
             sd = c["diff"]["se"] * (c["diff"]["n_clusters"] or c["n"]) ** 0.5 if c["diff"]["se"] else None

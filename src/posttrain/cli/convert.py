@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from posttrain.checkpoint import human_bytes
+from posttrain._terminal import fit_table
 from posttrain.cli._app import app, console, esc
+from posttrain.cli._display import long_command, verbose_option
 from posttrain.cli._options import n_gpu_layers_option
 
 
@@ -32,20 +34,22 @@ def convert(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the probe-text comparison against F16."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pytorch_model.bin (pickle) weights."),
     n_gpu_layers: int | None = n_gpu_layers_option(),
+    verbose: bool = verbose_option(),
     force: bool = typer.Option(False, "--force", help="Replace files in --out that posttrain's manifest.json "
                                                       "there does not list (never needed for its own)."),
 ) -> None:
     """Convert CHECKPOINT to GGUF with llama.cpp's own converter and quantizer; verify every file."""
     from posttrain.convert import convert_checkpoint
 
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[variant]}[/] {task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("starting", variant="")
+    from posttrain import paths
+
+    log_path = paths.home() / "logs" / f"convert-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with long_command(log_path, verbose=verbose, title=f"converting {checkpoint}") as display:
+        # Each step the converter reports (hash, convert, quantize, verify, per variant) is a stage.
         result = convert_checkpoint(
             checkpoint, out, quant, model_name=name, pre_tokenizer=pre_tokenizer, imatrix=imatrix,
             llama_cpp_dir=llama_cpp_dir, verify=not no_verify, allow_pickle=allow_pickle, force=force,
-            n_gpu_layers=n_gpu_layers,
-            progress=lambda variant, text: bar.update(task, description=esc(text), variant=esc(variant)))
+            n_gpu_layers=n_gpu_layers, progress=lambda variant, text: display.begin(f"{variant}: {text}"))
     table = Table(title=esc(f"{result.model_name} ← {checkpoint}"), title_justify="left")
     for col in ("variant", "file", "size", "sha256", "s", "KLD", "top-1"):
         table.add_column(col, justify="left" if col in ("variant", "file", "sha256") else "right",
@@ -61,7 +65,7 @@ def convert(
         if "vs_hf" in v.verification:
             notes.append(f"{v.quant} vs the HF model: max |Δ log p| {v.verification['vs_hf']['max_abs_dlogprob']:.4f} "
                          f"on {v.verification['vs_hf']['n_positions']} probe positions")
-    console.print(table)
+    console.print(fit_table(table, console.width, drop=("sha256", "s")))
     console.print("KLD, top-1: mean KL divergence (nats) and top-1 agreement with F16 on a fixed probe text.",
                   style="dim", highlight=False)
     for note in notes:

@@ -9,7 +9,9 @@ import typer
 from rich import box
 from rich.table import Table
 
+from posttrain._terminal import fit_table
 from posttrain.cli._app import app, console, esc
+from posttrain.cli._display import long_command, verbose_option
 from posttrain.cli._options import (
     executor_option,
     home_option,
@@ -33,8 +35,11 @@ def eval_cmd(
                                          "(gsm8k/, mmlu/, hellaswag/); without it lm-eval loads from the Hub."),
     include_path: list[Path] | None = typer.Option(None, "--include-path",
                                                    help="A directory of your own lm-eval task YAMLs (repeatable)."),
-    limit: int | None = typer.Option(None, help="Evaluate N items per task (stratified by MMLU subject)."),
-    per_subject: int | None = typer.Option(None, "--per-subject", help="Evaluate N items per MMLU subject."),
+    limit: int | None = typer.Option(None, min=1, help="Evaluate N items of each task (of a task with subjects, "
+                                     "N split across them; --per-subject takes over there)."),
+    per_subject: int | None = typer.Option(None, "--per-subject", min=1,
+                                           help="Evaluate N items per subject of tasks that have subjects (MMLU); "
+                                                "other tasks keep --limit, or all their items."),
     seed: int = typer.Option(0, help="Seed for the item subset; the same seed picks the same items for every model."),
     num_fewshot: int | None = typer.Option(None, "--num-fewshot", help="Few-shot examples (default: each task's own)."),
     home: Path | None = home_option(),
@@ -52,6 +57,7 @@ def eval_cmd(
     ray_address: str | None = ray_address_option(),
     shared_dir: Path | None = shared_dir_option(),
     shard_docs: int | None = shard_docs_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Evaluate MODEL with lm-evaluation-harness; print metric, value, 95% CI, n, seconds, tokens/s per task."""
     from posttrain import paths
@@ -63,8 +69,9 @@ def eval_cmd(
     name = Path(model).stem if not model.startswith("ollama:") else model.removeprefix("ollama:").replace(":", "_")
     name = paths.safe_name(name)  # a folder under HOME/evals, never a path of its own
     out_dir = out or base / "evals" / name
-    with sharded(executor, ray_address=ray_address, shared_dir=shared_dir, data_dir=data_dir,
-                 task_paths=include_path or None, shard_docs=shard_docs) as shards:
+    with (long_command(out_dir / "posttrain-eval.log", verbose=verbose, title=f"evaluating {model}"),
+          sharded(executor, ray_address=ray_address, shared_dir=shared_dir, data_dir=data_dir,
+                  task_paths=include_path or None, shard_docs=shard_docs) as shards):
         results = evaluate(
             model, [t.strip() for t in tasks.split(",") if t.strip()], data_dir=data_dir, limit=limit,
             per_subject=per_subject, seed=seed, num_fewshot=num_fewshot, store=store, out_dir=out_dir,
@@ -72,7 +79,8 @@ def eval_cmd(
             gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, task_paths=include_path or None,
             n_gpu_layers=n_gpu_layers, shards=shards,
         )
-    table = Table(title=esc(model), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table = Table(title=esc(model), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  caption="n: items evaluated for that task", caption_justify="left")
     for col in ("task", "metric", "filter", "value", "95% CI", "n", "seconds", "tokens/s"):
         # Numbers stay whole in a narrow terminal; names fold onto a second line.
         text = col in ("task", "metric", "filter")
@@ -84,5 +92,5 @@ def eval_cmd(
             seconds = ("cached" if r.cached else _fmt(r.seconds, 1)) if first else ""
             table.add_row(esc(r.task) if first else "", esc(m.metric), esc(m.filter), _fmt(m.value, 3), ci, str(m.n),
                           seconds, _fmt(r.tokens_per_s, 0) if first and not r.cached else "")
-    console.print(table)
+    console.print(fit_table(table, console.width, drop=("tokens/s", "seconds", "filter")))
     console.print(f"results: {esc(out_dir)}  (store: {esc(paths.store_path(base))})", highlight=False, soft_wrap=True)

@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 
 from posttrain._files import read_json_file, write_json_atomic, write_text_atomic
+from posttrain._terminal import fit_table
 from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console, esc, print_error
+from posttrain.cli._display import long_command, verbose_option
 from posttrain.cli._options import PipelineOptions, config_option, home_option, pipeline_options
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
@@ -31,16 +34,31 @@ def _console_logging(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def _stage_lines(display):
+    """The runner's step events as the display's stages: one line per step when it ends."""
+    def on_event(run_id: str, step: str, event: str) -> None:
+        if event == "running":
+            display.begin(step)
+        elif event in ("reused", "skipped") and display.stage != step:
+            if event == "reused":  # a step skipped before it ran: the runner's warning says why
+                display.line(f"[dim]· {esc(step)} reused[/]")
+        else:
+            display.end("" if event == "done" else event, ok=event == "done")
+
+    return on_event
+
+
 def _print_result(result) -> None:
     colour = {"succeeded": "green", "failed": "red", "interrupted": "yellow"}[result.status]
-    table = Table(title=f"run {esc(result.run_id)}: [{colour}]{result.status}[/]", title_justify="left")
+    table = Table(title=f"run {esc(result.run_id)}: [{colour}]{result.status}[/]", title_justify="left",
+                  box=box.SIMPLE_HEAD, padding=(0, 1))
     for col in ("step", "status", "time", "peak RSS", "note"):
         table.add_column(col, overflow="fold")
     for s in result.steps:
         status = "reused" if s.reused else s.status
         table.add_row(esc(s.name), esc(status), f"{s.wall_s:.1f} s" if s.wall_s is not None else "",
                       human_bytes(s.peak_rss_bytes) if s.peak_rss_bytes else "", esc(s.error or "", one_line=False))
-    console.print(table)
+    console.print(fit_table(table, console.width, drop=("peak RSS", "time")))
     report = RunLayout(result.run_dir).report_html
     if report.exists():
         console.print(f"report: {esc(report)}", highlight=False, soft_wrap=True)
@@ -50,7 +68,7 @@ def _print_result(result) -> None:
 @pipeline_options
 def run_cmd(
     checkpoints: list[Path] = typer.Argument(..., help="Finished checkpoint directories (processed in order)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = verbose_option(),
     options: PipelineOptions = None,  # the shared pipeline options, added by @pipeline_options
 ) -> None:
     """Convert, register, evaluate, compare, report and notify for each CHECKPOINT; resumes after any crash.
@@ -60,11 +78,15 @@ def run_cmd(
     """
     from posttrain.pipeline import install_stop_handlers, run_many
 
-    _console_logging(verbose)
     cfg = options.load_config()
     stop = threading.Event()
     install_stop_handlers(stop)
-    results = run_many(checkpoints, cfg, stop_event=stop)
+    log_path = cfg.base_dir / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with long_command(log_path, verbose=verbose, follow_children=True) as display:
+        # posttrain's own log lines (timestamps, every step) go where the libraries' output goes:
+        # the terminal with --verbose, else the log file the display names.
+        _console_logging(verbose)
+        results = run_many(checkpoints, cfg, stop_event=stop, on_event=_stage_lines(display))
     code = 0
     for ckpt, result in zip(checkpoints, results, strict=True):
         if isinstance(result, PosttrainError):
@@ -102,8 +124,12 @@ def watch_cmd(
     One watcher per home: a second one refuses and names the running PID. SIGTERM/SIGINT let the
     current step finish, then exit 0. `posttrain status` / `posttrain stop` from any shell.
     """
+    from posttrain import _library_output
     from posttrain.pipeline import check_inputs, pipeline_handler, serve_watch, spawn_detached
 
+    # The watcher's log gets the runner's stage lines; the libraries' bars are off (the detached
+    # watcher and every step child inherit this).
+    _library_output.quiet_libraries()
     if settings_file is not None:
         # The detached child: the settings its parent parsed and validated, nothing parsed again.
         cfg, dirs, no_events = _read_watch_settings(settings_file)
@@ -212,14 +238,15 @@ def _print_status(doc: dict) -> None:
         console.print(f"  active run {esc(run['id'])} (PID {run['owner_pid']}): step {esc(run.get('step') or '?')}",
                       highlight=False)
     if doc.get("runs"):
-        table = Table(title="recent runs", title_justify="left")
-        for col in ("run", "status", "finished", "verdicts"):
+        table = Table(title="recent runs", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+        table.add_column("run", no_wrap=True)  # copied into `posttrain report RUN`: never split
+        for col in ("status", "finished", "verdicts"):
             table.add_column(col, overflow="fold")
         for r in doc["runs"]:
             verdicts = "\n".join(r.get("verdicts") or []) or (r.get("failed") or "")
             table.add_row(esc(r["id"]), esc(r["status"]), esc(r.get("finished_at") or ""),
                           esc(verdicts, one_line=False))
-        console.print(table)
+        console.print(fit_table(table, console.width, drop=("finished", "status")))
 
 
 @app.command("stop")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import numpy as np
 from statsmodels.stats.multitest import multipletests
 
+from posttrain._numbers import fmt_p
 from posttrain.compare._items import ItemResult
 from posttrain.compare._stats import finite, paired_comparison
 from posttrain.contracts import COMPARE_SCHEMA
@@ -184,7 +185,7 @@ def _sentence(c: dict, alpha: float, unit_scale: float, unit: str) -> str:
                 if ci else "")
     mean_words = _num(d["mean"], unit_scale, True, dec)
     text = (f"no significant difference on {what} ({new} vs {base}: {f'{mean_words} {unit}'.rstrip()}{ci_words}, "
-            f"Holm p = {p_adj:.2g})")
+            f"Holm p = {fmt_p(p_adj)})")
     if c["mde_80"] is not None:
         text += f"; this n detects only ≥ {_num(c['mde_80'], unit_scale, decimals=_decimals(c['mde_80']))} {unit}".rstrip()
     return text + "."

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from posttrain._numbers import fmt_p
 from posttrain._terminal import esc
 
 _SHORT = {"no significant difference": "n.s."}
@@ -28,12 +29,6 @@ def _fmt(x: float | None, scale: float, signed: bool = False) -> str:
 
 def _ci(ci: list | None, scale: float, signed: bool = False) -> str:
     return "" if not ci or ci[0] is None else f" [{_fmt(ci[0], scale, signed)}, {_fmt(ci[1], scale, signed)}]"
-
-
-def _p(p: float | None) -> str:
-    if p is None:
-        return "–"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _n(c: dict) -> str:
@@ -66,7 +61,8 @@ def render_table(doc: dict) -> Table:
         table.add_column("new vs baseline")
     table.add_column("task / metric")
     for name in ("n", f"new ({level} CI)", f"baseline ({level} CI)", f"Δ ({level} CI)", "p", "p Holm"):
-        table.add_column(name, justify="right")
+        # "< 1e-40" is one value: never folded between its two halves.
+        table.add_column(name, justify="right", no_wrap=name.startswith("p"))
     table.add_column("verdict")
     table.add_column("MDE 80%", justify="right")
     for c in doc["comparisons"]:
@@ -82,7 +78,7 @@ def render_table(doc: dict) -> Table:
             _fmt(c["new"]["mean"], scale) + _ci(c["new"]["ci"], scale),
             _fmt(c["baseline"]["mean"], scale) + _ci(c["baseline"]["ci"], scale),
             _fmt(d["mean"], scale, True) + _ci(d["ci"], scale, True),
-            _p(c["test"]["p_value"]), _p(c["p_adjusted"]),
+            fmt_p(c["test"]["p_value"], missing="–"), fmt_p(c["p_adjusted"], missing="–"),
             Text(_SHORT.get(c["verdict"], c["verdict"]), style=_VERDICT_STYLE.get(c["verdict"], "")),
             _fmt(c["mde_80"], scale),
         ]

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -168,6 +169,10 @@ def _run_converter(tree: ConverterTree, checkpoint: Path, quant: str, dest: Path
     cmd += ["--", str(checkpoint), "--outtype", quant.lower(), "--outfile", str(dest)]
     with open(log, "w") as logf:
         proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=converter_env(tree))
+    if proc.returncode == -getattr(signal, "SIGINT", 2):
+        # Ctrl-C reaches the whole process group: the converter's death by it is the user's
+        # interrupt (exit 130), not a conversion failure.
+        raise KeyboardInterrupt
     if proc.returncode != 0:
         raise _converter_error(log.read_text(errors="replace"), checkpoint, quant, log)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from posttrain import _native
+from posttrain import _native, _progress
 from posttrain.errors import PosttrainError
 
 # Largest number of sequences one context holds; llama.cpp's own limit is 256 (LLAMA_MAX_SEQ).
@@ -302,6 +302,7 @@ class LlamaCppEngine:
                     lps.extend(lp.tolist())
                     greedy = greedy and bool(gr.all())
             results.append(Scored(float(sum(lps)), greedy))
+            _progress.advance()
         return results
 
     # ---------------------------------------------------------------- scoring: batched path
@@ -409,6 +410,7 @@ class LlamaCppEngine:
                 lc.llama_memory_seq_rm(self._mem, k, -1, -1)
         for i in idxs:
             results[i] = Scored(float(sum(scores[i])), greedy[i])
+        _progress.advance(len(idxs))
         self._clear()
 
     def _run_packed(
@@ -448,6 +450,7 @@ class LlamaCppEngine:
             flags[i] = flags.get(i, True) and g
         for i in sums:
             results[i] = Scored(sums[i], flags[i])
+        _progress.advance(len(sums))
         self._clear()
 
     # ---------------------------------------------------------------- generation
@@ -596,4 +599,5 @@ class LlamaCppEngine:
             for r, i in enumerate(still):
                 rows[i] = np.array(logits[r])
             active = still
+        _progress.advance(len(wave))
         self._clear()

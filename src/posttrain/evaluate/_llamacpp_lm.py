@@ -26,8 +26,8 @@ from lm_eval.models.utils import (
     postprocess_generated_text,
 )
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-from tqdm import tqdm
 
+from posttrain import _progress
 from posttrain.errors import PosttrainError
 from posttrain.evaluate._llamacpp_engine import (
     MAX_SEQUENCES,
@@ -232,9 +232,7 @@ class LlamaCppLM(TemplateLM):
         else:
             # Sorted, so each request reuses the longest prefix of the one before it.
             order = sorted(range(len(scored_reqs)), key=lambda i: scored_reqs[i].context + scored_reqs[i].continuation)
-            seq = self.engine.score_sequential(
-                [scored_reqs[i] for i in tqdm(order, disable=disable_tqdm, desc="Scoring")]
-            )
+            seq = self.engine.score_sequential([scored_reqs[i] for i in order])
             scored = [None] * len(order)  # type: ignore[list-item]
             for pos, i in enumerate(order):
                 scored[i] = seq[pos]
@@ -307,9 +305,10 @@ class LlamaCppLM(TemplateLM):
             # Sorted by prompt: few-shot prompts share long prefixes whose KV cache is then reused.
             tokens_all = [[] for _ in prepared]
             order = sorted(range(len(prepared)), key=lambda i: prepared[i][0])
-            for i in tqdm(order, disable=disable_tqdm, desc="Generating"):
+            for i in order:
                 prompt, until, max_gen_toks = prepared[i]
                 tokens_all[i] = self.engine.generate_greedy(prompt, max_tokens=max_gen_toks, stop=until)
+                _progress.advance()  # the display's count (posttrain._progress), not a bar of its own
         for i, tokens in enumerate(tokens_all):
             text = postprocess_generated_text(self.tok_decode(tokens), prepared[i][1], None)
             outputs[i] = text

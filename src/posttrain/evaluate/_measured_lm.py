@@ -13,6 +13,7 @@ import json
 
 from lm_eval.api.model import LM
 
+from posttrain import _progress
 from posttrain._thinking import DEFAULT_THINK_PATTERNS, strip_think  # noqa: F401  (re-exported)
 
 def request_key(args: tuple) -> str:
@@ -71,7 +72,8 @@ class MeasuredLM(LM):
             self.tokens += self._count(context)
 
     def loglikelihood(self, requests):
-        out = self.inner.loglikelihood(requests)
+        with _progress.work(len(requests)):
+            out = self.inner.loglikelihood(requests)
         for req in requests:
             context, continuation = req.args[0], req.args[1]
             self._bill_context(context)
@@ -80,14 +82,16 @@ class MeasuredLM(LM):
         return out
 
     def loglikelihood_rolling(self, requests):
-        out = self.inner.loglikelihood_rolling(requests)
+        with _progress.work(len(requests)):
+            out = self.inner.loglikelihood_rolling(requests)
         for req in requests:
             self.tokens += self._count(req.args[0])
         self.requests += len(requests)
         return out
 
     def generate_until(self, requests):
-        raw = self.inner.generate_until(requests)
+        with _progress.work(len(requests)):
+            raw = self.inner.generate_until(requests)
         out = []
         for req, text in zip(requests, raw, strict=True):
             kept, digest = strip_think(text, self.think_patterns)

@@ -9,11 +9,13 @@ import platform
 import time
 from pathlib import Path
 
+from posttrain import _progress
 from posttrain._versions import package_version
 from posttrain.evaluate._backends import ModelRef, make_lm, resolve_model, with_gpu_layers
 from posttrain.evaluate._measured_lm import MeasuredLM
 from posttrain.evaluate._results import EvalResult, metrics_from_items, metrics_from_json, metrics_to_json
 from posttrain.evaluate._samples import items_from_samples
+from posttrain.evaluate._selection import check_subset_options
 from posttrain.evaluate._task_plan import (
     DEFAULT_TASKS,
     EvalRequest,
@@ -144,6 +146,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
     layers llama.cpp offloads for a GGUF (default: all on a build that offloads, else none).
     `shards`: a `ShardedEvaluation` (evaluate/_shards.py) that runs each task as shards on an executor.
     """
+    check_subset_options(limit, per_subject)  # before any task or data is loaded
     request = EvalRequest(tasks=tuple(tasks or DEFAULT_TASKS), data_dir=data_dir,
                           task_paths=tuple(Path(p) for p in task_paths or ()), limit=limit, per_subject=per_subject,
                           seed=seed, num_fewshot=num_fewshot, gen_kwargs=gen_kwargs,
@@ -166,13 +169,16 @@ def evaluate_request(ref: ModelRef, request: EvalRequest, *, store: Store, out_d
     results: list[EvalResult] = []
     try:
         for name in request.tasks:
+            _progress.begin(name, unit="requests")  # the CLI's display, when there is one
             plan = plan_task(name, request, source, ref)
             cached = _cached(store, plan)
             if cached is not None:
                 results.append(cached)
+                _progress.end(f"n={cached.n}, cached")
                 continue
             session = session or _Session(request, out_dir, label, source, shards)
             results.append(session.run(plan, store))
+            _progress.end(f"n={results[-1].n}")
     finally:
         if session is not None:
             session.close()

@@ -56,22 +56,37 @@ def _proportional(sizes: dict[str, int], n: int) -> dict[str, int]:
     return alloc
 
 
+def check_subset_options(limit: int | None, per_subject: int | None) -> None:
+    """Refuse a subset size that is not a positive integer, before any task or data is loaded."""
+    for flag, value in (("--limit", limit), ("--per-subject", per_subject)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise PosttrainError(f"{flag} must be a positive integer, got {value!r}",
+                                 remedy=f"pass {flag} 1 or more, or leave it out to evaluate every item")
+
+
 def select(leaf_sizes: dict[str, int], *, limit: int | None, per_subject: int | None, seed: int) -> Selection:
-    """Pick documents from leaf tasks of one requested task (a single leaf, or a group's leaves)."""
-    if limit is not None and per_subject is not None:
-        raise PosttrainError("--limit and --per-subject cannot be used together", remedy="pick one")
-    if limit is None and per_subject is None:
-        return Selection("all", None, seed)
-    n = limit if limit is not None else per_subject
-    if n is None or n < 1:
-        raise PosttrainError(f"subset size must be a positive integer, got {n}")
-    if per_subject is not None or len(leaf_sizes) == 1:
-        counts = {leaf: n for leaf in leaf_sizes}
-    else:
-        if n < len(leaf_sizes):
+    """Pick documents from leaf tasks of one requested task (a single leaf, or a group's leaves).
+
+    `per_subject` applies to a task that has subjects (a group of several leaves, as MMLU); every
+    other task keeps `limit`, or all its items. So `--per-subject 2` never cuts HellaSwag or GSM8K to
+    2 items, and `--limit 20 --per-subject 1` means 1 item per MMLU subject and 20 of every other task.
+    """
+    check_subset_options(limit, per_subject)
+    has_subjects = len(leaf_sizes) > 1
+    if per_subject is not None and has_subjects:
+        counts = {leaf: per_subject for leaf in leaf_sizes}
+        mode, n = "per_subject", per_subject
+    elif limit is not None:
+        if not has_subjects:
+            counts = {leaf: limit for leaf in leaf_sizes}
+        elif limit < len(leaf_sizes):
             raise PosttrainError(
-                f"--limit {n} is smaller than the number of subjects ({len(leaf_sizes)}), so some would have no item",
+                f"--limit {limit} is smaller than the number of subjects ({len(leaf_sizes)}), so some would have no item",
                 remedy=f"use --limit {len(leaf_sizes)} or more, or --per-subject N")
-        counts = _proportional(leaf_sizes, n)
+        else:
+            counts = _proportional(leaf_sizes, limit)
+        mode, n = "limit", limit
+    else:
+        return Selection("all", None, seed)
     indices = {leaf: _take(leaf, seed, leaf_sizes[leaf], counts[leaf]) for leaf in sorted(leaf_sizes)}
-    return Selection("per_subject" if per_subject is not None else "limit", n, seed, indices)
+    return Selection(mode, n, seed, indices)

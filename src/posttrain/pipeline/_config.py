@@ -267,7 +267,8 @@ def _explain(e: ValidationError, source: Path | None) -> PosttrainError:
 # scripts/setup.sh, the tests' crash hook, notify's voice command).
 OTHER_VARIABLES = {"POSTTRAIN_HOME", "POSTTRAIN_CACHE", "POSTTRAIN_CONFIG", "POSTTRAIN_LLAMA_CPP_DIR",
                    "POSTTRAIN_LLAMA_EXTRA_BUFTS", "POSTTRAIN_TEST_CRASH", "POSTTRAIN_CUDA", "POSTTRAIN_CUDA_ARCH",
-                   "POSTTRAIN_LLAMA_CMAKE_ARGS", "POSTTRAIN_SAY"}
+                   "POSTTRAIN_LLAMA_CMAKE_ARGS", "POSTTRAIN_SAY",
+                   "POSTTRAIN_PROGRESS_DIR"}  # set by a progress display for its child processes (_progress)
 
 
 def _known_variables() -> set[str]:

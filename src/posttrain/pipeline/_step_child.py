@@ -49,6 +49,9 @@ def main(argv: list[str]) -> int:
     job_path, result_path, parent_pid = argv[0], argv[1], int(argv[2])
     if not _lifeline.die_with_parent(parent_pid):
         return 1
+    from posttrain import _progress
+
+    _progress.report_to_parent()  # counts for the display of `posttrain run` / `demo`, when one follows
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s [%(process)d] %(message)s")
     with open(job_path, "rb") as fh:

@@ -15,6 +15,7 @@ from markupsafe import Markup
 
 from posttrain import __version__
 from posttrain._files import human_bytes, write_texts_atomic
+from posttrain._numbers import fmt_p
 from posttrain.report import _plots
 from posttrain.report._model import (
     REPORT_SCHEMA,
@@ -33,7 +34,7 @@ def _env(autoescape: bool) -> jinja2.Environment:
     env = jinja2.Environment(loader=_TEMPLATES, autoescape=autoescape, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters.update(num=fmt_num, signed=fmt_signed, ci=fmt_ci, bytes=fmt_bytes, md=md_escape,
-                       secs=fmt_secs)
+                       secs=fmt_secs, pvalue=fmt_p)
     env.globals["zip"] = zip
     return env
 

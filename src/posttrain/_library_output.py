@@ -1,0 +1,108 @@
+"""The libraries' own output kept off the terminal while a long command shows its progress.
+
+What the libraries underneath print (datasets' "Generating split", tqdm bars from lm-eval and
+transformers, lm-eval's logging, `git`'s "fatal: not a git repository" when lm-eval asks for a
+commit hash, llama.cpp's native logs) goes to a log file instead: `library_output_to` points the
+process's stdout and stderr file descriptors there for the duration, so output from child processes
+and C code is caught too, and the display writes to a copy of the terminal's descriptor.
+`--verbose` leaves everything where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from posttrain import _progress
+
+# Read by tqdm, datasets, huggingface_hub and transformers when they are imported (also in the
+# step children, which inherit the environment): most of their bars are off, even in the log files
+# (lm-eval asks for some bars explicitly; those go to the log file).
+QUIET_ENV = {
+    "TQDM_DISABLE": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def quiet_libraries() -> None:
+    """Turn the libraries' progress bars off for this process and its children (before they are imported)."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def library_output_to(log_path: Path | None) -> Iterator[io.TextIOBase | None]:
+    """Send everything written to this process's stdout/stderr (Python, C code, child processes) to
+    `log_path` while the block runs; yield a text stream on the terminal's stderr for the display.
+    With `log_path` None nothing is moved and None is yielded (the display then uses the console)."""
+    if log_path is None:
+        yield None
+        return
+    created = [d for d in (log_path.parent, *log_path.parent.parents) if not d.exists()]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    existed = log_path.exists()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    terminal = os.fdopen(os.dup(saved[2]), "w", encoding="utf-8", errors="replace", buffering=1)
+    handler = _warnings_to(terminal)
+    try:
+        with open(log_path, "ab", buffering=0) as log:
+            for fd in (1, 2):
+                os.dup2(log.fileno(), fd)
+            try:
+                yield terminal
+            finally:
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                for fd, copy in saved.items():
+                    os.dup2(copy, fd)
+    finally:
+        logging.getLogger("posttrain").removeHandler(handler)
+        for copy in saved.values():
+            os.close(copy)
+        terminal.close()
+        _drop_if_empty(log_path, existed, created)
+
+
+def _drop_if_empty(log_path: Path, existed: bool, created: list[Path]) -> None:
+    """A command that failed before any work leaves nothing behind: no empty log, no folder made for it."""
+    with contextlib.suppress(OSError):
+        if not existed and log_path.stat().st_size == 0:
+            log_path.unlink()
+            for folder in created:  # deepest first
+                folder.rmdir()
+
+
+class _AboveDisplay(logging.StreamHandler):
+    """posttrain's own warnings stay on the terminal, printed above the live line when there is one."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        display = _progress.current()
+        if display is None:
+            super().emit(record)
+            return
+        from posttrain._terminal import esc
+
+        try:
+            display.line(f"[yellow]{esc(record.levelname.lower())}:[/] {esc(record.getMessage())}")
+        except Exception:  # noqa: BLE001 - a warning that cannot be shown is not worth a failure
+            self.handleError(record)
+
+
+def _warnings_to(stream) -> logging.Handler:
+    handler = _AboveDisplay(stream)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logging.getLogger("posttrain").addHandler(handler)
+    return handler
