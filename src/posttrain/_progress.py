@@ -112,6 +112,14 @@ class Display:
         if self._task is not None:
             self._progress.advance(self._task, n)
 
+    def detail(self, text: str) -> None:
+        """A short note beside the stage's name on the live line (e.g. nodes in use)."""
+        from posttrain._terminal import esc
+
+        with self._lock:
+            if self._task is not None:
+                self._progress.update(self._task, description=esc(f"{self._stage} · {text}"))
+
     def done_count(self) -> int:
         with self._lock:
             return int(self._progress.tasks[-1].completed) if self._task is not None else 0
@@ -287,6 +295,14 @@ class FileReporter:
         with self._lock:
             self._state["done"] += n
             self._write()
+
+    def detail(self, text: str) -> None:
+        """A short note beside the stage's name on the live line (e.g. nodes in use)."""
+        from posttrain._terminal import esc
+
+        with self._lock:
+            if self._task is not None:
+                self._progress.update(self._task, description=esc(f"{self._stage} · {text}"))
 
     def done_count(self) -> int:
         return int(self._state["done"])
