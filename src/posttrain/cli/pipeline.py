@@ -29,18 +29,20 @@ _TASKS = typer.Option(None, "--tasks", "-t", help="lm-eval tasks, repeatable or 
 _LIMIT = typer.Option(None, "--limit", help="Evaluate only N items per task.")
 _JOBS = typer.Option(None, "--jobs", "-j", help="Checkpoints processed at the same time (default 1).")
 _DATA_DIR = typer.Option(None, "--data-dir", help="Local benchmark files in the official layouts (no Hub).")
+_BASE = typer.Option(None, "--base", help="Base model directory of LoRA adapter checkpoints "
+                                         "(default: the base named in adapter_config.json).")
 _NOTIFY = typer.Option(None, "--notify", help="apprise URL to notify when a run ends (repeatable), e.g. ntfy://topic.")
 
 
 def _config(config: Path | None, home: Path | None, baseline: str | None = None, quant: list[str] | None = None,
             tasks: list[str] | None = None, limit: int | None = None, jobs: int | None = None,
             data_dir: Path | None = None, notify: list[str] | None = None, n_gpu_layers: int | None = None,
-            **watch):
+            base: Path | None = None, **watch):
     from posttrain.pipeline import load_config
 
     return load_config(config, home=home, baseline=baseline, quants=",".join(quant) if quant else None,
                        tasks=",".join(tasks) if tasks else None, limit=limit, jobs=jobs, data_dir=data_dir,
-                       notify={"urls": list(notify)} if notify else None, n_gpu_layers=n_gpu_layers,
+                       notify={"urls": list(notify)} if notify else None, n_gpu_layers=n_gpu_layers, base=base,
                        watch={k: v for k, v in watch.items() if v is not None})
 
 
@@ -82,9 +84,13 @@ def run_cmd(
     data_dir: Path | None = _DATA_DIR,
     notify: list[str] | None = _NOTIFY,
     n_gpu_layers: int | None = n_gpu_layers_option(),
+    base: Path | None = _BASE,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Convert, register, evaluate, compare, report and notify for each CHECKPOINT; resumes after any crash.
+
+    A LoRA adapter directory (adapter_config.json) is merged into its base and also kept as a GGUF
+    adapter; both are evaluated against the base (the default baseline).
 
     Exit 0 when every run succeeded, 1 when a step failed (the report says which), 75 when
     interrupted (run the same command again to resume).
@@ -92,7 +98,7 @@ def run_cmd(
     from posttrain.pipeline import install_stop_handlers, run_many
 
     _console_logging(verbose)
-    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers)
+    cfg = _config(config, home, baseline, quant, tasks, limit, jobs, data_dir, notify, n_gpu_layers, base=base)
     stop = threading.Event()
     install_stop_handlers(stop)
     results = run_many(checkpoints, cfg, stop_event=stop)

@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from posttrain.errors import PosttrainError
-from posttrain.evaluate._backends import BACKENDS, ModelRef, make_lm, resolve_model, with_gpu_layers
+from posttrain.evaluate._backends import BACKENDS, ModelRef, make_lm, resolve_model, with_gpu_layers, with_lora
 from posttrain.evaluate._results import (
     EvalResult,
     cache_key,
@@ -221,12 +221,14 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
              out_dir: Path, endpoint: str | None = None, tokenizer: Path | None = None,
              ollama_url: str | None = None, think_patterns: list[str] | None = None,
              gen_kwargs: dict | None = None, label: str | None = None,
-             task_paths: list[Path] | None = None, n_gpu_layers: int | None = None) -> list[EvalResult]:
+             task_paths: list[Path] | None = None, n_gpu_layers: int | None = None,
+             lora: Path | None = None) -> list[EvalResult]:
     """Evaluate one model on lm-eval tasks; one EvalResult per task, reused from the store when the key matches.
 
     `task_paths`: directories of your own lm-eval task YAMLs (lm-eval's `--include_path`); tasks found
     there are loaded from them, the others from lm-eval (or `data_dir`) as usual. `n_gpu_layers`:
     layers llama.cpp offloads for a GGUF (default: all on a build that offloads, else none).
+    `lora`: a GGUF LoRA that llama.cpp applies to `model` (a GGUF) at run time.
     """
     if data_dir is not None:
         # Everything is local: keep `datasets`/`huggingface_hub` from trying (and timing out on) the Hub.
@@ -241,6 +243,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
     out_dir = Path(out_dir)
     ref = with_gpu_layers(resolve_model(model, endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama_url),
                           n_gpu_layers)
+    ref = with_lora(ref, lora)
     include = None
     own_paths = [str(Path(p).expanduser()) for p in task_paths or []]
     for p in own_paths:

@@ -91,6 +91,8 @@ class Config(BaseSettings):
     per_subject: int | None = Field(None, ge=1)
     seed: int = 0
     baseline: str | None = None
+    # The base model directory of LoRA adapter checkpoints (default: adapter_config.json's base).
+    base: Path | None = None
     allow_pickle: bool = False
     retries: int = Field(3, ge=1, le=20)
     retry_backoff_s: float = Field(2.0, ge=0)
@@ -122,7 +124,7 @@ class Config(BaseSettings):
                 raise ValueError(f"{t!r} is not a task name (like mmlu, gsm8k, hellaswag)")
         return list(dict.fromkeys(v))
 
-    @field_validator("home", "data_dir")
+    @field_validator("home", "data_dir", "base")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None

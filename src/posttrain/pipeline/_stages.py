@@ -23,6 +23,7 @@ from posttrain._files import sha256_file, write_json_atomic
 from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
 from posttrain.contracts import RunLayout
 from posttrain.errors import CheckpointIncomplete, PosttrainError
+from posttrain.pipeline._adapter_route import ADAPTER_ROUTE, adapter_facts, build_routes, default_baseline
 from posttrain.pipeline._config import Config
 from posttrain.pipeline._runner import (
     Outputs,
@@ -54,17 +55,18 @@ def plan_run(checkpoint: str | Path, config: Config, *, known_sha256: str | None
     from posttrain.convert import default_model_name
 
     checkpoint = Path(checkpoint).expanduser().resolve()
-    verdict = inspect_checkpoint(checkpoint, settle_seconds=0, allow_pickle=config.allow_pickle)
+    verdict = inspect_checkpoint(checkpoint, settle_seconds=0, allow_pickle=config.allow_pickle, base=config.base)
     if not verdict.complete:
         raise CheckpointIncomplete(f"{checkpoint} is not a complete checkpoint: {verdict.reason}",
-                                   remedy="wait for training to finish, or `posttrain check` it")
+                                   remedy=getattr(verdict, "remedy", None)
+                                   or "wait for training to finish, or `posttrain check` it")
     signature = verdict.content_signature()
     sha = known_sha256 or checkpoint_sha256(verdict)
     model_name = default_model_name(checkpoint)
     run_id = f"{_slug(model_name)}-{sha[:10]}-{config.fingerprint_sha256()[:8]}"
     settings = {**config.fingerprint(), "checkpoint": str(checkpoint), "ollama_url": config.ollama.url}
     return RunSpec(run_id=run_id, checkpoint=str(checkpoint), run_dir=config.run_dir(run_id), checkpoint_sha256=sha,
-                   model_name=model_name, baseline=config.baseline, config=settings,
+                   model_name=model_name, baseline=default_baseline(verdict, config.baseline), config=settings,
                    checkpoint_signature=[list(entry) for entry in signature])
 
 
@@ -155,7 +157,8 @@ class Stages:
     # as when the run was planned and hashed: no second read of the weights).
     def detect(self, ctx: RunContext) -> Outputs:
         spec = ctx.spec
-        verdict = inspect_checkpoint(spec.checkpoint, settle_seconds=0, allow_pickle=self.config.allow_pickle)
+        verdict = inspect_checkpoint(spec.checkpoint, settle_seconds=0, allow_pickle=self.config.allow_pickle,
+                                     base=self.config.base)
         if not verdict.complete:
             raise CheckpointIncomplete(f"{spec.checkpoint} is no longer a complete checkpoint: {verdict.reason}")
         sha = spec.checkpoint_sha256 or checkpoint_sha256(verdict)
@@ -165,13 +168,19 @@ class Stages:
                                  remedy="run the command again: the new content gets its own run")
         return {"checkpoint": spec.checkpoint, "sha256": sha, "architecture": verdict.architecture,
                 "model_type": verdict.model_type, "total_bytes": verdict.total_bytes,
-                "model_name": spec.model_name}
+                "model_name": spec.model_name, "adapter": adapter_facts(verdict)}
 
     def convert(self, ctx: RunContext) -> Outputs:
         from posttrain.convert import convert_checkpoint
 
         name = ctx.spec.model_name or "model"
-        result = convert_checkpoint(ctx.spec.checkpoint, self.config.gguf_dir(name), self.config.quants,
+        checkpoint, routes = ctx.spec.checkpoint, None
+        if ctx.outputs["detect"].get("adapter"):  # a LoRA: merged here, its GGUF adapter beside the base
+            routes = build_routes(checkpoint, self.config.base, ctx.outputs["detect"]["sha256"], ctx.run_dir,
+                                  self.config.gguf_dir(name), name,
+                                  lambda: self._base_f16(Path(ctx.outputs["detect"]["adapter"]["base"])))
+            checkpoint = routes["merged"]
+        result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), self.config.quants,
                                     model_name=name, allow_pickle=self.config.allow_pickle,
                                     n_gpu_layers=self.config.n_gpu_layers,
                                     checkpoint_sha256=ctx.outputs["detect"]["sha256"])
@@ -186,7 +195,16 @@ class Stages:
                     (v.sha256, str(v.path), v.quant, result.model_name, result.checkpoint_sha256, v.size_bytes,
                      result.toolchain.get("llama_cpp_python") and f"llama-cpp-python {result.toolchain['llama_cpp_python']}",
                      dumps(manifest), utcnow()))
-        return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants}
+        return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants,
+                "routes": routes}
+
+    def _base_f16(self, path: Path) -> Path:
+        from posttrain.convert import convert_checkpoint, default_model_name
+
+        name = default_model_name(path)  # the same folder and name as the baseline step's: converted once
+        return convert_checkpoint(path, self.config.gguf_dir(name), ["f16"], model_name=name,
+                                  allow_pickle=self.config.allow_pickle,
+                                  n_gpu_layers=self.config.n_gpu_layers).variant("F16").path
 
     def register(self, ctx: RunContext) -> Outputs:
         from posttrain.serve import Variant, register_variants
@@ -197,6 +215,12 @@ class Stages:
         variants = [Variant(path=Path(v["path"]), quant=v["quant"], sha256=v["sha256"],
                             model_name=convert["model_name"], checkpoint=Path(ctx.spec.checkpoint))
                     for v in convert["variants"]]
+        lora = (convert.get("routes") or {}).get("adapter")
+        if lora:  # the base's F16 GGUF with the adapter on top: Ollama's ADAPTER
+            variants.append(Variant(path=Path(lora["base_gguf"]), quant=ADAPTER_ROUTE.replace("+", "-"),
+                                    sha256=lora["base_sha256"], model_name=convert["model_name"],
+                                    checkpoint=Path(ctx.spec.checkpoint), adapter=Path(lora["lora"]),
+                                    adapter_sha256=lora["lora_sha256"]))
         regs = register_variants(variants, url=o.url, params={"temperature": o.temperature, "top_p": o.top_p,
                                                            "num_ctx": o.num_ctx},
                                  store=ctx.store, checkpoint=Path(ctx.spec.checkpoint))
@@ -206,7 +230,7 @@ class Stages:
 
     # baseline: an HF directory (converted to F16 once, cached by content), a .gguf, or ollama:NAME.
     def baseline(self, ctx: RunContext) -> Outputs:
-        ref = self.config.baseline
+        ref = self.config.baseline or ctx.spec.baseline  # an adapter's base when none was given
         if not ref:
             raise StepSkipped("no baseline given (--baseline or `baseline` in posttrain.toml)")
         if ref.startswith("ollama:"):
@@ -230,7 +254,7 @@ class Stages:
         model = out["model"]
         return model.startswith("ollama:") or (Path(model).is_file() and sha256_file(Path(model)) == out["sha256"])
 
-    def _evaluate_one(self, ctx: RunContext, model: str, label: str) -> list[int]:
+    def _evaluate_one(self, ctx: RunContext, model: str, label: str, lora: str | None = None) -> list[int]:
         from posttrain.evaluate import evaluate
 
         c = self.config
@@ -238,6 +262,8 @@ class Stages:
         extra = {"task_paths": list(c.task_paths)} if c.task_paths else {}
         if c.n_gpu_layers is not None:
             extra["n_gpu_layers"] = c.n_gpu_layers
+        if lora:
+            extra["lora"] = Path(lora)
         results = evaluate(model, c.tasks, data_dir=c.data_dir, limit=c.limit, per_subject=c.per_subject,
                            seed=c.seed, store=ctx.store, out_dir=RunLayout(ctx.run_dir).evals(_slug(label)),
                            ollama_url=c.ollama.url, label=label, **extra)
@@ -251,6 +277,12 @@ class Stages:
             label = f"{name}-{v['quant']}"
             evals[label] = self._evaluate_one(ctx, v["path"], label)
             sources[label] = v["path"]
+            _link_evals(ctx.store, ctx.run_id, "candidate", label, evals[label])
+        lora = (ctx.outputs["convert"].get("routes") or {}).get("adapter")
+        if lora:  # the adapter route: the base's F16 GGUF with the GGUF LoRA applied by llama.cpp
+            label = f"{name}-{ADAPTER_ROUTE}"
+            evals[label] = self._evaluate_one(ctx, lora["base_gguf"], label, lora=lora["lora"])
+            sources[label] = f"{lora['base_gguf']} + {lora['lora']}"
             _link_evals(ctx.store, ctx.run_id, "candidate", label, evals[label])
         return {"evals": evals, "sources": sources}
 

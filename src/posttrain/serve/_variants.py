@@ -19,6 +19,9 @@ class Variant:
     sha256: str  # hex, no prefix
     model_name: str
     checkpoint: Path | None = None  # where the chat template can be read, when known
+    # A GGUF LoRA applied on top of `path` (Ollama's ADAPTER), with its sha256 (hex, no prefix).
+    adapter: Path | None = None
+    adapter_sha256: str | None = None
 
 
 

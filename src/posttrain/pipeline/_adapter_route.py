@@ -1,0 +1,53 @@
+"""What the pipeline does differently for a LoRA adapter checkpoint, kept out of the stage list.
+
+The adapter is built both ways: merged into its base by PEFT (then converted and quantized like any
+checkpoint), and as a GGUF LoRA that llama.cpp applies to the base's F16 GGUF at run time. Both are
+evaluated against the base, which is the default baseline: "did my fine-tune help?".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from posttrain.checkpoint import Verdict
+
+# The label suffix of the adapter route's evaluation: base F16 + GGUF LoRA.
+ADAPTER_ROUTE = "F16+LoRA"
+
+
+def adapter_facts(verdict: Verdict) -> dict[str, Any] | None:
+    """The detect step's record of an adapter (None for full weights): the base, the routes, QLoRA."""
+    from posttrain.lora import AdapterVerdict
+
+    if not isinstance(verdict, AdapterVerdict):
+        return None
+    return {"base": str(verdict.base), "base_ref": verdict.base_ref, "peft_type": verdict.peft_type,
+            "rank": verdict.rank, "lora_alpha": verdict.lora_alpha, "target_modules": verdict.target_modules,
+            "qlora": verdict.qlora, "routes": list(verdict.routes), "route_note": verdict.route_note}
+
+
+def default_baseline(verdict: Verdict, baseline: str | None) -> str | None:
+    """The baseline a run compares with: the one given, else an adapter's base model."""
+    facts = adapter_facts(verdict)
+    return baseline or (facts["base"] if facts else None)
+
+
+def build_routes(checkpoint: str | Path, base: Path | None, adapter_sha256: str, run_dir: Path,
+                 gguf_dir: Path, model_name: str, base_f16: Any) -> dict[str, Any]:
+    """Merge the adapter (into `run_dir/merged`) and, when llama.cpp can write it, its GGUF LoRA beside
+    the base's F16 GGUF (`base_f16()` converts the base, reused by content like the baseline's).
+    Returns {"merged": dir, "adapter": {...} or None, "adapter_note": why not}."""
+    from posttrain._files import sha256_file
+    from posttrain.lora import convert_adapter, inspect_adapter, merge_adapter
+
+    verdict = inspect_adapter(checkpoint, base=base)
+    merged = merge_adapter(verdict, Path(run_dir) / "merged", adapter_sha256=adapter_sha256)
+    out: dict[str, Any] = {"merged": str(merged), "adapter": None, "adapter_note": verdict.route_note}
+    if "adapter" in verdict.routes:
+        base_gguf = Path(base_f16())
+        lora = convert_adapter(verdict, Path(gguf_dir) / f"{model_name}-lora-F16.gguf", adapter_sha256=adapter_sha256)
+        out["adapter"] = {"base_gguf": str(base_gguf), "base_sha256": sha256_file(base_gguf),
+                          "lora": str(lora), "lora_sha256": sha256_file(lora),
+                          "size_bytes": lora.stat().st_size}
+    return out

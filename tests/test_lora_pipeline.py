@@ -1,0 +1,84 @@
+"""`posttrain run ADAPTER_DIR` end to end, and Ollama's ADAPTER against the stand-in server.
+
+The adapter is the real one trained in conftest (`tiny_lora`); its adapter_config.json names the
+tiny base, which becomes the baseline. Both routes are built, registered and evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ollama_standin import OllamaStandin
+
+from posttrain.serve import Variant, register_variants
+from posttrain.store import Store
+
+
+def hellaswag_rows(n: int) -> str:
+    rng = random.Random(1)
+    objects = ["the door", "a red ball", "seven apples", "the long road", "a new book"]
+    rows = [{"ind": i, "activity_label": "Pets", "ctx_a": "The cat walks home.", "ctx_b": "the cat", "ctx": "",
+             "label": str(rng.randrange(4)), "split": "val", "split_type": "indomain", "source_id": f"x{i}",
+             "endings": [f"sees {o}." for o in rng.sample(objects, 4)]} for i in range(n)]
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_ollama_gets_the_base_blob_and_the_adapter_blob(tiny_lora_routes, tmp_path):
+    r = tiny_lora_routes
+    gguf_dir = tmp_path / "gguf"
+    gguf_dir.mkdir()
+    base, lora = shutil.copy(r["base_f16"], gguf_dir), shutil.copy(r["lora_f16"], gguf_dir)
+    from posttrain._files import sha256_file
+
+    variant = Variant(path=Path(base), quant="F16-LoRA", sha256=sha256_file(Path(base)), model_name="exp",
+                      adapter=Path(lora), adapter_sha256=sha256_file(Path(lora)))
+    with OllamaStandin(tmp_path / "ollama") as standin:
+        (reg,) = register_variants([variant], url=standin.url, store=Store(tmp_path / "db.sqlite"))
+        assert reg.status == "created" and reg.name == "exp_f16-lora:latest"
+        model = standin.models[reg.name]
+        assert model.adapters == {Path(lora).name: f"sha256:{variant.adapter_sha256}"}
+        assert model.blob == f"sha256:{variant.sha256}"
+        # The Modelfile beside the adapter says the same, for `ollama create -f` by hand.
+        text = (Path(lora).parent / f"{Path(lora).name}.Modelfile").read_text()
+        assert f"FROM ./{Path(base).name}\n" in text and f"ADAPTER ./{Path(lora).name}\n" in text
+        # Registering again changes nothing; the plain base keeps its own Modelfile name.
+        (again,) = register_variants([variant], url=standin.url, store=Store(tmp_path / "db.sqlite"))
+        assert again.status == "unchanged"
+        assert not (Path(base).parent / f"{Path(base).name}.Modelfile").exists()
+
+
+@pytest.mark.slow
+def test_run_on_an_adapter_builds_both_routes_and_compares_them_with_the_base(tiny_lora, tmp_path):
+    data = tmp_path / "data" / "hellaswag"
+    data.mkdir(parents=True)
+    (data / "hellaswag_val.jsonl").write_text(hellaswag_rows(12))
+    adapter = shutil.copytree(tiny_lora, tmp_path / "exp1" / "final_model")
+    home = tmp_path / "home"
+    config = tmp_path / "posttrain.toml"
+    with OllamaStandin(tmp_path / "ollama") as standin:
+        config.write_text(f'quants = ["f16"]\ntasks = ["hellaswag"]\ndata_dir = "{tmp_path / "data"}"\nlimit = 12\n'
+                          f'[ollama]\nurl = "{standin.url}"\n')
+        proc = subprocess.run([sys.executable, "-m", "posttrain", "run", str(adapter), "--config", str(config),
+                               "--home", str(home)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert {"exp1_f16:latest", "exp1_f16-lora:latest"} <= set(standin.models)
+        assert standin.models["exp1_f16-lora:latest"].adapters
+    (run_dir,) = (home / "runs").iterdir()
+    compare = json.loads((run_dir / "compare.json").read_text())
+    labels = {c["new_label"] for c in compare["comparisons"]}
+    assert labels == {"exp1-F16", "exp1-F16+LoRA"}
+    assert {c["baseline_label"] for c in compare["comparisons"]} == {"baseline"}
+    # The merged checkpoint is the run's own; the base was converted once and named as the baseline.
+    assert (run_dir / "merged" / ".posttrain-merge.json").is_file()
+    store = Store(home / "posttrain.db")
+    (run,) = store.query("SELECT baseline FROM runs")
+    base = json.loads((tiny_lora / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert run["baseline"] == str(Path(base).resolve())
+    report = (run_dir / "report.md").read_text()
+    assert "exp1-F16+LoRA" in report
