@@ -81,4 +81,51 @@ def test_run_on_an_adapter_builds_both_routes_and_compares_them_with_the_base(ti
     base = json.loads((tiny_lora / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert run["baseline"] == str(Path(base).resolve())
     report = (run_dir / "report.md").read_text()
-    assert "exp1-F16+LoRA" in report
+    assert "### LoRA adapter" in report and "routes built: merge, adapter" in report
+    assert "| exp1-F16 | hellaswag |" in report  # the gap between the routes, per task
+    assert "**Ship exp1-F16**" in report or "**Ship exp1-F16+LoRA**" in report
+    doc = json.loads((run_dir / "report.json").read_text())
+    assert doc["adapter"]["qlora"] is False and doc["adapter"]["base"] == run["baseline"]
+
+
+def _comparison(label: str, verdict: str, diff: float) -> dict:
+    return {"new_label": label, "task": "hellaswag", "metric": "acc", "filter": "none", "verdict": verdict,
+            "diff": {"mean": diff}}
+
+
+def test_the_report_advises_the_smallest_merged_variant_unless_it_loses_where_the_adapter_does_not():
+    from posttrain.report._adapter import adapter_section
+
+    facts = {"base": "/m/base", "peft_type": "LORA", "rank": 8, "lora_alpha": 16.0, "qlora": True, "route_note": ""}
+    routes = {"merged": "/r/merged", "adapter": {"lora": "/g/x-lora-F16.gguf"}}
+    sizes = {"F16": 200, "Q4_K_M": 60}
+    fine = [_comparison("x-F16", "better", 0.05), _comparison("x-Q4_K_M", "better", 0.04),
+            _comparison("x-F16+LoRA", "better", 0.06)]
+    view = adapter_section(facts, routes, fine, sizes)
+    assert view["ship"] == "x-Q4_K_M" and view["routes"] == ["merge", "adapter"]
+    assert any("QLoRA" in n for n in view["notes"])
+    assert {(g["label"], round(g["gap"], 6)) for g in view["gaps"]} == {("x-F16", -0.01), ("x-Q4_K_M", -0.02)}
+    losing = [_comparison("x-F16", "worse", -0.05), _comparison("x-Q4_K_M", "worse", -0.07),
+              _comparison("x-F16+LoRA", "no significant difference", 0.0)]
+    assert adapter_section(facts, routes, losing, sizes)["ship"] == "x-F16+LoRA"
+    assert adapter_section(None, routes, fine, sizes) is None  # full weights: no section
+
+
+def test_the_watcher_picks_up_a_finished_adapter_and_not_a_half_written_one(tiny_lora, tmp_path):
+    from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
+    from posttrain.pipeline._watcher import Watcher
+
+    watched = tmp_path / "runs"
+    done = shutil.copytree(tiny_lora, watched / "exp" / "final_model")
+    cut = shutil.copytree(tiny_lora, watched / "cut" / "final_model")
+    data = (cut / "adapter_model.safetensors").read_bytes()
+    (cut / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    calls = []
+
+    def handler(path: Path, sha: str) -> dict:
+        calls.append((path, sha))
+        return {"status": "succeeded", "run_id": f"run-{sha[:8]}"}
+
+    results = Watcher([watched], handler, store=Store(tmp_path / "db.sqlite"), settle_s=0.2).run_once()
+    assert [Path(r["path"]) for r in results] == [done]
+    assert calls == [(done, checkpoint_sha256(inspect_checkpoint(done, settle_seconds=0)))]

@@ -184,6 +184,17 @@ def environment(store: Store, run_id: str, variants: list[dict[str, Any]]) -> di
     return {k: v for k, v in env.items() if v is not None}
 
 
+def _adapter(store: Store, run_id: str, compare: dict[str, Any], variants: list[dict[str, Any]]) -> dict | None:
+    """The LoRA section, from what the detect and convert steps recorded (None for full weights)."""
+    from posttrain.report._adapter import adapter_section
+
+    outputs = {r["name"]: _loads(r["outputs_json"]) or {} for r in store.query(
+        "SELECT name, outputs_json FROM steps WHERE run_id = ? AND name IN ('detect', 'convert')", (run_id,))}
+    return adapter_section((outputs.get("detect") or {}).get("adapter"), (outputs.get("convert") or {}).get("routes"),
+                           list(compare.get("comparisons") or []),
+                           {v["quant"]: v["size_bytes"] or 0 for v in variants})
+
+
 def gather(store: Store, run_id: str) -> tuple[dict[str, Any], Path]:
     """The keyword arguments for write_report, and the run's folder."""
     run = load_run(store, run_id)
@@ -200,4 +211,5 @@ def gather(store: Store, run_id: str) -> tuple[dict[str, Any], Path]:
         "environment": environment(store, run_id, variants),
         "failures": [{"step": s["name"], "error": s["error"]} for s in steps if s["status"] == "failed"],
     }
+    inputs["adapter"] = _adapter(store, run_id, inputs["compare"], variants)
     return inputs, folder

@@ -212,7 +212,7 @@ def build_view(data: ReportInput) -> dict[str, Any]:
         "variants": [v.model_dump() for v in variants], "quant_tasks": score_tasks, "quant_bars": quant_bars,
         "steps": steps, "failures": failures, "environment": environment, "task_hashes": task_hashes,
         "disagreements": disagreements, "n_disagreements": n_disagreements,
-        "forest_rows": forest_rows,
+        "forest_rows": forest_rows, "adapter": data.adapter,
     }
 
 
@@ -245,6 +245,7 @@ def render_json(data: ReportInput, view: dict[str, Any]) -> str:
         "environment": data.environment,
         "failures": [f.model_dump(mode="json") for f in data.failures],
         "compare": data.compare,
+        "adapter": data.adapter,
     }
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
 
