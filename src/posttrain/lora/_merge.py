@@ -23,6 +23,7 @@ from posttrain.lora._detect import AdapterVerdict, inspect_adapter, tokenizer_so
 log = logging.getLogger("posttrain.lora")
 
 MERGE_MARKER = ".posttrain-merge.json"
+_SHARD_SIZE = "200MB"
 # Tokenizer files carried into the merged checkpoint, from the adapter's folder when it has them.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json",
                     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
@@ -60,7 +61,8 @@ def _merge_into(verdict: AdapterVerdict, staging: Path) -> str:
     with torch.inference_mode():
         peft_model = PeftModel.from_pretrained(model, verdict.path, is_trainable=False)
         merged = peft_model.merge_and_unload(safe_merge=True)
-    merged.save_pretrained(staging, safe_serialization=True)
+    # Small shards: safetensors serializes a whole shard in memory before writing it.
+    merged.save_pretrained(staging, safe_serialization=True, max_shard_size=_SHARD_SIZE)
     del merged, peft_model, model
     source = tokenizer_source(verdict)
     for name in _TOKENIZER_FILES:
