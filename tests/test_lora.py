@@ -108,6 +108,14 @@ def test_a_four_bit_base_name_marks_qlora(tiny_lora, tiny_spm, tmp_path):
     adapter = copy_adapter(tiny_lora, tmp_path / "q", base_model_name_or_path="unsloth/llama-3-8b-bnb-4bit")
     verdict = inspect_adapter(adapter, base=tiny_spm)
     assert verdict.complete and verdict.qlora
+    # A local 4-bit base (bitsandbytes' quantization_config) is named by the adapter, the full one given.
+    four_bit = shutil.copytree(tiny_spm, tmp_path / "base-4bit")
+    cfg = json.loads((four_bit / "config.json").read_text())
+    (four_bit / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"load_in_4bit": True}}))
+    local = copy_adapter(tiny_lora, tmp_path / "local", base_model_name_or_path=str(four_bit))
+    assert inspect_adapter(local, base=tiny_spm).qlora
+    refused = inspect_adapter(local)  # merging onto the 4-bit weights themselves is refused
+    assert not refused.complete and "stored quantized" in refused.reason
 
 
 # -- the two routes ------------------------------------------------------------------------------

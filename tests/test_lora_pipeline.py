@@ -54,38 +54,42 @@ def test_ollama_gets_the_base_blob_and_the_adapter_blob(tiny_lora_routes, tmp_pa
 
 
 @pytest.mark.slow
-def test_run_on_an_adapter_builds_both_routes_and_compares_them_with_the_base(tiny_lora, tmp_path):
+def test_run_on_a_qlora_adapter_builds_both_routes_and_compares_them_with_the_base(tiny_lora, tiny_spm, tmp_path):
     data = tmp_path / "data" / "hellaswag"
     data.mkdir(parents=True)
     (data / "hellaswag_val.jsonl").write_text(hellaswag_rows(12))
     adapter = shutil.copytree(tiny_lora, tmp_path / "exp1" / "final_model")
+    # As Unsloth writes it: the base is a 4-bit Hub repo (QLoRA); its full-precision copy is given by --base.
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "unsloth/tiny-bnb-4bit"}))
     home = tmp_path / "home"
     config = tmp_path / "posttrain.toml"
     with OllamaStandin(tmp_path / "ollama") as standin:
         config.write_text(f'quants = ["f16"]\ntasks = ["hellaswag"]\ndata_dir = "{tmp_path / "data"}"\nlimit = 12\n'
                           f'[ollama]\nurl = "{standin.url}"\n')
-        proc = subprocess.run([sys.executable, "-m", "posttrain", "run", str(adapter), "--config", str(config),
-                               "--home", str(home)], capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([sys.executable, "-m", "posttrain", "run", str(adapter), "--base", str(tiny_spm),
+                               "--config", str(config), "--home", str(home)], capture_output=True, text=True,
+                              timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert {"exp1_f16:latest", "exp1_f16-lora:latest"} <= set(standin.models)
         assert standin.models["exp1_f16-lora:latest"].adapters
     (run_dir,) = (home / "runs").iterdir()
     compare = json.loads((run_dir / "compare.json").read_text())
     labels = {c["new_label"] for c in compare["comparisons"]}
-    assert labels == {"exp1-F16", "exp1-F16+LoRA"}
+    assert labels == {"exp1-F16", "exp1-F16+LoRA", "exp1-Q4_K_M+LoRA"}
     assert {c["baseline_label"] for c in compare["comparisons"]} == {"baseline"}
     # The merged checkpoint is the run's own; the base was converted once and named as the baseline.
     assert (run_dir / "merged" / ".posttrain-merge.json").is_file()
     store = Store(home / "posttrain.db")
     (run,) = store.query("SELECT baseline FROM runs")
-    base = json.loads((tiny_lora / "adapter_config.json").read_text())["base_model_name_or_path"]
-    assert run["baseline"] == str(Path(base).resolve())
+    assert run["baseline"] == str(tiny_spm.resolve())
     report = (run_dir / "report.md").read_text()
     assert "### LoRA adapter" in report and "routes built: merge, adapter" in report
-    assert "| exp1-F16 | hellaswag |" in report  # the gap between the routes, per task
+    assert "| exp1-F16 | exp1-F16+LoRA | hellaswag |" in report  # the gap between the routes, per task
+    assert "| exp1-F16 | exp1-Q4_K_M+LoRA | hellaswag |" in report and "QLoRA" in report
     assert "**Ship exp1-F16**" in report or "**Ship exp1-F16+LoRA**" in report
     doc = json.loads((run_dir / "report.json").read_text())
-    assert doc["adapter"]["qlora"] is False and doc["adapter"]["base"] == run["baseline"]
+    assert doc["adapter"]["qlora"] is True and doc["adapter"]["base"] == run["baseline"]
 
 
 def _comparison(label: str, verdict: str, diff: float) -> dict:
@@ -105,6 +109,12 @@ def test_the_report_advises_the_smallest_merged_variant_unless_it_loses_where_th
     assert view["ship"] == "x-Q4_K_M" and view["routes"] == ["merge", "adapter"]
     assert any("QLoRA" in n for n in view["notes"])
     assert {(g["label"], round(g["gap"], 6)) for g in view["gaps"]} == {("x-F16", -0.01), ("x-Q4_K_M", -0.02)}
+    # A QLoRA's 4-bit base + adapter is a route of its own: gaps against it, never "the merged variant".
+    qlora = [*fine, _comparison("x-Q4_K_M+LoRA", "better", 0.045)]
+    view = adapter_section(facts, routes, qlora, sizes)
+    assert view["ship"] == "x-Q4_K_M"
+    assert {(g["label"], g["route"]) for g in view["gaps"]} == {
+        (m, r) for m in ("x-F16", "x-Q4_K_M") for r in ("x-F16+LoRA", "x-Q4_K_M+LoRA")}
     losing = [_comparison("x-F16", "worse", -0.05), _comparison("x-Q4_K_M", "worse", -0.07),
               _comparison("x-F16+LoRA", "no significant difference", 0.0)]
     assert adapter_section(facts, routes, losing, sizes)["ship"] == "x-F16+LoRA"

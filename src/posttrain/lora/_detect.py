@@ -167,11 +167,20 @@ def _check_shapes(adapter: Path, base: Verdict, rank: int, rank_pattern: bool) -
     return None
 
 
-def _is_four_bit(named: object, base_config: dict) -> bool:
-    q = base_config.get("quantization_config")
-    if isinstance(q, dict) and (q.get("load_in_4bit") is True or q.get("bits") == 4):
-        return True
-    return isinstance(named, str) and bool(_FOUR_BIT_NAME.search(named))
+def _is_four_bit(named: object, adapter_dir: Path) -> bool:
+    """Was the adapter trained against a 4-bit base (QLoRA)? The base it names says so: by its
+    quantization_config when that base is a local folder, else by its name (Unsloth's `…-bnb-4bit`)."""
+    if not isinstance(named, str) or "\0" in named:
+        return False
+    for folder in (Path(named).expanduser(), adapter_dir / named):
+        try:
+            config, _ = _parse_json((folder / "config.json").read_bytes())
+        except OSError:
+            continue
+        q = config.get("quantization_config") if isinstance(config, dict) else None
+        if isinstance(q, dict):
+            return q.get("load_in_4bit") is True or q.get("bits") == 4
+    return bool(_FOUR_BIT_NAME.search(named))
 
 
 def inspect_adapter(path: str | Path, *, base: str | Path | None = None, allow_pickle: bool = False) -> AdapterVerdict:
@@ -254,7 +263,7 @@ def _inspect(path: Path, given_base: Path | None, allow_pickle: bool) -> Adapter
     return AdapterVerdict(
         path, True, "complete", weight_files=[weights], tokenizer_files=tokenizer_files,
         total_bytes=size, rank=fields.get("rank"), lora_alpha=fields.get("lora_alpha"),
-        target_modules=fields.get("target_modules", []), qlora=_is_four_bit(named, base_config),
+        target_modules=fields.get("target_modules", []), qlora=_is_four_bit(named, path),
         routes=routes, route_note=note, **common)
 
 

@@ -12,8 +12,10 @@ from typing import Any
 
 from posttrain.checkpoint import Verdict
 
-# The label suffix of the adapter route's evaluation: base F16 + GGUF LoRA.
+# The label suffixes of the adapter route's evaluations: base F16 + GGUF LoRA, and for a QLoRA the
+# base quantized to 4 bits + the same LoRA (near the 4-bit base the adapter was trained against).
 ADAPTER_ROUTE = "F16+LoRA"
+QLORA_ROUTE = "Q4_K_M+LoRA"
 
 
 def adapter_facts(verdict: Verdict) -> dict[str, Any] | None:
@@ -34,9 +36,10 @@ def default_baseline(verdict: Verdict, baseline: str | None) -> str | None:
 
 
 def build_routes(checkpoint: str | Path, base: Path | None, adapter_sha256: str, run_dir: Path,
-                 gguf_dir: Path, model_name: str, base_f16: Any) -> dict[str, Any]:
+                 gguf_dir: Path, model_name: str, base_gguf: Any) -> dict[str, Any]:
     """Merge the adapter (into `run_dir/merged`) and, when llama.cpp can write it, its GGUF LoRA beside
-    the base's F16 GGUF (`base_f16()` converts the base, reused by content like the baseline's).
+    the base's GGUF (`base_gguf(quants)` converts the base, reused by content like the baseline's, and
+    returns {quant: path}; F16, plus Q4_K_M for a QLoRA).
     Returns {"merged": dir, "adapter": {...} or None, "adapter_note": why not}."""
     from posttrain._files import sha256_file
     from posttrain.lora import convert_adapter, inspect_adapter, merge_adapter
@@ -45,9 +48,10 @@ def build_routes(checkpoint: str | Path, base: Path | None, adapter_sha256: str,
     merged = merge_adapter(verdict, Path(run_dir) / "merged", adapter_sha256=adapter_sha256)
     out: dict[str, Any] = {"merged": str(merged), "adapter": None, "adapter_note": verdict.route_note}
     if "adapter" in verdict.routes:
-        base_gguf = Path(base_f16())
+        bases = base_gguf(["f16", "q4_k_m"] if verdict.qlora else ["f16"])
         lora = convert_adapter(verdict, Path(gguf_dir) / f"{model_name}-lora-F16.gguf", adapter_sha256=adapter_sha256)
-        out["adapter"] = {"base_gguf": str(base_gguf), "base_sha256": sha256_file(base_gguf),
+        out["adapter"] = {"base_gguf": str(bases["F16"]), "base_sha256": sha256_file(bases["F16"]),
                           "lora": str(lora), "lora_sha256": sha256_file(lora),
-                          "size_bytes": lora.stat().st_size}
+                          "size_bytes": lora.stat().st_size,
+                          "base_4bit_gguf": str(bases["Q4_K_M"]) if "Q4_K_M" in bases else None}
     return out

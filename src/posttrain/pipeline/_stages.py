@@ -23,7 +23,13 @@ from posttrain._files import sha256_file, write_json_atomic
 from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
 from posttrain.contracts import RunLayout
 from posttrain.errors import CheckpointIncomplete, PosttrainError
-from posttrain.pipeline._adapter_route import ADAPTER_ROUTE, adapter_facts, build_routes, default_baseline
+from posttrain.pipeline._adapter_route import (
+    ADAPTER_ROUTE,
+    QLORA_ROUTE,
+    adapter_facts,
+    build_routes,
+    default_baseline,
+)
 from posttrain.pipeline._config import Config
 from posttrain.pipeline._runner import (
     Outputs,
@@ -178,7 +184,8 @@ class Stages:
         if ctx.outputs["detect"].get("adapter"):  # a LoRA: merged here, its GGUF adapter beside the base
             routes = build_routes(checkpoint, self.config.base, ctx.outputs["detect"]["sha256"], ctx.run_dir,
                                   self.config.gguf_dir(name), name,
-                                  lambda: self._base_f16(Path(ctx.outputs["detect"]["adapter"]["base"])))
+                                  lambda quants: self._base_gguf(Path(ctx.outputs["detect"]["adapter"]["base"]),
+                                                                 quants))
             checkpoint = routes["merged"]
         result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), self.config.quants,
                                     model_name=name, allow_pickle=self.config.allow_pickle,
@@ -198,13 +205,13 @@ class Stages:
         return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants,
                 "routes": routes}
 
-    def _base_f16(self, path: Path) -> Path:
+    def _base_gguf(self, path: Path, quants: list[str]) -> dict[str, Path]:
         from posttrain.convert import convert_checkpoint, default_model_name
 
         name = default_model_name(path)  # the same folder and name as the baseline step's: converted once
-        return convert_checkpoint(path, self.config.gguf_dir(name), ["f16"], model_name=name,
-                                  allow_pickle=self.config.allow_pickle,
-                                  n_gpu_layers=self.config.n_gpu_layers).variant("F16").path
+        result = convert_checkpoint(path, self.config.gguf_dir(name), quants, model_name=name,
+                                    allow_pickle=self.config.allow_pickle, n_gpu_layers=self.config.n_gpu_layers)
+        return {v.quant: v.path for v in result.variants}
 
     def register(self, ctx: RunContext) -> Outputs:
         from posttrain.serve import Variant, register_variants
@@ -280,10 +287,12 @@ class Stages:
             _link_evals(ctx.store, ctx.run_id, "candidate", label, evals[label])
         lora = (ctx.outputs["convert"].get("routes") or {}).get("adapter")
         if lora:  # the adapter route: the base's F16 GGUF with the GGUF LoRA applied by llama.cpp
-            label = f"{name}-{ADAPTER_ROUTE}"
-            evals[label] = self._evaluate_one(ctx, lora["base_gguf"], label, lora=lora["lora"])
-            sources[label] = f"{lora['base_gguf']} + {lora['lora']}"
-            _link_evals(ctx.store, ctx.run_id, "candidate", label, evals[label])
+            for suffix, base in ((ADAPTER_ROUTE, lora["base_gguf"]), (QLORA_ROUTE, lora.get("base_4bit_gguf"))):
+                if base:  # the 4-bit base only for a QLoRA: the condition it was trained in
+                    label = f"{name}-{suffix}"
+                    evals[label] = self._evaluate_one(ctx, base, label, lora=lora["lora"])
+                    sources[label] = f"{base} + {lora['lora']}"
+                    _link_evals(ctx.store, ctx.run_id, "candidate", label, evals[label])
         return {"evals": evals, "sources": sources}
 
     def evaluate_baseline(self, ctx: RunContext) -> Outputs:
