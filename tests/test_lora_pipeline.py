@@ -139,3 +139,18 @@ def test_the_watcher_picks_up_a_finished_adapter_and_not_a_half_written_one(tiny
     results = Watcher([watched], handler, store=Store(tmp_path / "db.sqlite"), settle_s=0.2).run_once()
     assert [Path(r["path"]) for r in results] == [done]
     assert calls == [(done, checkpoint_sha256(inspect_checkpoint(done, settle_seconds=0)))]
+
+
+def test_the_demo_trains_a_lora_whose_base_is_its_baseline(tmp_path):
+    from posttrain.checkpoint import inspect_checkpoint
+    from posttrain.demo import train_demo_model
+
+    ck = train_demo_model(tmp_path, steps=4, threads=1, quiet=True, lora=True)
+    assert ck.early == tmp_path / "init_model" and ck.final == tmp_path / "final_model"
+    verdict = inspect_checkpoint(ck.final, settle_seconds=0)
+    assert verdict.complete and verdict.kind == "adapter", verdict.reason
+    assert verdict.base == ck.early and verdict.routes == ("merge", "adapter")
+    # all-linear: every projection of every layer carries a LoRA pair.
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= {
+        m.rsplit(".", 1)[-1] for m in verdict.target_modules}
+    assert not (tmp_path / "checkpoint-early").exists()

@@ -16,6 +16,8 @@ def demo_cmd(
     steps: int | None = typer.Option(None, "--steps", help="Training steps (default 400: about a minute on 2 cores)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the task, the model and training."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for training (default 1: faster than more for a model this small)."),
+    lora: bool = typer.Option(False, "--lora", help="Train a LoRA adapter (PEFT) on the frozen tiny base instead: "
+                                                    "both adapter routes are built and compared with the base."),
 ) -> None:
     """Train a tiny Llama on a small task, then watch posttrain convert, evaluate, compare and report it.
 
@@ -24,7 +26,7 @@ def demo_cmd(
     """
     from posttrain.demo import DEFAULT_STEPS, run_demo
 
-    result = run_demo(workdir, steps=steps or DEFAULT_STEPS, seed=seed, threads=threads,
+    result = run_demo(workdir, steps=steps or DEFAULT_STEPS, seed=seed, threads=threads, lora=lora,
                       say=lambda line: console.print(esc(line, one_line=False), highlight=False))
     for sentence in result.verdicts:
         console.print(f"  {esc(sentence)}", highlight=False)
