@@ -178,3 +178,16 @@ def test_an_adapter_that_does_not_fit_the_gguf_is_one_clear_error(tiny_lora_rout
     assert _scan(tiny_gguf["F16"]).metadata  # a full model, not an adapter
     with pytest.raises(PosttrainError, match="could not load the LoRA adapter"):
         LlamaCppEngine(tiny_lora_routes["base_f16"], n_ctx=64, lora_path=tiny_gguf["F16"])
+
+
+def test_base_plus_adapter_is_its_own_model_for_the_result_cache(tiny_lora_routes, tiny_spm):
+    from posttrain.evaluate import resolve_model
+    from posttrain.evaluate._backends import with_lora
+
+    r = tiny_lora_routes
+    base = resolve_model(r["base_f16"])
+    applied = with_lora(base, r["lora_f16"])
+    assert applied.model_id.startswith(base.model_id + "+lora:") and applied.model_id != base.model_id
+    assert applied.model_args["lora"] == str(r["lora_f16"].resolve()) and applied.backend == base.backend
+    with pytest.raises(PosttrainError, match="applies to a GGUF base"):
+        with_lora(resolve_model(tiny_spm), r["lora_f16"])

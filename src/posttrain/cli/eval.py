@@ -41,6 +41,8 @@ def eval_cmd(
                                                         "(repeatable; default <think>…</think>)."),
     max_gen_toks: int | None = typer.Option(None, "--max-gen-toks", help="Cap on generated tokens per item."),
     n_gpu_layers: int | None = n_gpu_layers_option(),
+    lora: Path | None = typer.Option(None, "--lora", help="A GGUF LoRA (posttrain lora gguf) that llama.cpp "
+                                                          "applies to MODEL, a .gguf base."),
 ) -> None:
     """Evaluate MODEL with lm-evaluation-harness; print metric, value, 95% CI, n, seconds, tokens/s per task."""
     from posttrain import paths
@@ -57,7 +59,7 @@ def eval_cmd(
         per_subject=per_subject, seed=seed, num_fewshot=num_fewshot, store=store, out_dir=out_dir,
         endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama, think_patterns=think_pattern or None,
         gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, task_paths=include_path or None,
-        n_gpu_layers=n_gpu_layers,
+        n_gpu_layers=n_gpu_layers, lora=lora,
     )
     table = Table(title=esc(model), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     for col in ("task", "metric", "filter", "value", "95% CI", "n", "seconds", "tokens/s"):

@@ -35,6 +35,16 @@ def default_baseline(verdict: Verdict, baseline: str | None) -> str | None:
     return baseline or (facts["base"] if facts else None)
 
 
+def routes_intact(convert_outputs: dict[str, Any]) -> bool:
+    """The adapter route's files are still there (a resumed run reuses the convert step only then)."""
+    lora = (convert_outputs.get("routes") or {}).get("adapter")
+    if not lora:
+        return True
+    files = [Path(lora["base_gguf"]), Path(lora["lora"])] + ([Path(lora["base_4bit_gguf"])]
+                                                             if lora.get("base_4bit_gguf") else [])
+    return all(f.is_file() for f in files) and Path(lora["lora"]).stat().st_size == lora["size_bytes"]
+
+
 def build_routes(checkpoint: str | Path, base: Path | None, adapter_sha256: str, run_dir: Path,
                  gguf_dir: Path, model_name: str, base_gguf: Any) -> dict[str, Any]:
     """Merge the adapter (into `run_dir/merged`) and, when llama.cpp can write it, its GGUF LoRA beside

@@ -29,6 +29,7 @@ from posttrain.pipeline._adapter_route import (
     adapter_facts,
     build_routes,
     default_baseline,
+    routes_intact,
 )
 from posttrain.pipeline._config import Config
 from posttrain.pipeline._runner import (
@@ -147,7 +148,8 @@ class Stages:
             Step("detect", self.detect, lambda o: Path(o["checkpoint"]).is_dir()),
             # The steps that load llama.cpp or torch run in a child process (isolated): a native crash
             # then fails the step, and the watcher lives on.
-            Step("convert", self.convert, _variants_intact, depends_on=("detect",), isolated=True),
+            Step("convert", self.convert, lambda o: _variants_intact(o) and routes_intact(o), depends_on=("detect",),
+                 isolated=True),
             Step("register", self.register, depends_on=("convert",)),
             Step("baseline", self.baseline, self._baseline_ok, isolated=True),
             Step("evaluate", self.evaluate, depends_on=("convert",), isolated=True),
