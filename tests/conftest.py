@@ -46,3 +46,29 @@ def tiny_gguf(tiny_spm, tmp_path_factory) -> dict[str, Path]:
 
     result = convert_checkpoint(tiny_spm, tmp_path_factory.mktemp("gguf"), ["f16", "q8_0", "q4_k_m"])
     return {v.quant: v.path for v in result.variants}
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_spm, tmp_path_factory) -> Path:
+    """A LoRA trained for a few steps on `tiny_spm` with PEFT and transformers' Trainer; its
+    adapter_config.json names `tiny_spm`'s directory as the base (as PEFT writes it)."""
+    from lora_helpers import train_lora
+
+    return train_lora(tiny_spm, tmp_path_factory.mktemp("lora") / "final_model")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_routes(tiny_lora, tmp_path_factory) -> dict[str, Path]:
+    """Both routes built: the merged checkpoint and its F16 GGUF, the base F16 GGUF and the GGUF LoRA."""
+    from posttrain.convert import convert_checkpoint
+    from posttrain.lora import convert_adapter, inspect_adapter, merge_adapter
+
+    out = tmp_path_factory.mktemp("lora-routes")
+    verdict = inspect_adapter(tiny_lora)
+    merged = merge_adapter(verdict, out / "merged")
+    return {
+        "merged": merged,
+        "merged_f16": convert_checkpoint(merged, out / "gguf-merged", ["f16"], verify=False).variant("F16").path,
+        "base_f16": convert_checkpoint(verdict.base, out / "gguf-base", ["f16"], verify=False).variant("F16").path,
+        "lora_f16": convert_adapter(verdict, out / "lora-F16.gguf"),
+    }

@@ -51,6 +51,7 @@ class StandinModel:
     parameters: dict[str, object]
     template: str
     system: str | None
+    adapters: dict[str, str] = field(default_factory=dict)  # name → digest (create's `adapters`)
     modified_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 
@@ -220,6 +221,8 @@ class OllamaStandin:
                              "# To build a new Modelfile based on this, replace FROM with:",
                              f"# FROM {name}", "", f"FROM {standin.blob_path(model.blob)}",
                              f'TEMPLATE """{model.template}"""']
+                # Ollama lists each adapter layer as an ADAPTER line with its blob's path.
+                modelfile += [f"ADAPTER {standin.blob_path(d)}" for d in model.adapters.values()]
                 if model.system:
                     modelfile.append(f'SYSTEM """{model.system}"""')
                 modelfile += [f"PARAMETER {line}" for line in params.splitlines()]
@@ -236,7 +239,8 @@ class OllamaStandin:
                 files = body.get("files") or {}
                 if not files:
                     return self._send_json(400, {"error": "neither 'from' or 'files' was specified"})
-                for digest in files.values():
+                adapters = body.get("adapters") or {}
+                for digest in [*files.values(), *adapters.values()]:
                     if not standin.blob_path(digest).is_file():
                         return self._send_json(400, {"error": f"blob {digest} not found"})
                 lines = [{"status": "parsing GGUF"}]
@@ -247,7 +251,8 @@ class OllamaStandin:
                 lines.append({"status": f"using existing layer {blob}"})
                 standin.models[_full(name)] = StandinModel(
                     name=_full(name), blob=blob, files=dict(files), parameters=dict(body.get("parameters") or {}),
-                    template=body.get("template") or standin.DEFAULT_TEMPLATE, system=body.get("system"))
+                    template=body.get("template") or standin.DEFAULT_TEMPLATE, system=body.get("system"),
+                    adapters=dict(adapters))
                 lines += [{"status": "writing manifest"}, {"status": "success"}]
                 if body.get("stream", True):
                     return self._stream(lines)

@@ -195,14 +195,17 @@ def _snapshot(path: Path) -> dict[str, tuple[int, int]]:
 
 
 def inspect_checkpoint(path: str | Path, *, settle_seconds: float = 2.0,
-                       allow_pickle: bool = False) -> Verdict:
-    """Decide whether `path` holds a complete checkpoint; never raises for a bad checkpoint."""
+                       allow_pickle: bool = False, base: str | Path | None = None) -> Verdict:
+    """Decide whether `path` holds a complete checkpoint; never raises for a bad checkpoint.
+
+    A PEFT adapter directory (adapter_config.json, no config.json) gets a `posttrain.lora.AdapterVerdict`,
+    its base resolved from `base` or from adapter_config.json."""
     path = Path(path)
     if not path.is_dir():
         return Verdict(path, False, f"{path} is not a directory")
     try:
         before = _snapshot(path)
-        verdict = _inspect_once(path, allow_pickle)
+        verdict = _inspect_once(path, allow_pickle, base)
         if not verdict.complete or settle_seconds <= 0:
             return verdict
         time.sleep(settle_seconds)
@@ -218,8 +221,12 @@ def inspect_checkpoint(path: str | Path, *, settle_seconds: float = 2.0,
     return verdict
 
 
-def _inspect_once(path: Path, allow_pickle: bool) -> Verdict:
+def _inspect_once(path: Path, allow_pickle: bool, base: str | Path | None = None) -> Verdict:
     config_path = path / CONFIG
+    if not config_path.is_file() and (path / "adapter_config.json").is_file():
+        from posttrain.lora import inspect_adapter  # the adapter detector builds on this module
+
+        return inspect_adapter(path, base=base, allow_pickle=allow_pickle)
     if not config_path.is_file():
         return Verdict(path, False, "config.json is missing")
     config, error = _parse_json(config_path.read_bytes())

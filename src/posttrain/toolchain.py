@@ -33,8 +33,10 @@ from posttrain.errors import PosttrainError, TransientError
 from posttrain.paths import cache_dir
 
 CONVERTER = "convert_hf_to_gguf.py"
-# What the converter needs from the tree; nothing else is extracted.
-_NEEDED = (CONVERTER, "conversion/", "gguf-py/", "LICENSE")
+# The PEFT LoRA → GGUF adapter converter; it reuses the converter's conversion/ package.
+LORA_CONVERTER = "convert_lora_to_gguf.py"
+# What the converters need from the tree; nothing else is extracted.
+_NEEDED = (CONVERTER, LORA_CONVERTER, "conversion/", "gguf-py/", "LICENSE")
 PROVENANCE = "provenance.json"
 
 
@@ -48,6 +50,10 @@ class ConverterTree:
     @property
     def script(self) -> Path:
         return self.root / CONVERTER
+
+    @property
+    def lora_script(self) -> Path:
+        return self.root / LORA_CONVERTER
 
     @property
     def gguf_py(self) -> Path:
@@ -113,6 +119,8 @@ def _verified_cached_tree(root: Path, ver: str) -> ConverterTree | None:
     if meta.get("tree_sha256") != _tree_sha256(root):
         raise PosttrainError(f"the provisioned converter tree at {root} was modified (tree hash mismatch)",
                              remedy=f"delete {root} and run again to provision it afresh")
+    if not (root / LORA_CONVERTER).is_file():
+        return None  # provisioned by a posttrain that did not extract the LoRA converter: provision again
     return ConverterTree(root, "sdist", ver, meta.get("sdist_sha256"))
 
 

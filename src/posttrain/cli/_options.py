@@ -74,6 +74,7 @@ class PipelineOptions:
     ray_address: str | None = None
     shared_dir: Path | None = None
     shard_docs: int | None = None
+    base: Path | None = None
 
     def load_config(self, **watch):
         """The run's settings: the flags given, over POSTTRAIN_* variables, over posttrain.toml."""
@@ -86,6 +87,7 @@ class PipelineOptions:
                            n_gpu_layers=self.n_gpu_layers, track=_joined(self.track),
                            track_artifacts=_joined(self.track_artifacts), executor=self.executor,
                            ray_address=self.ray_address, shared_dir=self.shared_dir, shard_docs=self.shard_docs,
+                           base=self.base,
                            watch={k: v for k, v in watch.items() if v is not None})
 
 
@@ -114,6 +116,8 @@ def _pipeline_option_params() -> list[inspect.Parameter]:
         "ray_address": ray_address_option(),
         "shared_dir": shared_dir_option(),
         "shard_docs": shard_docs_option(),
+        "base": typer.Option(None, "--base", help="Base model directory of LoRA adapter checkpoints "
+                             "(default: the base named in adapter_config.json)."),
     }
     hints = typing.get_type_hints(PipelineOptions)
     return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hints[name])

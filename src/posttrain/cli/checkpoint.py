@@ -15,14 +15,24 @@ def check(
     path: Path = typer.Argument(..., help="Checkpoint directory (config.json, tokenizer, safetensors)."),
     settle: float = typer.Option(2.0, help="Seconds the files must stay unchanged."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pytorch_model.bin (pickle) weights."),
+    base: Path | None = typer.Option(None, "--base", help="Base model directory of a LoRA adapter "
+                                                         "(default: the base named in adapter_config.json)."),
 ) -> None:
-    """Say whether PATH is a complete Hugging Face checkpoint, and if not, why. Exit 1 when not."""
-    verdict = inspect_checkpoint(path, settle_seconds=settle, allow_pickle=allow_pickle)
+    """Say whether PATH is a complete Hugging Face checkpoint or LoRA adapter, and if not, why. Exit 1 when not."""
+    verdict = inspect_checkpoint(path, settle_seconds=settle, allow_pickle=allow_pickle, base=base)
+    if verdict.complete and getattr(verdict, "kind", None) == "adapter":
+        qlora = " (QLoRA: trained against a 4-bit base)" if verdict.qlora else ""
+        console.print(f"[green]complete[/]: {esc(verdict.peft_type)} adapter, rank {verdict.rank}, on the base "
+                      f"{esc(verdict.base)} ({esc(verdict.architecture)}){qlora}; routes: {', '.join(verdict.routes)}"
+                      + (f" ({esc(verdict.route_note)})" if verdict.route_note else ""), highlight=False, soft_wrap=True)
+        return
     if verdict.complete:
         console.print(f"[green]complete[/]: {esc(verdict.architecture)}, {len(verdict.weight_files)} weight file(s), "
                       f"{human_bytes(verdict.total_bytes)}", highlight=False)
         return
-    console.print(f"[red]incomplete[/]: {esc(verdict.reason)}", highlight=False, soft_wrap=True)
+    remedy = getattr(verdict, "remedy", None)
+    console.print(f"[red]incomplete[/]: {esc(verdict.reason)}" + (f" — {esc(remedy)}" if remedy else ""),
+                  highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 

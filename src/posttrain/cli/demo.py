@@ -28,6 +28,8 @@ def demo_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed for the task, the model and training."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for training (default 1: faster than more for a model this small)."),
     verbose: bool = verbose_option(),
+    lora: bool = typer.Option(False, "--lora", help="Train a LoRA adapter (PEFT) on the frozen tiny base instead: "
+                                                    "both adapter routes are built and compared with the base."),
 ) -> None:
     """Train a tiny Llama on a small task, then watch posttrain convert, evaluate, compare and report it.
 
@@ -39,7 +41,7 @@ def demo_cmd(
 
     log_path = paths.home() / "logs" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with long_command(log_path, verbose=verbose, follow_children=True) as display:
-        result = run_demo(workdir, steps=steps or DEFAULT_STEPS, seed=seed, threads=threads,
+        result = run_demo(workdir, steps=steps or DEFAULT_STEPS, seed=seed, threads=threads, lora=lora,
                           say=lambda line: _say(display, line))
     for sentence in result.verdicts:
         console.print(f"  {esc(sentence)}", highlight=False)

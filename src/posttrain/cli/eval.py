@@ -58,6 +58,8 @@ def eval_cmd(
     shared_dir: Path | None = shared_dir_option(),
     shard_docs: int | None = shard_docs_option(),
     verbose: bool = verbose_option(),
+    lora: Path | None = typer.Option(None, "--lora", help="A GGUF LoRA (posttrain lora gguf) that llama.cpp "
+                                                          "applies to MODEL, a .gguf base."),
 ) -> None:
     """Evaluate MODEL with lm-evaluation-harness; print metric, value, 95% CI, n, seconds, tokens/s per task."""
     from posttrain import paths
@@ -77,7 +79,7 @@ def eval_cmd(
             per_subject=per_subject, seed=seed, num_fewshot=num_fewshot, store=store, out_dir=out_dir,
             endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama, think_patterns=think_pattern or None,
             gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, task_paths=include_path or None,
-            n_gpu_layers=n_gpu_layers, shards=shards,
+            n_gpu_layers=n_gpu_layers, shards=shards, lora=lora,
         )
     table = Table(title=esc(model), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
                   caption="n: items evaluated for that task", caption_justify="left")

@@ -73,6 +73,9 @@ def run_cmd(
 ) -> None:
     """Convert, register, evaluate, compare, report and notify for each CHECKPOINT; resumes after any crash.
 
+    A LoRA adapter directory (adapter_config.json) is merged into its base and also kept as a GGUF
+    adapter; both are evaluated against the base (the default baseline).
+
     Exit 0 when every run succeeded, 1 when a step failed (the report says which), 75 when
     interrupted (run the same command again to resume).
     """

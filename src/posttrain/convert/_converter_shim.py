@@ -1,7 +1,8 @@
 """Run llama.cpp's official convert_hf_to_gguf.py from its tree, unchanged.
 
 Executed as a script (not imported from posttrain) so the converter sees a clean interpreter:
-    python _converter_shim.py TREE [--parent=PID] [--pre-tokenizer=NAME] -- CONVERTER_ARGS...
+    python _converter_shim.py TREE [--parent=PID] [--lora] [--pre-tokenizer=NAME] -- CONVERTER_ARGS...
+`--lora`: run the tree's convert_lora_to_gguf.py (a PEFT adapter → a GGUF LoRA) instead.
 `--parent=PID`: end with that process, however it ends (posttrain killed with -9 must not leave a
 converter running on and writing beside the rerun); posttrain's `_lifeline` is loaded from its file
 so that nothing else of posttrain is imported here.
@@ -29,6 +30,10 @@ def main() -> None:
     tree = Path(args.pop(0))
     if args and args[0].startswith("--parent="):
         _die_with(int(args.pop(0).split("=", 1)[1]))
+    script_name = "convert_hf_to_gguf.py"
+    if args and args[0] == "--lora":
+        script_name = "convert_lora_to_gguf.py"
+        args.pop(0)
     pre_tokenizer = None
     if args and args[0].startswith("--pre-tokenizer="):
         pre_tokenizer = args.pop(0).split("=", 1)[1]
@@ -48,7 +53,7 @@ def main() -> None:
                 patched += 1
         if not patched:
             sys.exit("posttrain: this converter has no get_vocab_base_pre() to override")
-    script = tree / "convert_hf_to_gguf.py"
+    script = tree / script_name
     sys.argv = [str(script), *args]
     runpy.run_path(str(script), run_name="__main__")
 

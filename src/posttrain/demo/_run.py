@@ -127,8 +127,9 @@ def _current_step(home: Path) -> str | None:
 
 
 def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, threads: int | None = None,
-             timeout_s: float = 1800.0, say: Callable[[str], None] = print) -> DemoResult:
-    """Run the demo in `workdir`; returns where the report is and what it concluded."""
+             timeout_s: float = 1800.0, say: Callable[[str], None] = print, lora: bool = False) -> DemoResult:
+    """Run the demo in `workdir`; returns where the report is and what it concluded. `lora`: train a
+    LoRA adapter on the frozen tiny base instead, which becomes the baseline (docs/lora.md)."""
     from posttrain.integrations.transformers import PosttrainCallback
 
     workdir = Path(workdir).expanduser().resolve()
@@ -139,7 +140,7 @@ def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, 
     train_dir = runs / RUN_NAME
     runs.mkdir(parents=True)
     task = write_demo_task(workdir / "task")
-    config = write_demo_config(workdir, task.directory, train_dir / EARLY_DIR)
+    config = write_demo_config(workdir, task.directory, train_dir / ("init_model" if lora else EARLY_DIR))
     say(f"demo task: {task.n_train} training and {task.n_test} test items ({task.yaml_path})")
 
     start = time.perf_counter()
@@ -151,9 +152,11 @@ def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, 
     say(proc.stdout.strip())
     try:
         callback = PosttrainCallback(home=home, config=config, mode="enqueue", checkpoint=train_dir / FINAL_DIR)
-        say(f"training a tiny Llama for {steps} steps on the CPU (transformers Trainer) ...")
+        what = "a LoRA adapter on a tiny Llama (PEFT)" if lora else "a tiny Llama"
+        say(f"training {what} for {steps} steps on the CPU (transformers Trainer) ...")
         start = time.perf_counter()
-        ck = train_demo_model(train_dir, steps=steps, seed=seed, callback=callback, threads=threads, quiet=True)
+        ck = train_demo_model(train_dir, steps=steps, seed=seed, callback=callback, threads=threads, quiet=True,
+                              lora=lora)
         times["train"] = time.perf_counter() - start
         loss = f", final loss {ck.final_loss:.3f}" if ck.final_loss is not None else ""
         say(f"trained in {ck.train_seconds:.0f} s{loss}: baseline {ck.early}, final {ck.final}")

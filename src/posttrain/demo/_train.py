@@ -5,6 +5,10 @@ it has seen the prompt format but not learned the numbers) and `final_model/` (v
 `trainer.save_model`). Both are plain Hugging Face model directories with safetensors weights and
 the tokenizer, written under a temporary name and renamed when complete, so a watcher never sees
 half a checkpoint.
+
+With `lora=True` the base stays frozen and PEFT trains a LoRA on every linear layer: `final_model/`
+is then an adapter folder (adapter_config.json naming `init_model/` as its base), and the base itself
+is the baseline.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ EARLY_DIR = "checkpoint-early"
 FINAL_DIR = "final_model"
 DEFAULT_STEPS = 400
 DEFAULT_EARLY_STEP = 5
+# The demo's LoRA: every linear layer of the tiny model, rank 16 (its hidden size is 256).
+LORA_RANK = 16
 
 
 @dataclass(frozen=True)
@@ -115,8 +121,10 @@ def _early_saver(step: int, out: Path, init_dir: Path):
 
 def train_demo_model(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0,
                      early_step: int = DEFAULT_EARLY_STEP, callback=None, batch_size: int = 32,
-                     learning_rate: float = 3e-3, threads: int | None = None, quiet: bool = False) -> DemoCheckpoints:
-    """Train the demo model in `workdir`; returns the early and final checkpoint directories.
+                     learning_rate: float = 3e-3, threads: int | None = None, quiet: bool = False,
+                     lora: bool = False) -> DemoCheckpoints:
+    """Train the demo model in `workdir`; returns the early and final checkpoint directories
+    (with `lora`: the base model's directory and the adapter's).
 
     `callback` is an extra `transformers.TrainerCallback` (e.g. `PosttrainCallback`) attached to
     the Trainer. Training is seeded and single-process, so a given seed gives the same model.
@@ -126,7 +134,7 @@ def train_demo_model(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: i
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    if not 0 < early_step < steps:
+    if not lora and not 0 < early_step < steps:  # a LoRA saves no early checkpoint
         raise ValueError(f"early_step must lie between 0 and steps ({steps}), not {early_step}")
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -134,13 +142,13 @@ def train_demo_model(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: i
     torch.set_num_threads(threads or DEFAULT_THREADS)
     try:
         return _train(workdir, steps=steps, seed=seed, early_step=early_step, callback=callback,
-                      batch_size=batch_size, learning_rate=learning_rate, quiet=quiet)
+                      batch_size=batch_size, learning_rate=learning_rate, quiet=quiet, lora=lora)
     finally:
         torch.set_num_threads(threads_before)  # the caller's setting, not ours, once training is done
 
 
 def _train(workdir: Path, *, steps: int, seed: int, early_step: int, callback, batch_size: int,
-           learning_rate: float, quiet: bool) -> DemoCheckpoints:
+           learning_rate: float, quiet: bool, lora: bool = False) -> DemoCheckpoints:
     import torch
     from transformers import (
         AutoTokenizer,
@@ -161,10 +169,16 @@ def _train(workdir: Path, *, steps: int, seed: int, early_step: int, callback, b
     init_dir = make_tiny(workdir / "init_model", tokenizer="spm", seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
     model = LlamaForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, target_modules="all-linear",
+                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
     train_items, _ = make_items(seed=seed)
     dataset = _TextDataset(training_texts(train_items), tokenizer)
 
-    early_dir, final_dir = workdir / EARLY_DIR, workdir / FINAL_DIR
+    # A LoRA's baseline is its base: no early checkpoint is saved.
+    early_dir, final_dir = (init_dir if lora else workdir / EARLY_DIR), workdir / FINAL_DIR
     args = TrainingArguments(
         output_dir=str(workdir / "trainer"),
         max_steps=steps,
@@ -182,7 +196,7 @@ def _train(workdir: Path, *, steps: int, seed: int, early_step: int, callback, b
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    callbacks = [_early_saver(early_step, early_dir, init_dir)]
+    callbacks = [] if lora else [_early_saver(early_step, early_dir, init_dir)]
     if callback is not None:
         callbacks.append(callback)
     trainer = Trainer(model=model, args=args, train_dataset=dataset,

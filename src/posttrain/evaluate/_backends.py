@@ -109,6 +109,21 @@ def with_gpu_layers(ref: ModelRef, n_gpu_layers: int | None) -> ModelRef:
     return replace(ref, model_args=args, loglikelihood=ll)
 
 
+def with_lora(ref: ModelRef, lora: str | Path | None, scale: float = 1.0) -> ModelRef:
+    """`ref` (a GGUF) with a GGUF LoRA applied by llama.cpp at run time: another model, so another id."""
+    if lora is None:
+        return ref
+    lora = Path(lora).expanduser()
+    if ref.kind != "gguf":
+        raise PosttrainError(f"a LoRA adapter applies to a GGUF base, not to {ref.reference}",
+                             remedy="give the base model's .gguf file")
+    if not lora.is_file():
+        raise PosttrainError(f"LoRA adapter {lora} not found", remedy="give the adapter's .gguf file")
+    return replace(ref, reference=f"{ref.reference}+{lora.name}",
+                   model_id=f"{ref.model_id}+lora:{file_sha256(lora)}@{float(scale):g}",
+                   model_args={**ref.model_args, "lora": str(lora.resolve()), "lora_scale": float(scale)})
+
+
 def _hf_ref(path: Path) -> ModelRef:
     from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
 

@@ -69,6 +69,8 @@ class LlamaCppEngine:
         flash_attn: bool = False,
         kv_type: str = "f16",
         verbose: bool = False,
+        lora_path: str | os.PathLike[str] | None = None,
+        lora_scale: float = 1.0,
     ) -> None:
         lc = _llama()
         lc._logger.set_verbose(verbose)
@@ -135,12 +137,34 @@ class LlamaCppEngine:
                 f"llama.cpp could not create a context for {path} (n_ctx={self.n_ctx})",
                 remedy="lower n_ctx / n_batch, or free memory",
             )
+        self._lora = None
+        if lora_path is not None:
+            self._apply_lora(Path(lora_path), float(lora_scale))
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(self.n_batch, 0, self.n_seq_max)
         self._batch_ok = True
         # Tokens held in sequence 0 by the sequential paths, for prefix reuse between calls.
         self._seq0: list[int] = []
         self.tokens_evaluated = 0
+
+    def _apply_lora(self, path: Path, scale: float) -> None:
+        """A GGUF LoRA (convert_lora_to_gguf.py) applied to every decode of this context, times `scale`."""
+        lc = _llama()
+        if not path.is_file():
+            self.close()
+            raise PosttrainError(f"LoRA adapter not found: {path}", remedy="pass the path of an adapter .gguf")
+        self._lora = lc.llama_adapter_lora_init(self._model, str(path).encode())
+        if not self._lora:
+            self.close()
+            raise PosttrainError(f"llama.cpp could not load the LoRA adapter {path} onto {self.path}",
+                                 remedy="the adapter must be a GGUF LoRA made for this base model "
+                                        "(`posttrain lora gguf`)")
+        adapters = (lc.llama_adapter_lora_p_ctypes * 1)(self._lora)
+        scales = (ctypes.c_float * 1)(scale)
+        if lc.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
+            self.close()
+            raise PosttrainError(f"llama.cpp refused to apply the LoRA adapter {path}")
+        self.lora_path, self.lora_scale = path, scale
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -152,6 +176,9 @@ class LlamaCppEngine:
         if getattr(self, "_ctx", None):
             lc.llama_free(self._ctx)
             self._ctx = None
+        if getattr(self, "_lora", None):  # after the context that uses it, before the model it belongs to
+            lc.llama_adapter_lora_free(self._lora)
+            self._lora = None
         if getattr(self, "_model", None):
             lc.llama_model_free(self._model)
             self._model = None

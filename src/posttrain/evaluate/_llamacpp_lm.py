@@ -61,7 +61,7 @@ class LlamaCppLM(TemplateLM):
     (default: every layer on a build that offloads, else 0; -1 all),
     `max_gen_toks` (default for generation when a task sets none, 256), `batched` (false: score one
     request per decode, the simple reference path), `flash_attn` (false), `kv_type` (KV cache type: f16 as llama.cpp's default, f32, q8_0), `seed` (recorded;
-    decoding is greedy), `verbose`.
+    decoding is greedy), `verbose`, `lora` (a GGUF LoRA applied to the model, times `lora_scale`).
     """
 
     def __init__(
@@ -81,6 +81,8 @@ class LlamaCppLM(TemplateLM):
         kv_type: str = "f16",
         seed: int = 0,
         verbose: bool | str = False,
+        lora: str | None = None,
+        lora_scale: float | str = 1.0,
         # lm-eval passes these to every backend; batching here is by tokens, not requests.
         batch_size: Any = None,
         max_batch_size: Any = None,
@@ -115,6 +117,8 @@ class LlamaCppLM(TemplateLM):
             flash_attn=_as_bool(flash_attn),
             kv_type=str(kv_type),
             verbose=_as_bool(verbose),
+            lora_path=lora or None,
+            lora_scale=float(lora_scale),
         )
         self._max_length = (
             int(max_length) if max_length else min(self.engine.n_ctx_train or 2048, DEFAULT_MAX_LENGTH_CAP, self.engine.n_ctx)

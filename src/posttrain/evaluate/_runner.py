@@ -11,7 +11,7 @@ from pathlib import Path
 
 from posttrain import _progress
 from posttrain._versions import package_version
-from posttrain.evaluate._backends import ModelRef, make_lm, resolve_model, with_gpu_layers
+from posttrain.evaluate._backends import ModelRef, make_lm, resolve_model, with_gpu_layers, with_lora
 from posttrain.evaluate._measured_lm import MeasuredLM
 from posttrain.evaluate._results import EvalResult, metrics_from_items, metrics_from_json, metrics_to_json
 from posttrain.evaluate._samples import items_from_samples
@@ -138,13 +138,14 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
              ollama_url: str | None = None, think_patterns: list[str] | None = None,
              gen_kwargs: dict | None = None, label: str | None = None,
              task_paths: list[Path] | None = None, n_gpu_layers: int | None = None,
-             shards=None) -> list[EvalResult]:
+             shards=None, lora: Path | None = None) -> list[EvalResult]:
     """Evaluate one model on lm-eval tasks; one EvalResult per task, reused from the store when the key matches.
 
     `task_paths`: directories of your own lm-eval task YAMLs (lm-eval's `--include_path`); tasks found
     there are loaded from them, the others from lm-eval (or `data_dir`) as usual. `n_gpu_layers`:
     layers llama.cpp offloads for a GGUF (default: all on a build that offloads, else none).
     `shards`: a `ShardedEvaluation` (evaluate/_shards.py) that runs each task as shards on an executor.
+    `lora`: a GGUF LoRA that llama.cpp applies to `model` (a GGUF) at run time.
     """
     check_subset_options(limit, per_subject)  # before any task or data is loaded
     request = EvalRequest(tasks=tuple(tasks or DEFAULT_TASKS), data_dir=data_dir,
@@ -153,6 +154,7 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
                           think_patterns=tuple(think_patterns) if think_patterns is not None else None)
     ref = with_gpu_layers(resolve_model(model, endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama_url),
                           n_gpu_layers)
+    ref = with_lora(ref, lora)
     return evaluate_request(ref, request, store=store, out_dir=Path(out_dir), label=label, shards=shards)
 
 

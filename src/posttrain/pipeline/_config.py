@@ -93,6 +93,8 @@ class Config(BaseSettings):
     per_subject: int | None = Field(None, ge=1)
     seed: int = 0
     baseline: str | None = None
+    # The base model directory of LoRA adapter checkpoints (default: adapter_config.json's base).
+    base: Path | None = None
     allow_pickle: bool = False
     retries: int = Field(3, ge=1, le=20)
     retry_backoff_s: float = Field(2.0, ge=0)
@@ -156,7 +158,7 @@ class Config(BaseSettings):
             raise ValueError(f"{v!r} is not an executor (local, ray or ray://HOST:PORT)")
         return v
 
-    @field_validator("home", "data_dir")
+    @field_validator("home", "data_dir", "base")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None

@@ -24,6 +24,14 @@ from posttrain._files import sha256_file, write_json_atomic
 from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
 from posttrain.contracts import RunLayout, Variant
 from posttrain.errors import CheckpointIncomplete, PosttrainError
+from posttrain.pipeline._adapter_route import (
+    ADAPTER_ROUTE,
+    QLORA_ROUTE,
+    adapter_facts,
+    build_routes,
+    default_baseline,
+    routes_intact,
+)
 from posttrain.pipeline._baseline import Baseline
 from posttrain.pipeline._config import Config
 from posttrain.pipeline._runner import (
@@ -56,17 +64,18 @@ def plan_run(checkpoint: str | Path, config: Config, *, known_sha256: str | None
     from posttrain.convert import default_model_name
 
     checkpoint = Path(checkpoint).expanduser().resolve()
-    verdict = inspect_checkpoint(checkpoint, settle_seconds=0, allow_pickle=config.allow_pickle)
+    verdict = inspect_checkpoint(checkpoint, settle_seconds=0, allow_pickle=config.allow_pickle, base=config.base)
     if not verdict.complete:
         raise CheckpointIncomplete(f"{checkpoint} is not a complete checkpoint: {verdict.reason}",
-                                   remedy="wait for training to finish, or `posttrain check` it")
+                                   remedy=getattr(verdict, "remedy", None)
+                                   or "wait for training to finish, or `posttrain check` it")
     signature = verdict.content_signature()
     sha = known_sha256 or checkpoint_sha256(verdict)
     model_name = default_model_name(checkpoint)
     run_id = f"{_slug(model_name)}-{sha[:10]}-{config.fingerprint_sha256()[:8]}"
     settings = {**config.fingerprint(), "checkpoint": str(checkpoint), "ollama_url": config.ollama.url}
     return RunSpec(run_id=run_id, checkpoint=str(checkpoint), run_dir=config.run_dir(run_id), checkpoint_sha256=sha,
-                   model_name=model_name, baseline=config.baseline, config=settings,
+                   model_name=model_name, baseline=default_baseline(verdict, config.baseline), config=settings,
                    checkpoint_signature=[list(entry) for entry in signature])
 
 
@@ -122,7 +131,8 @@ class Stages:
             Step("detect", self.detect, lambda o: Path(o["checkpoint"]).is_dir()),
             # The steps that load llama.cpp or torch run in a child process (isolated): a native crash
             # then fails the step, and the watcher lives on.
-            Step("convert", self.convert, _variants_intact, depends_on=("detect",), isolated=True),
+            Step("convert", self.convert, lambda o: _variants_intact(o) and routes_intact(o), depends_on=("detect",),
+                 isolated=True),
             Step("register", self.register, depends_on=("convert",)),
             Step("baseline", self.baseline, self._baseline_ok, isolated=True),
             Step("evaluate", self.evaluate, depends_on=("convert",), isolated=True),
@@ -139,7 +149,8 @@ class Stages:
     # as when the run was planned and hashed: no second read of the weights).
     def detect(self, ctx: RunContext) -> Outputs:
         spec = ctx.spec
-        verdict = inspect_checkpoint(spec.checkpoint, settle_seconds=0, allow_pickle=self.config.allow_pickle)
+        verdict = inspect_checkpoint(spec.checkpoint, settle_seconds=0, allow_pickle=self.config.allow_pickle,
+                                     base=self.config.base)
         if not verdict.complete:
             raise CheckpointIncomplete(f"{spec.checkpoint} is no longer a complete checkpoint: {verdict.reason}")
         sha = spec.checkpoint_sha256 or checkpoint_sha256(verdict)
@@ -149,13 +160,20 @@ class Stages:
                                  remedy="run the command again: the new content gets its own run")
         return {"checkpoint": spec.checkpoint, "sha256": sha, "architecture": verdict.architecture,
                 "model_type": verdict.model_type, "total_bytes": verdict.total_bytes,
-                "model_name": spec.model_name}
+                "model_name": spec.model_name, "adapter": adapter_facts(verdict)}
 
     def convert(self, ctx: RunContext) -> Outputs:
         from posttrain.convert import convert_checkpoint
 
         name = ctx.spec.model_name or "model"
-        result = convert_checkpoint(ctx.spec.checkpoint, self.config.gguf_dir(name), self.config.quants,
+        checkpoint, routes = ctx.spec.checkpoint, None
+        if ctx.outputs["detect"].get("adapter"):  # a LoRA: merged here, its GGUF adapter beside the base
+            routes = build_routes(checkpoint, self.config.base, ctx.outputs["detect"]["sha256"], ctx.run_dir,
+                                  self.config.gguf_dir(name), name,
+                                  lambda quants: self._base_gguf(Path(ctx.outputs["detect"]["adapter"]["base"]),
+                                                                 quants))
+            checkpoint = routes["merged"]
+        result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), self.config.quants,
                                     model_name=name, allow_pickle=self.config.allow_pickle,
                                     n_gpu_layers=self.config.n_gpu_layers,
                                     checkpoint_sha256=ctx.outputs["detect"]["sha256"])
@@ -166,14 +184,30 @@ class Stages:
             ctx.store.variants.put(sha256=v.sha256, path=str(v.path), quant=v.quant, model_name=result.model_name,
                                    checkpoint_sha256=result.checkpoint_sha256, size_bytes=v.size_bytes,
                                    toolchain=toolchain and f"llama-cpp-python {toolchain}", manifest=manifest)
-        return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants}
+        return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants,
+                "routes": routes}
+
+    def _base_gguf(self, path: Path, quants: list[str]) -> dict[str, Path]:
+        from posttrain.convert import convert_checkpoint, default_model_name
+
+        name = default_model_name(path)  # the same folder and name as the baseline step's: converted once
+        result = convert_checkpoint(path, self.config.gguf_dir(name), quants, model_name=name,
+                                    allow_pickle=self.config.allow_pickle, n_gpu_layers=self.config.n_gpu_layers)
+        return {v.quant: v.path for v in result.variants}
 
     def register(self, ctx: RunContext) -> Outputs:
         from posttrain.serve import register_variants
 
         o = self.config.ollama
         # convert's own record of what it made and verified: nothing is rediscovered or hashed again.
-        variants = [Variant.from_json(v) for v in ctx.outputs["convert"]["variants"]]
+        convert = ctx.outputs["convert"]
+        variants = [Variant.from_json(v) for v in convert["variants"]]
+        lora = (convert.get("routes") or {}).get("adapter")
+        if lora:  # the base's F16 GGUF with the adapter on top: Ollama's ADAPTER
+            variants.append(Variant(path=Path(lora["base_gguf"]), quant=ADAPTER_ROUTE.replace("+", "-"),
+                                    sha256=lora["base_sha256"], model_name=convert["model_name"],
+                                    checkpoint=Path(ctx.spec.checkpoint), adapter=Path(lora["lora"]),
+                                    adapter_sha256=lora["lora_sha256"]))
         regs = register_variants(variants, url=o.url, params={"temperature": o.temperature, "top_p": o.top_p,
                                                            "num_ctx": o.num_ctx},
                                  store=ctx.store, checkpoint=Path(ctx.spec.checkpoint))
@@ -184,10 +218,10 @@ class Stages:
 
     # baseline: an HF directory (converted to F16 once, cached by content), a .gguf, or ollama:NAME.
     def baseline(self, ctx: RunContext) -> Outputs:
-        if not self.config.baseline:
+        ref = self.config.baseline or ctx.spec.baseline  # an adapter's base when none was given
+        if not ref:
             raise StepSkipped("no baseline given (--baseline or `baseline` in posttrain.toml)")
-        baseline = Baseline.parse(self.config.baseline)
-        ref = baseline.text
+        baseline = Baseline.parse(ref)
         if baseline.is_ollama:
             return {"model": ref, "source": ref}
         path = baseline.path.resolve()
@@ -208,7 +242,7 @@ class Stages:
         model = out["model"]
         return Baseline.parse(model).is_ollama or (Path(model).is_file() and sha256_file(Path(model)) == out["sha256"])
 
-    def _evaluate_one(self, ctx: RunContext, model: str, label: str) -> list[int]:
+    def _evaluate_one(self, ctx: RunContext, model: str, label: str, lora: str | None = None) -> list[int]:
         from posttrain.evaluate import evaluate, sharded
 
         c = self.config
@@ -216,6 +250,8 @@ class Stages:
         extra = {"task_paths": list(c.task_paths)} if c.task_paths else {}
         if c.n_gpu_layers is not None:
             extra["n_gpu_layers"] = c.n_gpu_layers
+        if lora:
+            extra["lora"] = Path(lora)
         with sharded(c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir, data_dir=c.data_dir,
                      task_paths=list(c.task_paths) or None, shard_docs=c.shard_docs) as shards:
             if shards is not None:  # an executor other than today's in-process path (docs/executors.md)
@@ -234,6 +270,14 @@ class Stages:
             evals[label] = self._evaluate_one(ctx, v["path"], label)
             sources[label] = v["path"]
             ctx.store.run_evals.link(ctx.run_id, "candidate", label, evals[label])
+        lora = (ctx.outputs["convert"].get("routes") or {}).get("adapter")
+        if lora:  # the adapter route: the base's F16 GGUF with the GGUF LoRA applied by llama.cpp
+            for suffix, base in ((ADAPTER_ROUTE, lora["base_gguf"]), (QLORA_ROUTE, lora.get("base_4bit_gguf"))):
+                if base:  # the 4-bit base only for a QLoRA: the condition it was trained in
+                    label = f"{name}-{suffix}"
+                    evals[label] = self._evaluate_one(ctx, base, label, lora=lora["lora"])
+                    sources[label] = f"{base} + {lora['lora']}"
+                    ctx.store.run_evals.link(ctx.run_id, "candidate", label, evals[label])
         return {"evals": evals, "sources": sources}
 
     def evaluate_baseline(self, ctx: RunContext) -> Outputs:

@@ -143,6 +143,17 @@ def environment(store: Store, run_id: str, variants: list[dict[str, Any]]) -> di
     return {k: v for k, v in env.items() if v is not None}
 
 
+def _adapter(store: Store, run_id: str, compare: dict[str, Any], variants: list[dict[str, Any]]) -> dict | None:
+    """The LoRA section, from what the detect and convert steps recorded (None for full weights)."""
+    from posttrain.report._adapter import adapter_section
+
+    outputs = {r["name"]: loads(r["outputs_json"]) or {} for r in store.steps.of_run(run_id)
+               if r["name"] in ("detect", "convert")}
+    return adapter_section((outputs.get("detect") or {}).get("adapter"), (outputs.get("convert") or {}).get("routes"),
+                           list(compare.get("comparisons") or []),
+                           {v["quant"]: v["size_bytes"] or 0 for v in variants})
+
+
 def gather(store: Store, run_id: str, compare: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
     """The keyword arguments for write_report, and the run's folder. `compare`: the run's compare
     document when the caller has it (the pipeline hands on what its compare step wrote); else it is
@@ -162,4 +173,5 @@ def gather(store: Store, run_id: str, compare: dict[str, Any] | None = None) -> 
         "failures": [{"step": s["name"], "error": s["error"]} for s in steps if s["status"] == "failed"],
         "tracking": read_tracking(folder),
     }
+    inputs["adapter"] = _adapter(store, run_id, inputs["compare"], variants)
     return inputs, folder

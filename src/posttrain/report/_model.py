@@ -122,6 +122,8 @@ class ReportInput(BaseModel):
     environment: dict[str, Any] = Field(default_factory=dict)
     failures: list[FailureInfo] = Field(default_factory=list)
     tracking: list[TrackingInfo] = Field(default_factory=list)
+    # The LoRA section (report/_adapter.py) when the checkpoint was an adapter; None otherwise.
+    adapter: dict[str, Any] | None = None
 
     @field_validator("compare")
     @classmethod

@@ -213,7 +213,7 @@ def build_view(data: ReportInput) -> dict[str, Any]:
         "variants": [v.model_dump() for v in variants], "quant_tasks": score_tasks, "quant_bars": quant_bars,
         "steps": steps, "failures": failures, "environment": environment, "task_hashes": task_hashes,
         "disagreements": disagreements, "n_disagreements": n_disagreements,
-        "forest_rows": forest_rows, "tracking": [t.model_dump() for t in data.tracking],
+        "forest_rows": forest_rows, "tracking": [t.model_dump() for t in data.tracking], "adapter": data.adapter,
     }
 
 
@@ -247,6 +247,7 @@ def render_json(data: ReportInput, view: dict[str, Any]) -> str:
         "failures": [f.model_dump(mode="json") for f in data.failures],
         "tracking": [t.model_dump(mode="json") for t in data.tracking],
         "compare": data.compare,
+        "adapter": data.adapter,
     }
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
 

@@ -78,8 +78,17 @@ def _quote(key: str, value: object) -> str:
     return str(value)
 
 
+def _file_reference(beside: Path, other: Path, what: str) -> str:
+    """`other` as a Modelfile beside `beside` names it: `./name` in the same folder, else its absolute path."""
+    if any(c in "\r\n" for c in str(other)):
+        raise PosttrainError(f"the path {str(other)!r} contains a line break, which a Modelfile cannot hold",
+                             remedy="rename the file")
+    ref = f"./{other.name}" if other.resolve().parent == beside.resolve().parent else str(other.resolve())
+    return quote_value(ref, what, bare=True)
+
+
 def render_modelfile(gguf: Path, params: Mapping[str, object], template: str | None, system: str | None,
-                     notes: Sequence[str] = ()) -> str:
+                     notes: Sequence[str] = (), adapter: Path | None = None) -> str:
     """A Modelfile with the same content as the API call: `ollama create NAME -f <gguf>.Modelfile`.
 
     Every value is quoted by `quote_value`: a value that cannot be quoted is refused, so no
@@ -89,10 +98,14 @@ def render_modelfile(gguf: Path, params: Mapping[str, object], template: str | N
     if any(c in "\r\n" for c in gguf.name):  # it also goes into the comment line, which a line end would close
         raise PosttrainError(f"the file name {gguf.name!r} contains a line break, which a Modelfile cannot hold",
                              remedy="rename the file")
-    source = quote_value(f"./{gguf.name}", f"the file name {gguf.name!r}", bare=True)
-    lines = [f"{_HEADER} Reproduce by hand: ollama create NAME -f {gguf.name}.Modelfile",
+    # With an adapter the Modelfile lies beside the adapter (the base GGUF has its own Modelfile).
+    beside = adapter if adapter is not None else gguf
+    source = _file_reference(beside, gguf, f"the file name {gguf.name!r}")
+    lines = [f"{_HEADER} Reproduce by hand: ollama create NAME -f {modelfile_path(beside).name}",
              *(f"# {line}" for note in notes for line in note.splitlines()),
              f"FROM {source}"]
+    if adapter is not None:  # a GGUF LoRA Ollama applies to FROM's weights
+        lines.append(f"ADAPTER {_file_reference(beside, adapter, f'the adapter file {adapter.name!r}')}")
     if template is not None:
         lines.append(f"TEMPLATE {quote_value(template, f'the chat template for {gguf.name}')}")
     if system:
@@ -171,6 +184,16 @@ def from_line_path(modelfile: str | None) -> str | None:
     """The FROM target of the Modelfile /api/show returns (Ollama writes its blob path there)."""
     m = _FROM_BLOB.search(modelfile or "")
     return m.group(1) if m else None
+
+
+_ADAPTER_LINE = re.compile(r"^ADAPTER\s+(\S.*?)\s*$", re.MULTILINE)
+
+
+def adapter_digest_of(modelfile: str | None) -> str | None:
+    """`sha256:<hex>` of the adapter blob named by an ADAPTER line of /api/show's Modelfile, if any."""
+    m = _ADAPTER_LINE.search(modelfile or "")
+    d = _DIGEST.search(m.group(1)) if m else None
+    return f"sha256:{d.group(1)}" if d else None
 
 
 def blob_digest_of(modelfile: str | None) -> str | None:

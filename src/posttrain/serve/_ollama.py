@@ -33,6 +33,7 @@ from posttrain.serve._chat_templates import (
     tokens_from_checkpoint,
 )
 from posttrain.serve._modelfile import (
+    adapter_digest_of,
     blob_digest_of,
     from_line_path,
     is_posttrain_modelfile,
@@ -241,7 +242,7 @@ def register_variants(
         model, tag = _model_and_tag(name, variant)
         reg = Registration(
             name=variant_name(model, variant.quant, tag), variant=variant.path, quant=variant.quant,
-            digest=f"sha256:{variant.sha256}", status="pending", modelfile=modelfile_path(variant.path),
+            digest=f"sha256:{variant.sha256}", status="pending", modelfile=modelfile_path(variant.adapter or variant.path),
             parameters=merge_parameters(params, choice.stop), template_family=choice.source,
             warnings=list(choice.warnings), template=choice.template,
             system=system if system is not None else choice.system,
@@ -249,7 +250,7 @@ def register_variants(
         # Rendered for every variant before any is written: a value that cannot be quoted stops the
         # command with nothing written.
         modelfiles[reg.modelfile] = render_modelfile(variant.path, reg.parameters, reg.template, reg.system,
-                                                     choice.notes)
+                                                     choice.notes, adapter=variant.adapter)
         plans.append((variant, reg))
     # The Modelfiles are written whether or not Ollama is reachable: they are how a user imports by hand.
     # One posttrain did not write (no header line of ours) is never replaced.
@@ -280,7 +281,9 @@ def _register_one(api: _Ollama, variant: Variant, reg: Registration, store: Stor
     template, system = reg.template, reg.system
     existing = api.show(reg.name)
     if existing is not None:
+        adapter = f"sha256:{variant.adapter_sha256}" if variant.adapter is not None else None
         same = (blob_digest_of(existing.modelfile) == reg.digest
+                and adapter_digest_of(existing.modelfile) == adapter
                 and same_parameters(parse_show_parameters(existing.parameters), reg.parameters)
                 and (template is None or (existing.template or "") == template)
                 and (not system or system in (existing.modelfile or "")))
@@ -298,12 +301,13 @@ def _register_one(api: _Ollama, variant: Variant, reg: Registration, store: Stor
                 raise PosttrainError(f"{variant.path.name} changed on disk: sha256 is {uploaded}, manifest says {reg.digest}",
                                      remedy="re-run `posttrain convert`")
             reg.uploaded = True
+        adapters = _upload_adapter(api, variant)
 
         def create() -> list[str]:
             statuses = []
             for progress in api.client.create(model=reg.name, files={variant.path.name: reg.digest},
-                                              parameters=reg.parameters, template=template, system=system,
-                                              stream=True):
+                                              adapters=adapters, parameters=reg.parameters, template=template,
+                                              system=system, stream=True):
                 statuses.append(progress.status or "")
             return statuses
 
@@ -314,6 +318,20 @@ def _register_one(api: _Ollama, variant: Variant, reg: Registration, store: Stor
         reg.status = "replaced" if existing is not None else "created"
     if smoke:
         _smoke(api, reg, variant)
+
+
+def _upload_adapter(api: _Ollama, variant: Variant) -> dict[str, str] | None:
+    """The `adapters` argument of create for a variant with a GGUF LoRA (its blob uploaded when missing)."""
+    if variant.adapter is None:
+        return None
+    digest = f"sha256:{variant.adapter_sha256}"
+    if not api.has_blob(digest):
+        uploaded = _retrying(api.attempts, f"upload of {variant.adapter.name}",
+                             lambda: api.client.create_blob(variant.adapter))
+        if uploaded != digest:
+            raise PosttrainError(f"{variant.adapter.name} changed on disk: sha256 is {uploaded}, expected {digest}",
+                                 remedy="build the adapter GGUF again")
+    return {variant.adapter.name: digest}
 
 
 def _smoke(api: _Ollama, reg: Registration, variant: Variant) -> None:
