@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "report",
     "pipeline",
     "demo",
+    "ship",
 ]
 
 

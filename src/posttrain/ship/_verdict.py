@@ -43,7 +43,7 @@ def _pts(x: float) -> str:
     return f"{abs(x) * 100:.1f}"
 
 
-def _fmt_margin(margin: float) -> str:
+def fmt_margin(margin: float) -> str:
     pts = margin * 100
     return f"{pts:g} point" + ("" if pts == 1 else "s")
 
@@ -107,7 +107,7 @@ def _why_not(v: dict, margin: float, max_kld: float | None) -> str:
     ci = f"{_pts(hi)}–{_pts(lo)}" if worst["mean"] < 0 else f"{_pts(lo)}–{_pts(hi)}"
     if lo < 0 < hi:
         ci = f"{lo * 100:+.1f} to {hi * 100:+.1f}"
-    tail = "" if worst["shown_worse"] else f", not shown within {_fmt_margin(margin)}"
+    tail = "" if worst["shown_worse"] else f", not shown within {fmt_margin(margin)}"
     return f"{v['quant']} {verb} {_pts(worst['mean'])} points on {worst_task} (95% CI {ci}){tail}"
 
 
@@ -117,7 +117,7 @@ def _sentence(variants: list[dict], pick: dict | None, margin: float, alpha: flo
         return "No task results to decide on: run the ladder with --tasks."
     if pick is not None:
         smaller = [v for v in tested if v["size_bytes"] < pick["size_bytes"]]
-        text = (f"Ship {pick['quant']} ({_describe(pick)}): it loses no more than {_fmt_margin(margin)} against F16 "
+        text = (f"Ship {pick['quant']} ({_describe(pick)}): it loses no more than {fmt_margin(margin)} against F16 "
                 f"on every task (equivalence shown at α {alpha:g}, Holm over tasks × variants)")
         if smaller:
             text += "; " + _why_not(smaller[-1], margin, max_kld)
@@ -126,10 +126,10 @@ def _sentence(variants: list[dict], pick: dict | None, margin: float, alpha: flo
     if undecided:
         _, task, t = max(undecided, key=lambda x: x[2]["items_needed"] or 0)
         need = t["items_needed"]
-        return (f"The data cannot decide: no variant is shown within {_fmt_margin(margin)} of F16 on every task at "
+        return (f"The data cannot decide: no variant is shown within {fmt_margin(margin)} of F16 on every task at "
                 f"α {alpha:g}; with {t['n']} items on {task} the narrowest margin they can show is "
-                f"{_pts(t['mde'])} points, and {_fmt_margin(margin)} needs about {need:,} items."
+                f"{_pts(t['mde'])} points, and {fmt_margin(margin)} needs about {need:,} items."
                 if t["mde"] is not None and need else
                 f"The data cannot decide: too few items on {task} to test equivalence.")
-    return (f"Ship F16: no quantized variant is shown within {_fmt_margin(margin)} of F16 on every task; "
+    return (f"Ship F16: no quantized variant is shown within {fmt_margin(margin)} of F16 on every task; "
             + _why_not(tested[-1], margin, max_kld) + ".")
