@@ -97,6 +97,12 @@ class Config(BaseSettings):
     jobs: int = Field(1, ge=1, le=64)
     # Layers llama.cpp offloads to the GPU (-1 all, 0 none); None: all on a build that offloads.
     n_gpu_layers: int | None = Field(None, ge=-1)
+    # The "which quant to ship" ladder (posttrain.ship) as a step: KLD on ship_text (else the tasks'
+    # documents), speed, and TOST equivalence against F16 within ship_margin points on every task.
+    ship: bool = False
+    ship_text: Path | None = None
+    ship_margin: float = Field(1.0, gt=0)
+    ship_max_kld: float = Field(0.1, gt=0)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
@@ -122,7 +128,7 @@ class Config(BaseSettings):
                 raise ValueError(f"{t!r} is not a task name (like mmlu, gsm8k, hellaswag)")
         return list(dict.fromkeys(v))
 
-    @field_validator("home", "data_dir")
+    @field_validator("home", "data_dir", "ship_text")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None
@@ -160,6 +166,9 @@ class Config(BaseSettings):
             "limit": self.limit, "per_subject": self.per_subject, "seed": self.seed, "baseline": self.baseline,
             "ollama": {"temperature": self.ollama.temperature, "top_p": self.ollama.top_p,
                        "num_ctx": self.ollama.num_ctx},
+            # Only when on, so that runs without the ladder keep their fingerprint.
+            **({"ship": {"text": str(self.ship_text) if self.ship_text else None, "margin": self.ship_margin,
+                         "max_kld": self.ship_max_kld}} if self.ship else {}),
         }
 
     def fingerprint_sha256(self) -> str:
@@ -315,6 +324,14 @@ allow_pickle = {str(d.allow_pickle).lower()}
 # with exponential backoff starting at retry_backoff_s seconds.
 retries = {d.retries}
 retry_backoff_s = {d.retry_backoff_s}
+
+# Measure the quant ladder and answer "which quant should I ship?" (a step before the report):
+# KL divergence on ship_text (default: the tasks' own documents), speed, and equivalence with F16
+# within ship_margin points on every task (TOST, Holm); ship_max_kld bounds the mean KLD of the pick.
+ship = false
+# ship_text = "/data/heldout.txt"
+# ship_margin = 1.0
+# ship_max_kld = 0.1
 
 # Checkpoints processed at the same time (1: one after another).
 jobs = {d.jobs}

@@ -13,6 +13,7 @@ from typing import Any
 
 from posttrain import __version__
 from posttrain._ci import mean_interval
+from posttrain._files import read_json_file
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 from posttrain.store import Store
@@ -43,6 +44,16 @@ def load_run(store: Store, run_id: str) -> dict[str, Any]:
     if not rows:
         raise PosttrainError(f"no run {run_id!r} in {store.path}", remedy="`posttrain runs` lists the runs")
     return dict(rows[0])
+
+
+def load_ship(path: Path) -> dict[str, Any]:
+    """The ship document, or {} when the run measured no ladder."""
+    if not path.exists():
+        return {}
+    doc = read_json_file(path)
+    if doc is None or doc.get("schema") != "posttrain.ship/1" or not isinstance(doc.get("verdict"), dict):
+        raise PosttrainError(f"{path} is not a ship document (posttrain.ship/1)", remedy="re-run the ship step")
+    return doc
 
 
 def load_compare(path: Path) -> dict[str, Any]:
@@ -199,5 +210,6 @@ def gather(store: Store, run_id: str) -> tuple[dict[str, Any], Path]:
         "steps": steps,
         "environment": environment(store, run_id, variants),
         "failures": [{"step": s["name"], "error": s["error"]} for s in steps if s["status"] == "failed"],
+        "ship": load_ship(RunLayout(folder).ship_json),
     }
     return inputs, folder

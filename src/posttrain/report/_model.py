@@ -95,6 +95,8 @@ class ReportInput(BaseModel):
     steps: list[StepInfo] = Field(default_factory=list)
     environment: dict[str, Any] = Field(default_factory=dict)
     failures: list[FailureInfo] = Field(default_factory=list)
+    # The ship document (posttrain.ship/1) when the run measured a quant ladder, else {}.
+    ship: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("compare")
     @classmethod
