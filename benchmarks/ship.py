@@ -26,17 +26,28 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 TEXT = SHARED / "data" / "benchmarks" / "hellaswag" / "hellaswag_val_full.txt.bz2"
 
 
-def _hand_conversion(checkpoint: Path) -> float:
-    """Seconds for llama.cpp's converter (F16) run by hand, plus the quantizer per type: the floor."""
+def _hand_conversion(checkpoint: Path, quants: list[str]) -> tuple[float, float]:
+    """Seconds for the same tools run by hand, the floor the ladder's conversion is held to: llama.cpp's
+    converter once (F16), then llama.cpp's quantizer per type (the binding llama-quantize wraps)."""
+    import ctypes
+
+    from posttrain import _native
+    from posttrain.convert import quantizer_types
     from posttrain.toolchain import converter_env, find_converter
 
     tree = find_converter(None)
+    lc = _native.load_llama_cpp()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         subprocess.run([sys.executable, str(tree.root / "convert_hf_to_gguf.py"), str(checkpoint), "--outtype", "f16",
                         "--outfile", f"{tmp}/f16.gguf"], env=converter_env(tree), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return time.perf_counter() - started
+        converter = time.perf_counter() - started
+        for quant in (q.upper() for q in quants if q.upper() != "F16"):
+            params = lc.llama_model_quantize_default_params()
+            params.ftype = quantizer_types()[quant]
+            lc.llama_model_quantize(f"{tmp}/f16.gguf".encode(), f"{tmp}/{quant}.gguf".encode(), ctypes.byref(params))
+        return converter, time.perf_counter() - started
 
 
 def main() -> None:
@@ -69,7 +80,9 @@ def main() -> None:
     print(f"\nwall time: total {total:.1f} s; " + ", ".join(f"{k} {v:.1f} s" for k, v in doc["seconds"].items()))
     print(f"text: {doc['text']['n_tokens_text']:,} tokens read, {doc['text']['n_chunks']} chunks of "
           f"{doc['text']['n_ctx']}, {doc['text']['n_scored']:,} scored")
-    print(f"by hand, llama.cpp's converter alone (F16): {_hand_conversion(ckpt):.1f} s")
+    converter, by_hand = _hand_conversion(ckpt, args.quants.split(","))
+    print(f"by hand: llama.cpp's converter (F16) {converter:.1f} s, + quantizer per type: {by_hand:.1f} s in all "
+          f"(the ladder's convert, with verification: {doc['seconds']['convert']:.1f} s)")
     print(f"report: {files['html']}")
 
 

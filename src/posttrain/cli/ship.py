@@ -31,6 +31,8 @@ def ship_cmd(
     max_tokens: int = typer.Option(20_480, "--max-tokens", help="Tokens of held-out text to use at most."),
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip the pp512/tg128 speed measurement."),
     reps: int = typer.Option(3, "--reps", min=1, help="Repetitions of each speed test (median reported)."),
+    verify: bool = typer.Option(False, "--verify", help="Also run convert's probe-text check (and F16 against "
+                                                        "the HF model) on newly made variants."),
     name: str | None = typer.Option(None, "--name", help="Model name used in file names (default: from the folder)."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default HOME/ship/<model>)."),
     home: Path | None = typer.Option(None, "--home", help="posttrain home (store and outputs)."),
@@ -51,7 +53,7 @@ def ship_cmd(
                          quants=parse_quant_list(quant), text=text, margin_points=margin, alpha=alpha, max_kld=max_kld,
                          n_ctx=n_ctx, max_tokens=max_tokens, limit=limit, seed=seed, speed=not no_speed,
                          speed_reps=reps, n_gpu_layers=n_gpu_layers, model_name=name,
-                         gguf_dir=base / "gguf" / model, say=lambda line: status.update(esc(line)))
+                         gguf_dir=base / "gguf" / model, verify=verify, say=lambda line: status.update(esc(line)))
     files = write_ship_reports(doc, out_dir)
     from posttrain.ship._render import table
 

@@ -71,10 +71,13 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
                max_tokens: int = DEFAULT_MAX_TOKENS, limit: int | None = None, per_subject: int | None = None, seed: int = 0,
                speed: bool = True, speed_reps: int = 3, n_gpu_layers: int | None = None,
                model_name: str | None = None, say: Say | None = None, task_paths: list[Path] | None = None,
-               gguf_dir: Path | None = None) -> dict:
+               gguf_dir: Path | None = None, verify: bool = False) -> dict:
     """Measure the ladder and return the ship document (schema posttrain.ship/1), also written to
     `out_dir/ship.json`. `gguf_dir`: where the variants live (default `out_dir/gguf`); pass the same
-    folder as `posttrain convert` to share its files."""
+    folder as `posttrain convert` to share its files. `verify`: also run convert's probe-text check
+    (and F16 against the HF model); off by default because the ladder's own KLD on thousands of
+    tokens of real text checks every variant far more closely, and the conversion should cost no more
+    than the tools run by hand (each file still has to read back and load before it is kept)."""
     from posttrain.convert import convert_checkpoint
     from posttrain.evaluate import evaluate
 
@@ -86,7 +89,7 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
     started = time.perf_counter()
     say("converting")
     converted = convert_checkpoint(checkpoint, gguf_dir or out_dir / "gguf", quants, model_name=model_name,
-                                   n_gpu_layers=n_gpu_layers, quantize_q8_0=True,
+                                   n_gpu_layers=n_gpu_layers, quantize_q8_0=True, verify=verify,
                                    progress=lambda variant, status: say(f"{variant}: {status}"))
     seconds["convert"] = time.perf_counter() - started
     paths = {v.quant: v.path for v in converted.variants}

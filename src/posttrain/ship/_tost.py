@@ -29,6 +29,24 @@ from posttrain.compare._stats import MIN_CLUSTERS, clustered_se, usable_clusters
 POWER = 0.8
 
 
+def naive_se(d: np.ndarray) -> np.ndarray:
+    """SD/√n of each row of `d` (items along the last axis), the SD floored at √(1/n) (see above)."""
+    n = d.shape[-1]
+    return np.maximum(d.std(axis=-1, ddof=1), math.sqrt(1.0 / n)) / math.sqrt(n)
+
+
+def tost_p(mean, se, df: int, margin: float):
+    """TOST p-value max(p_low, p_high) for means and standard errors (scalars or arrays)."""
+    t = stats.t(df)
+    return np.maximum(t.sf((np.asarray(mean) + margin) / se), t.cdf((np.asarray(mean) - margin) / se))
+
+
+def equivalent_rows(d: np.ndarray, margin: float, alpha: float = 0.05) -> np.ndarray:
+    """Whether TOST (naive SE) shows equivalence for each row of `d`: the simulations' vectorised path,
+    the same arithmetic as `tost` without clusters."""
+    return tost_p(d.mean(axis=-1), naive_se(d), d.shape[-1] - 1, margin) < alpha
+
+
 def _se_df(d: np.ndarray, cluster_ids: np.ndarray | None) -> tuple[float, int, str]:
     n = d.size
     codes = usable_clusters(np.asarray(cluster_ids).astype(str)) if cluster_ids is not None else None
@@ -36,8 +54,7 @@ def _se_df(d: np.ndarray, cluster_ids: np.ndarray | None) -> tuple[float, int, s
         se, g = clustered_se(d, codes)
         if g >= MIN_CLUSTERS and se > 0:
             return se, g - 1, "clustered"
-    sd = float(d.std(ddof=1)) if n > 1 else 0.0
-    return max(sd, math.sqrt(1.0 / n)) / math.sqrt(n), n - 1, "naive"
+    return float(naive_se(d)), n - 1, "naive"
 
 
 def tost(d: np.ndarray, margin: float, alpha: float = 0.05, cluster_ids: np.ndarray | None = None) -> dict:
@@ -56,9 +73,7 @@ def tost(d: np.ndarray, margin: float, alpha: float = 0.05, cluster_ids: np.ndar
     se, df, how = _se_df(d, cluster_ids)
     mean = float(d.mean())
     t = stats.t(df)
-    p_low = float(t.sf((mean + margin) / se))
-    p_high = float(t.cdf((mean - margin) / se))
-    p = max(p_low, p_high)
+    p = float(tost_p(mean, se, df, margin))
     half95, half_tost = float(t.ppf(0.975)) * se, float(t.ppf(1 - alpha)) * se
     sd_unit = se * math.sqrt(n)  # the per-item spread the SE implies (design effect included)
     return {"n": n, "mean": mean, "se": se, "df": df, "se_method": how,

@@ -69,7 +69,8 @@ def decide(rungs: list[Rung], *, margin: float = DEFAULT_MARGIN_POINTS / 100, al
     variants = []
     for r in sorted(rungs, key=lambda r: r.size_bytes):
         per_task = by_variant[r.quant]
-        kld_ok = max_kld is None or (r.kld_mean is not None and r.kld_mean <= max_kld)
+        # Unmeasured KLD (no held-out text) cannot veto: the tasks alone decide then.
+        kld_ok = max_kld is None or r.kld_mean is None or r.kld_mean <= max_kld
         if not per_task:
             status = "no tasks"
         elif all(t["equivalent_holm"] for t in per_task.values()):
@@ -102,6 +103,8 @@ def _why_not(v: dict, margin: float, max_kld: float | None) -> str:
     if v["status"] == "kld above bound":
         return f"{v['quant']} is equivalent on the tasks but its mean KLD {v['kld_mean']:.3f} exceeds {max_kld:g}"
     worst_task, worst = min(v["tasks"].items(), key=lambda kv: (kv[1]["equivalent_holm"], kv[1]["mean"] or 0))
+    if worst["mean"] is None or worst["ci95"] is None:
+        return f"{v['quant']} has too few items on {worst_task} to test"
     lo, hi = worst["ci95"] or (0.0, 0.0)
     verb = "loses" if worst["mean"] < 0 else "gains"
     ci = f"{_pts(hi)}–{_pts(lo)}" if worst["mean"] < 0 else f"{_pts(lo)}–{_pts(hi)}"
