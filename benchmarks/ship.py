@@ -12,6 +12,7 @@ by hand on the same checkpoint, the floor the ladder's conversion is held to.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ def _hand_conversion(checkpoint: Path, quants: list[str]) -> tuple[float, float]
 
     from posttrain import _native
     from posttrain.convert import quantizer_types
+    from posttrain.convert._verify import stderr_to
     from posttrain.toolchain import converter_env, find_converter
 
     tree = find_converter(None)
@@ -46,7 +48,9 @@ def _hand_conversion(checkpoint: Path, quants: list[str]) -> tuple[float, float]
         for quant in (q.upper() for q in quants if q.upper() != "F16"):
             params = lc.llama_model_quantize_default_params()
             params.ftype = quantizer_types()[quant]
-            lc.llama_model_quantize(f"{tmp}/f16.gguf".encode(), f"{tmp}/{quant}.gguf".encode(), ctypes.byref(params))
+            with stderr_to(os.devnull):  # llama.cpp's per-tensor log, as llama-quantize prints it
+                lc.llama_model_quantize(f"{tmp}/f16.gguf".encode(), f"{tmp}/{quant}.gguf".encode(),
+                                        ctypes.byref(params))
         return converter, time.perf_counter() - started
 
 
