@@ -89,6 +89,11 @@ class RunLayout:
         return self.root / "compare.json"
 
     @property
+    def ship_json(self) -> Path:
+        """The ship step's document (schema posttrain.ship/1), when the run has `ship = true`."""
+        return self.root / "ship.json"
+
+    @property
     def report_html(self) -> Path:
         return self.root / "report.html"
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "pipeline",
     "demo",
     "lora",
+    "ship",
 ]
 
 

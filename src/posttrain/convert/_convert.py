@@ -246,6 +246,7 @@ def convert_checkpoint(
     n_gpu_layers: int | None = None,
     checkpoint_sha256: str | None = None,
     force: bool = False,
+    quantize_q8_0: bool = False,
 ) -> ConvertResult:
     """Convert `checkpoint` into GGUF variants under `out_dir`; skip variants already made and verified.
 
@@ -257,6 +258,8 @@ def convert_checkpoint(
     weights are not read again just to hash them.
     A file in `out_dir` that posttrain's manifest there does not list is never replaced unless
     `force` (PosttrainError before any work).
+    `quantize_q8_0`: make Q8_0 with the quantizer from F16 instead of a second converter run (the
+    converter's start-up, mostly imports, dominates for small models; a ladder pays it once).
     """
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir)
@@ -298,8 +301,9 @@ def convert_checkpoint(
             # Claimed before they exist: a rerun after a crash knows these names are posttrain's to replace.
             manifest["pending"] = [f"{name}-{q}.gguf" for q in todo]
             write_json_atomic(out_dir / MANIFEST, manifest)
+        by_converter = tuple(q for q in CONVERTER_TYPES if not (quantize_q8_0 and q == "Q8_0"))
         variants = _make_variants(wanted, todo, entries, checkpoint, out_dir, name, tree, pre_tokenizer,
-                                  imatrix_path, say, manifest)
+                                  imatrix_path, say, manifest, by_converter)
         if verify and any(not v.cached or not v.verification for v in variants):
             try:
                 _verify_all(variants, checkpoint, verdict.total_bytes, hf_reference, say, n_gpu_layers)
@@ -320,7 +324,7 @@ def convert_checkpoint(
 
 def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint: Path, out_dir: Path, name: str,
                    tree: ConverterTree, pre_tokenizer: str | None, imatrix: Path | None, say: Progress,
-                   manifest: dict) -> list[BuiltVariant]:
+                   manifest: dict, by_converter: tuple[str, ...] = CONVERTER_TYPES) -> list[BuiltVariant]:
     """Make the variants in `todo`, reuse the others. Checking a finished file (reading its header
     with gguf-py takes seconds for a large vocabulary) overlaps with making the next one."""
     done: dict[str, BuiltVariant] = {}
@@ -333,11 +337,11 @@ def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint
                     entry = entries[quant]
                     done[quant] = BuiltVariant(**{**entry, "path": out_dir / entry["path"], "cached": True})
                     continue
-                if quant not in CONVERTER_TYPES and "F16" in checks:
+                if quant not in by_converter and "F16" in checks:
                     checks["F16"].result()  # the quantizer reads the checked F16 under its final name
                 final = confined(out_dir, f"{name}-{quant}.gguf")
                 partial, made_by, seconds = _produce(quant, checkpoint, out_dir, final, name, tree, pre_tokenizer,
-                                                     imatrix, say)
+                                                     imatrix, say, by_converter)
                 checks[quant] = checker.submit(_check_and_place, quant, partial, final, tree, made_by, seconds, say)
         finally:
             for quant, check in checks.items():
@@ -354,12 +358,13 @@ def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint
 
 
 def _produce(quant: str, checkpoint: Path, out_dir: Path, final: Path, name: str, tree: ConverterTree,
-             pre_tokenizer: str | None, imatrix: Path | None, say: Progress) -> tuple[Path, str, float]:
+             pre_tokenizer: str | None, imatrix: Path | None, say: Progress,
+             by_converter: tuple[str, ...] = CONVERTER_TYPES) -> tuple[Path, str, float]:
     partial = out_dir / f".{final.name}.{os.getpid()}.partial"
     log = out_dir / f"convert-{quant}.log"
     started = time.perf_counter()
     try:
-        if quant in CONVERTER_TYPES:
+        if quant in by_converter:
             say(quant, "converting (llama.cpp convert_hf_to_gguf.py)")
             _run_converter(tree, checkpoint, quant, partial, pre_tokenizer, log)
             return partial, "converter", time.perf_counter() - started

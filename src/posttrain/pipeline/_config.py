@@ -110,6 +110,12 @@ class Config(BaseSettings):
     ray_address: str | None = None
     shared_dir: Path | None = None
     shard_docs: int | None = Field(None, ge=1)
+    # The "which quant to ship" ladder (posttrain.ship) as a step: KLD on ship_text (else the tasks'
+    # documents), speed, and TOST equivalence against F16 within ship_margin points on every task.
+    ship: bool = False
+    ship_text: Path | None = None
+    ship_margin: float = Field(1.0, gt=0)
+    ship_max_kld: float = Field(0.1, gt=0)
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
@@ -158,7 +164,7 @@ class Config(BaseSettings):
             raise ValueError(f"{v!r} is not an executor (local, ray or ray://HOST:PORT)")
         return v
 
-    @field_validator("home", "data_dir", "base")
+    @field_validator("home", "data_dir", "base", "ship_text")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None
@@ -204,6 +210,9 @@ class Config(BaseSettings):
             "limit": self.limit, "per_subject": self.per_subject, "seed": self.seed, "baseline": self.baseline,
             "ollama": {"temperature": self.ollama.temperature, "top_p": self.ollama.top_p,
                        "num_ctx": self.ollama.num_ctx},
+            # Only when on, so that runs without the ladder keep their fingerprint.
+            **({"ship": {"text": str(self.ship_text) if self.ship_text else None, "margin": self.ship_margin,
+                         "max_kld": self.ship_max_kld}} if self.ship else {}),
         }
 
     def fingerprint_sha256(self) -> str:
@@ -363,6 +372,14 @@ allow_pickle = {str(d.allow_pickle).lower()}
 # with exponential backoff starting at retry_backoff_s seconds.
 retries = {d.retries}
 retry_backoff_s = {d.retry_backoff_s}
+
+# Measure the quant ladder and answer "which quant should I ship?" (a step before the report):
+# KL divergence on ship_text (default: the tasks' own documents), speed, and equivalence with F16
+# within ship_margin points on every task (TOST, Holm); ship_max_kld bounds the mean KLD of the pick.
+ship = false
+# ship_text = "/data/heldout.txt"
+# ship_margin = 1.0
+# ship_max_kld = 0.1
 
 # Checkpoints processed at the same time (1: one after another).
 jobs = {d.jobs}

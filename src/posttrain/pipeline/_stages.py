@@ -138,6 +138,9 @@ class Stages:
             Step("evaluate", self.evaluate, depends_on=("convert",), isolated=True),
             Step("evaluate_baseline", self.evaluate_baseline, depends_on=("baseline",), isolated=True),
             Step("compare", self.compare, self._compare_ok, depends_on=("evaluate", "evaluate_baseline")),
+            # Only with `ship = true`: a run without the ladder neither shows nor starts it.
+            *([Step("ship", self.ship, _files_exist("path"), depends_on=("convert", "evaluate"), isolated=True)]
+              if self.config.ship else []),
             Step("report", self.report, _files_exist("html", "md", "json"),
                  depends_on=("detect", "convert", "register", "evaluate", "evaluate_baseline", "compare"),
                  always=True),
@@ -305,6 +308,18 @@ class Stages:
     def _compare_ok(out: Outputs) -> bool:
         path = Path(out["path"])
         return path.is_file() and sha256_file(path) == out["sha256"]
+
+    def ship(self, ctx: RunContext) -> Outputs:
+        """The quant ladder over this run's variants: their evaluations are reused from the store."""
+        from posttrain.ship import run_ladder
+
+        c, name = self.config, ctx.outputs["convert"]["model_name"]
+        doc = run_ladder(ctx.spec.checkpoint, out_dir=ctx.run_dir, store=ctx.store, tasks=c.tasks, data_dir=c.data_dir,
+                         quants=c.quants, text=c.ship_text, margin_points=c.ship_margin, max_kld=c.ship_max_kld,
+                         limit=c.limit, per_subject=c.per_subject, seed=c.seed, n_gpu_layers=c.n_gpu_layers,
+                         model_name=name, task_paths=list(c.task_paths) or None, gguf_dir=c.gguf_dir(name))
+        return {"path": str(RunLayout(ctx.run_dir).ship_json), "pick": doc["verdict"]["pick"],
+                "sentence": doc["verdict"]["sentence"]}
 
     @staticmethod
     def _compare_doc(ctx: RunContext) -> dict:

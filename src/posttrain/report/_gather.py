@@ -13,6 +13,7 @@ from posttrain import __version__
 from posttrain._ci import mean_interval
 from posttrain._versions import package_version
 from posttrain.compare._document import read_compare
+from posttrain._files import read_json_file
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
 from posttrain.store import Store, loads
@@ -28,6 +29,16 @@ def load_run(store: Store, run_id: str) -> dict[str, Any]:
     if run is None:
         raise PosttrainError(f"no run {run_id!r} in {store.path}", remedy="`posttrain runs` lists the runs")
     return run
+
+
+def load_ship(path: Path) -> dict[str, Any]:
+    """The ship document, or {} when the run measured no ladder."""
+    if not path.exists():
+        return {}
+    doc = read_json_file(path)
+    if doc is None or doc.get("schema") != "posttrain.ship/1" or not isinstance(doc.get("verdict"), dict):
+        raise PosttrainError(f"{path} is not a ship document (posttrain.ship/1)", remedy="re-run the ship step")
+    return doc
 
 
 def _quality(manifest: Any, sha256: str) -> dict[str, Any]:
@@ -172,6 +183,7 @@ def gather(store: Store, run_id: str, compare: dict[str, Any] | None = None) -> 
         "environment": environment(store, run_id, variants),
         "failures": [{"step": s["name"], "error": s["error"]} for s in steps if s["status"] == "failed"],
         "tracking": read_tracking(folder),
+        "ship": load_ship(RunLayout(folder).ship_json),
     }
     inputs["adapter"] = _adapter(store, run_id, inputs["compare"], variants)
     return inputs, folder

@@ -124,6 +124,8 @@ class ReportInput(BaseModel):
     tracking: list[TrackingInfo] = Field(default_factory=list)
     # The LoRA section (report/_adapter.py) when the checkpoint was an adapter; None otherwise.
     adapter: dict[str, Any] | None = None
+    # The ship document (posttrain.ship/1) when the run measured a quant ladder, else {}.
+    ship: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("compare")
     @classmethod

@@ -214,7 +214,18 @@ def build_view(data: ReportInput) -> dict[str, Any]:
         "steps": steps, "failures": failures, "environment": environment, "task_hashes": task_hashes,
         "disagreements": disagreements, "n_disagreements": n_disagreements,
         "forest_rows": forest_rows, "tracking": [t.model_dump() for t in data.tracking], "adapter": data.adapter,
+        "ship": _ship_view(data.ship),
     }
+
+
+def _ship_view(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The "Which quant to ship" section, rendered by the ship package from its own document."""
+    if not doc:
+        return None
+    from posttrain.ship._render import notes, table
+
+    head, rows = table(doc)
+    return {"sentence": doc["verdict"]["sentence"], "head": head, "rows": rows, "notes": notes(doc), "doc": doc}
 
 
 def render_html(view: dict[str, Any]) -> str:
@@ -224,6 +235,10 @@ def render_html(view: dict[str, Any]) -> str:
             "quant": _plots.quant_chart(view["quant_bars"], view["quant_tasks"]),
             "timings": _plots.timings_chart([(s["name"], s["wall_s"], s["status"]) for s in view["steps"]]),
         }
+    if view["ship"]:
+        from posttrain.ship._render import plot as ship_plot
+
+        plots["ship"] = ship_plot(view["ship"]["doc"])
     # The SVGs were parsed and re-serialised by _plots.sanitise_svg; only they bypass autoescaping.
     plots = {k: (Markup(v) if v else None) for k, v in plots.items()}
     return _env(autoescape=True).get_template("report.html.j2").render(**view, plots=plots)
@@ -248,6 +263,7 @@ def render_json(data: ReportInput, view: dict[str, Any]) -> str:
         "tracking": [t.model_dump(mode="json") for t in data.tracking],
         "compare": data.compare,
         "adapter": data.adapter,
+        **({"ship": data.ship} if data.ship else {}),
     }
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"
 

@@ -1,0 +1,195 @@
+"""The ladder, end to end: convert once, evaluate every variant, measure quality and speed, decide.
+
+Each part reuses a stage: variants come from `posttrain.convert` (content-addressed: a rerun with the
+same checkpoint and toolchain makes nothing; Q8_0 is quantized from F16 so the converter starts once),
+task scores from `posttrain.evaluate` (paired items, cached in the store), pairing from
+`posttrain.compare`. The measurements that load llama.cpp for a long time run in child processes.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from posttrain._files import write_json_atomic
+from posttrain.errors import PosttrainError
+from posttrain.ship._child import run_child
+from posttrain.ship._quality import DEFAULT_N_CTX
+from posttrain.ship._text import read_text, text_from_items
+from posttrain.ship._verdict import DEFAULT_MARGIN_POINTS, DEFAULT_MAX_KLD, Rung, decide
+from posttrain.store import Store, utcnow
+
+SCHEMA = "posttrain.ship/1"
+DEFAULT_LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M")
+# Text read for the quality measurement: 40 chunks of 512, ≥ 10,000 scored tokens (half of each chunk).
+DEFAULT_MAX_TOKENS = 20_480
+SHIP_JSON = "ship.json"
+# Which per-item score stands for a task when lm-eval reports several (HellaSwag: acc and acc_norm).
+_METRIC_ORDER = ("acc_norm", "acc", "exact_match")
+_FILTER_ORDER = ("none", "strict-match", "flexible-extract")
+
+Say = Callable[[str], None]
+
+
+def _primary(keys: list[tuple[str, str, str]]) -> dict[str, tuple[str, str, str]]:
+    """One (task, filter, metric) per task: the headline score lm-eval users quote."""
+    def rank(key):
+        _, flt, metric = key
+        return (_METRIC_ORDER.index(metric) if metric in _METRIC_ORDER else len(_METRIC_ORDER),
+                _FILTER_ORDER.index(flt) if flt in _FILTER_ORDER else len(_FILTER_ORDER), flt, metric)
+    out: dict[str, tuple[str, str, str]] = {}
+    for key in sorted(keys, key=rank):
+        out.setdefault(key[0], key)
+    return out
+
+
+def paired_diffs(f16_items, variant_items) -> dict[str, dict]:
+    """Per task: the per-item differences variant − F16 on the headline metric, and the items' clusters."""
+    from posttrain.compare import pair_items
+
+    paired, _ = pair_items(variant_items, f16_items)
+    out = {}
+    for task, key in _primary(list(paired)).items():
+        ps = paired[key]
+        out[task] = {"metric": key[2], "filter": key[1], "n": len(ps.pairs),
+                     "d": np.array([a.value - b.value for a, b in ps.pairs], dtype=float),
+                     "clusters": (np.array([b.cluster for _, b in ps.pairs], dtype=object)
+                                  if all(b.cluster for _, b in ps.pairs) else None),
+                     "f16_mean": float(np.mean([b.value for _, b in ps.pairs])) if ps.pairs else None}
+    return out
+
+
+def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: list[str],
+               data_dir: Path | None = None, quants: list[str] | str = DEFAULT_LADDER,
+               text: str | Path | None = None, margin_points: float = DEFAULT_MARGIN_POINTS, alpha: float = 0.05,
+               max_kld: float | None = DEFAULT_MAX_KLD, n_ctx: int = DEFAULT_N_CTX,
+               max_tokens: int = DEFAULT_MAX_TOKENS, limit: int | None = None, per_subject: int | None = None, seed: int = 0,
+               speed: bool = True, speed_reps: int = 3, n_gpu_layers: int | None = None,
+               model_name: str | None = None, say: Say | None = None, task_paths: list[Path] | None = None,
+               gguf_dir: Path | None = None, verify: bool = False) -> dict:
+    """Measure the ladder and return the ship document (schema posttrain.ship/1), also written to
+    `out_dir/ship.json`. `gguf_dir`: where the variants live (default `out_dir/gguf`); pass the same
+    folder as `posttrain convert` to share its files. `verify`: also run convert's probe-text check
+    (and F16 against the HF model); off by default because the ladder's own KLD on thousands of
+    tokens of real text checks every variant far more closely, and the conversion should cost no more
+    than the tools run by hand (each file still has to read back and load before it is kept)."""
+    from posttrain.convert import convert_checkpoint
+    from posttrain.evaluate import evaluate
+
+    say = say or (lambda text: None)
+    if margin_points <= 0 or not math.isfinite(margin_points):
+        raise PosttrainError(f"--margin must be a positive number of points, not {margin_points}")
+    out_dir = Path(out_dir)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    say("converting")
+    converted = convert_checkpoint(checkpoint, gguf_dir or out_dir / "gguf", quants, model_name=model_name,
+                                   n_gpu_layers=n_gpu_layers, quantize_q8_0=True, verify=verify,
+                                   progress=lambda variant, status: say(f"{variant}: {status}"))
+    seconds["convert"] = time.perf_counter() - started
+    paths = {v.quant: v.path for v in converted.variants}
+
+    items: dict[str, list] = {}
+    if tasks:
+        from posttrain.compare import items_for_evals
+
+        started = time.perf_counter()
+        for quant, path in paths.items():
+            say(f"{quant}: evaluating {', '.join(tasks)}")
+            results = evaluate(path, tasks, data_dir=data_dir, limit=limit, per_subject=per_subject, seed=seed, store=store,
+                               out_dir=out_dir / "evals" / quant, n_gpu_layers=n_gpu_layers, task_paths=task_paths)
+            items[quant] = items_for_evals(store, [r.eval_id for r in results])[1]
+        seconds["evaluate"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    if text is not None:
+        held_out, files = read_text(text, max_chars=max_tokens * 16)
+        text_source = {"kind": "user", "files": files}
+    else:
+        held_out = text_from_items(items.get("F16", []))
+        text_source = {"kind": "task documents", "files": [],
+                       "note": "no --text given: measured on the evaluation tasks' own documents"}
+        if not held_out:
+            raise PosttrainError("no held-out text: --text was not given and there are no task documents to use",
+                                 remedy="pass --text FILE|DIR (for example a slice of the fine-tuning data)")
+    quality = None
+    others = {q: str(p) for q, p in paths.items() if q != "F16"}
+    if others:
+        say(f"quality on held-out text ({len(others)} variants against F16, chunks of {n_ctx})")
+        with tempfile.TemporaryDirectory(prefix="posttrain-ship-text-") as tmp:
+            text_file = Path(tmp) / "text.txt"
+            text_file.write_text(held_out, encoding="utf-8")
+            quality = run_child({"kind": "quality", "base": str(paths["F16"]), "variants": others,
+                                 "text_file": str(text_file), "n_ctx": n_ctx, "max_chunks": max(1, max_tokens // n_ctx),
+                                 "n_gpu_layers": n_gpu_layers}, out_dir / "logs" / "quality.log")
+    seconds["quality"] = time.perf_counter() - started
+
+    speeds: dict[str, dict] = {}
+    if speed:
+        started = time.perf_counter()
+        say(f"speed: pp512 and tg128, {speed_reps} repetitions per variant")
+        speeds = run_child({"kind": "speed", "paths": {q: str(p) for q, p in paths.items()}, "reps": speed_reps,
+                            "n_gpu_layers": n_gpu_layers}, out_dir / "logs" / "speed.log")
+        seconds["speed"] = time.perf_counter() - started
+
+    rungs, tasks_doc = [], {}
+    for v in converted.variants:
+        if v.quant == "F16":
+            continue
+        sp = speeds.get(v.quant, {})
+        q = (quality or {}).get("variants", {}).get(v.quant, {})
+        pairs = paired_diffs(items["F16"], items[v.quant]) if v.quant in items else {}
+        for task, p in pairs.items():
+            tasks_doc.setdefault(task, {"metric": p["metric"], "filter": p["filter"], "f16_mean": p["f16_mean"]})
+        rungs.append(Rung(v.quant, v.size_bytes, sp.get("bits_per_weight"), sp.get("tg_tok_s"), q.get("kld_mean"),
+                          diffs={t: p["d"] for t, p in pairs.items()},
+                          clusters={t: p["clusters"] for t, p in pairs.items()}))
+    verdict = decide(rungs, margin=margin_points / 100, alpha=alpha, max_kld=max_kld)
+    doc = {
+        "schema": SCHEMA, "created_at": utcnow(), "checkpoint": str(Path(checkpoint).resolve()),
+        "model_name": converted.model_name, "manifest": str(converted.manifest_path), "toolchain": converted.toolchain,
+        "text": {**text_source, "n_ctx": n_ctx, "max_tokens": max_tokens,
+                 **({k: quality[k] for k in ("n_tokens_text", "n_chunks", "n_scored", "add_bos")} if quality else {})},
+        "tasks": tasks_doc,
+        "variants": [{"quant": v.quant, "file": v.path.name, "sha256": v.sha256, "size_bytes": v.size_bytes,
+                      "made_by": v.made_by, "speed": speeds.get(v.quant),
+                      "quality": (quality or {}).get("variants", {}).get(v.quant)} for v in converted.variants],
+        "f16_ppl": (quality or {}).get("f16", {}).get("ppl"),
+        "verdict": verdict, "seconds": {k: round(s, 2) for k, s in seconds.items()},
+    }
+    doc = _jsonable(doc)
+    write_json_atomic(out_dir / SHIP_JSON, doc)
+    return doc
+
+
+def _jsonable(x):
+    """numpy scalars and arrays out, NaN/inf as None: the document is plain JSON."""
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_ship_reports(doc: dict, out_dir: Path) -> dict[str, Path]:
+    """ship.md and ship.html next to ship.json (atomically); returns their paths."""
+    from posttrain._files import write_text_atomic
+    from posttrain.ship._render import render_html, render_markdown
+
+    out_dir = Path(out_dir)
+    files = {"json": out_dir / SHIP_JSON, "md": out_dir / "ship.md", "html": out_dir / "ship.html"}
+    write_json_atomic(files["json"], doc)
+    write_text_atomic(files["md"], render_markdown(doc))
+    write_text_atomic(files["html"], render_html(doc))
+    return files
