@@ -40,6 +40,11 @@ SAMPLES = {
     "n_gpu_layers": (["--n-gpu-layers", "0"], lambda s: s["config"]["n_gpu_layers"] == 0),
     "track": (["--track", "mlflow,wandb"], lambda s: s["config"]["track"] == ["mlflow", "wandb"]),
     "track_artifacts": (["--track-artifacts", "gguf"], lambda s: s["config"]["track_artifacts"] == ["gguf"]),
+    "base": (["--base", "data"], lambda s: Path(s["config"]["base"]).is_absolute()),
+    "executor": (["--executor", "ray://127.0.0.1:9"], lambda s: s["config"]["executor"] == "ray://127.0.0.1:9"),
+    "ray_address": (["--ray-address", "auto"], lambda s: s["config"]["ray_address"] == "auto"),
+    "shared_dir": (["--shared-dir", "data"], lambda s: Path(s["config"]["shared_dir"]).is_absolute()),
+    "shard_docs": (["--shard-docs", "5"], lambda s: s["config"]["shard_docs"] == 5),
 }
 
 

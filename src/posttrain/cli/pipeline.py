@@ -169,8 +169,11 @@ def _absolute(cfg):
     """The same settings with every path absolute: the watcher may run from another directory."""
     from posttrain.pipeline import Baseline
 
-    updates = {"home": cfg.base_dir.expanduser().resolve(),
-               "data_dir": cfg.data_dir.resolve() if cfg.data_dir else None,
+    def absolute(path: Path | None) -> Path | None:
+        return path.expanduser().resolve() if path is not None else None
+
+    updates = {"home": absolute(cfg.base_dir), "data_dir": absolute(cfg.data_dir), "base": absolute(cfg.base),
+               "shared_dir": absolute(cfg.shared_dir), "ship_text": absolute(cfg.ship_text),
                "task_paths": [p.resolve() for p in cfg.task_paths]}
     if cfg.baseline:
         updates["baseline"] = Baseline.parse(cfg.baseline).absolute()

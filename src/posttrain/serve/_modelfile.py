@@ -80,10 +80,12 @@ def _quote(key: str, value: object) -> str:
 
 def _file_reference(beside: Path, other: Path, what: str) -> str:
     """`other` as a Modelfile beside `beside` names it: `./name` in the same folder, else its absolute path."""
-    if any(c in "\r\n" for c in str(other)):
-        raise PosttrainError(f"the path {str(other)!r} contains a line break, which a Modelfile cannot hold",
+    if any(c in "\r\n\x00" for c in str(other)):
+        raise PosttrainError(f"the path {str(other)!r} contains a line break or NUL, which a Modelfile cannot hold",
                              remedy="rename the file")
-    ref = f"./{other.name}" if other.resolve().parent == beside.resolve().parent else str(other.resolve())
+    # The same folder by name, links not followed: the Modelfile names the file the user gave.
+    same_folder = other.absolute().parent == beside.absolute().parent
+    ref = f"./{other.name}" if same_folder else str(other.absolute())
     return quote_value(ref, what, bare=True)
 
 
