@@ -172,6 +172,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all usable cores)")
     ap.add_argument("--sequential", action="store_true", help="also time the one-request-per-decode path")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--try", dest="settings", action="append", default=[], metavar="K=V[,K=V]",
+                    help="also time ours with these engine settings (e.g. n_batch=2048,n_ubatch=2048,n_seq_max=256), "
+                         "each against the default row: time ratio and agreement of the chosen answer (repeatable)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,6 +207,18 @@ def main() -> None:
     print(f"ours (posttrain-llamacpp, batched): {t_ours:.1f} s wall / {cpu_ours:.1f} CPU-s, {lm.tokens_evaluated} tokens "
           f"evaluated -> {100 * limit / t_ours:.0f}% of the limit by wall time, {100 * limit_cpu / cpu_ours:.0f}% by CPU time")
     ours_choice = chosen(instances, ours)
+
+    for setting in args.settings:
+        extra = dict(kv.split("=", 1) for kv in setting.split(",") if kv)
+        lm_x, res_x, t_x, cpu_x = run_ours(args.gguf, instances, n_threads=args.threads, **extra)
+        agree_x = agreement(chosen(instances, res_x), ours_choice)
+        dmax_x = max(abs(a[0] - b[0]) for a, b in zip(res_x, ours))
+        figures.setdefault("settings", {})[setting] = {"s": t_x, "cpu_s": cpu_x, "speedup": t_ours / t_x,
+                                                       "agreement": agree_x, "max_abs_dlogprob": dmax_x}
+        print(f"ours with {setting}: {t_x:.1f} s wall / {cpu_x:.1f} CPU-s = {t_ours / t_x:.2f}x the default "
+              f"({cpu_ours / cpu_x:.2f}x by CPU time); chosen answer agrees on {100 * agree_x:.1f}% of items, "
+              f"max |dlogprob| {dmax_x:.2e}")
+        del lm_x
 
     if args.sequential:
         lm_seq, seq, t_seq, _ = run_ours(args.gguf, instances, batched=False, n_threads=args.threads)
