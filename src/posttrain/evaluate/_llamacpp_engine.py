@@ -49,7 +49,7 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
         n_ctx: int | None = None,
         n_ctx_cap: int = 8192,
         n_batch: int = 512,
-        n_ubatch: int = 512,
+        n_ubatch: int = 256,  # llama.cpp's compute micro-batch; see _llamacpp_lm for why 256
         n_threads: int | None = None,
         n_gpu_layers: int | None = None,
         n_seq_max: int = MAX_SEQUENCES,
