@@ -25,14 +25,8 @@ from posttrain.pipeline._runner import (
     StepResult,
     StepSkipped,
 )
-from posttrain.pipeline._stages import (
-    Stages,
-    check_inputs,
-    pipeline_handler,
-    plan_run,
-    run_many,
-    run_pipeline,
-)
+from posttrain.pipeline._running import pipeline_handler, run_many, run_pipeline
+from posttrain.pipeline._stages import Stages, check_inputs, plan_run
 from posttrain.pipeline._status import gather_status
 from posttrain.pipeline._watcher import Watcher, compile_pattern
 

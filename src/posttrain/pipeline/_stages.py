@@ -14,11 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from posttrain._files import sha256_file, write_json_atomic
 from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
@@ -37,13 +34,10 @@ from posttrain.pipeline._config import Config
 from posttrain.pipeline._runner import (
     Outputs,
     RunContext,
-    Runner,
-    RunResult,
     RunSpec,
     Step,
     StepSkipped,
 )
-from posttrain.store import Store
 
 log = logging.getLogger("posttrain.pipeline")
 
@@ -395,68 +389,3 @@ class Stages:
         outcomes = notify(summary, urls=self.config.notify.urls, voice=self.config.notify.voice)
         return {"outcomes": [{k: o.get(k) for k in ("channel", "target", "ok", "skipped", "detail")}
                              for o in outcomes]}
-
-
-# -- running -------------------------------------------------------------------------------------
-def make_runner(config: Config, store: Store, *, stop_event: threading.Event | None = None,
-                on_event: Callable[[str, str, str], None] | None = None) -> Runner:
-    from posttrain.errors import TransientError
-
-    return Runner(store, Stages(config).steps(), max_retries=config.retries, backoff_s=config.retry_backoff_s,
-                  transient=(TransientError, ConnectionError, TimeoutError), stop_event=stop_event,
-                  on_event=on_event)
-
-
-def run_pipeline(checkpoint: str | Path, config: Config, *, store: Store | None = None,
-                 stop_event: threading.Event | None = None,
-                 on_event: Callable[[str, str, str], None] | None = None,
-                 known_sha256: str | None = None) -> RunResult:
-    """Run (or resume) the whole pipeline for one checkpoint (`known_sha256`: its content hash, when
-    the caller computed it already)."""
-    spec = plan_run(checkpoint, config, known_sha256=known_sha256)
-    store = store or Store(config.store_path)
-    log.info("run %s: %s → %s", spec.run_id, spec.checkpoint, spec.run_dir)
-    return make_runner(config, store, stop_event=stop_event, on_event=on_event).run(spec)
-
-
-def run_many(checkpoints: list[Path], config: Config, *, jobs: int | None = None,
-             stop_event: threading.Event | None = None,
-             on_event: Callable[[str, str, str], None] | None = None) -> list[RunResult | PosttrainError]:
-    """Several checkpoints: one after another, or `jobs` at a time. A checkpoint that cannot even be
-    planned (incomplete, unreadable) gives its error in its place; the others still run."""
-    check_inputs(config)
-    store = Store(config.store_path)
-    jobs = jobs or config.jobs
-
-    def one(ckpt: Path) -> RunResult | PosttrainError:
-        if stop_event is not None and stop_event.is_set():
-            return PosttrainError(f"{ckpt}: not started (stop requested)")
-        try:
-            return run_pipeline(ckpt, config, store=store, stop_event=stop_event, on_event=on_event)
-        except PosttrainError as e:  # the caller reports it next to the other results
-            return e
-
-    if jobs <= 1 or len(checkpoints) <= 1:
-        return [one(c) for c in checkpoints]
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="posttrain-run") as pool:
-        return list(pool.map(one, checkpoints))
-
-
-def pipeline_handler(config: Config, store: Store | None = None):
-    """The watcher's handler factory: each finished checkpoint goes through `run_pipeline`."""
-
-    def factory(watcher, stop: threading.Event):
-        def handle(path: Path, sha: str) -> dict[str, Any]:
-            def on_event(run_id: str, step: str, event: str) -> None:
-                if event == "running":
-                    watcher.note_stage(path, run_id, step)
-
-            result = run_pipeline(path, config, store=store or watcher.store, stop_event=stop, on_event=on_event,
-                                  known_sha256=sha)
-            failed = result.failures()
-            return {"status": result.status, "run_id": result.run_id,
-                    "error": "; ".join(f"{f.name}: {f.error}" for f in failed) or None}
-
-        return handle
-
-    return factory
