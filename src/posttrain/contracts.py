@@ -13,6 +13,7 @@ from pathlib import Path
 COMPARE_SCHEMA = "posttrain.compare/1"  # compare → report, notify, status
 MANIFEST_SCHEMA = "posttrain.convert/1"  # convert → register, report
 REPORT_SCHEMA = "posttrain.report/1"  # report → users, the runs index
+SHIP_SCHEMA = "posttrain.ship/1"  # ship → report
 
 
 @dataclass(frozen=True)

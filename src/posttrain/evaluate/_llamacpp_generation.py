@@ -12,10 +12,6 @@ import numpy as np
 from posttrain import _native, _progress
 
 
-def _llama():
-    return _native.load_llama_cpp()
-
-
 class GenerationMixin:
     """The generation half of `LlamaCppEngine` (which provides the attributes used here)."""
 
@@ -31,7 +27,7 @@ class GenerationMixin:
         """Greedy continuation of `prompt`, ending at an end-of-generation token, a stop string
         in the decoded text, or `max_tokens`. Returns the generated tokens (stop text included;
         the caller cuts it)."""
-        lc = _llama()
+        lc = _native.load_llama_cpp()
         prompt = list(prompt)
         if len(prompt) + max_tokens > self.n_ctx:
             raise ValueError(

@@ -17,10 +17,6 @@ import numpy as np
 from posttrain import _native, _progress
 
 
-def _llama():
-    return _native.load_llama_cpp()
-
-
 @dataclass(frozen=True)
 class Scored:
     """Log-likelihood of one continuation and whether greedy decoding would have produced it."""
@@ -70,7 +66,7 @@ class ScoringMixin:
 
         Slow on small models but simple: the reference the batched path is checked against.
         """
-        lc = _llama()
+        lc = _native.load_llama_cpp()
         results: list[Scored] = []
         for req in requests:
             ctx, cont = list(req.context), list(req.continuation)
@@ -164,7 +160,7 @@ class ScoringMixin:
         into sequence 0, share its KV cells with the endings' sequences (`llama_memory_seq_cp` on a
         unified cache adds sequence ids to cells, it copies no data), then decode the endings in
         as few batches as fit."""
-        lc = _llama()
+        lc = _native.load_llama_cpp()
         self._clear()
         for start in range(0, len(ctx), self.n_batch):
             chunk = range(start, min(start + self.n_batch, len(ctx)))

@@ -11,10 +11,10 @@ from typing import Any
 
 from posttrain import __version__
 from posttrain._ci import mean_interval
+from posttrain._files import read_json_file
 from posttrain._versions import package_version
 from posttrain.compare._document import read_compare
-from posttrain._files import read_json_file
-from posttrain.contracts import RunLayout
+from posttrain.contracts import SHIP_SCHEMA, RunLayout
 from posttrain.errors import PosttrainError
 from posttrain.store import Store, loads
 from posttrain.track import read_tracking
@@ -36,8 +36,8 @@ def load_ship(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     doc = read_json_file(path)
-    if doc is None or doc.get("schema") != "posttrain.ship/1" or not isinstance(doc.get("verdict"), dict):
-        raise PosttrainError(f"{path} is not a ship document (posttrain.ship/1)", remedy="re-run the ship step")
+    if doc is None or doc.get("schema") != SHIP_SCHEMA or not isinstance(doc.get("verdict"), dict):
+        raise PosttrainError(f"{path} is not a ship document ({SHIP_SCHEMA})", remedy="re-run the ship step")
     return doc
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from posttrain._files import write_json_atomic
+from posttrain.contracts import SHIP_SCHEMA
 from posttrain.errors import PosttrainError
 from posttrain.ship._child import run_child
 from posttrain.ship._quality import DEFAULT_N_CTX
@@ -24,7 +25,7 @@ from posttrain.ship._text import read_text, text_from_items
 from posttrain.ship._verdict import DEFAULT_MARGIN_POINTS, DEFAULT_MAX_KLD, Rung, decide
 from posttrain.store import Store, utcnow
 
-SCHEMA = "posttrain.ship/1"
+SCHEMA = SHIP_SCHEMA
 DEFAULT_LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M")
 # Text read for the quality measurement: 40 chunks of 512, ≥ 10,000 scored tokens (half of each chunk).
 DEFAULT_MAX_TOKENS = 20_480
