@@ -261,25 +261,31 @@ def test_generation_stops_at_stop_string_and_drops_it(spm_ggufs):
     assert stop not in cut
 
 
-def test_batched_generation_equals_one_at_a_time(spm_ggufs):
-    """Many sequences per decode (and a shared few-shot prefix decoded once) change nothing."""
-    shots = "the cat is red. the dog is blue. the house is green. "
-    reqs = [
-        _gen(shots + "the tree is", max_gen_toks=12),
-        _gen(shots + "the fox is", max_gen_toks=30, until=["e"]),
-        _gen(shots + "a lazy dog", max_gen_toks=7),
-        _gen("jumps over", max_gen_toks=20, until=["\n\n", " the"]),
-        _gen(shots + "the tree is", max_gen_toks=12),
-    ]
+_SHOTS = "the cat is red. the dog is blue. the house is green. "
+
+
+@pytest.mark.parametrize("reqs", [
+    # A shared few-shot prefix: waves in the unified cache decode it once.
+    [_gen(_SHOTS + "the tree is", max_gen_toks=12), _gen(_SHOTS + "the fox is", max_gen_toks=30, until=["e"]),
+     _gen(_SHOTS + "a lazy dog", max_gen_toks=7), _gen(_SHOTS + "the tree is", max_gen_toks=12)],
+    # Nothing shared: a KV stream per prompt, each slot refilled when its sequence ends.
+    [_gen(_SHOTS + "the tree is", max_gen_toks=12), _gen("the fox is", max_gen_toks=30, until=["e"]),
+     _gen("a lazy dog " * 6, max_gen_toks=7), _gen("jumps over", max_gen_toks=20, until=["\n\n", " the"]),
+     _gen(_SHOTS + "the tree is", max_gen_toks=12)],
+], ids=["shared-prefix-waves", "own-stream-slots"])
+def test_batched_generation_equals_one_at_a_time(spm_ggufs, reqs):
+    """Many sequences per decode, a shared few-shot prefix decoded once, slots refilled as
+    sequences end: none of it changes a generated token."""
     path = str(spm_ggufs["F32"])
     one = LlamaCppLM(model=path, kv_type="f32", batched=False).generate_until(reqs, disable_tqdm=True)
-    # A small batch forces the prompts through several decodes; n_seq_max=2 forces several waves.
+    # A small batch forces the prompts through several decodes; n_seq_max=2 forces several waves
+    # (or two slots, refilled).
     for n_batch, n_seq_max in ((512, 64), (16, 2)):
-        many = LlamaCppLM(model=path, kv_type="f32", n_batch=n_batch, n_seq_max=n_seq_max).generate_until(
-            reqs, disable_tqdm=True
-        )
-        assert many == one
-    assert one[0] == one[4]
+        lm = LlamaCppLM(model=path, kv_type="f32", n_batch=n_batch, n_seq_max=n_seq_max)
+        assert lm.generate_until(reqs, disable_tqdm=True) == one
+        shared = all(r.args[0].startswith(_SHOTS) for r in reqs)
+        assert (lm.engine._slots is None) == shared  # the case ran the path it is named after
+    assert one[0] == one[-1]
 
 
 # ------------------------------------------------------------------------------ loading and registry

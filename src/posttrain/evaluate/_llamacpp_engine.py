@@ -19,6 +19,7 @@ import numpy as np
 
 from posttrain import _native
 from posttrain.errors import PosttrainError
+from posttrain.evaluate._llamacpp_batch import decode_entries, logits_rows
 from posttrain.evaluate._llamacpp_generation import GenerationMixin
 from posttrain.evaluate._llamacpp_scoring import Scored, ScoreRequest, ScoringMixin
 
@@ -98,32 +99,23 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
         self.n_ctx = int(n_ctx) if n_ctx else max(min(self.n_ctx_train or 2048, n_ctx_cap), n_batch)
         self.n_batch = int(min(n_batch, self.n_ctx))
         self.n_seq_max = int(max(1, min(n_seq_max, 256)))
-        cparams = lc.llama_context_default_params()
-        cparams.n_ctx = self.n_ctx
-        cparams.n_batch = self.n_batch
-        cparams.n_ubatch = int(min(n_ubatch, self.n_batch))
-        cparams.n_seq_max = self.n_seq_max
-        cparams.n_threads = self.n_threads
-        cparams.n_threads_batch = self.n_threads
-        # One KV buffer shared by all sequences: a context token can then belong to every ending's
-        # sequence at once (no copies), and each sequence may use the whole n_ctx.
-        cparams.kv_unified = True
-        # llama.cpp's default (auto) turns flash attention on; on CPU with an F16 KV cache it moved
-        # F32 log-likelihoods ~1e-3 away from the reference per few tokens, plain attention ~1e-5.
-        cparams.flash_attn_type = 1 if flash_attn else 0
         kv = _KV_TYPES.get(kv_type.lower())
         if kv is None:
             self.close()
             raise PosttrainError(f"unknown kv_type {kv_type!r}", remedy=f"use one of {', '.join(_KV_TYPES)}")
-        cparams.type_k = cparams.type_v = kv
-        cparams.no_perf = True
-        self._ctx = lc.llama_init_from_model(self._model, cparams)
+        self._n_ubatch, self._flash_attn, self._kv_type_id = int(n_ubatch), bool(flash_attn), kv
+        # One KV buffer shared by all sequences: a context token can then belong to every ending's
+        # sequence at once (no copies), and each sequence may use the whole n_ctx.
+        self._ctx = self._new_context(self.n_ctx, self.n_seq_max, unified=True)
         if not self._ctx:
             self.close()
             raise PosttrainError(
                 f"llama.cpp could not create a context for {path} (n_ctx={self.n_ctx})",
                 remedy="lower n_ctx / n_batch, or free memory",
             )
+        # Generation without a shared prefix runs in a second context of its own, made when first
+        # needed (see _llamacpp_slots).
+        self._slots = None
         self._lora = None
         if lora_path is not None:
             self._apply_lora(Path(lora_path), float(lora_scale))
@@ -146,17 +138,47 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
             raise PosttrainError(f"llama.cpp could not load the LoRA adapter {path} onto {self.path}",
                                  remedy="the adapter must be a GGUF LoRA made for this base model "
                                         "(`posttrain lora gguf`)")
-        adapters = (lc.llama_adapter_lora_p_ctypes * 1)(self._lora)
-        scales = (ctypes.c_float * 1)(scale)
-        if lc.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
+        self.lora_path, self.lora_scale = path, scale
+        if not self._attach_lora(self._ctx):
             self.close()
             raise PosttrainError(f"llama.cpp refused to apply the LoRA adapter {path}")
-        self.lora_path, self.lora_scale = path, scale
+
+    def _attach_lora(self, ctx) -> bool:
+        """Apply this engine's LoRA adapter (if any) to `ctx`; False when llama.cpp refuses."""
+        if not getattr(self, "_lora", None):
+            return True
+        lc = _llama()
+        adapters = (lc.llama_adapter_lora_p_ctypes * 1)(self._lora)
+        scales = (ctypes.c_float * 1)(self.lora_scale)
+        return lc.llama_set_adapters_lora(ctx, adapters, 1, scales) == 0
+
+    def _new_context(self, n_ctx: int, n_seq_max: int, *, unified: bool):
+        """A llama.cpp context on this model with this engine's batch, threads, attention and KV
+        settings. `unified`: one KV buffer for all sequences (cells shared between sequences);
+        otherwise one stream of n_ctx / n_seq_max cells per sequence, each attending only to its own."""
+        lc = _llama()
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = int(n_ctx)
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = int(min(self._n_ubatch, self.n_batch))
+        cparams.n_seq_max = int(n_seq_max)
+        cparams.n_threads = self.n_threads
+        cparams.n_threads_batch = self.n_threads
+        cparams.kv_unified = unified
+        # llama.cpp's default (auto) turns flash attention on; on CPU with an F16 KV cache it moved
+        # F32 log-likelihoods ~1e-3 away from the reference per few tokens, plain attention ~1e-5.
+        cparams.flash_attn_type = 1 if self._flash_attn else 0
+        cparams.type_k = cparams.type_v = self._kv_type_id
+        cparams.no_perf = True
+        return lc.llama_init_from_model(self._model, cparams)
 
     # ---------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
         lc = _llama()
+        if getattr(self, "_slots", None) is not None:
+            self._slots.close()
+            self._slots = None
         if getattr(self, "_batch_ok", False):
             lc.llama_batch_free(self._batch)
             self._batch_ok = False
@@ -234,24 +256,13 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
 
     def _decode(self, entries: list[tuple[int, int, Sequence[int], bool]]) -> None:
         """One llama_decode of (token, position, seq_ids, wants_logits) entries."""
-        lc = _llama()
-        b = self._batch
-        for i, (tok, pos, seqs, want) in enumerate(entries):
-            b.token[i] = tok
-            b.pos[i] = pos
-            b.n_seq_id[i] = len(seqs)
-            for j, s in enumerate(seqs):
-                b.seq_id[i][j] = s
-            b.logits[i] = want
-        b.n_tokens = len(entries)
-        rc = lc.llama_decode(self._ctx, b)
-        if rc != 0:
+        try:
+            decode_entries(self._ctx, self._batch, entries)
+        except RuntimeError:
             self._clear()
-            raise RuntimeError(f"llama_decode failed with status {rc} for a batch of {len(entries)} tokens")
+            raise
         self.tokens_evaluated += len(entries)
 
     def _logits_rows(self, n_rows: int) -> np.ndarray:
         """The logits of the last decode, one row per position that asked for them, in batch order."""
-        lc = _llama()
-        ptr = lc.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab))
+        return logits_rows(self._ctx, n_rows, self.n_vocab)

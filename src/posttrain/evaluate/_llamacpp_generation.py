@@ -1,6 +1,7 @@
 """Greedy generation with llama.cpp: one prompt at a time (reusing the cached prefix of the last one),
-or many at once in waves whose prompts share their few-shot prefix in the KV cache. Built on the
-engine's decoding primitives, see `_llamacpp_engine.LlamaCppEngine`.
+or many at once: in waves whose prompts share their few-shot prefix in the KV cache, or by
+continuous batching over KV streams of their own when they share none (`_llamacpp_slots`). Built
+on the engine's decoding primitives, see `_llamacpp_engine.LlamaCppEngine`.
 """
 
 from __future__ import annotations
@@ -74,27 +75,75 @@ class GenerationMixin:
         max_parallel: int = 16,
     ) -> list[list[int]]:
         """`generate_greedy` for many prompts at once: up to `max_parallel` sequences advance one
-        token each per llama_decode, and the prompts of a wave share their common prefix (few-shot
-        examples) in the KV cache. Same stopping rules as `generate_greedy`."""
+        token each per llama_decode. Prompts that share a long prefix (fixed few-shot examples) go
+        in waves that decode it once in the unified KV cache; others get a KV stream each, refilled
+        as soon as a sequence ends (`_llamacpp_slots`). Same stopping rules as `generate_greedy`."""
         outputs: list[list[int]] = [[] for _ in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: list(prompts[i]))
-        width = max(1, min(max_parallel, self.n_seq_max))
-        wave: list[int] = []
-        cells = 0
-        for i in order:
-            if max_tokens[i] <= 0:
-                continue
+        todo = [i for i in range(len(prompts)) if max_tokens[i] > 0]
+        for i in todo:
             need = len(prompts[i]) + max_tokens[i]
+            if not prompts[i]:
+                raise ValueError("an empty prompt cannot be continued")
             if need > self.n_ctx:
                 raise ValueError(f"prompt ({len(prompts[i])}) + max_tokens ({max_tokens[i]}) exceeds n_ctx={self.n_ctx}")
-            if wave and (len(wave) >= width or cells + need > self.n_ctx):
-                self._generate_wave(wave, prompts, max_tokens, stops, outputs)
-                wave, cells = [], 0
+        if not todo:
+            return outputs
+        order = sorted(todo, key=lambda i: list(prompts[i]))
+        if not self._shares_prefix([prompts[i] for i in todo]):
+            need = max(len(prompts[i]) + max_tokens[i] for i in todo)
+            slots = self._generation_slots(len(todo), need, min(max_parallel, self.n_seq_max))
+            # Longest first: the slots then end their work at about the same time.
+            slots.generate(prompts, sorted(todo, key=lambda i: -(len(prompts[i]) + max_tokens[i])),
+                           max_tokens, stops, outputs)
+            return outputs
+        width = max(1, min(max_parallel, self.n_seq_max))
+        wave: list[int] = []
+        common = 0
+        for i in order:
+            if wave:
+                # The wave's common prefix takes its cells once, whatever the number of prompts.
+                shared = _common_length(prompts[wave[0]], prompts[i], common)
+                held = min(shared, min(len(prompts[j]) for j in (*wave, i)) - 1)  # as _generate_wave shares
+                cells = held + sum(len(prompts[j]) - held + max_tokens[j] for j in (*wave, i))
+                if len(wave) >= width or cells > self.n_ctx:
+                    self._generate_wave(wave, prompts, max_tokens, stops, outputs)
+                    wave = []
+                else:
+                    common = shared
+            if not wave:
+                common = len(prompts[i])
             wave.append(i)
-            cells += need
         if wave:
             self._generate_wave(wave, prompts, max_tokens, stops, outputs)
         return outputs
+
+    @staticmethod
+    def _shares_prefix(prompts: Sequence[Sequence[int]]) -> bool:
+        """Whether the prompts share a prefix (fixed few-shot examples) worth decoding once for all:
+        at least half of the shortest prompt. Then waves in the unified cache pay for it once;
+        otherwise each prompt gets a KV stream of its own (see _llamacpp_slots)."""
+        shortest = min(len(p) for p in prompts)
+        if len(prompts) < 2:
+            return False
+        first = prompts[0]
+        common = shortest
+        for p in prompts[1:]:
+            n = 0
+            while n < common and p[n] == first[n]:
+                n += 1
+            common = n
+        return common * 2 >= shortest
+
+    def _generation_slots(self, n_prompts: int, need: int, max_parallel: int):
+        from posttrain.evaluate._llamacpp_slots import GenerationSlots, slots_for
+
+        n_slots = slots_for(self, n_prompts, need, max_parallel)
+        if self._slots is None or not self._slots.fits(n_slots, need):
+            if self._slots is not None:
+                self._slots.close()
+                self._slots = None
+            self._slots = GenerationSlots(self, n_slots, need)
+        return self._slots
 
     def _generate_wave(
         self,
@@ -163,3 +212,10 @@ class GenerationMixin:
             active = still
         _progress.advance(len(wave))
         self._clear()
+
+
+def _common_length(a: Sequence[int], b: Sequence[int], at_most: int) -> int:
+    n, top = 0, min(at_most, len(a), len(b))
+    while n < top and a[n] == b[n]:
+        n += 1
+    return n
