@@ -10,10 +10,13 @@ offline YAMLs over local data files), scored by:
 Printed: wall times and ratios, tokens evaluated, per-item agreement of the chosen answer with `hf`,
 llama.cpp's own prefill throughput for this GGUF (a 512-token batch, last-token logits only), the
 token bill with each distinct context counted once, bill / throughput = the physical limit of this
-evaluation on this machine, and how close `ours` comes to it.
+evaluation on this machine, and how close `ours` comes to it. Then the generation row: GSM8K
+5-shot (--gsm8k N questions), ours against hf, with the share of identical generated texts.
+--also GGUF times other variants of the same model (Q8_0, Q4_K_M) on the same items.
 
     python benchmarks/eval_throughput.py --gguf smollm2-f16.gguf --hf /tmp/smollm2 \\
-        --data /work/shared/data/benchmarks --hellaswag 200 --mmlu-per-subject 2
+        --data /work/shared/data/benchmarks --hellaswag 200 --mmlu-per-subject 2 --gsm8k 30 \\
+        --also smollm2-Q8_0.gguf --also smollm2-Q4_K_M.gguf
 """
 
 from __future__ import annotations
@@ -60,6 +63,20 @@ def build_requests(data: Path, n_hellaswag: int, mmlu_per_subject: int, work: Pa
         task.build_all_requests(limit=limit, rank=0, world_size=1)
         instances.extend(task.instances)
     return instances
+
+
+def build_gsm8k_requests(data: Path, n_items: int, work: Path):
+    """lm-eval generate_until Instances for the first `n_items` GSM8K test questions, 5-shot (the
+    task's default: five training examples drawn per question, so prompts share no few-shot prefix)."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from posttrain.evaluate._tasks import write_offline_tasks
+
+    write_offline_tasks(["gsm8k"], data, work / "gsm8k-tasks")
+    tm = TaskManager(include_path=str(work / "gsm8k-tasks"), include_defaults=False)
+    task = get_task_dict(["gsm8k"], tm)["gsm8k"]
+    task.build_all_requests(limit=n_items, rank=0, world_size=1)
+    return list(task.instances)
 
 
 def chosen(instances, results) -> dict[tuple[str, int], int]:
@@ -115,13 +132,47 @@ def run_ours(gguf: Path, instances, **model_args):
     return lm, res, time.perf_counter() - t, time.process_time() - c
 
 
-def run_hf(ckpt: Path, instances, batch_size: int):
+def run_hf(ckpt: Path, instances, batch_size: int, method: str = "loglikelihood"):
     from lm_eval.models.huggingface import HFLM
 
     hf = HFLM(pretrained=str(ckpt), dtype="float32", device="cpu", batch_size=batch_size)
     t, c = time.perf_counter(), time.process_time()
-    res = hf.loglikelihood(instances, disable_tqdm=True)
+    res = getattr(hf, method)(instances, disable_tqdm=True)
     return res, time.perf_counter() - t, time.process_time() - c
+
+
+def run_ours_generation(gguf: Path, instances, **model_args):
+    from posttrain.evaluate._llamacpp_lm import LlamaCppLM
+
+    lm = LlamaCppLM(model=str(gguf), **model_args)
+    t, c = time.perf_counter(), time.process_time()
+    res = lm.generate_until(instances, disable_tqdm=True)
+    return res, time.perf_counter() - t, time.process_time() - c
+
+
+def generation_rows(args, figures: dict) -> None:
+    """GSM8K 5-shot: ours on --gguf (and each --also GGUF) against hf on the same questions, with the
+    share of identical generated texts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        gen = build_gsm8k_requests(args.data, args.gsm8k, Path(tmp))
+    print(f"GSM8K: {len(gen)} questions, 5-shot, greedy")
+    ours_text, t_g, cpu_g = run_ours_generation(args.gguf, gen, n_threads=args.threads)
+    row = figures.setdefault("gsm8k", {"items": len(gen)})
+    row.update(ours_s=t_g, ours_cpu_s=cpu_g)
+    print(f"  ours ({args.gguf.name}): {t_g:.1f} s wall / {cpu_g:.1f} CPU-s")
+    for extra in args.also:
+        text_x, t_x, cpu_x = run_ours_generation(extra, gen, n_threads=args.threads)
+        same = sum(a == b for a, b in zip(text_x, ours_text))
+        row.setdefault("also", {})[extra.name] = {"s": t_x, "cpu_s": cpu_x, "same_text_as_reference": same}
+        print(f"  ours ({extra.name}): {t_x:.1f} s wall / {cpu_x:.1f} CPU-s = {t_g / t_x:.2f}x the reference; "
+              f"same text as the reference on {same} of {len(gen)}")
+    if not args.skip_hf:
+        ref, t_hf, cpu_hf = run_hf(args.hf, gen, args.hf_batch_size, "generate_until")
+        same = sum(a == b for a, b in zip(ours_text, ref))
+        row.update(hf_s=t_hf, hf_cpu_s=cpu_hf, speedup_vs_hf=t_hf / t_g, same_text_as_hf=same)
+        print(f"  hf (float32, batch {args.hf_batch_size}): {t_hf:.1f} s wall / {cpu_hf:.1f} CPU-s; ours is "
+              f"{t_hf / t_g:.2f}x faster by wall time, {cpu_hf / cpu_g:.2f}x by CPU time; "
+              f"identical text on {same} of {len(gen)}")
 
 
 def _free_port() -> int:
@@ -169,6 +220,10 @@ def main() -> None:
     ap.add_argument("--hf-batch-size", type=int, default=8)
     ap.add_argument("--server-requests", type=int, default=20, help="requests for the server route (0: skip)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--gsm8k", type=int, default=30, help="GSM8K questions for the generation row (0: skip)")
+    ap.add_argument("--also", type=Path, action="append", default=[], metavar="GGUF",
+                    help="also time this GGUF (e.g. the Q8_0 and Q4_K_M of the same model) on the same items, "
+                         "with its agreement with the --gguf reference (repeatable)")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all usable cores)")
     ap.add_argument("--sequential", action="store_true", help="also time the one-request-per-decode path")
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -220,6 +275,15 @@ def main() -> None:
               f"max |dlogprob| {dmax_x:.2e}")
         del lm_x
 
+    for extra in args.also:
+        lm_x, res_x, t_x, cpu_x = run_ours(extra, instances, n_threads=args.threads)
+        agree_x = agreement(chosen(instances, res_x), ours_choice)
+        figures.setdefault("also", {})[extra.name] = {"s": t_x, "cpu_s": cpu_x, "speedup": t_ours / t_x,
+                                                      "agreement_with_reference": agree_x}
+        print(f"ours on {extra.name}: {t_x:.1f} s wall / {cpu_x:.1f} CPU-s = {t_ours / t_x:.2f}x the reference "
+              f"({cpu_ours / cpu_x:.2f}x by CPU time); chosen answer agrees with the reference on {100 * agree_x:.1f}% of items")
+        del lm_x
+
     if args.sequential:
         lm_seq, seq, t_seq, _ = run_ours(args.gguf, instances, batched=False, n_threads=args.threads)
         figures.update(sequential_s=t_seq, sequential_tokens=lm_seq.tokens_evaluated)
@@ -253,6 +317,9 @@ def main() -> None:
         print(f"gguf backend vs llama-cpp-python server: {per_req:.2f} s/request on {len(subset)} requests "
               f"-> ~{est / 60:.1f} min extrapolated for all {len(instances)}; ours is ~{est / t_ours:.0f}x faster; "
               f"max |dlogprob| vs ours on the subset {d:.2f}")
+
+    if args.gsm8k:
+        generation_rows(args, figures)
 
     figures["loadavg_end"] = os.getloadavg()[0]
     print(f"load average at the end {figures['loadavg_end']:.2f} (other work on this machine shares its cores)")
