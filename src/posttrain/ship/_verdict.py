@@ -67,7 +67,9 @@ def decide(rungs: list[Rung], *, margin: float = DEFAULT_MARGIN_POINTS / 100, al
     for quant, task, t in tests:
         by_variant[quant][task] = t
     variants = []
-    for r in sorted(rungs, key=lambda r: r.size_bytes):
+    # Smallest first; of two the same size (a quant with and without an importance matrix), the one
+    # closer to F16 on the held-out text first, so it is the one picked when both are equivalent.
+    for r in sorted(rungs, key=lambda r: (r.size_bytes, r.kld_mean if r.kld_mean is not None else float("inf"))):
         per_task = by_variant[r.quant]
         # Unmeasured KLD (no held-out text) cannot veto: the tasks alone decide then.
         kld_ok = max_kld is None or r.kld_mean is None or r.kld_mean <= max_kld
