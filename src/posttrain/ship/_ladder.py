@@ -160,6 +160,7 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
         seconds["speed"] = time.perf_counter() - started
 
     rungs, tasks_doc = [], {}
+    sizes = {v.quant: v.size_bytes for v in variants}
     for v in variants:
         if v.quant == "F16":
             continue
@@ -168,9 +169,10 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
         pairs = paired_diffs(items["F16"], items[v.quant]) if v.quant in items else {}
         for task, p in pairs.items():
             tasks_doc.setdefault(task, {"metric": p["metric"], "filter": p["filter"], "f16_mean": p["f16_mean"]})
+        twin = sizes.get(v.quant.removesuffix(IMATRIX_SUFFIX), v.size_bytes)
         rungs.append(Rung(v.quant, v.size_bytes, sp.get("bits_per_weight"), sp.get("tg_tok_s"), q.get("kld_mean"),
                           diffs={t: p["d"] for t, p in pairs.items()},
-                          clusters={t: p["clusters"] for t, p in pairs.items()}))
+                          clusters={t: p["clusters"] for t, p in pairs.items()}, order_size=twin))
     verdict = decide(rungs, margin=margin_points / 100, alpha=alpha, max_kld=max_kld)
     doc = {
         "schema": SCHEMA, "created_at": utcnow(), "checkpoint": str(Path(checkpoint).resolve()),

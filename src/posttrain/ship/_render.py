@@ -40,8 +40,14 @@ def table(doc: dict) -> tuple[list[str], list[list[str]]]:
     head = ["variant", "bits/weight", "size", "pp512 tok/s", "tg128 tok/s", "mean KLD ± SE", "p99 KLD",
             "same top %", "RMS Δp %", "ΔPPL (95% CI)", *[f"Δ {t} pts (95% CI)" for t in tasks], "verdict"]
     rows = []
-    # A variant made with the importance matrix has its twin's size: the two sit side by side.
-    for v in sorted(doc["variants"], key=lambda v: (v["quant"] != "F16", -v["size_bytes"], bool(v.get("imatrix")))):
+    # A variant made with an importance matrix sits right after its plain twin (ordered by the twin's size).
+    sizes = {v["quant"]: v["size_bytes"] for v in doc["variants"]}
+
+    def order(v: dict) -> tuple:
+        twin = v["quant"].removesuffix("-imatrix") if v.get("imatrix") else v["quant"]
+        return v["quant"] != "F16", -sizes.get(twin, v["size_bytes"]), bool(v.get("imatrix"))
+
+    for v in sorted(doc["variants"], key=order):
         sp, q = v.get("speed") or {}, v.get("quality") or {}
         verdict = verdicts.get(v["quant"])
         if v["quant"] == "F16":
