@@ -143,7 +143,8 @@ def check_tool(binary: Path, *, expected_commit: str | None) -> tuple[str, str]:
         raise PosttrainError(
             f"{binary} is llama.cpp {found} ({commit}), but the runtime (llama-cpp-python {ver}) is llama.cpp "
             f"{want}: refusing to mix versions",
-            remedy="delete that build (posttrain rebuilds its own from the matching sdist) or point at a build of the same version")
+            remedy=(f"delete {binary.parent.parent} (posttrain rebuilds it from the matching sdist)" if expected_commit
+                    else f"build llama.cpp {runtime} there, or leave --llama-cpp-dir out to use posttrain's own build"))
     return found, commit
 
 
