@@ -69,6 +69,12 @@ def test_the_importance_matrix_is_computed_once_per_model_and_text(tools, tiny_g
     assert first.path.is_file() and first.path.stat().st_size > 0 and not first.cached
     again = compute_imatrix(tiny_gguf["F16"], text, tmp_path / "cache", chunk=64, tools=tools)
     assert again.cached and again.sha256 == first.sha256 and again.path == first.path
+    # Computed afresh from the same text in another folder: the same bytes (the text's folder is not in them).
+    elsewhere = tmp_path / "elsewhere" / "text.txt"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(text.read_bytes())
+    fresh = compute_imatrix(tiny_gguf["F16"], elsewhere, tmp_path / "cache2", chunk=64, tools=tools)
+    assert not fresh.cached and fresh.sha256 == first.sha256
     text.write_text("too short")
     with pytest.raises(PosttrainError, match="too short"):
         compute_imatrix(tiny_gguf["F16"], text, tmp_path / "cache", chunk=64, tools=tools)
@@ -107,4 +113,4 @@ def test_ship_with_imatrix_text_measures_both_variants_side_by_side(tools, tiny_
     md = (out / "ship.md").read_text()
     rows = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| Q4_K_M")]
     assert rows == ["Q4_K_M", "Q4_K_M-imatrix"]  # side by side, the plain one first
-    assert "importance matrix" in md and "Q4_K_M-imatrix" in proc.stdout
+    assert "importance matrix" in md and "Q4_K_M-imatrix" in proc.stdout  # the terminal's table too

@@ -71,7 +71,9 @@ def ship_cmd(
     grid = Table(title=esc(f"{doc['model_name']}: the ladder"), title_justify="left", box=box.SIMPLE_HEAD,
                  padding=(0, 1))
     for col in head:
-        grid.add_column(esc(col), justify="left" if col in ("variant", "verdict") else "right", overflow="fold")
+        # A variant's name is never folded (Q4_K_M-imatrix must read as one name).
+        grid.add_column(esc(col), justify="left" if col in ("variant", "verdict") else "right", overflow="fold",
+                        no_wrap=col == "variant")
     for r in rows:
         grid.add_row(*(esc(c.replace("**", "")) for c in r))
     console.print(grid)

@@ -89,14 +89,16 @@ def compute_imatrix(f16: Path, text_file: Path, cache: Path, *, chunk: int = DEF
                 return Imatrix(out, meta["sha256"], text_sha, f16_sha, options, meta.get("seconds", 0.0), True)
         partial = cache / f".{out.name}.{os.getpid()}.partial.gguf"
         log = cache / f"{out.stem}.log"
-        cmd = [str(tools.imatrix), "-m", str(f16), "-f", str(text_file), "-o", str(partial),
+        # The text is named relative to its folder: llama-imatrix stores the name in the matrix (and
+        # llama-quantize in each variant), which must not depend on a temporary folder's random name.
+        cmd = [str(tools.imatrix), "-m", str(f16.resolve()), "-f", text_file.name, "-o", str(partial.resolve()),
                "--output-format", "gguf", "-c", str(chunk), "-t", str(threads or _native.cpu_threads()),
                "--no-ppl"]
         if max_chunks:
             cmd += ["--chunks", str(max_chunks)]
         started = time.perf_counter()
         try:
-            _run(cmd, log, timeout, "computing the importance matrix")
+            _run(cmd, log, timeout, "computing the importance matrix", cwd=text_file.parent)
             if not partial.is_file():
                 raise PosttrainError("llama-imatrix wrote no importance matrix", remedy=f"see {log}")
             os.replace(partial, out)
@@ -109,10 +111,10 @@ def compute_imatrix(f16: Path, text_file: Path, cache: Path, *, chunk: int = DEF
     return Imatrix(out, sha, text_sha, f16_sha, options, seconds, False)
 
 
-def _run(cmd: list[str], log: Path, timeout: float, what: str) -> None:
+def _run(cmd: list[str], log: Path, timeout: float, what: str, cwd: Path | None = None) -> None:
     with open(log, "w") as logf:
         try:
-            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, timeout=timeout)
+            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, timeout=timeout, cwd=cwd)
         except subprocess.TimeoutExpired:
             raise PosttrainError(f"{what} took more than {timeout:.0f} s and was stopped", remedy=f"see {log}") from None
     if proc.returncode != 0:
