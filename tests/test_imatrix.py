@@ -75,6 +75,22 @@ def test_the_importance_matrix_is_computed_once_per_model_and_text(tools, tiny_g
     elsewhere.write_bytes(text.read_bytes())
     fresh = compute_imatrix(tiny_gguf["F16"], elsewhere, tmp_path / "cache2", chunk=64, tools=tools)
     assert not fresh.cached and fresh.sha256 == first.sha256
+
+    # Variants made with it are content-addressed: the same F16 and matrix reuse the file, another matrix remakes it.
+    from posttrain.convert import BuiltVariant, make_imatrix_variants, sha256_file
+
+    f16 = BuiltVariant("F16", tiny_gguf["F16"], sha256_file(tiny_gguf["F16"]), tiny_gguf["F16"].stat().st_size, 0.0,
+                       "converter")
+    made = make_imatrix_variants(f16, ["Q4_K_M"], first, tmp_path / "variants", "tiny", tools=tools)
+    assert [v.quant for v in made] == ["Q4_K_M-imatrix"] and not made[0].cached
+    assert made[0].path.name == "tiny-Q4_K_M-imatrix.gguf"
+    reused = make_imatrix_variants(f16, ["Q4_K_M"], again, tmp_path / "variants", "tiny", tools=tools)
+    assert reused[0].cached and reused[0].sha256 == made[0].sha256
+    text.write_text("\n".join(corpus(600, seed=4)))
+    other = compute_imatrix(tiny_gguf["F16"], text, tmp_path / "cache", chunk=64, tools=tools)
+    remade = make_imatrix_variants(f16, ["Q4_K_M"], other, tmp_path / "variants", "tiny", tools=tools)
+    assert other.sha256 != first.sha256 and not remade[0].cached and remade[0].sha256 != made[0].sha256
+
     text.write_text("too short")
     with pytest.raises(PosttrainError, match="too short"):
         compute_imatrix(tiny_gguf["F16"], text, tmp_path / "cache", chunk=64, tools=tools)
