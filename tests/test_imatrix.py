@@ -130,3 +130,27 @@ def test_ship_with_imatrix_text_measures_both_variants_side_by_side(tools, tiny_
     rows = [ln.split("|")[1].strip() for ln in md.splitlines() if ln.startswith("| Q4_K_M")]
     assert rows == ["Q4_K_M", "Q4_K_M-imatrix"]  # side by side, the plain one first
     assert "importance matrix" in md and "Q4_K_M-imatrix" in proc.stdout  # the terminal's table too
+
+
+def test_convert_with_an_imatrix_file_uses_the_built_quantizer(tools, tiny_spm, tiny_gguf, tmp_path):
+    from posttrain.convert import compute_imatrix, convert_checkpoint, sha256_file
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(corpus(600, seed=3)))
+    imatrix = compute_imatrix(tiny_gguf["F16"], text, tmp_path / "cache", chunk=64, tools=tools)
+    result = convert_checkpoint(tiny_spm, tmp_path / "gguf", ["f16", "q4_k_m"], imatrix=imatrix.path, verify=False)
+    made = result.variant("Q4_K_M")
+    assert made.sha256 != sha256_file(tiny_gguf["Q4_K_M"])  # the matrix changed the weights
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["options"]["imatrix_sha256"] == imatrix.sha256
+    assert "llama-cpp-python-" in (tmp_path / "gguf" / "convert-Q4_K_M.log").read_text()  # the built tool ran
+
+
+def test_the_pipeline_passes_ship_imatrix_text_and_fingerprints_it(tmp_path):
+    from posttrain.pipeline import load_config
+
+    plain = load_config(discover=False, ship=True)
+    with_text = load_config(discover=False, ship=True, ship_imatrix_text=str(tmp_path / "train.txt"))
+    assert with_text.ship_imatrix_text == tmp_path / "train.txt"
+    assert "imatrix_text" not in plain.fingerprint()["ship"]  # ladders without one keep their fingerprint
+    assert with_text.fingerprint_sha256() != plain.fingerprint_sha256()
