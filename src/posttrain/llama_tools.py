@@ -36,7 +36,7 @@ from pathlib import Path
 from posttrain._locks import FileLock
 from posttrain.errors import PosttrainError
 from posttrain.paths import cache_dir
-from posttrain.toolchain import _download_sdist, llama_cpp_python_version
+from posttrain.toolchain import download_sdist, llama_cpp_python_version
 
 IMATRIX = "llama-imatrix"
 QUANTIZE = "llama-quantize"
@@ -258,7 +258,7 @@ def build_tools(ver: str, root: Path) -> Path:
     log = build_log_path(root)
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".build-{root.name}-") as tmp:
         tmp = Path(tmp)
-        sdist = _download_sdist(ver, tmp / "dl")
+        sdist = download_sdist(ver, tmp / "dl")
         src = tmp / "src"
         _extract_sources(sdist, src)
         build = tmp / "build"
