@@ -30,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,9 +149,11 @@ def check_tool(binary: Path, *, expected_commit: str | None) -> tuple[str, str]:
     return found, commit
 
 
-def find_llama_tools(tools_dir: str | Path | None = None, *, build: bool = True) -> LlamaTools:
+def find_llama_tools(tools_dir: str | Path | None = None, *, build: bool = True,
+                     say: Callable[[str], None] | None = None) -> LlamaTools:
     """The tools to use: `tools_dir` (a user's build/bin) if given, else posttrain's cached build
-    from the runtime's sdist, built now when missing and `build` is true."""
+    from the runtime's sdist, built now when missing and `build` is true (`say` is told first: it
+    takes minutes)."""
     if tools_dir is not None:
         return _user_tools(Path(tools_dir))
     ver = llama_cpp_python_version()
@@ -164,6 +167,9 @@ def find_llama_tools(tools_dir: str | Path | None = None, *, build: bool = True)
         with FileLock(root.parent / f".{root.name}.lock"):
             tools = _verified_build(root, ver)  # another process may have built it while we waited
             if tools is None:
+                if say:
+                    say(f"building llama-imatrix and llama-quantize from the llama-cpp-python {ver} sdist, once "
+                        f"(~15 min on 2 cores; log: {build_log_path(root)})")
                 build_tools(ver, root)
                 tools = _verified_build(root, ver)
     if tools is None:  # pragma: no cover - build_tools raises on every failure it can see

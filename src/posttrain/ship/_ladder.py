@@ -198,8 +198,8 @@ def _imatrix_variants(converted, quants: list[str], source: str | Path, gguf_dir
     from posttrain.convert._imatrix import DEFAULT_MAX_CHUNKS
     from posttrain.llama_tools import find_llama_tools
 
-    say("imatrix: llama.cpp's llama-imatrix and llama-quantize (built once from the runtime's sdist)")
-    tools = find_llama_tools()
+    say("imatrix: finding llama.cpp's llama-imatrix and llama-quantize")
+    tools = find_llama_tools(say=lambda line: say(f"imatrix: {line}"))
     # Enough characters for every chunk it may read (a token is rarely more than 16 characters).
     text, files = read_text(source, max_chars=(max_chunks or DEFAULT_MAX_CHUNKS) * n_ctx * 16)
     f16 = converted.variant("F16")
