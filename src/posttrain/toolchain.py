@@ -126,7 +126,7 @@ def _verified_cached_tree(root: Path, ver: str) -> ConverterTree | None:
 
 @retry(retry=retry_if_exception_type(TransientError), stop=stop_after_attempt(3),
        wait=wait_exponential(multiplier=2, max=30), reraise=True)
-def _download_sdist(ver: str, dest: Path) -> Path:
+def download_sdist(ver: str, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            f"llama-cpp-python=={ver}", "-d", str(dest), "-q"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -145,7 +145,7 @@ def provision_converter(ver: str, root: Path) -> ConverterTree:
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=".provision-") as tmp:
         tmp = Path(tmp)
-        sdist = _download_sdist(ver, tmp / "dl")
+        sdist = download_sdist(ver, tmp / "dl")
         # pip checked the index's published hash while downloading; the hash is kept for provenance.
         with open(sdist, "rb") as f:
             sdist_sha = hashlib.file_digest(f, "sha256").hexdigest()

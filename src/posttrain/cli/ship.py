@@ -22,6 +22,10 @@ def ship_cmd(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Local task data in the official layouts."),
     quant: str = typer.Option("f16,q8_0,q6_k,q5_k_m,q4_k_m,iq4_xs,q3_k_m", "--quant", "-q",
                               help="The ladder: comma-separated llama.cpp types (F16 is always the reference)."),
+    imatrix_text: Path | None = typer.Option(
+        None, "--imatrix-text", help="Text FILE or DIR for an importance matrix (llama.cpp's llama-imatrix on F16): "
+        "every K/IQ rung is also made with it, shown next to it as <QUANT>-imatrix. The first use builds "
+        "llama-imatrix and llama-quantize from the runtime's sdist (minutes, cached per version)."),
     margin: float = typer.Option(1.0, "--margin", help="Equivalence margin in points of accuracy per task."),
     max_kld: float = typer.Option(0.1, "--max-kld", help="Mean KLD (nats) above which a variant is never picked."),
     alpha: float = typer.Option(0.05, "--alpha", help="Family-wise error rate (Holm over tasks × variants)."),
@@ -53,7 +57,8 @@ def ship_cmd(
                          quants=parse_quant_list(quant), text=text, margin_points=margin, alpha=alpha, max_kld=max_kld,
                          n_ctx=n_ctx, max_tokens=max_tokens, limit=limit, seed=seed, speed=not no_speed,
                          speed_reps=reps, n_gpu_layers=n_gpu_layers, model_name=name,
-                         gguf_dir=base / "gguf" / model, verify=verify, say=lambda line: status.update(esc(line)))
+                         gguf_dir=base / "gguf" / model, verify=verify, imatrix_text=imatrix_text,
+                         say=lambda line: status.update(esc(line)))
     files = write_ship_reports(doc, out_dir)
     from posttrain.ship._render import table
 
@@ -66,7 +71,9 @@ def ship_cmd(
     grid = Table(title=esc(f"{doc['model_name']}: the ladder"), title_justify="left", box=box.SIMPLE_HEAD,
                  padding=(0, 1))
     for col in head:
-        grid.add_column(esc(col), justify="left" if col in ("variant", "verdict") else "right", overflow="fold")
+        # A variant's name is never folded (Q4_K_M-imatrix must read as one name).
+        grid.add_column(esc(col), justify="left" if col in ("variant", "verdict") else "right", overflow="fold",
+                        no_wrap=col == "variant")
     for r in rows:
         grid.add_row(*(esc(c.replace("**", "")) for c in r))
     console.print(grid)

@@ -8,6 +8,8 @@ from posttrain.convert._convert import (
     convert_checkpoint,
     default_model_name,
 )
+from posttrain.convert._imatrix import Imatrix, compute_imatrix, takes_imatrix
+from posttrain.convert._imatrix_variants import make_imatrix_variants
 from posttrain.convert._manifest import read_manifest
 from posttrain.convert._quant_types import canonical, parse_quant_list, quantizer_types
 
@@ -15,6 +17,10 @@ __all__ = [
     "MANIFEST",
     "BuiltVariant",
     "ConvertResult",
+    "Imatrix",
+    "compute_imatrix",
+    "make_imatrix_variants",
+    "takes_imatrix",
     "read_manifest",
     "canonical",
     "convert_checkpoint",

@@ -177,25 +177,25 @@ def _run_converter(tree: ConverterTree, checkpoint: Path, quant: str, dest: Path
         raise _converter_error(log.read_text(errors="replace"), checkpoint, quant, log)
 
 
-def _find_quantize_binary(tree: ConverterTree) -> Path | None:
-    for candidate in (tree.root / "build" / "bin" / "llama-quantize", tree.root / "llama-quantize"):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which("llama-quantize")
-    return Path(found) if found else None
+def _imatrix_tools(tree: ConverterTree):
+    """llama.cpp's tools for quantizing with an importance matrix: the user's own build when their
+    checkout has one (`build/bin`), else posttrain's build from the runtime's sdist (made once, cached).
+    Either way checked against the runtime's llama.cpp version."""
+    from posttrain.llama_tools import QUANTIZE, find_llama_tools
+
+    user_bin = tree.root / "build" / "bin"
+    if tree.source == "user" and (user_bin / QUANTIZE).is_file():
+        return find_llama_tools(user_bin)
+    return find_llama_tools()
 
 
 def _run_quantizer(tree: ConverterTree, src: Path, dest: Path, quant: str, imatrix: Path | None, log: Path) -> None:
     if imatrix is not None:
         # The Python binding cannot pass an importance matrix (a C++ map); llama.cpp's own binary can.
-        binary = _find_quantize_binary(tree)
-        if binary is None:
-            raise PosttrainError("--imatrix needs llama.cpp's llama-quantize binary",
-                                 remedy="put llama-quantize on PATH or pass --llama-cpp-dir with a built checkout")
-        with open(log, "w") as logf:
-            proc = subprocess.run([str(binary), "--imatrix", str(imatrix), str(src), str(dest), quant],
-                                  stdout=logf, stderr=subprocess.STDOUT)
-        ok = proc.returncode == 0
+        from posttrain.convert._imatrix import quantize_with_imatrix
+
+        quantize_with_imatrix(_imatrix_tools(tree), src, dest, quant, imatrix, log)
+        ok = True
     else:
         import ctypes
 

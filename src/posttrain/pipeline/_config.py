@@ -116,6 +116,8 @@ class Config(BaseSettings):
     ship_text: Path | None = None
     ship_margin: float = Field(1.0, gt=0)
     ship_max_kld: float = Field(0.1, gt=0)
+    # Text for an importance matrix: every K/IQ rung of the ladder also made with it (`--imatrix-text`).
+    ship_imatrix_text: Path | None = None
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
@@ -164,7 +166,7 @@ class Config(BaseSettings):
             raise ValueError(f"{v!r} is not an executor (local, ray or ray://HOST:PORT)")
         return v
 
-    @field_validator("home", "data_dir", "base", "ship_text")
+    @field_validator("home", "data_dir", "base", "ship_text", "ship_imatrix_text")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None
@@ -212,7 +214,10 @@ class Config(BaseSettings):
                        "num_ctx": self.ollama.num_ctx},
             # Only when on, so that runs without the ladder keep their fingerprint.
             **({"ship": {"text": str(self.ship_text) if self.ship_text else None, "margin": self.ship_margin,
-                         "max_kld": self.ship_max_kld}} if self.ship else {}),
+                         "max_kld": self.ship_max_kld,
+                         # Only when set, so that ladders without one keep their fingerprint.
+                         **({"imatrix_text": str(self.ship_imatrix_text)} if self.ship_imatrix_text else {})}}
+               if self.ship else {}),
         }
 
     def fingerprint_sha256(self) -> str:
@@ -380,6 +385,8 @@ ship = false
 # ship_text = "/data/heldout.txt"
 # ship_margin = 1.0
 # ship_max_kld = 0.1
+# Also make every K/IQ rung with an importance matrix computed on this text (llama.cpp's llama-imatrix):
+# ship_imatrix_text = "/data/train-sample.txt"
 
 # Checkpoints processed at the same time (1: one after another).
 jobs = {d.jobs}

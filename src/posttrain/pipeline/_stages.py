@@ -311,7 +311,8 @@ class Stages:
         doc = run_ladder(ctx.spec.checkpoint, out_dir=ctx.run_dir, store=ctx.store, tasks=c.tasks, data_dir=c.data_dir,
                          quants=c.quants, text=c.ship_text, margin_points=c.ship_margin, max_kld=c.ship_max_kld,
                          limit=c.limit, per_subject=c.per_subject, seed=c.seed, n_gpu_layers=c.n_gpu_layers,
-                         model_name=name, task_paths=list(c.task_paths) or None, gguf_dir=c.gguf_dir(name))
+                         model_name=name, task_paths=list(c.task_paths) or None, gguf_dir=c.gguf_dir(name),
+                         imatrix_text=c.ship_imatrix_text)
         return {"path": str(RunLayout(ctx.run_dir).ship_json), "pick": doc["verdict"]["pick"],
                 "sentence": doc["verdict"]["sentence"]}
 

@@ -72,14 +72,21 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
                max_tokens: int = DEFAULT_MAX_TOKENS, limit: int | None = None, per_subject: int | None = None, seed: int = 0,
                speed: bool = True, speed_reps: int = 3, n_gpu_layers: int | None = None,
                model_name: str | None = None, say: Say | None = None, task_paths: list[Path] | None = None,
-               gguf_dir: Path | None = None, verify: bool = False) -> dict:
+               gguf_dir: Path | None = None, verify: bool = False, imatrix_text: str | Path | None = None,
+               imatrix_chunks: int | None = None) -> dict:
     """Measure the ladder and return the ship document (schema posttrain.ship/1), also written to
     `out_dir/ship.json`. `gguf_dir`: where the variants live (default `out_dir/gguf`); pass the same
     folder as `posttrain convert` to share its files. `verify`: also run convert's probe-text check
     (and F16 against the HF model); off by default because the ladder's own KLD on thousands of
     tokens of real text checks every variant far more closely, and the conversion should cost no more
-    than the tools run by hand (each file still has to read back and load before it is kept)."""
-    from posttrain.convert import convert_checkpoint
+    than the tools run by hand (each file still has to read back and load before it is kept).
+    `imatrix_text`: FILE|DIR of text for an importance matrix (llama.cpp's llama-imatrix on F16); every
+    K/IQ rung then gets a second variant quantized with it, `<QUANT>-imatrix`, measured like the others.
+    `imatrix_chunks`: chunks of `n_ctx` tokens it reads at most (default 100)."""
+    from posttrain.convert import convert_checkpoint, parse_quant_list
+    from posttrain.convert._imatrix import SUFFIX as IMATRIX_SUFFIX
+    from posttrain.convert._imatrix import takes_imatrix
+    from posttrain.convert._quant_types import NEEDS_IMATRIX
     from posttrain.evaluate import evaluate
 
     say = say or (lambda text: None)
@@ -89,11 +96,25 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     say("converting")
-    converted = convert_checkpoint(checkpoint, gguf_dir or out_dir / "gguf", quants, model_name=model_name,
+    wanted = parse_quant_list(quants)
+    if imatrix_text is not None:
+        # IQ1_S, IQ2_XXS… cannot be made without a matrix: with one, they are made only with it.
+        wanted = [q for q in wanted if q not in NEEDS_IMATRIX]
+    gguf_dir = gguf_dir or out_dir / "gguf"
+    converted = convert_checkpoint(checkpoint, gguf_dir, wanted, model_name=model_name,
                                    n_gpu_layers=n_gpu_layers, quantize_q8_0=True, verify=verify,
                                    progress=lambda variant, status: say(f"{variant}: {status}"))
+    variants = list(converted.variants)
     seconds["convert"] = time.perf_counter() - started
-    paths = {v.quant: v.path for v in converted.variants}
+    imatrix_doc = None
+    if imatrix_text is not None:
+        started = time.perf_counter()
+        with_matrix = [q for q in parse_quant_list(quants) if takes_imatrix(q)]
+        extra, imatrix_doc = _imatrix_variants(converted, with_matrix, imatrix_text, gguf_dir, n_ctx,
+                                               imatrix_chunks, say)
+        variants += extra
+        seconds["imatrix"] = time.perf_counter() - started
+    paths = {v.quant: v.path for v in variants}
 
     items: dict[str, list] = {}
     if tasks:
@@ -139,7 +160,8 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
         seconds["speed"] = time.perf_counter() - started
 
     rungs, tasks_doc = [], {}
-    for v in converted.variants:
+    sizes = {v.quant: v.size_bytes for v in variants}
+    for v in variants:
         if v.quant == "F16":
             continue
         sp = speeds.get(v.quant, {})
@@ -147,25 +169,49 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
         pairs = paired_diffs(items["F16"], items[v.quant]) if v.quant in items else {}
         for task, p in pairs.items():
             tasks_doc.setdefault(task, {"metric": p["metric"], "filter": p["filter"], "f16_mean": p["f16_mean"]})
+        twin = sizes.get(v.quant.removesuffix(IMATRIX_SUFFIX), v.size_bytes)
         rungs.append(Rung(v.quant, v.size_bytes, sp.get("bits_per_weight"), sp.get("tg_tok_s"), q.get("kld_mean"),
                           diffs={t: p["d"] for t, p in pairs.items()},
-                          clusters={t: p["clusters"] for t, p in pairs.items()}))
+                          clusters={t: p["clusters"] for t, p in pairs.items()}, order_size=twin))
     verdict = decide(rungs, margin=margin_points / 100, alpha=alpha, max_kld=max_kld)
     doc = {
         "schema": SCHEMA, "created_at": utcnow(), "checkpoint": str(Path(checkpoint).resolve()),
         "model_name": converted.model_name, "manifest": str(converted.manifest_path), "toolchain": converted.toolchain,
         "text": {**text_source, "n_ctx": n_ctx, "max_tokens": max_tokens,
                  **({k: quality[k] for k in ("n_tokens_text", "n_chunks", "n_scored", "add_bos")} if quality else {})},
-        "tasks": tasks_doc,
+        "tasks": tasks_doc, "imatrix": imatrix_doc,
         "variants": [{"quant": v.quant, "file": v.path.name, "sha256": v.sha256, "size_bytes": v.size_bytes,
-                      "made_by": v.made_by, "speed": speeds.get(v.quant),
-                      "quality": (quality or {}).get("variants", {}).get(v.quant)} for v in converted.variants],
+                      "made_by": v.made_by, "imatrix": v.quant.endswith(IMATRIX_SUFFIX), "speed": speeds.get(v.quant),
+                      "quality": (quality or {}).get("variants", {}).get(v.quant)} for v in variants],
         "f16_ppl": (quality or {}).get("f16", {}).get("ppl"),
         "verdict": verdict, "seconds": {k: round(s, 2) for k, s in seconds.items()},
     }
     doc = _jsonable(doc)
     write_json_atomic(out_dir / SHIP_JSON, doc)
     return doc
+
+
+def _imatrix_variants(converted, quants: list[str], source: str | Path, gguf_dir: Path, n_ctx: int,
+                      max_chunks: int | None, say: Say) -> tuple[list, dict]:
+    """The importance matrix of the F16 on the user's text, and `quants` made with it (cached both)."""
+    from posttrain.convert import compute_imatrix, make_imatrix_variants
+    from posttrain.convert._imatrix import DEFAULT_MAX_CHUNKS
+    from posttrain.llama_tools import find_llama_tools
+
+    say("imatrix: finding llama.cpp's llama-imatrix and llama-quantize")
+    tools = find_llama_tools(say=lambda line: say(f"imatrix: {line}"))
+    # Enough characters for every chunk it may read (a token is rarely more than 16 characters).
+    text, files = read_text(source, max_chars=(max_chunks or DEFAULT_MAX_CHUNKS) * n_ctx * 16)
+    f16 = converted.variant("F16")
+    with tempfile.TemporaryDirectory(prefix="posttrain-imatrix-text-") as tmp:
+        text_file = Path(tmp) / "text.txt"
+        text_file.write_text(text, encoding="utf-8")
+        say(f"imatrix: computing on {len(text):,} characters of text")
+        imatrix = compute_imatrix(f16.path, text_file, gguf_dir / "imatrix", chunk=n_ctx, tools=tools,
+                                  max_chunks=max_chunks or DEFAULT_MAX_CHUNKS, f16_sha256=f16.sha256)
+    made = make_imatrix_variants(f16, quants, imatrix, gguf_dir / "imatrix", converted.model_name, tools=tools,
+                                 say=lambda variant, status: say(f"{variant}: {status}"))
+    return made, {**imatrix.to_json(), "text_files": files, "tools": tools.to_json()}
 
 
 def _jsonable(x):

@@ -40,7 +40,14 @@ def table(doc: dict) -> tuple[list[str], list[list[str]]]:
     head = ["variant", "bits/weight", "size", "pp512 tok/s", "tg128 tok/s", "mean KLD ± SE", "p99 KLD",
             "same top %", "RMS Δp %", "ΔPPL (95% CI)", *[f"Δ {t} pts (95% CI)" for t in tasks], "verdict"]
     rows = []
-    for v in sorted(doc["variants"], key=lambda v: (v["quant"] != "F16", -v["size_bytes"])):
+    # A variant made with an importance matrix sits right after its plain twin (ordered by the twin's size).
+    sizes = {v["quant"]: v["size_bytes"] for v in doc["variants"]}
+
+    def order(v: dict) -> tuple:
+        twin = v["quant"].removesuffix("-imatrix") if v.get("imatrix") else v["quant"]
+        return v["quant"] != "F16", -sizes.get(twin, v["size_bytes"]), bool(v.get("imatrix"))
+
+    for v in sorted(doc["variants"], key=order):
         sp, q = v.get("speed") or {}, v.get("quality") or {}
         verdict = verdicts.get(v["quant"])
         if v["quant"] == "F16":
@@ -72,6 +79,12 @@ def notes(doc: dict) -> list[str]:
            "ΔPPL's interval paired over chunks.",
            f"Equivalence: TOST against F16 with a margin of {fmt_margin(v['margin'])} per task, Holm over "
            f"tasks × variants at α {v['alpha']:g}; mean KLD bound {v['max_kld']}."]
+    imatrix = doc.get("imatrix")
+    if imatrix:
+        files = ", ".join(Path(f).name for f in imatrix.get("text_files", [])) or "the given text"
+        out.append(f"Variants named …-imatrix were quantized with an importance matrix that llama.cpp's llama-imatrix "
+                   f"computed on the F16 from {files} (chunks of {imatrix['options']['chunk']}, at most "
+                   f"{imatrix['options']['max_chunks']}; sha256 {imatrix['sha256'][:12]}…); the others without one.")
     speeds = [x["speed"] for x in doc["variants"] if x.get("speed")]
     if speeds:
         out.append(f"Speed: median of {speeds[0]['reps']} runs, {speeds[0]['threads']} threads, "

@@ -37,6 +37,9 @@ class Rung:
     # task → per-item differences variant − F16 (metric units), and the items' clusters (or None)
     diffs: dict[str, np.ndarray] = field(default_factory=dict)
     clusters: dict[str, np.ndarray | None] = field(default_factory=dict)
+    # The size the ladder orders by: a variant made with an importance matrix takes its plain twin's
+    # (its file is a few hundred bytes larger, only for the matrix's metadata).
+    order_size: int | None = None
 
 
 def _pts(x: float) -> str:
@@ -67,7 +70,10 @@ def decide(rungs: list[Rung], *, margin: float = DEFAULT_MARGIN_POINTS / 100, al
     for quant, task, t in tests:
         by_variant[quant][task] = t
     variants = []
-    for r in sorted(rungs, key=lambda r: r.size_bytes):
+    # Smallest first; of two the same size (a quant with and without an importance matrix), the one
+    # closer to F16 on the held-out text first, so it is the one picked when both are equivalent.
+    for r in sorted(rungs, key=lambda r: (r.order_size or r.size_bytes,
+                                          r.kld_mean if r.kld_mean is not None else float("inf"))):
         per_task = by_variant[r.quant]
         # Unmeasured KLD (no held-out text) cannot veto: the tasks alone decide then.
         kld_ok = max_kld is None or r.kld_mean is None or r.kld_mean <= max_kld
