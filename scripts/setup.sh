@@ -6,7 +6,8 @@
 #   bash scripts/setup.sh            posttrain itself
 #   bash scripts/setup.sh --test     and what the test suite drives besides Python: Chromium (the HTML
 #                                    report is rendered in it) and Go (Ollama's TEMPLATEs are executed
-#                                    with Go's text/template), from the system's packages (apt)
+#                                    with Go's text/template), cmake, ninja and g++ (llama.cpp's imatrix tools
+#                                    are built from source), from the system's packages (apt)
 #
 # Building llama.cpp for this machine (both rebuild llama-cpp-python without pip's wheel cache, which
 # ignores CMAKE_ARGS; the flags used are remembered in .venv, so a rerun rebuilds only when they change):
@@ -29,6 +30,10 @@ if [ "$WITH_TEST_TOOLS" = 1 ]; then
   missing=()
   command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
   command -v go >/dev/null || missing+=(golang-go)
+  # llama.cpp's llama-imatrix and llama-quantize are built from the sdist (posttrain ship --imatrix-text).
+  command -v cmake >/dev/null || missing+=(cmake)
+  command -v ninja >/dev/null || missing+=(ninja-build)
+  command -v g++ >/dev/null || missing+=(g++)
   if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
       DEBIAN_FRONTEND=noninteractive apt-get update -qq
