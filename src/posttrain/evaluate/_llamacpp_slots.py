@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from posttrain import _native, _progress
 from posttrain.evaluate._llamacpp_batch import Entry, decode_entries, logits_rows
 
-# KV memory the slots may take, and the most slots: enough sequences to amortize reading the
-# weights once per step; more only adds host work per step.
+# KV memory the slots may take (their number comes from the caller's max_parallel, 16 by default:
+# enough sequences to amortize reading the weights once per step on a CPU).
 SLOT_KV_BUDGET_BYTES = 2 << 30
-MAX_SLOTS = 16
 _KV_BYTES = {0: 4, 1: 2, 8: 34 / 32}  # bytes per element of the KV cache types the engine offers
 
 
@@ -138,4 +137,4 @@ def kv_bytes_per_cell(engine) -> int:
 def slots_for(engine, n_prompts: int, n_ctx_seq: int, max_parallel: int) -> int:
     """How many slots: up to `max_parallel` and the prompts at hand, within the KV budget."""
     by_memory = SLOT_KV_BUDGET_BYTES // max(1, n_ctx_seq * kv_bytes_per_cell(engine))
-    return max(1, min(max_parallel, MAX_SLOTS, n_prompts, by_memory))
+    return max(1, min(max_parallel, n_prompts, by_memory))
