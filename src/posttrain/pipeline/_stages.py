@@ -250,7 +250,8 @@ class Stages:
         if lora:
             extra["lora"] = Path(lora)
         with sharded(c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir, data_dir=c.data_dir,
-                     task_paths=list(c.task_paths) or None, shard_docs=c.shard_docs) as shards:
+                     task_paths=list(c.task_paths) or None, shard_docs=c.shard_docs,
+                     stop=ctx.stop_requested) as shards:
             if shards is not None:  # an executor other than today's in-process path (docs/executors.md)
                 extra["shards"] = shards
             results = evaluate(model, c.tasks, data_dir=c.data_dir, limit=c.limit, per_subject=c.per_subject,

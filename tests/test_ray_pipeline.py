@@ -1,0 +1,128 @@
+"""The pipeline on a real Ray cluster (three nodes on this machine over loopback, ray_cluster.py):
+`posttrain stop` cancels the running step's cluster units and a rerun resumes with the same items.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from polling import wait_for
+
+pytest.importorskip("ray")
+
+from posttrain.store import Store  # noqa: E402
+from ray_cluster import start_cluster  # noqa: E402
+from test_evaluate_offline import write_hellaswag  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+N_DOCS = 24
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = start_cluster(3)
+    try:
+        yield c
+    finally:
+        c.stop()
+    assert not c.processes(), "a Ray process of the test cluster outlived it"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("benchmarks")
+    write_hellaswag(root, n=N_DOCS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_items(tiny_gguf, data_dir, tmp_path_factory) -> dict[str, list]:
+    """HellaSwag's items for the tiny model's F16 and Q8_0, evaluated the usual way (in process, no executor)."""
+    items = {}
+    for quant in ("F16", "Q8_0"):
+        home = tmp_path_factory.mktemp("local")
+        done = subprocess.run([sys.executable, "-m", "posttrain", "eval", str(tiny_gguf[quant]), "--tasks",
+                               "hellaswag", "--data-dir", str(data_dir), "--home", str(home)], capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        store = Store(home / "posttrain.db")
+        items[quant] = store.evals.items([store.query("SELECT id FROM evals")[0]["id"]])
+    return items
+
+
+def _config(root: Path, cluster, data_dir: Path, baseline: Path, **extra) -> Path:
+    lines = ['quants = ["q8_0"]', 'tasks = ["hellaswag"]', f'data_dir = "{data_dir}"', f'baseline = "{baseline}"',
+             'executor = "ray"', f'ray_address = "{cluster.address}"', "shard_docs = 1",
+             *(f"{k} = {v}" for k, v in extra.items()), "[ollama]", 'url = "http://127.0.0.1:9"']
+    path = root / "posttrain.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _watch(config: Path, home: Path, watched: Path) -> list[str]:
+    return [sys.executable, "-m", "posttrain", "watch", str(watched), "--once", "--config", str(config),
+            "--home", str(home)]
+
+
+def _running_units(cluster) -> int:
+    return sum(len(cluster.running_units(node)) for node in range(len(cluster.temp_dirs)))
+
+
+def test_posttrain_stop_cancels_the_cluster_units_and_a_rerun_resumes(cluster, tiny_spm, tiny_gguf, data_dir,
+                                                                      local_items, tmp_path):
+    watched, home = tmp_path / "watched", tmp_path / "home"
+    shutil.copytree(tiny_spm, watched / "exp1" / "final_model")
+    config = _config(tmp_path, cluster, data_dir, tiny_gguf["Q8_0"])
+    proc = subprocess.Popen(_watch(config, home, watched), env=cluster.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        # The evaluate step is on the cluster once one of its shards runs on a node.
+        assert wait_for(lambda: _running_units(cluster) > 0 or proc.poll() is not None, timeout=300)
+        assert proc.poll() is None, "the watcher ended before any shard ran"
+        t0 = time.monotonic()
+        stop = subprocess.run([sys.executable, "-m", "posttrain", "stop", "--home", str(home), "--config",
+                               str(config), "--grace", "120"], capture_output=True, text=True, timeout=180,
+                              env=cluster.env)
+        stop_s = time.monotonic() - t0
+        assert stop.returncode == 0 and "stopped cleanly" in stop.stdout, stop.stdout + stop.stderr
+        # Cancelled, not finished: nothing of posttrain's runs on the cluster a few seconds later.
+        assert wait_for(lambda: _running_units(cluster) == 0, timeout=20), "cluster units outlived the stop"
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    # The whole evaluation would take many shard-lengths; a stop that waited for the step would too.
+    assert stop_s < 30, f"posttrain stop took {stop_s:.1f} s"
+    print(f"posttrain stop returned in {stop_s:.1f} s")
+    store = Store(home / "posttrain.db")
+    (run,) = store.query("SELECT id, status FROM runs")
+    assert run["status"] == "interrupted"
+    steps = {r["name"]: r for r in store.steps.of_run(run["id"])}
+    stopped = [name for name, r in steps.items() if r["status"] == "interrupted"]
+    assert stopped in (["evaluate"], ["evaluate_baseline"]), {n: r["status"] for n, r in steps.items()}
+    assert "outstanding; they were cancelled" in steps[stopped[0]]["error"]
+    store.close()
+
+    rerun = subprocess.run(_watch(config, home, watched), env=cluster.env, capture_output=True, text=True,
+                           timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    store = Store(home / "posttrain.db")
+    (run,) = store.query("SELECT id, status FROM runs")
+    assert run["status"] == "succeeded"
+    linked = store.query("SELECT label, eval_id FROM run_evals WHERE run_id=?", (run["id"],))
+    # The run converts F16 and Q8_0 of the same checkpoint the local items come from; the baseline is that Q8_0.
+    want = {"exp1-F16": local_items["F16"], "exp1-Q8_0": local_items["Q8_0"], "baseline": local_items["Q8_0"]}
+    assert {r["label"] for r in linked} == set(want)
+    for r in linked:
+        assert store.evals.items([r["eval_id"]]) == want[r["label"]], r["label"]
+    # One evaluation per (model, task): the interrupted attempt stored nothing half-done.
+    assert store.query("SELECT COUNT(*) AS n FROM evals WHERE task='hellaswag'")[0]["n"] == len(
+        {r["eval_id"] for r in linked})
+
