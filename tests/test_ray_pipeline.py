@@ -1,5 +1,6 @@
 """The pipeline on a real Ray cluster (three nodes on this machine over loopback, ray_cluster.py):
-`posttrain stop` cancels the running step's cluster units and a rerun resumes with the same items.
+`posttrain stop` cancels the running step's cluster units and a rerun resumes with the same items;
+a ladder's quantizations as units give the local conversion's files.
 """
 
 from __future__ import annotations
@@ -125,4 +126,34 @@ def test_posttrain_stop_cancels_the_cluster_units_and_a_rerun_resumes(cluster, t
     # One evaluation per (model, task): the interrupted attempt stored nothing half-done.
     assert store.query("SELECT COUNT(*) AS n FROM evals WHERE task='hellaswag'")[0]["n"] == len(
         {r["eval_id"] for r in linked})
+
+
+def _convert(ckpt: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "posttrain", "convert", str(ckpt), "--out", str(out), "--quant",
+                           "q4_k_m,q5_k_m", "--verbose", *extra], capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
+def test_quantizing_a_ladder_on_the_cluster_gives_the_local_files(cluster, tiny_spm, tmp_path):
+    import json
+
+    local = _convert(tiny_spm, tmp_path / "local")
+    assert local.returncode == 0, local.stderr[-3000:]
+    t0 = time.monotonic()
+    remote = _convert(tiny_spm, tmp_path / "ray", "--executor", "ray", "--ray-address", cluster.address,
+                      env=cluster.env)
+    print(f"cluster conversion: {time.monotonic() - t0:.1f} s")
+    assert remote.returncode == 0, remote.stdout[-3000:] + remote.stderr[-3000:]
+    want = json.loads((tmp_path / "local" / "manifest.json").read_text())["variants"]
+    got = json.loads((tmp_path / "ray" / "manifest.json").read_text())["variants"]
+    assert set(got) == {"F16", "Q4_K_M", "Q5_K_M"}
+    for quant in got:
+        assert got[quant]["sha256"] == want[quant]["sha256"], quant
+        from posttrain._files import sha256_file
+
+        assert sha256_file(tmp_path / "ray" / got[quant]["path"]) == want[quant]["sha256"], quant
+    # Both variants were units on the cluster's nodes (the converter's own log says where each was made).
+    made_on = [line for line in (remote.stdout + remote.stderr).splitlines() if "made on" in line]
+    assert len(made_on) == 2, remote.stdout[-3000:] + remote.stderr[-3000:]
+    assert not list((tmp_path / "ray").glob(".*partial*")), "a partial file was left behind"
 

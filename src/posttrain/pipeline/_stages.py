@@ -170,10 +170,11 @@ class Stages:
                                   lambda quants: self._base_gguf(Path(ctx.outputs["detect"]["adapter"]["base"]),
                                                                  quants))
             checkpoint = routes["merged"]
-        result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), self.config.quants,
-                                    model_name=name, allow_pickle=self.config.allow_pickle,
-                                    n_gpu_layers=self.config.n_gpu_layers,
-                                    checkpoint_sha256=ctx.outputs["detect"]["sha256"])
+        with self._quantizing_executor() as executor:
+            result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), self.config.quants,
+                                        model_name=name, allow_pickle=self.config.allow_pickle,
+                                        n_gpu_layers=self.config.n_gpu_layers,
+                                        checkpoint_sha256=ctx.outputs["detect"]["sha256"], executor=executor)
         variants = [v.to_json() for v in result.handover()]
         manifest = json.loads(Path(result.manifest_path).read_text())
         toolchain = result.toolchain.get("llama_cpp_python")
@@ -183,6 +184,22 @@ class Stages:
                                    toolchain=toolchain and f"llama-cpp-python {toolchain}", manifest=manifest)
         return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants,
                 "routes": routes}
+
+    def _quantizing_executor(self):
+        """The executor the ladder's quantizations run on (docs/executors.md); none (in this process) when
+        local, or when the ladder has no variant the quantizer makes."""
+        from contextlib import nullcontext
+
+        from posttrain.convert import parse_quant_list
+        from posttrain.convert._quant_types import CONVERTER_TYPES
+        from posttrain.executors import make_executor
+
+        c = self.config
+        if (c.executor or "local") == "local" and not c.ray_address:
+            return nullcontext(None)
+        if all(q in CONVERTER_TYPES for q in parse_quant_list(c.quants)):
+            return nullcontext(None)  # the converter makes them all, here: no cluster to start
+        return make_executor(c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir)
 
     def _base_gguf(self, path: Path, quants: list[str]) -> dict[str, Path]:
         from posttrain.convert import convert_checkpoint, default_model_name
