@@ -157,3 +157,56 @@ def test_quantizing_a_ladder_on_the_cluster_gives_the_local_files(cluster, tiny_
     assert len(made_on) == 2, remote.stdout[-3000:] + remote.stderr[-3000:]
     assert not list((tmp_path / "ray").glob(".*partial*")), "a partial file was left behind"
 
+
+def test_the_watcher_runs_two_checkpoints_at_once_on_the_cluster(cluster, tiny_gguf, data_dir, tmp_path):
+    """`--jobs 2`: two finished checkpoints are two runs at once, and their evaluation units share the cluster."""
+    import threading
+
+    from posttrain.tiny import make_tiny
+
+    watched, home = tmp_path / "watched", tmp_path / "home"
+    for i, name in enumerate(("exp1", "exp2")):
+        make_tiny(watched / name / "final_model", seed=10 + i)
+    config = _config(tmp_path, cluster, data_dir, tiny_gguf["Q8_0"], jobs=2, limit=8)
+    # Q4_K_M comes from the quantizer: in a pipeline run too, a unit on the cluster (convert/_remote.py).
+    config.write_text(config.read_text().replace('quants = ["q8_0"]', 'quants = ["q4_k_m"]'))
+    seen: list[tuple[float, int, str]] = []  # (time, node, the unit's name from its worker's process title)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            now = time.monotonic()
+            for node in range(len(cluster.temp_dirs)):
+                for proc in cluster.running_units(node):
+                    try:
+                        seen.append((now, node, " ".join(proc.cmdline())))
+                    except Exception:  # noqa: BLE001 - the unit ended between listing and reading
+                        pass
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.monotonic()
+    try:
+        run = subprocess.run(_watch(config, home, watched), env=cluster.env, capture_output=True, text=True,
+                             timeout=900)
+    finally:
+        done.set()
+        sampler.join(timeout=30)
+    print(f"two checkpoints with --jobs 2 on the cluster: {time.monotonic() - t0:.1f} s")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    store = Store(home / "posttrain.db")
+    runs = store.query("SELECT id, status, run_dir FROM runs ORDER BY id")
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"], runs
+    for r in runs:
+        logged = (Path(r["run_dir"]) / "logs" / "convert.log").read_text()
+        assert " Q4_K_M of exp" in logged and " quantized on " in logged, logged[-2000:]
+    # Units of both runs were on the cluster at the same moment.
+    at: dict[float, set[str]] = {}
+    for when, _node, title in seen:
+        for model in ("exp1-", "exp2-"):
+            if f" of {model}" in title:
+                at.setdefault(when, set()).add(model)
+    together = [when for when, models in at.items() if len(models) == 2]
+    print(f"samples with units of both runs running: {len(together)} of {len(at)}")
+    assert together, f"the two runs' units never ran at the same time: {sorted(set(t for _, _, t in seen))[:10]}"
