@@ -134,17 +134,26 @@ def _convert(ckpt: Path, out: Path, *extra: str, env: dict | None = None) -> sub
                           env=env)
 
 
-def test_quantizing_a_ladder_on_the_cluster_gives_the_local_files(cluster, tiny_spm, tmp_path):
+@pytest.fixture(scope="module")
+def local_ladder(tiny_spm, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local-ladder")
+    local = _convert(tiny_spm, out)
+    assert local.returncode == 0, local.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["object-store", "shared-dir"])
+def test_quantizing_a_ladder_on_the_cluster_gives_the_local_files(cluster, tiny_spm, local_ladder, tmp_path, shared):
     import json
 
-    local = _convert(tiny_spm, tmp_path / "local")
-    assert local.returncode == 0, local.stderr[-3000:]
+    # Under --shared-dir the F16 is read in place and the variants are written there by the workers.
+    extra = ("--shared-dir", str(tmp_path)) if shared else ()
     t0 = time.monotonic()
-    remote = _convert(tiny_spm, tmp_path / "ray", "--executor", "ray", "--ray-address", cluster.address,
+    remote = _convert(tiny_spm, tmp_path / "ray", "--executor", "ray", "--ray-address", cluster.address, *extra,
                       env=cluster.env)
-    print(f"cluster conversion: {time.monotonic() - t0:.1f} s")
+    print(f"cluster conversion ({'shared dir' if shared else 'object store'}): {time.monotonic() - t0:.1f} s")
     assert remote.returncode == 0, remote.stdout[-3000:] + remote.stderr[-3000:]
-    want = json.loads((tmp_path / "local" / "manifest.json").read_text())["variants"]
+    want = json.loads((local_ladder / "manifest.json").read_text())["variants"]
     got = json.loads((tmp_path / "ray" / "manifest.json").read_text())["variants"]
     assert set(got) == {"F16", "Q4_K_M", "Q5_K_M"}
     for quant in got:
