@@ -55,9 +55,16 @@ def quantize_unit(spec: QuantizeSpec) -> dict:
     else:
         work = Path(tempfile.mkdtemp(prefix="posttrain-quantize-"))
         partial = work / f".{spec.final_name}.partial"
-    log = partial.with_name(partial.name + ".log")
+    quantizer_log = partial.with_name(partial.name + ".log")
     try:
-        _run_quantizer(spec.tree, src, partial, spec.quant, imatrix, log)
+        try:
+            _run_quantizer(spec.tree, src, partial, spec.quant, imatrix, quantizer_log)
+        except PosttrainError as e:
+            # The quantizer's log is on the worker's disk (and removed): its last line travels instead of
+            # "see LOG"; a remedy that is advice (pass --imatrix) stays.
+            tail = _last_line(quantizer_log)
+            raise PosttrainError(f"{e.message}: {tail}" if tail else e.message,
+                                 remedy=None if (e.remedy or "").startswith("see ") else e.remedy) from None
         header = read_header(partial, spec.tree, intended=spec.quant)
         if header.tensor_count == 0:
             raise PosttrainError(f"{spec.quant}: the written GGUF holds no tensors")
@@ -72,9 +79,17 @@ def quantize_unit(spec: QuantizeSpec) -> dict:
         partial.unlink(missing_ok=True)
         raise
     finally:
-        log.unlink(missing_ok=True)
+        quantizer_log.unlink(missing_ok=True)
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
 
 
 def remote_quants(executor: Executor | None, todo: list[str], by_converter: tuple[str, ...]) -> list[str]:
