@@ -39,3 +39,20 @@ def test_a_quantizer_failure_on_a_worker_keeps_its_advice(tiny_gguf):
         quantize_unit(spec)
     assert caught.value.message.startswith("llama.cpp's quantizer failed to make IQ2_XXS")
     assert "--imatrix" in caught.value.remedy  # not "see LOG": that file was on the worker
+
+
+def test_a_stop_cancels_the_quantization_units_and_the_rerun_keeps_f16(tiny_spm, tmp_path):
+    import threading
+
+    from posttrain.convert import convert_checkpoint
+    from posttrain.executors import StopOn, WorkInterrupted
+
+    stop = threading.Event()
+    stop.set()  # asked before the units start: F16 is made here, the units never run
+    elsewhere = StopOn(LocalExecutor(), stop)
+    elsewhere.name = "elsewhere"  # what convert sees of a cluster: units to submit, not this process
+    with pytest.raises(WorkInterrupted):
+        convert_checkpoint(tiny_spm, tmp_path, "q4_k_m", executor=elsewhere, hf_reference=False)
+    assert (tmp_path / "tiny-spm-F16.gguf").is_file() and not (tmp_path / "tiny-spm-Q4_K_M.gguf").exists()
+    rerun = convert_checkpoint(tiny_spm, tmp_path, "q4_k_m", hf_reference=False)
+    assert [(v.quant, v.cached) for v in rerun.variants] == [("F16", True), ("Q4_K_M", False)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from posttrain.errors import Interrupted
-from posttrain.executors import LocalExecutor, Unit, WorkInterrupted
+from posttrain.executors import LocalExecutor, StopOn, Unit, WorkInterrupted
 from posttrain.pipeline import Runner, RunSpec, Step
 from posttrain.store import Store
 
@@ -30,6 +30,17 @@ def test_the_local_executor_stops_between_units_when_asked():
         list(LocalExecutor().run([Unit(f"u{i}", unit, (i,)) for i in range(4)], stop=stop))
     assert ran == [0, 1] and caught.value.outstanding == 2
     assert isinstance(caught.value, Interrupted)
+
+
+def test_stop_on_gives_a_callers_runs_the_stop_it_cannot_pass():
+    """The convert step's quantization units: convert_checkpoint knows nothing of stop requests."""
+    stop = threading.Event()
+    executor = StopOn(LocalExecutor(), stop)
+    assert executor.name == "local" and executor.shared_dir is None
+    assert [d.value for d in executor.run([Unit("u", int, ("7",))])] == [7]
+    stop.set()
+    with pytest.raises(WorkInterrupted):
+        list(executor.run([Unit("u", int, ("7",))]))
 
 
 def _write(name):

@@ -86,3 +86,22 @@ class Executor(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class StopOn(Executor):
+    """`executor`, with every `run` stopped by `stop` (a caller that cannot pass it, e.g. convert's).
+    The wrapped executor stays its owner's to close."""
+
+    def __init__(self, executor: Executor, stop: threading.Event):
+        self.inner, self.stop = executor, stop
+        self.name = executor.name
+        self.shared_dir = getattr(executor, "shared_dir", None)
+
+    def run(self, units: list[Unit], stop: threading.Event | None = None) -> Iterator[Done]:
+        return self.inner.run(units, stop=stop or self.stop)
+
+    def share(self, path, sha256: str):
+        return self.inner.share(path, sha256)
+
+    def nodes_in_use(self) -> int:
+        return self.inner.nodes_in_use()

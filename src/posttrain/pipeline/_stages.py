@@ -15,6 +15,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from posttrain._files import sha256_file, write_json_atomic
@@ -170,7 +171,7 @@ class Stages:
                                   lambda quants: self._base_gguf(Path(ctx.outputs["detect"]["adapter"]["base"]),
                                                                  quants))
             checkpoint = routes["merged"]
-        with self._quantizing_executor() as executor:
+        with self._quantizing_executor(ctx) as executor:
             result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), self.config.quants,
                                         model_name=name, allow_pickle=self.config.allow_pickle,
                                         n_gpu_layers=self.config.n_gpu_layers,
@@ -185,21 +186,21 @@ class Stages:
         return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants,
                 "routes": routes}
 
-    def _quantizing_executor(self):
-        """The executor the ladder's quantizations run on (docs/executors.md); none (in this process) when
-        local, or when the ladder has no variant the quantizer makes."""
-        from contextlib import nullcontext
-
+    @contextmanager
+    def _quantizing_executor(self, ctx: RunContext):
+        """The executor the ladder's quantizations run on (docs/executors.md), its units cancelled by a
+        stop request; None (in this process) when local, or when no variant comes from the quantizer."""
         from posttrain.convert import parse_quant_list
         from posttrain.convert._quant_types import CONVERTER_TYPES
-        from posttrain.executors import make_executor
+        from posttrain.executors import StopOn, make_executor
 
         c = self.config
-        if (c.executor or "local") == "local" and not c.ray_address:
-            return nullcontext(None)
-        if all(q in CONVERTER_TYPES for q in parse_quant_list(c.quants)):
-            return nullcontext(None)  # the converter makes them all, here: no cluster to start
-        return make_executor(c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir)
+        if ((c.executor or "local") == "local" and not c.ray_address) or all(
+                q in CONVERTER_TYPES for q in parse_quant_list(c.quants)):
+            yield None  # the converter makes them all here, or there is no cluster: nothing to start
+            return
+        with make_executor(c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir) as executor:
+            yield StopOn(executor, ctx.stop_requested)
 
     def _base_gguf(self, path: Path, quants: list[str]) -> dict[str, Path]:
         from posttrain.convert import convert_checkpoint, default_model_name
