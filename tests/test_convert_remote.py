@@ -56,3 +56,11 @@ def test_a_stop_cancels_the_quantization_units_and_the_rerun_keeps_f16(tiny_spm,
     assert (tmp_path / "tiny-spm-F16.gguf").is_file() and not (tmp_path / "tiny-spm-Q4_K_M.gguf").exists()
     rerun = convert_checkpoint(tiny_spm, tmp_path, "q4_k_m", hf_reference=False)
     assert [(v.quant, v.cached) for v in rerun.variants] == [("F16", True), ("Q4_K_M", False)]
+
+
+def test_no_cluster_is_started_for_a_ladder_the_converter_makes_alone():
+    from posttrain.convert._remote import quantizing_executor
+
+    for quants, executor in (("f16,q8_0", "ray"), ("q4_k_m", "local"), ("q4_k_m", None)):
+        with quantizing_executor(quants, executor) as made:
+            assert made is None, (quants, executor)

@@ -44,11 +44,11 @@ def convert(
     """Convert CHECKPOINT to GGUF with llama.cpp's own converter and quantizer; verify every file."""
     from posttrain import paths
     from posttrain.convert import convert_checkpoint
-    from posttrain.executors import make_executor
+    from posttrain.convert._remote import quantizing_executor
 
     log_path = paths.home() / "logs" / f"convert-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with long_command(log_path, verbose=verbose, title=f"converting {checkpoint}") as display, \
-            make_executor(executor, ray_address=ray_address, shared_dir=shared_dir) as ex:
+            quantizing_executor(quant, executor, ray_address=ray_address, shared_dir=shared_dir) as ex:
         # Each step the converter reports (hash, convert, quantize, verify, per variant) is a stage.
         # With an executor other than local the quantizer's variants are its units (docs/executors.md).
         result = convert_checkpoint(

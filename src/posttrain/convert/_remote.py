@@ -19,6 +19,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +92,23 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     return lines[-1].strip() if lines else ""
+
+
+@contextmanager
+def quantizing_executor(quants, executor: str | None, *, ray_address: str | None = None,
+                        shared_dir: Path | None = None, stop=None) -> Iterator[Executor | None]:
+    """The executor a ladder's quantizations run on, for as long as the block: None (in this process)
+    for the local executor or a ladder the converter makes alone (F16, Q8_0), so no cluster is
+    started for nothing; with `stop` (a threading.Event) its runs end when a stop is asked for."""
+    from posttrain.convert._quant_types import CONVERTER_TYPES, parse_quant_list
+    from posttrain.executors import StopOn, make_executor
+
+    if ((executor or "local") == "local" and not ray_address) or all(
+            q in CONVERTER_TYPES for q in parse_quant_list(quants)):
+        yield None
+        return
+    with make_executor(executor, ray_address=ray_address, shared_dir=shared_dir) as made:
+        yield StopOn(made, stop) if stop is not None else made
 
 
 def remote_quants(executor: Executor | None, todo: list[str], by_converter: tuple[str, ...]) -> list[str]:

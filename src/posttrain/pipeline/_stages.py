@@ -15,7 +15,6 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 from posttrain._files import sha256_file, write_json_atomic
@@ -162,6 +161,7 @@ class Stages:
 
     def convert(self, ctx: RunContext) -> Outputs:
         from posttrain.convert import convert_checkpoint
+        from posttrain.convert._remote import quantizing_executor
 
         name = ctx.spec.model_name or "model"
         checkpoint, routes = ctx.spec.checkpoint, None
@@ -171,7 +171,10 @@ class Stages:
                                   lambda quants: self._base_gguf(Path(ctx.outputs["detect"]["adapter"]["base"]),
                                                                  quants))
             checkpoint = routes["merged"]
-        with self._quantizing_executor(ctx) as executor:
+        c = self.config
+        # The quantizer's variants as units on the executor (docs/executors.md), cancelled by a stop request.
+        with quantizing_executor(c.quants, c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir,
+                                 stop=ctx.stop_requested) as executor:
             result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), self.config.quants,
                                         model_name=name, allow_pickle=self.config.allow_pickle,
                                         n_gpu_layers=self.config.n_gpu_layers,
@@ -185,22 +188,6 @@ class Stages:
                                    toolchain=toolchain and f"llama-cpp-python {toolchain}", manifest=manifest)
         return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants,
                 "routes": routes}
-
-    @contextmanager
-    def _quantizing_executor(self, ctx: RunContext):
-        """The executor the ladder's quantizations run on (docs/executors.md), its units cancelled by a
-        stop request; None (in this process) when local, or when no variant comes from the quantizer."""
-        from posttrain.convert import parse_quant_list
-        from posttrain.convert._quant_types import CONVERTER_TYPES
-        from posttrain.executors import StopOn, make_executor
-
-        c = self.config
-        if ((c.executor or "local") == "local" and not c.ray_address) or all(
-                q in CONVERTER_TYPES for q in parse_quant_list(c.quants)):
-            yield None  # the converter makes them all here, or there is no cluster: nothing to start
-            return
-        with make_executor(c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir) as executor:
-            yield StopOn(executor, ctx.stop_requested)
 
     def _base_gguf(self, path: Path, quants: list[str]) -> dict[str, Path]:
         from posttrain.convert import convert_checkpoint, default_model_name
