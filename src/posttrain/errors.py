@@ -25,5 +25,10 @@ class TransientError(PosttrainError):
     """A fault that may pass on its own (a busy server, a dropped connection): retried with backoff."""
 
 
+class Interrupted(PosttrainError):
+    """Work stopped because a stop was asked for (`posttrain stop`, SIGTERM), not because it failed:
+    the runner records the step as interrupted and a rerun of the same command resumes it."""
+
+
 class CheckpointIncomplete(PosttrainError):
     """The checkpoint directory is not (yet) a complete Hugging Face checkpoint."""

@@ -23,7 +23,7 @@ def executor_option(default: str | None = "local") -> str:
     # The pipeline's default is None: the config's `executor` (itself "local" by default) then stands.
     return typer.Option(
         default, "--executor", envvar="POSTTRAIN_EXECUTOR",
-        help="Where evaluation shards run: local (this process, default), ray (a private Ray cluster on "
+        help="Where evaluation shards and quantizations run: local (this process, default), ray (a private Ray cluster on "
              "127.0.0.1, or the one --ray-address names), or ray://HOST:PORT (docs/executors.md).")
 
 

@@ -12,7 +12,7 @@ from posttrain.checkpoint import human_bytes
 from posttrain._terminal import fit_table
 from posttrain.cli._app import app, console, esc
 from posttrain.cli._display import long_command, verbose_option
-from posttrain.cli._options import n_gpu_layers_option
+from posttrain.cli._options import executor_option, n_gpu_layers_option, ray_address_option, shared_dir_option
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -37,19 +37,25 @@ def convert(
     verbose: bool = verbose_option(),
     force: bool = typer.Option(False, "--force", help="Replace files in --out that posttrain's manifest.json "
                                                       "there does not list (never needed for its own)."),
+    executor: str = executor_option(),
+    ray_address: str | None = ray_address_option(),
+    shared_dir: Path | None = shared_dir_option(),
 ) -> None:
     """Convert CHECKPOINT to GGUF with llama.cpp's own converter and quantizer; verify every file."""
-    from posttrain.convert import convert_checkpoint
-
     from posttrain import paths
+    from posttrain.convert import convert_checkpoint
+    from posttrain.convert._remote import quantizing_executor
 
     log_path = paths.home() / "logs" / f"convert-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    with long_command(log_path, verbose=verbose, title=f"converting {checkpoint}") as display:
+    with long_command(log_path, verbose=verbose, title=f"converting {checkpoint}") as display, \
+            quantizing_executor(quant, executor, ray_address=ray_address, shared_dir=shared_dir) as ex:
         # Each step the converter reports (hash, convert, quantize, verify, per variant) is a stage.
+        # With an executor other than local the quantizer's variants are its units (docs/executors.md).
         result = convert_checkpoint(
             checkpoint, out, quant, model_name=name, pre_tokenizer=pre_tokenizer, imatrix=imatrix,
             llama_cpp_dir=llama_cpp_dir, verify=not no_verify, allow_pickle=allow_pickle, force=force,
-            n_gpu_layers=n_gpu_layers, progress=lambda variant, text: display.begin(f"{variant}: {text}"))
+            n_gpu_layers=n_gpu_layers, progress=lambda variant, text: display.begin(f"{variant}: {text}"),
+            executor=ex)
     table = Table(title=esc(f"{result.model_name} ← {checkpoint}"), title_justify="left")
     for col in ("variant", "file", "size", "sha256", "s", "KLD", "top-1"):
         table.add_column(col, justify="left" if col in ("variant", "file", "sha256") else "right",

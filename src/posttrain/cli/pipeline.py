@@ -125,7 +125,7 @@ def watch_cmd(
     """Watch DIRS for finished checkpoints and run the pipeline on each one, once (by content hash).
 
     One watcher per home: a second one refuses and names the running PID. SIGTERM/SIGINT let the
-    current step finish, then exit 0. `posttrain status` / `posttrain stop` from any shell.
+    current step finish (a step's units on an executor are cancelled instead), then exit 0. `posttrain status` / `posttrain stop` from any shell.
     """
     from posttrain import _library_output
     from posttrain.pipeline import check_inputs, pipeline_handler, serve_watch, spawn_detached
@@ -261,7 +261,8 @@ def stop_cmd(
     config: Path | None = config_option(),
     grace: float = typer.Option(120.0, "--grace", help="Seconds to wait for the current step before SIGKILL."),
 ) -> None:
-    """Stop the watcher: SIGTERM (it finishes the current step), SIGKILL after the grace period."""
+    """Stop the watcher: SIGTERM (it finishes the current step, or cancels the step's units on an
+    executor, which the next start resumes), SIGKILL after the grace period."""
     from posttrain.pipeline import stop_daemon
 
     cfg = PipelineOptions(config=config, home=home).load_config()

@@ -23,7 +23,7 @@ from posttrain._files import sha256_file, write_json_atomic
 from posttrain._locks import FileLock
 from posttrain.checkpoint import checkpoint_sha256 as hash_checkpoint
 from posttrain.checkpoint import human_bytes, inspect_checkpoint
-from posttrain.convert import _verify
+from posttrain.convert import _remote, _verify
 from posttrain.convert._gguf_info import read_header
 from posttrain.contracts import Variant
 from posttrain.convert._manifest import MANIFEST, load_manifest, manifest_entries, refuse_foreign
@@ -247,6 +247,7 @@ def convert_checkpoint(
     checkpoint_sha256: str | None = None,
     force: bool = False,
     quantize_q8_0: bool = False,
+    executor=None,
 ) -> ConvertResult:
     """Convert `checkpoint` into GGUF variants under `out_dir`; skip variants already made and verified.
 
@@ -260,6 +261,8 @@ def convert_checkpoint(
     `force` (PosttrainError before any work).
     `quantize_q8_0`: make Q8_0 with the quantizer from F16 instead of a second converter run (the
     converter's start-up, mostly imports, dominates for small models; a ladder pays it once).
+    `executor`: an `Executor` other than local makes the quantizer's variants as units on it, in
+    parallel (convert/_remote.py); F16 and the converter's variants are still made here.
     """
     checkpoint = Path(checkpoint)
     out_dir = Path(out_dir)
@@ -302,8 +305,12 @@ def convert_checkpoint(
             manifest["pending"] = [f"{name}-{q}.gguf" for q in todo]
             write_json_atomic(out_dir / MANIFEST, manifest)
         by_converter = tuple(q for q in CONVERTER_TYPES if not (quantize_q8_0 and q == "Q8_0"))
-        variants = _make_variants(wanted, todo, entries, checkpoint, out_dir, name, tree, pre_tokenizer,
-                                  imatrix_path, say, manifest, by_converter)
+        remote = _remote.remote_quants(executor, todo, by_converter)
+        variants = _make_variants([q for q in wanted if q not in remote], todo, entries, checkpoint, out_dir, name,
+                                  tree, pre_tokenizer, imatrix_path, say, manifest, by_converter)
+        if remote:
+            variants = _remote.quantize_rest(executor, remote, wanted, variants, out_dir, name, tree, imatrix_path,
+                                             say, entries, manifest)
         if verify and any(not v.cached or not v.verification for v in variants):
             try:
                 _verify_all(variants, checkpoint, verdict.total_bytes, hf_reference, say, n_gpu_layers)

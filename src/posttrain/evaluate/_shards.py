@@ -83,6 +83,7 @@ class ShardedEvaluation:
     task_paths: list[Path] | None = None
     shard_docs: int | None = None
     progress: object = None  # a ShardProgress, or None for none
+    stop: object = None  # a threading.Event: once set, outstanding shards are cancelled (`posttrain stop`)
     stats: list[dict] = field(default_factory=list)  # per shard: seconds, fetch seconds, docs, node
 
     def lm(self, ref: ModelRef, think_patterns: list[str] | None):
@@ -119,7 +120,7 @@ class ShardedEvaluation:
         outputs = []
         if self.progress is not None:
             self.progress.add(len(units))
-        for done in self.executor.run(units):
+        for done in self.executor.run(units, stop=self.stop):
             outputs.append(done.value)
             self.stats.append({"task": name, "docs": done.value["n_docs"], "seconds": done.value["seconds"],
                                "fetch_seconds": done.value["fetch_seconds"], "node": done.node,
@@ -137,11 +138,12 @@ class ShardedEvaluation:
 @contextmanager
 def sharded(executor: str | None = "local", *, ray_address: str | None = None, shared_dir: Path | None = None,
             data_dir: Path | None = None, task_paths: list[Path] | None = None, shard_docs: int | None = None,
-            progress: bool = True) -> Iterator[ShardedEvaluation | None]:
+            progress: bool = True, stop=None) -> Iterator[ShardedEvaluation | None]:
     """What to pass as `evaluate(shards=...)`: None for the local executor without a shard size (today's
     path, one lm-eval run per task in this process), else shards on the chosen executor, with a
     progress bar. The executor (a private Ray cluster) ends with the block; Ctrl-C inside it cancels
-    the cluster's tasks."""
+    the cluster's tasks, and so does `stop` (a threading.Event) once set: the evaluation then raises
+    `WorkInterrupted` and stores nothing of the task in progress."""
     if (executor or "local") == "local" and not ray_address and shard_docs is None:
         yield None
         return
@@ -151,4 +153,4 @@ def sharded(executor: str | None = "local", *, ray_address: str | None = None, s
         bar = ShardProgress() if progress else nullcontext()
         with bar:
             yield ShardedEvaluation(ex, data_dir=data_dir, task_paths=task_paths, shard_docs=shard_docs,
-                                    progress=bar if progress else None)
+                                    progress=bar if progress else None, stop=stop)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from posttrain.errors import PosttrainError
-from posttrain.executors._base import MAX_ATTEMPTS, Done, Executor, Unit, WorkFailed
+from posttrain.executors._base import MAX_ATTEMPTS, Done, Executor, StopOn, Unit, WorkFailed, WorkInterrupted
 from posttrain.executors._files import SharedFile
 from posttrain.executors._local import LocalExecutor
 
@@ -35,5 +35,5 @@ def make_executor(spec: str | None = "local", *, ray_address: str | None = None,
     raise PosttrainError(f"unknown executor {spec!r}", remedy="use local, ray or ray://HOST:PORT")
 
 
-__all__ = ["EXECUTORS", "MAX_ATTEMPTS", "Done", "Executor", "LocalExecutor", "SharedFile", "Unit", "WorkFailed",
-           "make_executor"]
+__all__ = ["EXECUTORS", "MAX_ATTEMPTS", "Done", "Executor", "LocalExecutor", "SharedFile", "StopOn", "Unit", "WorkFailed",
+           "WorkInterrupted", "make_executor"]

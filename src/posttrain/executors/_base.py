@@ -7,12 +7,13 @@ process, a Ray worker on another node); the caller only sees results as they com
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from posttrain.errors import PosttrainError
+from posttrain.errors import Interrupted, PosttrainError
 
 # A unit that fails this many times in all (first try plus retries) fails its step.
 MAX_ATTEMPTS = 3
@@ -45,15 +46,25 @@ class WorkFailed(PosttrainError):
         self.unit, self.node, self.error, self.attempts = unit, node, error, attempts
 
 
+class WorkInterrupted(Interrupted):
+    """A stop was asked for while units were outstanding; those were cancelled (`Executor.run(stop=)`)."""
+
+    def __init__(self, outstanding: int):
+        super().__init__(f"stopped on request with {outstanding} unit(s) outstanding; they were cancelled",
+                         remedy="run the same command again to resume")
+        self.outstanding = outstanding
+
+
 class Executor(ABC):
     """Runs units; `run` yields each one's `Done` as it completes (in no set order)."""
 
     name: str = "executor"
 
     @abstractmethod
-    def run(self, units: list[Unit]) -> Iterator[Done]:
+    def run(self, units: list[Unit], stop: threading.Event | None = None) -> Iterator[Done]:
         """Run all units; yield results as they come. Raises `WorkFailed` for a unit out of attempts,
-        after cancelling the others. Closing the iterator early (Ctrl-C) cancels what is still running."""
+        after cancelling the others. Closing the iterator early (Ctrl-C) cancels what is still running;
+        so does `stop` once set (`posttrain stop`), which then raises `WorkInterrupted`."""
 
     def share(self, path, sha256: str):
         """`path` as a unit will read it on its node (`SharedFile.local_path()` there)."""
@@ -75,3 +86,22 @@ class Executor(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class StopOn(Executor):
+    """`executor`, with every `run` stopped by `stop` (a caller that cannot pass it, e.g. convert's).
+    The wrapped executor stays its owner's to close."""
+
+    def __init__(self, executor: Executor, stop: threading.Event):
+        self.inner, self.stop = executor, stop
+        self.name = executor.name
+        self.shared_dir = getattr(executor, "shared_dir", None)
+
+    def run(self, units: list[Unit], stop: threading.Event | None = None) -> Iterator[Done]:
+        return self.inner.run(units, stop=stop or self.stop)
+
+    def share(self, path, sha256: str):
+        return self.inner.share(path, sha256)
+
+    def nodes_in_use(self) -> int:
+        return self.inner.nodes_in_use()

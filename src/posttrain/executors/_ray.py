@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from posttrain.errors import PosttrainError
-from posttrain.executors._base import MAX_ATTEMPTS, Done, Executor, Unit, WorkFailed
+from posttrain.executors._base import MAX_ATTEMPTS, Done, Executor, Unit, WorkFailed, WorkInterrupted
 from posttrain.executors._files import SharedFile, put_chunks
 
 LOOPBACK = "127.0.0.1"
-WAIT_S = 1.0  # how long one wait for results blocks, so Ctrl-C and progress are seen within a second
+WAIT_S = 1.0  # how long one wait for results blocks, so Ctrl-C, a stop and progress are seen within a second
 
 
 def _ray():
@@ -95,11 +96,13 @@ class RayExecutor(Executor):
     def nodes_in_use(self) -> int:
         return sum(1 for n in _ray().nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU"))
 
-    def run(self, units: list[Unit]) -> Iterator[Done]:
+    def run(self, units: list[Unit], stop: threading.Event | None = None) -> Iterator[Done]:
         ray = _ray()
         pending = {self._remote.options(name=u.name).remote(u.fn, u.args): u for u in units}
         try:
             while pending:
+                if stop is not None and stop.is_set():
+                    raise WorkInterrupted(len(pending))  # the finally below cancels them on the cluster
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
                 for ref in ready:
                     unit = pending.pop(ref)

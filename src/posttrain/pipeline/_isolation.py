@@ -9,6 +9,9 @@ the watcher takes the next checkpoint.
 The hand-over is two files in `<run_dir>/.steps/`: the job (the step's function and what it sees,
 pickled: the same user, the same machine) and the result (JSON, written atomically by the child).
 The child's stdout and stderr, llama.cpp's own log lines included, go to `<run_dir>/logs/<step>.log`.
+A stop asked for while the child runs (`posttrain stop`) reaches it as a third file, `<step>.stop`,
+which the child polls (a file: the one way that works on every OS), so a step that can stop early
+(units on a cluster) does so.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +75,7 @@ class StepJob:
     step_status: dict[str, tuple[str, str | None]]
     transient: tuple[type[BaseException], ...]
     attempt: int
+    stop_path: str | None = None  # appears when the parent is asked to stop (`run_in_child(stop_event=)`)
 
 
 @dataclass
@@ -94,17 +99,21 @@ def describe_exit(returncode: int) -> str | None:
     return f"{fault} in native code" if fault else None
 
 
-def run_in_child(job: StepJob, run_dir: Path) -> ChildOutcome:
+def run_in_child(job: StepJob, run_dir: Path, stop_event: threading.Event | None = None) -> ChildOutcome:
     """Run one attempt of `job.step` in a fresh Python process and wait for it (however long the step
     takes: the child's liveness, not a timeout, bounds the wait). Raises NativeCrash when the child
-    dies from a signal, PosttrainError when it exits without a result."""
+    dies from a signal, PosttrainError when it exits without a result. Once `stop_event` is set the
+    child is told through its stop file; it decides whether it can end early."""
     layout = RunLayout(run_dir)
     work = layout.step_jobs
     work.mkdir(parents=True, exist_ok=True)
     log_path = layout.step_log(job.step)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     job_path, result_path = work / f"{job.step}.job.pkl", work / f"{job.step}.result.json"
+    stop_path = work / f"{job.step}.stop"
     result_path.unlink(missing_ok=True)
+    stop_path.unlink(missing_ok=True)  # a request left from an earlier attempt is not this one's
+    job.stop_path = str(stop_path)
     with open(job_path, "wb") as fh:
         pickle.dump(job, fh)
     cmd = [sys.executable, "-m", CHILD_MODULE, str(job_path), str(result_path), str(os.getpid())]
@@ -118,6 +127,8 @@ def run_in_child(job: StepJob, run_dir: Path) -> ChildOutcome:
             watched = psutil.Process(proc.pid)
             while proc.poll() is None:
                 peak = max(peak, tree_rss(watched))
+                if stop_event is not None and stop_event.is_set() and not stop_path.exists():
+                    stop_path.touch()
                 time.sleep(_POLL_S)
         except psutil.NoSuchProcess:
             proc.wait()
@@ -126,6 +137,7 @@ def run_in_child(job: StepJob, run_dir: Path) -> ChildOutcome:
             raise
         finally:
             job_path.unlink(missing_ok=True)
+            stop_path.unlink(missing_ok=True)
     how = describe_exit(proc.returncode)
     if how is not None:
         raise NativeCrash(job.step, how, log_path)

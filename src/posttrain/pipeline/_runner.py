@@ -5,7 +5,8 @@ JSON-able dict of outputs, a check that those outputs are still there and sound,
 needs. A step is reused when it finished before, its outputs still verify, and the outputs of the
 steps it depends on are the ones it was computed from; otherwise it runs (again). A step found
 'running' is one whose process died (kill -9, power loss): the per-run lock says nobody holds it, so
-it simply runs again.
+it simply runs again. A step cut short by a stop request (it raised `posttrain.errors.Interrupted`) is
+recorded 'interrupted', not failed, and the run with it: the same command runs that step again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tenacity import (
 
 from posttrain._locks import FileLock
 from posttrain.contracts import RunLayout
-from posttrain.errors import PosttrainError, TransientError
+from posttrain.errors import Interrupted, PosttrainError, TransientError
 from posttrain.pipeline._isolation import ChildOutcome, NativeCrash, StepJob, run_in_child
 from posttrain.pipeline._resources import ResourceSampler
 from posttrain.store import Store, dumps, utcnow
@@ -40,6 +41,7 @@ log = logging.getLogger("posttrain.pipeline")
 Outputs = dict[str, Any]
 
 DONE, FAILED, SKIPPED, RUNNING, PENDING = "done", "failed", "skipped", "running", "pending"
+INTERRUPTED = "interrupted"
 # Attempts a step gets when its child process crashes in native code (the first crash is retried once).
 CRASH_ATTEMPTS = 2
 
@@ -123,7 +125,7 @@ class RunContext:
 @dataclass
 class StepResult:
     name: str
-    status: str  # done | failed | skipped
+    status: str  # done | failed | skipped | interrupted
     reused: bool = False
     error: str | None = None
     attempts: int = 0
@@ -239,8 +241,9 @@ class Runner:
             results = self._run_steps(spec)
         finally:
             lock.release()
-        if self.stop_event.is_set() and len(results) < len(self.steps):
-            status = "interrupted"
+        if (self.stop_event.is_set() and len(results) < len(self.steps)) or any(
+                r.status == INTERRUPTED for r in results):
+            status = INTERRUPTED
         elif any(r.status == FAILED for r in results):
             status = "failed"
         else:
@@ -263,6 +266,9 @@ class Runner:
             status[step.name] = (result.status, result.error)
             if result.status == DONE:
                 outputs[step.name] = result.outputs
+            elif result.status == INTERRUPTED:
+                log.info("run %s: step %s interrupted; the run stops here (resumable)", spec.run_id, step.name)
+                break
         return results
 
     def _blocked_by(self, step: Step, status: dict[str, tuple[str, str | None]]) -> str | None:
@@ -348,6 +354,8 @@ class Runner:
                 final, error = DONE, None
             except StepSkipped as e:
                 out, final, error = {}, SKIPPED, f"skipped: {e.reason}"
+            except Interrupted as e:  # a stop request cut it short: rerun, not a failure
+                out, final, error = {}, INTERRUPTED, e.one_line()
             except Exception as e:
                 out, final, error = {}, FAILED, _describe(e)
                 if not isinstance(e, PosttrainError):
@@ -370,13 +378,15 @@ class Runner:
                           usage: list[ChildOutcome]) -> Outputs:
         job = StepJob(step.name, step.run, spec, self.store.path, ctx.outputs, ctx.step_status, self.transient,
                       attempt)
-        outcome = run_in_child(job, spec.run_dir)
+        outcome = run_in_child(job, spec.run_dir, self.stop_event)
         usage.append(outcome)
         result = outcome.result
         if result.get("ok"):
             return result["outputs"]
         if result.get("skipped"):
             raise StepSkipped(result["message"])
+        if result.get("interrupted"):
+            raise Interrupted(result["message"], remedy=result.get("remedy"))
         error = TransientError if result.get("transient") else PosttrainError
         raise error(result["message"], remedy=result.get("remedy"))
 

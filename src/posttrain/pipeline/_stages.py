@@ -161,6 +161,7 @@ class Stages:
 
     def convert(self, ctx: RunContext) -> Outputs:
         from posttrain.convert import convert_checkpoint
+        from posttrain.convert._remote import quantizing_executor
 
         name = ctx.spec.model_name or "model"
         checkpoint, routes = ctx.spec.checkpoint, None
@@ -170,10 +171,14 @@ class Stages:
                                   lambda quants: self._base_gguf(Path(ctx.outputs["detect"]["adapter"]["base"]),
                                                                  quants))
             checkpoint = routes["merged"]
-        result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), self.config.quants,
-                                    model_name=name, allow_pickle=self.config.allow_pickle,
-                                    n_gpu_layers=self.config.n_gpu_layers,
-                                    checkpoint_sha256=ctx.outputs["detect"]["sha256"])
+        c = self.config
+        # The quantizer's variants as units on the executor (docs/executors.md), cancelled by a stop request.
+        with quantizing_executor(c.quants, c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir,
+                                 stop=ctx.stop_requested) as executor:
+            result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), self.config.quants,
+                                        model_name=name, allow_pickle=self.config.allow_pickle,
+                                        n_gpu_layers=self.config.n_gpu_layers,
+                                        checkpoint_sha256=ctx.outputs["detect"]["sha256"], executor=executor)
         variants = [v.to_json() for v in result.handover()]
         manifest = json.loads(Path(result.manifest_path).read_text())
         toolchain = result.toolchain.get("llama_cpp_python")
@@ -250,7 +255,8 @@ class Stages:
         if lora:
             extra["lora"] = Path(lora)
         with sharded(c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir, data_dir=c.data_dir,
-                     task_paths=list(c.task_paths) or None, shard_docs=c.shard_docs) as shards:
+                     task_paths=list(c.task_paths) or None, shard_docs=c.shard_docs,
+                     stop=ctx.stop_requested) as shards:
             if shards is not None:  # an executor other than today's in-process path (docs/executors.md)
                 extra["shards"] = shards
             results = evaluate(model, c.tasks, data_dir=c.data_dir, limit=c.limit, per_subject=c.per_subject,

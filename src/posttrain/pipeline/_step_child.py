@@ -14,8 +14,11 @@ import os
 import pickle
 import sys
 import threading
+import time
 import traceback
 from typing import Any
+
+_STOP_POLL_S = 0.2
 
 
 def _describe(exc: BaseException) -> dict[str, Any]:
@@ -38,10 +41,28 @@ def _crash_for_test(job) -> None:
         faulthandler._sigsegv()
 
 
+def _watch_stop_file(path: str | None, stop: threading.Event) -> None:
+    """Set `stop` when the parent writes the stop file (it was asked to stop: `posttrain stop`)."""
+    if not path:
+        return
+
+    def poll() -> None:
+        while not stop.is_set():
+            if os.path.exists(path):
+                log = logging.getLogger("posttrain.pipeline")
+                log.info("stop requested by the runner: ending this step early where it can (resumable)")
+                stop.set()
+                return
+            time.sleep(_STOP_POLL_S)
+
+    threading.Thread(target=poll, name="stop-file", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     import posttrain  # noqa: F401  (llama.cpp first; see the docstring)
     from posttrain import _lifeline
     from posttrain._files import write_json_atomic
+    from posttrain.errors import Interrupted
     from posttrain.pipeline._runner import RunContext, StepSkipped
     from posttrain.pipeline._resources import gpu_peak
     from posttrain.store import Store
@@ -59,6 +80,7 @@ def main(argv: list[str]) -> int:
     _crash_for_test(job)
     store = Store(job.store_path)
     ctx = RunContext(job.spec, store, job.outputs, job.step_status, threading.Event())
+    _watch_stop_file(getattr(job, "stop_path", None), ctx.stop_requested)
     try:
         outputs = job.run(ctx)
         if not isinstance(outputs, dict):
@@ -66,6 +88,8 @@ def main(argv: list[str]) -> int:
         result: dict[str, Any] = {"ok": True, "outputs": outputs}  # written as JSON below
     except StepSkipped as e:
         result = {"ok": False, "skipped": True, "message": e.reason}
+    except Interrupted as e:
+        result = {"ok": False, "skipped": False, "interrupted": True, **_describe(e)}
     except Exception as e:  # noqa: BLE001 - every failure goes back to the parent, described
         traceback.print_exc()
         result = {"ok": False, "skipped": False, "transient": isinstance(e, job.transient), **_describe(e)}
