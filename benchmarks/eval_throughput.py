@@ -278,10 +278,13 @@ def main() -> None:
     for extra in args.also:
         lm_x, res_x, t_x, cpu_x = run_ours(extra, instances, n_threads=args.threads)
         agree_x = agreement(chosen(instances, res_x), ours_choice)
+        tps_x = prefill_throughput(lm_x)
         figures.setdefault("also", {})[extra.name] = {"s": t_x, "cpu_s": cpu_x, "speedup": t_ours / t_x,
-                                                      "agreement_with_reference": agree_x}
+                                                      "agreement_with_reference": agree_x,
+                                                      "prefill_tps": tps_x[0], "prefill_tps_per_cpu_s": tps_x[1]}
         print(f"ours on {extra.name}: {t_x:.1f} s wall / {cpu_x:.1f} CPU-s = {t_ours / t_x:.2f}x the reference "
-              f"({cpu_ours / cpu_x:.2f}x by CPU time); chosen answer agrees with the reference on {100 * agree_x:.1f}% of items")
+              f"({cpu_ours / cpu_x:.2f}x by CPU time); chosen answer agrees with the reference on {100 * agree_x:.1f}% of items; "
+              f"prefill {tps_x[0]:.0f} tokens/s, {tps_x[1]:.0f} per CPU-second")
         del lm_x
 
     if args.sequential:
