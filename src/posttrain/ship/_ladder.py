@@ -122,12 +122,15 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
     others = {q: str(p) for q, p in paths.items() if q != "F16"}
     if others:
         say(f"quality on held-out text ({len(others)} variants against F16, chunks of {n_ctx})")
-        with tempfile.TemporaryDirectory(prefix="posttrain-ship-text-") as tmp:
+        # Scratch beside the results, not in /tmp (often a RAM disk): F16's stored rows are ~2 bytes × vocabulary
+        # per scored token. The folder is this process's, so it goes even when the child is killed.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".posttrain-ship-scratch-", dir=out_dir) as tmp:
             text_file = Path(tmp) / "text.txt"
             text_file.write_text(held_out, encoding="utf-8")
             quality = run_child({"kind": "quality", "base": str(paths["F16"]), "variants": others,
                                  "text_file": str(text_file), "n_ctx": n_ctx, "max_chunks": max(1, max_tokens // n_ctx),
-                                 "n_gpu_layers": n_gpu_layers}, out_dir / "logs" / "quality.log")
+                                 "n_gpu_layers": n_gpu_layers, "scratch_dir": tmp}, out_dir / "logs" / "quality.log")
     seconds["quality"] = time.perf_counter() - started
 
     speeds: dict[str, dict] = {}
