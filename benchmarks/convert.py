@@ -11,7 +11,7 @@ the goal is posttrain (without its verification pass) ≤ 1.05 × by hand.
 for every other type, each file checked, hashed and recorded) against the same tools run by hand
 (the converter, then `llama_cpp.llama_model_quantize` per type, as llama-quantize does), the two
 routes run in turn, each in a fresh process. `--one hand|posttrain --out DIR` runs one route once
-(for an outside timer such as farm-bench).
+into DIR, emptied first (for an outside timer such as farm-bench).
 """
 
 from __future__ import annotations
@@ -119,6 +119,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.ladder and args.one:
+        # Always from an empty folder: a manifest left by the previous run would make posttrain reuse its files.
+        shutil.rmtree(args.out, ignore_errors=True)
+        args.out.mkdir(parents=True)
         (ladder_by_hand if args.one == "hand" else ladder_posttrain)(args.checkpoint, args.out, args.ladder.split(","))
         return
     if args.ladder:
