@@ -1,7 +1,8 @@
 """`ship = true` in a run: `posttrain run` on a tiny checkpoint measures the ladder and its report opens with it.
 
 A small ladder (F16, Q8_0), eight HellaSwag-format items and a held-out text of two chunks keep the
-run short (about a minute on 2 idle cores, the converter's start-up and lm-eval's imports first); Ollama is pointed at a closed port, so registration is skipped.
+run as short as a run gets (the converter's start-up and lm-eval's imports dominate); Ollama is
+pointed at a closed port, so registration is skipped.
 """
 
 from __future__ import annotations
