@@ -119,3 +119,20 @@ def test_stored_f16_rows_give_the_exact_kld_to_well_within_its_error(tmp_path):
         # A Q8_0-sized KLD (~1e-3 nats): per position within 1%, the mean within 0.1%.
         assert np.abs(stored - exact).max() < 1e-2 * exact.mean()
         assert abs(stored.mean() - exact.mean()) < 1e-3 * exact.mean()
+
+
+def test_stale_scratch_of_a_killed_ladder_is_removed_and_a_live_one_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from posttrain.ship._ladder import SCRATCH_PREFIX, remove_stale_scratch
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{SCRATCH_PREFIX}{gone.stdout.strip()}-abc"
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-def"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "f16.rows").write_bytes(b"\0" * 10)
+    remove_stale_scratch(tmp_path)
+    assert not dead.exists() and (live / "f16.rows").exists()
