@@ -1,10 +1,17 @@
 """posttrain convert vs llama.cpp's converter + quantizer run by hand, on the same checkpoint.
 
     python benchmarks/convert.py [CHECKPOINT] [--repeat 2]
+    python benchmarks/convert.py CHECKPOINT --ladder f16,q8_0,q6_k,q5_k_m,q4_k_m,iq4_xs,q3_k_m [--repeat 3]
 
 Without CHECKPOINT it makes SmolLM2-135M-Instruct with ../shared/tools/smollm2-hf (needs the PyPI
 `gguf` package for that tool only). Prints wall time and peak RSS of each route and their ratio;
 the goal is posttrain (without its verification pass) ≤ 1.05 × by hand.
+
+`--ladder`: the conversion `posttrain ship` makes (llama.cpp's converter once for F16, its quantizer
+for every other type, each file checked, hashed and recorded) against the same tools run by hand
+(the converter, then `llama_cpp.llama_model_quantize` per type, as llama-quantize does), the two
+routes run in turn, each in a fresh process. `--one hand|posttrain --out DIR` runs one route once
+into DIR, emptied first (for an outside timer such as farm-bench).
 """
 
 from __future__ import annotations
@@ -58,11 +65,69 @@ def with_posttrain(ckpt: Path, out: Path, verify: bool) -> tuple[float, int]:
     return timed(cmd if verify else [*cmd, "--no-verify"])
 
 
+def ladder_by_hand(ckpt: Path, out: Path, quants: list[str]) -> None:
+    """The ladder's tools run by hand: the converter (F16), then the quantizer binding per type."""
+    import ctypes
+
+    from posttrain import _native
+    from posttrain.convert import quantizer_types
+    from posttrain.toolchain import converter_env, find_converter
+
+    tree = find_converter()
+    subprocess.run([sys.executable, str(tree.script), str(ckpt), "--outtype", "f16", "--outfile", str(out / "F16.gguf")],
+                   env=converter_env(tree), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lc = _native.load_llama_cpp()
+    for quant in (q.upper() for q in quants if q.upper() != "F16"):
+        params = lc.llama_model_quantize_default_params()
+        params.ftype = quantizer_types()[quant]
+        if lc.llama_model_quantize(str(out / "F16.gguf").encode(), str(out / f"{quant}.gguf").encode(),
+                                   ctypes.byref(params)) != 0:
+            sys.exit(f"quantizer failed for {quant}")
+
+
+def ladder_posttrain(ckpt: Path, out: Path, quants: list[str]) -> None:
+    """What `posttrain ship` (run_ladder) asks of convert."""
+    from posttrain.convert import convert_checkpoint
+
+    convert_checkpoint(ckpt, out, quants, quantize_q8_0=True, verify=False)
+
+
+def ladder(ckpt: Path, quants: str, repeat: int, tmp: Path) -> None:
+    runs: dict[str, list[float]] = {"hand": [], "posttrain": []}
+    for i in range(repeat):
+        for route in runs:  # in turn, so a drift in the machine's speed touches both
+            out = tmp / f"ladder-{route}-{i}"
+            out.mkdir()
+            wall, _ = timed([sys.executable, __file__, str(ckpt), "--ladder", quants, "--one", route, "--out", str(out)])
+            runs[route].append(wall)
+            shutil.rmtree(out)
+            print(f"  run {i + 1} {route:9s} {wall:6.1f} s", flush=True)
+    hand, post = (statistics.median(runs[r]) for r in ("hand", "posttrain"))
+    ratios = [p / h for p, h in zip(runs["posttrain"], runs["hand"])]
+    print(f"ladder {quants} on {ckpt} (median of {repeat}, load average {os.getloadavg()[0]:.1f} at the end)")
+    print(f"by hand (converter F16 + quantizer per type): {hand:7.1f} s  (min {min(runs['hand']):.1f}, max {max(runs['hand']):.1f})")
+    print(f"posttrain (ship's conversion, no verify)    : {post:7.1f} s  (min {min(runs['posttrain']):.1f}, max {max(runs['posttrain']):.1f})")
+    print(f"ratio posttrain/by hand: median {statistics.median(ratios):.3f} (pairs: {', '.join(f'{r:.3f}' for r in ratios)})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", nargs="?", type=Path)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--ladder", help="comma-separated types: time the ship ladder's conversion instead")
+    ap.add_argument("--one", choices=["hand", "posttrain"], help="with --ladder: run one route once into --out")
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    if args.ladder and args.one:
+        # Always from an empty folder: a manifest left by the previous run would make posttrain reuse its files.
+        shutil.rmtree(args.out, ignore_errors=True)
+        args.out.mkdir(parents=True)
+        (ladder_by_hand if args.one == "hand" else ladder_posttrain)(args.checkpoint, args.out, args.ladder.split(","))
+        return
+    if args.ladder:
+        with tempfile.TemporaryDirectory() as tmp:
+            ladder(args.checkpoint, args.ladder, args.repeat, Path(tmp))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt = args.checkpoint

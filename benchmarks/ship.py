@@ -85,8 +85,10 @@ def main() -> None:
     print(f"text: {doc['text']['n_tokens_text']:,} tokens read, {doc['text']['n_chunks']} chunks of "
           f"{doc['text']['n_ctx']}, {doc['text']['n_scored']:,} scored")
     converter, by_hand = _hand_conversion(ckpt, args.quants.split(","))
-    print(f"by hand: llama.cpp's converter (F16) {converter:.1f} s, + quantizer per type: {by_hand:.1f} s in all "
-          f"(the ladder's convert, with verification: {doc['seconds']['convert']:.1f} s)")
+    print(f"by hand: llama.cpp's converter (F16) {converter:.1f} s, + quantizer per type: {by_hand:.1f} s in all; "
+          f"posttrain (the ladder's convert): {doc['seconds']['convert']:.1f} s; ratio posttrain/by hand "
+          f"{doc['seconds']['convert'] / by_hand:.2f} (one run each, not interleaved: "
+          f"benchmarks/convert.py --ladder repeats them in turn)")
     print(f"report: {files['html']}")
 
 

@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -129,6 +130,22 @@ def _check_disk(out_dir: Path, n_params: int, quants: list[str]) -> None:
     if free < need:
         raise PosttrainError(f"not enough disk space in {out_dir}: these variants need about {human_bytes(need)}, "
                              f"{human_bytes(free)} is free", remedy="free some space or pass --out on another disk")
+
+
+def _in_background(fn: Callable, *args) -> Future:
+    """`fn(*args)` on a daemon thread: an interrupted conversion exits at once instead of waiting for
+    a pool thread to finish reading a checkpoint of many gigabytes."""
+    future: Future = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # handed to whoever waits for the result
+                future.set_exception(e)
+
+    threading.Thread(target=run, daemon=True, name="posttrain-checkpoint-hash").start()
+    return future
 
 
 @contextmanager
@@ -287,9 +304,16 @@ def convert_checkpoint(
         for stale in out_dir.glob(".*.gguf.*.partial"):
             stale.unlink(missing_ok=True)
         manifest = load_manifest(out_dir)
-        if checkpoint_sha256 is None:
-            say("checkpoint", "hashing")
-        ckpt_sha = checkpoint_sha256 or hash_checkpoint(verdict)
+        hashing: Future | None = None
+        if checkpoint_sha256 is None and not manifest_entries(manifest, _VARIANT_FIELDS):
+            # Nothing here to reuse, so the hash decides nothing yet: it runs beside the converter (mostly
+            # one core of imports and tensor copies) and is in the manifest once the first file is placed.
+            hashing = _in_background(hash_checkpoint, verdict)
+            ckpt_sha = None
+        else:
+            if checkpoint_sha256 is None:
+                say("checkpoint", "hashing")
+            ckpt_sha = checkpoint_sha256 or hash_checkpoint(verdict)
         options = {"pre_tokenizer": pre_tokenizer,
                    "imatrix_sha256": sha256_file(imatrix_path) if imatrix_path else None}
         same_source = manifest.get("checkpoint_sha256") == ckpt_sha and manifest.get("options") == options
@@ -306,11 +330,16 @@ def convert_checkpoint(
             write_json_atomic(out_dir / MANIFEST, manifest)
         by_converter = tuple(q for q in CONVERTER_TYPES if not (quantize_q8_0 and q == "Q8_0"))
         remote = _remote.remote_quants(executor, todo, by_converter)
-        variants = _make_variants([q for q in wanted if q not in remote], todo, entries, checkpoint, out_dir, name,
-                                  tree, pre_tokenizer, imatrix_path, say, manifest, by_converter)
+        try:
+            variants = _make_variants([q for q in wanted if q not in remote], todo, entries, checkpoint, out_dir,
+                                      name, tree, pre_tokenizer, imatrix_path, say, manifest, by_converter, hashing)
+        finally:
+            if hashing is not None:
+                hashing.cancel()  # not started yet: never will be
         if remote:
             variants = _remote.quantize_rest(executor, remote, wanted, variants, out_dir, name, tree, imatrix_path,
                                              say, entries, manifest)
+        ckpt_sha = manifest["checkpoint_sha256"]
         if verify and any(not v.cached or not v.verification for v in variants):
             try:
                 _verify_all(variants, checkpoint, verdict.total_bytes, hf_reference, say, n_gpu_layers)
@@ -331,12 +360,16 @@ def convert_checkpoint(
 
 def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint: Path, out_dir: Path, name: str,
                    tree: ConverterTree, pre_tokenizer: str | None, imatrix: Path | None, say: Progress,
-                   manifest: dict, by_converter: tuple[str, ...] = CONVERTER_TYPES) -> list[BuiltVariant]:
-    """Make the variants in `todo`, reuse the others. Checking a finished file (reading its header
-    with gguf-py takes seconds for a large vocabulary) overlaps with making the next one."""
+                   manifest: dict, by_converter: tuple[str, ...] = CONVERTER_TYPES,
+                   checkpoint_hash: Future | None = None) -> list[BuiltVariant]:
+    """Make the variants in `todo`, reuse the others. Checking a finished file (its header, a load in
+    llama.cpp, its sha256) overlaps with making the next one; the quantizer waits only until F16 is
+    checked and placed, not for its hash (a second or more for a large F16). `checkpoint_hash`: the
+    checkpoint's sha256 still being computed; the manifest gets it before it lists any variant."""
     done: dict[str, BuiltVariant] = {}
     checks: dict[str, Future] = {}
-    with ThreadPoolExecutor(max_workers=1) as checker:
+    placed_f16: Future | None = None
+    with ThreadPoolExecutor(max_workers=1) as checker:  # one thread: checks run in the order files are made
         try:
             for quant in wanted:
                 if quant not in todo:
@@ -344,15 +377,20 @@ def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint
                     entry = entries[quant]
                     done[quant] = BuiltVariant(**{**entry, "path": out_dir / entry["path"], "cached": True})
                     continue
-                if quant not in by_converter and "F16" in checks:
-                    checks["F16"].result()  # the quantizer reads the checked F16 under its final name
+                if quant not in by_converter and placed_f16 is not None:
+                    placed_f16.result()  # the quantizer reads the checked F16 under its final name
                 final = confined(out_dir, f"{name}-{quant}.gguf")
                 partial, made_by, seconds = _produce(quant, checkpoint, out_dir, final, name, tree, pre_tokenizer,
                                                      imatrix, say, by_converter)
-                checks[quant] = checker.submit(_check_and_place, quant, partial, final, tree, made_by, seconds, say)
+                placed = checker.submit(_check_and_place, quant, partial, final, tree, made_by, seconds, say)
+                if quant == "F16":
+                    placed_f16 = placed
+                checks[quant] = checker.submit(_hashed, placed)
         finally:
             for quant, check in checks.items():
                 if check.exception() is None:
+                    if checkpoint_hash is not None:  # an entry is reusable only under its checkpoint's hash
+                        manifest["checkpoint_sha256"] = checkpoint_hash.result()
                     done[quant] = check.result()
                     # Record each variant as soon as it exists, so a crash later keeps it.
                     entries[quant] = done[quant].to_json()
@@ -397,8 +435,17 @@ def _check_and_place(quant: str, partial: Path, final: Path, tree: ConverterTree
     finally:
         partial.unlink(missing_ok=True)
     seconds += time.perf_counter() - started
-    return BuiltVariant(quant, final, sha256_file(final), final.stat().st_size, round(seconds, 3), made_by,
-                   header=header.to_json())
+    return BuiltVariant(quant, final, "", final.stat().st_size, round(seconds, 3), made_by, header=header.to_json())
+
+
+def _hashed(placed: Future) -> BuiltVariant:
+    """The placed variant with its sha256 (run on the checker thread after `_check_and_place`, so a
+    failed check raises here too). Nothing writes a placed file: the folder's lock is held."""
+    variant = placed.result()
+    started = time.perf_counter()
+    variant.sha256 = sha256_file(variant.path)
+    variant.seconds = round(variant.seconds + time.perf_counter() - started, 3)
+    return variant
 
 
 def _verify_all(variants: list[BuiltVariant], checkpoint: Path, ckpt_bytes: int, hf_reference: bool | None,

@@ -79,6 +79,10 @@ def _scan(path: Path) -> _RawHeader:
                 at += 12
                 if item in _SCALARS:
                     return None, at + count * struct.calcsize("<" + _SCALARS[item])
+                if item == _STRING:  # the vocabulary and merges: skipped by their lengths, never decoded
+                    for _ in range(count):
+                        at += 8 + struct.unpack_from("<Q", buf, at)[0]
+                    return None, at
                 for _ in range(count):
                     _, at = value(item, at)
                 return None, at

@@ -125,6 +125,30 @@ def compare(reference: ProbeLogprobs, other: ProbeLogprobs) -> dict[str, float]:
             "max_abs_dlogprob": float(dlogprob.max()), "n_positions": int(len(kld))}
 
 
-def load_check(path: Path) -> None:
-    """The file loads in llama.cpp (weights and vocabulary); raises PosttrainError otherwise."""
-    _load(path, 64).close()
+def load_check(path: Path, n_gpu_layers: int | None = None) -> None:
+    """The file loads in llama.cpp (weights and vocabulary) and a context can be made on it; raises
+    PosttrainError otherwise.
+
+    Through llama.cpp's own API rather than `llama_cpp.Llama`: the wrapper silences llama.cpp by
+    redirecting fd 2, which is process-wide (FD2_LOCK), so a check made while the quantizer writes its
+    log would wait for the whole quantization. Here llama.cpp's messages are only filtered to errors
+    (what `Llama(verbose=False)` leaves the process with anyway), and nothing waits.
+    """
+    lc = _native.load_llama_cpp()
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)
+    remedy = ("if the converter was given --pre-tokenizer, use a name llama.cpp knows (e.g. gpt-2, llama-bpe, qwen2)")
+    model = lc.llama_model_load_from_file(str(path).encode(), _native.model_params(n_gpu_layers))
+    if not model:
+        raise PosttrainError(f"llama.cpp cannot load {path.name}", remedy=remedy)
+    try:
+        params = lc.llama_context_default_params()
+        params.n_ctx = params.n_batch = params.n_ubatch = 64
+        params.n_threads = params.n_threads_batch = 1
+        ctx = lc.llama_init_from_model(model, params)
+        if not ctx:
+            raise PosttrainError(f"llama.cpp cannot load {path.name}: no context could be made on it", remedy=remedy)
+        lc.llama_free(ctx)
+    finally:
+        lc.llama_model_free(model)

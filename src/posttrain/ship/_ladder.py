@@ -9,6 +9,7 @@ task scores from `posttrain.evaluate` (paired items, cached in the store), pairi
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ DEFAULT_LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M")
 # Text read for the quality measurement: 40 chunks of 512, ≥ 10,000 scored tokens (half of each chunk).
 DEFAULT_MAX_TOKENS = 20_480
 SHIP_JSON = "ship.json"
+# The quality pass's scratch folder in --out: this prefix, then the owning process's id.
+SCRATCH_PREFIX = ".posttrain-ship-scratch-"
 # Which per-item score stands for a task when lm-eval reports several (HellaSwag: acc and acc_norm).
 _METRIC_ORDER = ("acc_norm", "acc", "exact_match")
 _FILTER_ORDER = ("none", "strict-match", "flexible-extract")
@@ -143,12 +146,16 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
     others = {q: str(p) for q, p in paths.items() if q != "F16"}
     if others:
         say(f"quality on held-out text ({len(others)} variants against F16, chunks of {n_ctx})")
-        with tempfile.TemporaryDirectory(prefix="posttrain-ship-text-") as tmp:
+        # Scratch beside the results, not in /tmp (often a RAM disk): F16's stored rows are ~2 bytes × vocabulary
+        # per scored token. The folder is this process's, so it goes even when the child is killed.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_scratch(out_dir)
+        with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=out_dir) as tmp:
             text_file = Path(tmp) / "text.txt"
             text_file.write_text(held_out, encoding="utf-8")
             quality = run_child({"kind": "quality", "base": str(paths["F16"]), "variants": others,
                                  "text_file": str(text_file), "n_ctx": n_ctx, "max_chunks": max(1, max_tokens // n_ctx),
-                                 "n_gpu_layers": n_gpu_layers}, out_dir / "logs" / "quality.log")
+                                 "n_gpu_layers": n_gpu_layers, "scratch_dir": tmp}, out_dir / "logs" / "quality.log")
     seconds["quality"] = time.perf_counter() - started
 
     speeds: dict[str, dict] = {}
@@ -212,6 +219,19 @@ def _imatrix_variants(converted, quants: list[str], source: str | Path, gguf_dir
     made = make_imatrix_variants(f16, quants, imatrix, gguf_dir / "imatrix", converted.model_name, tools=tools,
                                  say=lambda variant, status: say(f"{variant}: {status}"))
     return made, {**imatrix.to_json(), "text_files": files, "tools": tools.to_json()}
+
+
+def remove_stale_scratch(out_dir: Path) -> None:
+    """Scratch folders of ladders whose process is gone (killed with -9: no cleanup ran); a live
+    process's folder, another ladder's in the same --out, is left alone."""
+    import shutil
+
+    import psutil
+
+    for folder in Path(out_dir).glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _jsonable(x):

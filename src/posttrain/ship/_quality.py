@@ -1,9 +1,10 @@
-"""Quantization quality on real text: the statistics of `llama-perplexity --kl-divergence`, in lockstep.
+"""Quantization quality on real text: the statistics of `llama-perplexity --kl-divergence`, one model at a time.
 
-llama.cpp's tool runs twice: once to save the base model's log-probabilities for every token and the
-whole vocabulary (gigabytes for a large vocabulary), then once per quantized model against that file.
-Here F16 and every variant are loaded together and fed the same chunk one after the other, so F16's
-log-probabilities exist for one chunk at a time and are never stored.
+Like llama.cpp's tool, F16 runs once over the text and its log-probabilities for every scored token and
+the whole vocabulary go to a scratch file (uint16 per vocabulary entry, `_base_rows.py`); then each
+variant is loaded alone and compared with F16's rows read back chunk by chunk. Memory is one model and
+one chunk's rows, whatever the number of variants; disk is 2 bytes × vocabulary per scored token
+(≈ 1 GB for 10,000 tokens of a 49k vocabulary), freed at the end.
 
 Definitions follow llama.cpp's tool, so figures are comparable with what people publish:
 - the text is cut into chunks of n_ctx tokens; the first token of each chunk becomes BOS when the
@@ -14,14 +15,17 @@ Definitions follow llama.cpp's tool, so figures are comparable with what people 
 - mean KLD and the other token-level means carry the standard error SD/√N over scored tokens, as
   llama.cpp prints them.
 What this adds: ΔPPL and ln(PPL ratio) get a 95% interval *paired over chunks* (tokens within one
-chunk are not independent; chunks are closer to it), by the delta method for ΔPPL.
+chunk are not independent; chunks are closer to it), by the delta method for ΔPPL. F16's perplexity,
+next-token log-probability and top token are kept exactly (float64), not through the uint16 rows, so
+ΔPPL, Δp and "same top" are exact; only KLD reads the stored rows.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +34,12 @@ from scipy import special, stats
 from posttrain import _native
 from posttrain.convert._verify import stderr_to
 from posttrain.errors import PosttrainError
+from posttrain.ship._base_rows import BaseRows
 
 DEFAULT_N_CTX = 512
 MIN_CHUNKS = 2
+# Rows per block when comparing a chunk: bounds the float64 temporaries (block × vocabulary × 8 bytes each).
+_BLOCK_ROWS = 64
 
 
 def _load(path: str | Path, n_ctx: int, n_gpu_layers: int | None, logits_all: bool):
@@ -56,69 +63,87 @@ def _scored_logprobs(llm, chunk: list[int], first: int) -> np.ndarray:
     return special.log_softmax(logits, axis=1)
 
 
-@dataclass
-class _Tally:
-    """Per scored token of one variant: the few numbers the summary needs (no vocabulary rows)."""
-
-    nll: list[np.ndarray] = field(default_factory=list)
-    kld: list[np.ndarray] = field(default_factory=list)
-    same_top: list[np.ndarray] = field(default_factory=list)
-    dp: list[np.ndarray] = field(default_factory=list)
+def _chunks(tokens: list[int], n_chunks: int, n_ctx: int, bos: int | None) -> list[list[int]]:
+    out = []
+    for c in range(n_chunks):
+        chunk = list(tokens[c * n_ctx:(c + 1) * n_ctx])
+        if bos is not None:
+            chunk[0] = bos
+        out.append(chunk)
+    return out
 
 
 def measure_quality(base: str | Path, variants: dict[str, str | Path], text: str, *, n_ctx: int = DEFAULT_N_CTX,
-                    max_chunks: int | None = None, n_gpu_layers: int | None = None) -> dict:
+                    max_chunks: int | None = None, n_gpu_layers: int | None = None,
+                    scratch_dir: str | Path | None = None) -> dict:
     """KL-divergence statistics of each variant against `base` (F16) on `text`. Runs llama.cpp in this
-    process: call it through `posttrain.ship.run_child` so a native crash is seen, not suffered."""
+    process: call it through `posttrain.ship.run_child` so a native crash is seen, not suffered.
+    `scratch_dir`: where F16's rows are stored while the variants run (default: the system's temp folder)."""
     if n_ctx < 16:
         raise PosttrainError(f"n_ctx must be at least 16, not {n_ctx}")
-    base_llm = _load(base, n_ctx, n_gpu_layers, logits_all=True)
-    tokens = base_llm.tokenize(text.encode(), add_bos=False, special=False)
-    n_chunks = len(tokens) // n_ctx
-    if max_chunks is not None:
-        n_chunks = min(n_chunks, max_chunks)
-    if n_chunks < MIN_CHUNKS:
-        raise PosttrainError(f"the held-out text is {len(tokens)} tokens: at least {MIN_CHUNKS * n_ctx} are needed "
-                             f"for {MIN_CHUNKS} chunks of {n_ctx}", remedy="pass --text with more text (≥ 10,000 tokens "
-                                                                          "is what the figures are meant for)")
-    add_bos = bool(base_llm._model.add_bos_token())
-    bos = base_llm.token_bos()
-    others = {label: _load(path, n_ctx, n_gpu_layers, logits_all=True) for label, path in variants.items()}
     first = n_ctx // 2
-    base_nll: list[np.ndarray] = []
-    tallies = {label: _Tally() for label in others}
+    scored = n_ctx - 1 - first
+    with tempfile.TemporaryDirectory(prefix="posttrain-f16-rows-", dir=scratch_dir) as scratch:
+        base_llm = _load(base, n_ctx, n_gpu_layers, logits_all=True)
+        try:
+            tokens = base_llm.tokenize(text.encode(), add_bos=False, special=False)
+            n_chunks = len(tokens) // n_ctx
+            if max_chunks is not None:
+                n_chunks = min(n_chunks, max_chunks)
+            if n_chunks < MIN_CHUNKS:
+                raise PosttrainError(f"the held-out text is {len(tokens)} tokens: at least {MIN_CHUNKS * n_ctx} are "
+                                     f"needed for {MIN_CHUNKS} chunks of {n_ctx}",
+                                     remedy="pass --text with more text (≥ 10,000 tokens is what the figures are meant for)")
+            add_bos = bool(base_llm._model.add_bos_token())
+            chunks = _chunks(tokens, n_chunks, n_ctx, base_llm.token_bos() if add_bos else None)
+            n_vocab = base_llm.n_vocab()
+            _check_scratch_space(Path(scratch), n_chunks * scored * n_vocab * 2)
+            rows = BaseRows.create(Path(scratch) / "f16.rows", n_chunks, scored, n_vocab)
+            for chunk in chunks:
+                rows.append(_scored_logprobs(base_llm, chunk, first), np.asarray(chunk[first + 1:]))
+            rows.finish()
+        finally:
+            base_llm.close()
+        base_nll = rows.nll  # (chunks, scored), exact
+        results = {}
+        for label, path in variants.items():
+            results[label] = summarize(base_nll, *_compare_variant(label, path, chunks, first, rows, n_ctx, n_gpu_layers))
+    return {"n_ctx": n_ctx, "n_tokens_text": len(tokens), "n_chunks": n_chunks, "scored_per_chunk": scored,
+            "n_scored": int(base_nll.size), "add_bos": add_bos,
+            "f16": {"ppl": float(math.exp(base_nll.mean()))}, "variants": results}
+
+
+def _check_scratch_space(scratch: Path, need: int) -> None:
+    free = shutil.disk_usage(scratch).free
+    if free < need * 1.05:
+        raise PosttrainError(f"F16's log-probabilities need {need / 2**30:.1f} GiB of scratch space in {scratch.parent}, "
+                             f"{free / 2**30:.1f} GiB is free",
+                             remedy="free some space, use less text (--max-tokens) or pass --out on another disk")
+
+
+def _compare_variant(label: str, path: str | Path, chunks: list[list[int]], first: int, rows: BaseRows, n_ctx: int,
+                     n_gpu_layers: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One variant against F16's stored rows: (chunks, scored) NLL, and per scored token KLD, same top, Δp."""
+    llm = _load(path, n_ctx, n_gpu_layers, logits_all=True)
     try:
-        for c in range(n_chunks):
-            chunk = list(tokens[c * n_ctx:(c + 1) * n_ctx])
-            if add_bos:
-                chunk[0] = bos
+        if llm.n_vocab() != rows.n_vocab:
+            raise PosttrainError(f"{label} has a vocabulary of {llm.n_vocab()} tokens, F16 {rows.n_vocab}: "
+                                 "not a quantization of the same model")
+        nll, kld, same_top = [], [], []
+        for c, chunk in enumerate(chunks):
+            lq = _scored_logprobs(llm, chunk, first)
             nxt = np.asarray(chunk[first + 1:])
-            rows = np.arange(nxt.size)
-            lb = _scored_logprobs(base_llm, chunk, first)
-            pb = np.exp(lb)
-            nll_b = -lb[rows, nxt]
-            top_b = lb.argmax(axis=1)
-            base_nll.append(nll_b)
-            for label, llm in others.items():
-                lq = _scored_logprobs(llm, chunk, first)
-                if lq.shape != lb.shape:
-                    raise PosttrainError(f"{label} has a vocabulary of {lq.shape[1]} tokens, F16 {lb.shape[1]}: "
-                                         "not a quantization of the same model")
-                t = tallies[label]
-                t.kld.append((pb * (lb - lq)).sum(axis=1))
-                t.nll.append(-lq[rows, nxt])
-                t.same_top.append(lq.argmax(axis=1) == top_b)
-                t.dp.append(np.exp(-t.nll[-1]) - np.exp(-nll_b))
+            nll.append(-lq[np.arange(nxt.size), nxt])
+            same_top.append(lq.argmax(axis=1) == rows.top[c])
+            for start, lb in rows.blocks(c, _BLOCK_ROWS):
+                block = lq[start:start + lb.shape[0]]
+                with np.errstate(invalid="ignore"):  # 0 · (−inf − x): a token below F16's stored range
+                    kld.append(np.nansum(np.exp(lb) * (lb - block), axis=1))
     finally:
-        for llm in (base_llm, *others.values()):
-            llm.close()
-    base_chunks = np.stack(base_nll)
-    return {"n_ctx": n_ctx, "n_tokens_text": len(tokens), "n_chunks": n_chunks, "scored_per_chunk": n_ctx - 1 - first,
-            "n_scored": int(base_chunks.size), "add_bos": add_bos,
-            "f16": {"ppl": float(math.exp(base_chunks.mean()))},
-            "variants": {label: summarize(base_chunks, np.stack(t.nll), np.concatenate(t.kld),
-                                          np.concatenate(t.same_top), np.concatenate(t.dp))
-                         for label, t in tallies.items()}}
+        llm.close()
+    nll_q = np.stack(nll)
+    dp = np.exp(-nll_q) - np.exp(-rows.nll)
+    return nll_q, np.concatenate(kld), np.concatenate(same_top), dp.ravel()
 
 
 def _mean_se(x: np.ndarray) -> tuple[float, float]:

@@ -19,7 +19,7 @@ def _dispatch(job: dict) -> dict:
 
         text = Path(job["text_file"]).read_text(encoding="utf-8")
         return measure_quality(job["base"], job["variants"], text, n_ctx=job["n_ctx"], max_chunks=job.get("max_chunks"),
-                               n_gpu_layers=job.get("n_gpu_layers"))
+                               n_gpu_layers=job.get("n_gpu_layers"), scratch_dir=job.get("scratch_dir"))
     if job["kind"] == "speed":
         from posttrain.ship._speed import measure_speed
 
