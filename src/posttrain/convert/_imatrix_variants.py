@@ -63,6 +63,7 @@ def make_imatrix_variants(f16: BuiltVariant, quants: list[str], imatrix: Imatrix
             variant = _check_and_place(quant, partial, final, tree, "llama-quantize --imatrix",
                                        time.perf_counter() - started, say)
             variant.quant = name
+            variant.sha256 = sha256_file(final)  # _check_and_place leaves the hash to its caller
             made.append(variant)
             entries[name] = {**variant.to_json(), **source, "made_at": utcnow()}
             write_json_atomic(out_dir / MANIFEST, manifest)  # each variant recorded as soon as it exists
