@@ -39,6 +39,8 @@ class GenerationSlots:
     def __init__(self, engine, n_slots: int, n_ctx_seq: int) -> None:
         lc = _native.load_llama_cpp()
         self.engine = engine
+        # llama.cpp sizes each stream in multiples of 256 cells; asking for that avoids its warning.
+        n_ctx_seq = -(-n_ctx_seq // 256) * 256
         self.n_slots, self.n_ctx_seq = n_slots, n_ctx_seq
         self._ctx = engine._new_context(n_slots * n_ctx_seq, n_slots, unified=False)
         if not self._ctx:
@@ -46,8 +48,7 @@ class GenerationSlots:
         if not engine._attach_lora(self._ctx):
             self.close()
             raise RuntimeError("llama.cpp refused to apply the LoRA adapter to the generation context")
-        # llama.cpp rounds each stream up (to 256 cells); the real size is what bounds a sequence.
-        self.n_ctx_seq = int(lc.llama_n_ctx_seq(self._ctx))
+        self.n_ctx_seq = int(lc.llama_n_ctx_seq(self._ctx))  # what llama.cpp made is what bounds a sequence
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(engine.n_batch, 0, 1)
 
