@@ -235,10 +235,9 @@ def _extract_sources(sdist: Path, dest: Path) -> None:
 
 
 def _jobs() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+    from posttrain._native import cpu_threads
+
+    return cpu_threads()  # the CPUs this process may use, on every OS
 
 
 def cmake_configure_args(src: Path, build: Path, ver: str) -> list[str]:
