@@ -342,7 +342,7 @@ def convert_checkpoint(
         ckpt_sha = manifest["checkpoint_sha256"]
         if verify and any(not v.cached or not v.verification for v in variants):
             try:
-                _verify_all(variants, checkpoint, verdict.total_bytes, hf_reference, say, n_gpu_layers)
+                _verify.verify_variants(variants, checkpoint, verdict.total_bytes, hf_reference, say, n_gpu_layers)
             except PosttrainError:
                 # A variant that fails verification is not kept: neither its file nor its manifest entry.
                 for v in variants:
@@ -446,37 +446,3 @@ def _hashed(placed: Future) -> BuiltVariant:
     variant.sha256 = sha256_file(variant.path)
     variant.seconds = round(variant.seconds + time.perf_counter() - started, 3)
     return variant
-
-
-def _verify_all(variants: list[BuiltVariant], checkpoint: Path, ckpt_bytes: int, hf_reference: bool | None,
-                say: Progress, n_gpu_layers: int | None = None) -> None:
-    f16 = next(v for v in variants if v.quant == "F16")
-    say("F16", "verifying (probe text)")
-    tokens = _verify.probe_tokens(f16.path)
-    reference = _verify.gguf_logprobs(f16.path, tokens, n_gpu_layers)
-    if hf_reference is None:
-        hf_reference = ckpt_bytes <= 1_500_000_000  # float32 copy of a ≤ 0.75B-param model fits easily
-    if hf_reference:
-        say("F16", "verifying against the Hugging Face model")
-        hf = _verify.hf_logprobs(checkpoint, tokens)
-        f16.verification["vs_hf"] = _verify.compare(hf, reference)
-        if f16.verification["vs_hf"]["max_abs_dlogprob"] > _verify.MAX_F16_VS_HF_DLOGPROB:
-            for v in variants:  # every variant derives from this F16 or the same conversion
-                v.path.unlink(missing_ok=True)
-            raise PosttrainError(f"F16 disagrees with the Hugging Face model on the probe text "
-                                 f"(max |Δ log p| = {f16.verification['vs_hf']['max_abs_dlogprob']:.3f})",
-                                 remedy="the conversion is wrong for this architecture; report it with the checkpoint's config.json")
-    f16.verification["vs_f16"] = {"mean_kld": 0.0, "max_kld": 0.0, "top1_agreement": 1.0,
-                                  "max_abs_dlogprob": 0.0, "n_positions": len(tokens) }
-    for v in variants:
-        if v.quant == "F16":
-            continue
-        say(v.quant, "verifying against F16")
-        v.verification["vs_f16"] = _verify.compare(reference, _verify.gguf_logprobs(v.path, tokens, n_gpu_layers))
-        if v.verification["vs_f16"]["mean_kld"] > _verify.MAX_MEAN_KLD:
-            v.path.unlink(missing_ok=True)
-            raise PosttrainError(f"{v.quant} fails verification: mean KL divergence from F16 is "
-                                 f"{v.verification['vs_f16']['mean_kld']:.3f} nats on the probe text",
-                                 remedy=f"delete {v.path} and convert again; if it persists, the quantizer is broken for this model")
-    for v in variants:
-        v.verification["probe_tokens"] = len(tokens)

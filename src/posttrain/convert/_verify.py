@@ -11,13 +11,18 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from posttrain import _native
 from posttrain.errors import PosttrainError
+
+if TYPE_CHECKING:
+    from posttrain.convert._convert import BuiltVariant
 
 PROBE_TEXT = (
     "The quick brown fox jumps over the lazy dog. In 1969, Apollo 11 landed on the Moon, and "
@@ -152,3 +157,39 @@ def load_check(path: Path, n_gpu_layers: int | None = None) -> None:
         lc.llama_free(ctx)
     finally:
         lc.llama_model_free(model)
+
+
+def verify_variants(variants: list[BuiltVariant], checkpoint: Path, ckpt_bytes: int, hf_reference: bool | None,
+                    say: Callable[[str, str], None], n_gpu_layers: int | None = None) -> None:
+    """The probe-text check: F16 against the Hugging Face model (small models, or when asked), every
+    other variant against F16. A variant that fails is deleted and named in the error."""
+    f16 = next(v for v in variants if v.quant == "F16")
+    say("F16", "verifying (probe text)")
+    tokens = probe_tokens(f16.path)
+    reference = gguf_logprobs(f16.path, tokens, n_gpu_layers)
+    if hf_reference is None:
+        hf_reference = ckpt_bytes <= 1_500_000_000  # float32 copy of a ≤ 0.75B-param model fits easily
+    if hf_reference:
+        say("F16", "verifying against the Hugging Face model")
+        hf = hf_logprobs(checkpoint, tokens)
+        f16.verification["vs_hf"] = compare(hf, reference)
+        if f16.verification["vs_hf"]["max_abs_dlogprob"] > MAX_F16_VS_HF_DLOGPROB:
+            for v in variants:  # every variant derives from this F16 or the same conversion
+                v.path.unlink(missing_ok=True)
+            raise PosttrainError(f"F16 disagrees with the Hugging Face model on the probe text "
+                                 f"(max |Δ log p| = {f16.verification['vs_hf']['max_abs_dlogprob']:.3f})",
+                                 remedy="the conversion is wrong for this architecture; report it with the checkpoint's config.json")
+    f16.verification["vs_f16"] = {"mean_kld": 0.0, "max_kld": 0.0, "top1_agreement": 1.0,
+                                  "max_abs_dlogprob": 0.0, "n_positions": len(tokens) }
+    for v in variants:
+        if v.quant == "F16":
+            continue
+        say(v.quant, "verifying against F16")
+        v.verification["vs_f16"] = compare(reference, gguf_logprobs(v.path, tokens, n_gpu_layers))
+        if v.verification["vs_f16"]["mean_kld"] > MAX_MEAN_KLD:
+            v.path.unlink(missing_ok=True)
+            raise PosttrainError(f"{v.quant} fails verification: mean KL divergence from F16 is "
+                                 f"{v.verification['vs_f16']['mean_kld']:.3f} nats on the probe text",
+                                 remedy=f"delete {v.path} and convert again; if it persists, the quantizer is broken for this model")
+    for v in variants:
+        v.verification["probe_tokens"] = len(tokens)
