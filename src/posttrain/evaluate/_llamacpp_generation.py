@@ -122,16 +122,11 @@ class GenerationMixin:
         """Whether the prompts share a prefix (fixed few-shot examples) worth decoding once for all:
         at least half of the shortest prompt. Then waves in the unified cache pay for it once;
         otherwise each prompt gets a KV stream of its own (see _llamacpp_slots)."""
-        shortest = min(len(p) for p in prompts)
         if len(prompts) < 2:
             return False
-        first = prompts[0]
-        common = shortest
+        shortest = common = min(len(p) for p in prompts)
         for p in prompts[1:]:
-            n = 0
-            while n < common and p[n] == first[n]:
-                n += 1
-            common = n
+            common = _common_length(prompts[0], p, common)
         return common * 2 >= shortest
 
     def _generation_slots(self, n_prompts: int, need: int, max_parallel: int):
@@ -159,11 +154,7 @@ class GenerationMixin:
         first = list(prompts[wave[0]])
         common = len(first)
         for i in wave[1:]:
-            p = prompts[i]
-            n = 0
-            while n < min(common, len(p)) and p[n] == first[n]:
-                n += 1
-            common = n
+            common = _common_length(first, prompts[i], common)
         common = min(common, min(len(prompts[i]) for i in wave) - 1)
         all_seqs = tuple(range(len(wave)))
         entries: list[tuple[int, int, Sequence[int], bool]] = [(first[p], p, all_seqs, False) for p in range(common)]
