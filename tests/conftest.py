@@ -72,3 +72,17 @@ def tiny_lora_routes(tiny_lora, tmp_path_factory) -> dict[str, Path]:
         "base_f16": convert_checkpoint(verdict.base, out / "gguf-base", ["f16"], verify=False).variant("F16").path,
         "lora_f16": convert_adapter(verdict, out / "lora-F16.gguf"),
     }
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real 3-node local Ray cluster (tests/ray_cluster.py) for one test module; no Ray process may
+    outlive it."""
+    from ray_cluster import start_cluster
+
+    c = start_cluster(3)
+    try:
+        yield c
+    finally:
+        c.stop()
+    assert not c.processes(), "a Ray process of the test cluster outlived it"

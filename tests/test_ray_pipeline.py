@@ -17,22 +17,11 @@ from polling import wait_for
 pytest.importorskip("ray")
 
 from posttrain.store import Store  # noqa: E402
-from ray_cluster import start_cluster  # noqa: E402
 from test_evaluate_offline import write_hellaswag  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 N_DOCS = 24
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = start_cluster(3)
-    try:
-        yield c
-    finally:
-        c.stop()
-    assert not c.processes(), "a Ray process of the test cluster outlived it"
 
 
 @pytest.fixture(scope="module")
