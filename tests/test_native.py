@@ -156,7 +156,7 @@ def test_the_self_test_decodes_in_a_child_and_says_how_llama_cpp_defaults_fare(t
 
 def test_doctor_reports_a_crashing_child_with_its_signal():
     # describe_exit is how every supervisor here (steps, self-test) names a native crash.
-    from posttrain.pipeline._isolation import describe_exit
+    from posttrain._native import describe_exit
 
     assert describe_exit(-11) == "SIGSEGV in native code"
     assert describe_exit(-4) == "SIGILL in native code"

@@ -19,6 +19,7 @@ Two faults seen on real machines decide what this module does (`../shared/facts.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -151,3 +152,28 @@ def cmake_args_without_amx(info: str | None = None) -> str:
             if part.strip().endswith("= 1")}
     flags = ["-DGGML_NATIVE=OFF", *(f"-D{opt}=ON" for name, opt in _CPU_FLAGS.items() if name in have)]
     return " ".join(flags)
+
+
+# How Windows reports a process killed by a native fault (NTSTATUS codes as exit codes).
+_WINDOWS_FAULTS = {
+    0xC0000005: "access violation",
+    0xC000001D: "illegal instruction",
+    0xC0000096: "privileged instruction",
+    0xC00000FD: "stack overflow",
+    0xC0000409: "stack buffer overrun",
+    0xC0000374: "heap corruption",
+}
+
+
+def describe_exit(returncode: int) -> str | None:
+    """'SIGSEGV in native code' for a process a signal or a native fault ended; None for a normal exit."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        if -returncode == getattr(signal, "SIGKILL", -1):
+            return f"{name}: killed, e.g. out of memory"
+        return f"{name} in native code"
+    fault = _WINDOWS_FAULTS.get(returncode & 0xFFFFFFFF)
+    return f"{fault} in native code" if fault else None

@@ -47,12 +47,6 @@ class Outcome:
         return self.status == "ok"
 
 
-def _describe_exit(code: int) -> str | None:
-    from posttrain.pipeline._isolation import describe_exit
-
-    return describe_exit(code)
-
-
 def _child(args: list[str], env: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> tuple[int | None, str]:
     """Run `python -m posttrain._selftest ARGS`; (exit code or None on timeout, its output)."""
     with tempfile.TemporaryFile() as out:
@@ -71,7 +65,7 @@ def _child(args: list[str], env: dict[str, str] | None = None, timeout: float = 
 def _outcome(name: str, code: int | None, output: str, seconds: float) -> Outcome:
     if code is None:
         return Outcome(name, "timeout", f"no answer in {TIMEOUT_S:g} s", seconds)
-    how = _describe_exit(code)
+    how = _native.describe_exit(code)
     if how is not None:
         return Outcome(name, "crashed", how, seconds)
     last = (output.strip().splitlines() or [""])[-1]
@@ -94,7 +88,7 @@ def selftest_gguf() -> Path:
     if not path.is_file():
         code, output = _child(["make", str(path)])
         if code != 0 or not path.is_file():
-            how = _describe_exit(code) if code is not None else "timed out"
+            how = _native.describe_exit(code) if code is not None else "timed out"
             tail = " ".join(output.strip().splitlines()[-3:])
             raise RuntimeError(f"could not make the self-test model ({how or f'exit code {code}'}): {tail}")
     return path

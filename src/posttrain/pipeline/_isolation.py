@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from typing import Any
 import psutil
 
 from posttrain._files import read_json_file
+from posttrain._native import describe_exit
 from posttrain.contracts import RunLayout
 from posttrain.pipeline._resources import tree_rss
 from posttrain.errors import PosttrainError
@@ -40,17 +40,6 @@ CHILD_MODULE = "posttrain.pipeline._step_child"
 CRASH_HOOK_ENV = "POSTTRAIN_TEST_CRASH"
 _POLL_S = 0.1
 _TERMINATE_GRACE_S = 10.0
-
-# How Windows reports a process killed by a native fault (NTSTATUS codes as exit codes).
-_WINDOWS_FAULTS = {
-    0xC0000005: "access violation",
-    0xC000001D: "illegal instruction",
-    0xC0000096: "privileged instruction",
-    0xC00000FD: "stack overflow",
-    0xC0000409: "stack buffer overrun",
-    0xC0000374: "heap corruption",
-}
-
 
 class NativeCrash(PosttrainError):
     """A step's child process was killed by a signal (or, on Windows, a native fault)."""
@@ -83,20 +72,6 @@ class ChildOutcome:
     result: dict[str, Any]
     peak_rss_bytes: int
     gpu_mem_bytes: int | None
-
-
-def describe_exit(returncode: int) -> str | None:
-    """'SIGSEGV in native code' for a process a signal or a native fault ended; None for a normal exit."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        if -returncode == getattr(signal, "SIGKILL", -1):
-            return f"{name}: killed, e.g. out of memory"
-        return f"{name} in native code"
-    fault = _WINDOWS_FAULTS.get(returncode & 0xFFFFFFFF)
-    return f"{fault} in native code" if fault else None
 
 
 def run_in_child(job: StepJob, run_dir: Path, stop_event: threading.Event | None = None) -> ChildOutcome:

@@ -28,7 +28,8 @@ def run_child(job: dict, log: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> dic
     """
     import os
 
-    from posttrain.pipeline._isolation import NativeCrash, describe_exit
+    from posttrain._native import describe_exit
+    from posttrain.pipeline._isolation import NativeCrash
 
     log.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="posttrain-ship-") as tmp:
