@@ -110,6 +110,27 @@ def safetensors_expected_size(path: Path) -> int:
     return 8 + n + end
 
 
+def tensor_sizes(weight_files: list[Path]) -> list[int]:
+    """Elements per tensor, from the safetensors headers (no tensor data is read). A pickle file's
+    tensors cannot be listed without unpickling it: it counts as one tensor of size / 2 elements, an
+    upper bound. For estimates (disk space, the quantizer's memory); an odd entry counts 0."""
+    import math
+
+    sizes: list[int] = []
+    for f in weight_files:
+        if f.suffix != ".safetensors":
+            sizes.append(f.stat().st_size // 2)
+            continue
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header, _ = _parse_json(fh.read(n))
+        for key, info in (header.items() if isinstance(header, dict) else ()):
+            shape = info.get("shape") if isinstance(info, dict) and key != "__metadata__" else None
+            if isinstance(shape, list) and all(map(_is_count, shape)):
+                sizes.append(math.prod(shape))
+    return sizes
+
+
 def _shown(name: str) -> str:
     """A file name for a one-line reason: as it is when printable, else Python's quoted form."""
     return name if name.isprintable() else repr(name)

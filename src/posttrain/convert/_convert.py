@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,17 +20,13 @@ from posttrain import contracts
 from posttrain._files import sha256_file, write_json_atomic
 from posttrain._locks import FileLock
 from posttrain.checkpoint import checkpoint_sha256 as hash_checkpoint
-from posttrain.checkpoint import human_bytes, inspect_checkpoint
+from posttrain.checkpoint import human_bytes, inspect_checkpoint, tensor_sizes
 from posttrain.convert import _remote, _verify
 from posttrain.convert._gguf_info import read_header
 from posttrain.contracts import Variant
 from posttrain.convert._manifest import MANIFEST, load_manifest, manifest_entries, refuse_foreign
-from posttrain.convert._quant_types import (
-    CONVERTER_TYPES,
-    NEEDS_IMATRIX,
-    parse_quant_list,
-    quantizer_types,
-)
+from posttrain.convert._quant_types import CONVERTER_TYPES, parse_quant_list
+from posttrain.convert._quantizer import QuantizerPool, longest_first, slots_for
 from posttrain.errors import CheckpointIncomplete, PosttrainError
 from posttrain.paths import confined, model_label, safe_name
 from posttrain.store import utcnow
@@ -109,21 +102,6 @@ def default_model_name(checkpoint: Path) -> str:
     return safe_name(model_label(Path(checkpoint).resolve()))
 
 
-def _count_params(weight_files: list[Path]) -> int:
-    total = 0
-    for f in weight_files:
-        if f.suffix != ".safetensors":
-            return max(total, f.stat().st_size // 2)
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for key, info in header.items():
-            shape = info.get("shape") if isinstance(info, dict) and key != "__metadata__" else None
-            if isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape):
-                total += math.prod(shape)  # only for the disk-space estimate: an odd entry counts 0
-    return total
-
-
 def _check_disk(out_dir: Path, n_params: int, quants: list[str]) -> None:
     need = int(1.1 * sum(n_params * _BYTES_PER_PARAM.get(q, 0.75) for q in quants))
     free = shutil.disk_usage(out_dir).free
@@ -192,44 +170,6 @@ def _run_converter(tree: ConverterTree, checkpoint: Path, quant: str, dest: Path
         raise KeyboardInterrupt
     if proc.returncode != 0:
         raise _converter_error(log.read_text(errors="replace"), checkpoint, quant, log)
-
-
-def _imatrix_tools(tree: ConverterTree):
-    """llama.cpp's tools for quantizing with an importance matrix: the user's own build when their
-    checkout has one (`build/bin`), else posttrain's build from the runtime's sdist (made once, cached).
-    Either way checked against the runtime's llama.cpp version."""
-    from posttrain.llama_tools import QUANTIZE, find_llama_tools
-
-    user_bin = tree.root / "build" / "bin"
-    if tree.source == "user" and (user_bin / QUANTIZE).is_file():
-        return find_llama_tools(user_bin)
-    return find_llama_tools()
-
-
-def _run_quantizer(tree: ConverterTree, src: Path, dest: Path, quant: str, imatrix: Path | None, log: Path) -> None:
-    if imatrix is not None:
-        # The Python binding cannot pass an importance matrix (a C++ map); llama.cpp's own binary can.
-        from posttrain.convert._imatrix import quantize_with_imatrix
-
-        quantize_with_imatrix(_imatrix_tools(tree), src, dest, quant, imatrix, log)
-        ok = True
-    else:
-        import ctypes
-
-        from posttrain import _native
-
-        llama_cpp = _native.load_llama_cpp()
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = quantizer_types()[quant]
-        params.nthread = os.cpu_count() or 1
-        log.write_text("")
-        with _verify.stderr_to(log):
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
-        ok = rc == 0
-    if not ok:
-        remedy = (f"{quant} needs an importance matrix: pass --imatrix FILE" if quant in NEEDS_IMATRIX
-                  else f"see {log}")
-        raise PosttrainError(f"llama.cpp's quantizer failed to make {quant}", remedy=remedy)
 
 
 def _reusable(entry: dict | None, out_dir: Path, ckpt_sha: str, toolchain: dict, options: dict,
@@ -320,7 +260,7 @@ def convert_checkpoint(
         entries: dict = manifest_entries(manifest, _VARIANT_FIELDS) if same_source else {}
         todo = [q for q in wanted if not _reusable(entries.get(q), out_dir, ckpt_sha, toolchain, options, manifest)]
         if todo:
-            _check_disk(out_dir, _count_params(verdict.weight_files), todo)
+            _check_disk(out_dir, sum(tensor_sizes(verdict.weight_files)), todo)
         manifest = {"schema": MANIFEST_SCHEMA, "model_name": name, "checkpoint": str(checkpoint.resolve()),
                     "checkpoint_sha256": ckpt_sha, "architecture": verdict.architecture, "toolchain": toolchain,
                     "options": options, "variants": entries}
@@ -332,7 +272,8 @@ def convert_checkpoint(
         remote = _remote.remote_quants(executor, todo, by_converter)
         try:
             variants = _make_variants([q for q in wanted if q not in remote], todo, entries, checkpoint, out_dir,
-                                      name, tree, pre_tokenizer, imatrix_path, say, manifest, by_converter, hashing)
+                                      name, tree, pre_tokenizer, imatrix_path, say, manifest, by_converter, hashing,
+                                      verdict.weight_files)
         finally:
             if hashing is not None:
                 hashing.cancel()  # not started yet: never will be
@@ -361,61 +302,93 @@ def convert_checkpoint(
 def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint: Path, out_dir: Path, name: str,
                    tree: ConverterTree, pre_tokenizer: str | None, imatrix: Path | None, say: Progress,
                    manifest: dict, by_converter: tuple[str, ...] = CONVERTER_TYPES,
-                   checkpoint_hash: Future | None = None) -> list[BuiltVariant]:
-    """Make the variants in `todo`, reuse the others. Checking a finished file (its header, a load in
-    llama.cpp, its sha256) overlaps with making the next one; the quantizer waits only until F16 is
-    checked and placed, not for its hash (a second or more for a large F16). `checkpoint_hash`: the
-    checkpoint's sha256 still being computed; the manifest gets it before it lists any variant."""
+                   checkpoint_hash: Future | None = None, weight_files: list[Path] = ()) -> list[BuiltVariant]:
+    """Make the variants in `todo`, reuse the others. The converter's variants are made here, one after
+    another, and checked (header, a load in llama.cpp, sha256) on a thread while the next is made; the
+    quantizer's are made and checked in child processes, side by side (`_quantizer.QuantizerPool`),
+    from F16 as soon as it is checked and placed. `checkpoint_hash`: the checkpoint's sha256 still
+    being computed; the manifest gets it before it lists any variant."""
     done: dict[str, BuiltVariant] = {}
-    checks: dict[str, Future] = {}
-    placed_f16: Future | None = None
-    with ThreadPoolExecutor(max_workers=1) as checker:  # one thread: checks run in the order files are made
+    made: dict[str, Future] = {}
+    converted = [q for q in wanted if q in todo and q in by_converter]
+    quantized = longest_first([q for q in wanted if q in todo and q not in by_converter])
+    slots = slots_for(len(quantized), max(tensor_sizes(list(weight_files)), default=0)) if quantized else 0
+    with ThreadPoolExecutor(max_workers=1) as checker, QuantizerPool(slots, tree) as pool:
         try:
-            for quant in wanted:
-                if quant not in todo:
-                    say(quant, "cached")
-                    entry = entries[quant]
-                    done[quant] = BuiltVariant(**{**entry, "path": out_dir / entry["path"], "cached": True})
-                    continue
-                if quant not in by_converter and placed_f16 is not None:
-                    placed_f16.result()  # the quantizer reads the checked F16 under its final name
+            # F16 first: the quantizer's source, so that the quantizations overlap the converter's other types.
+            for quant in sorted(converted, key=lambda q: q != "F16"):
                 final = confined(out_dir, f"{name}-{quant}.gguf")
-                partial, made_by, seconds = _produce(quant, checkpoint, out_dir, final, name, tree, pre_tokenizer,
-                                                     imatrix, say, by_converter)
-                placed = checker.submit(_check_and_place, quant, partial, final, tree, made_by, seconds, say)
-                if quant == "F16":
-                    placed_f16 = placed
-                checks[quant] = checker.submit(_hashed, placed)
+                partial, seconds = _produce(quant, checkpoint, out_dir, final, tree, pre_tokenizer, say)
+                placed = checker.submit(_check_and_place, quant, partial, final, tree, "converter", seconds, say)
+                made[quant] = checker.submit(_hashed, placed)
+                if quant == "F16":  # the quantizations start once it is checked and under its final name
+                    _quantize(pool, quantized, out_dir, name, imatrix, placed, say, made)
+            if "F16" not in converted:
+                _quantize(pool, quantized, out_dir, name, imatrix, None, say, made)
+            for future in as_completed(made.values()):
+                future.result()  # the first failure ends the conversion (and the quantizations in progress)
+        except BaseException:
+            pool.close(now=True)
+            raise
         finally:
-            for quant, check in checks.items():
-                if check.exception() is None:
-                    if checkpoint_hash is not None:  # an entry is reusable only under its checkpoint's hash
-                        manifest["checkpoint_sha256"] = checkpoint_hash.result()
-                    done[quant] = check.result()
-                    # Record each variant as soon as it exists, so a crash later keeps it.
-                    entries[quant] = done[quant].to_json()
-                    manifest["updated_at"] = utcnow()
-                    write_json_atomic(out_dir / MANIFEST, manifest)
-    for check in checks.values():
-        if check.exception() is not None:
-            raise check.exception()
+            # Every variant that was made is recorded, also when another failed or Ctrl-C came: a rerun
+            # keeps it. (The quantizations still running were ended above; a check on the thread ends soon.)
+            for quant, future in made.items():
+                try:
+                    done[quant] = future.result()
+                except BaseException:  # noqa: BLE001 - failed or stopped: not recorded; the error is raised above
+                    continue
+                if checkpoint_hash is not None:  # an entry is reusable only under its checkpoint's hash
+                    manifest["checkpoint_sha256"] = checkpoint_hash.result()
+                entries[quant] = done[quant].to_json()
+                manifest["updated_at"] = utcnow()
+                write_json_atomic(out_dir / MANIFEST, manifest)
+    for quant in wanted:
+        if quant not in todo:
+            say(quant, "cached")
+            entry = entries[quant]
+            done[quant] = BuiltVariant(**{**entry, "path": out_dir / entry["path"], "cached": True})
     return [done[q] for q in wanted]
 
 
-def _produce(quant: str, checkpoint: Path, out_dir: Path, final: Path, name: str, tree: ConverterTree,
-             pre_tokenizer: str | None, imatrix: Path | None, say: Progress,
-             by_converter: tuple[str, ...] = CONVERTER_TYPES) -> tuple[Path, str, float]:
+def _quantize(pool: QuantizerPool, quants: list[str], out_dir: Path, name: str, imatrix: Path | None,
+              after: Future | None, say: Progress, made: dict[str, Future]) -> None:
+    """Queue `quants` on the pool (from F16 once `after`, its placement, succeeded); each future gives
+    the BuiltVariant under its final name."""
+    for quant in quants:
+        final = confined(out_dir, f"{name}-{quant}.gguf")
+        partial = out_dir / f".{final.name}.{os.getpid()}.partial"
+        job = pool.submit(quant, out_dir / f"{name}-F16.gguf", partial, imatrix, out_dir / f"convert-{quant}.log",
+                          after=after, say=say)
+        made[quant] = _placed_when_done(job, quant, partial, final)
+
+
+def _placed_when_done(job: Future, quant: str, partial: Path, final: Path) -> Future:
+    placed: Future = Future()
+
+    def place(job: Future) -> None:
+        try:
+            r = job.result()
+            os.replace(partial, final)
+            placed.set_result(BuiltVariant(quant, final, r["sha256"], r["size"], round(r["seconds"], 3),
+                                           "quantizer", header=r["header"]))
+        except BaseException as e:
+            partial.unlink(missing_ok=True)
+            placed.set_exception(e)
+
+    job.add_done_callback(place)
+    return placed
+
+
+def _produce(quant: str, checkpoint: Path, out_dir: Path, final: Path, tree: ConverterTree,
+             pre_tokenizer: str | None, say: Progress) -> tuple[Path, float]:
+    """One of the converter's types, under a temporary name; the seconds it took."""
     partial = out_dir / f".{final.name}.{os.getpid()}.partial"
-    log = out_dir / f"convert-{quant}.log"
     started = time.perf_counter()
     try:
-        if quant in by_converter:
-            say(quant, "converting (llama.cpp convert_hf_to_gguf.py)")
-            _run_converter(tree, checkpoint, quant, partial, pre_tokenizer, log)
-            return partial, "converter", time.perf_counter() - started
-        say(quant, "quantizing (llama.cpp quantizer)")
-        _run_quantizer(tree, out_dir / f"{name}-F16.gguf", partial, quant, imatrix, log)
-        return partial, "quantizer", time.perf_counter() - started
+        say(quant, "converting (llama.cpp convert_hf_to_gguf.py)")
+        _run_converter(tree, checkpoint, quant, partial, pre_tokenizer, out_dir / f"convert-{quant}.log")
+        return partial, time.perf_counter() - started
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

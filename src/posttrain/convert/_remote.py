@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,11 +42,8 @@ class QuantizeSpec:
 
 def quantize_unit(spec: QuantizeSpec) -> dict:
     """Runs on a worker: quantize, check header and load, and return the file (or its shared path)."""
-    from posttrain.convert import _verify
-    from posttrain.convert._convert import _run_quantizer
-    from posttrain.convert._gguf_info import read_header
+    from posttrain.convert._quantizer import quantize_checked
 
-    started = time.perf_counter()
     src = spec.f16.local_path()
     imatrix = spec.imatrix.local_path() if spec.imatrix is not None else None
     # The partial file's name is one the coordinator's stale-file sweep recognises (.NAME.*.partial).
@@ -60,20 +56,13 @@ def quantize_unit(spec: QuantizeSpec) -> dict:
     quantizer_log = partial.with_name(partial.name + ".log")
     try:
         try:
-            _run_quantizer(spec.tree, src, partial, spec.quant, imatrix, quantizer_log)
+            out = quantize_checked(spec.tree, src, partial, spec.quant, imatrix, quantizer_log)
         except PosttrainError as e:
             # The quantizer's log is on the worker's disk (and removed): its last line travels instead of
             # "see LOG"; a remedy that is advice (pass --imatrix) stays.
             tail = _last_line(quantizer_log)
             raise PosttrainError(f"{e.message}: {tail}" if tail else e.message,
                                  remedy=None if (e.remedy or "").startswith("see ") else e.remedy) from None
-        header = read_header(partial, spec.tree, intended=spec.quant)
-        if header.tensor_count == 0:
-            raise PosttrainError(f"{spec.quant}: the written GGUF holds no tensors")
-        _verify.load_check(partial)
-        digest = sha256_file(partial)
-        out = {"sha256": digest, "size": partial.stat().st_size, "header": header.to_json(),
-               "seconds": time.perf_counter() - started}
         if spec.shared_out is not None:
             return {**out, "path": str(partial)}
         return {**out, "data": partial.read_bytes()}
