@@ -94,6 +94,17 @@ def test_the_run_fingerprint_ignores_where_and_how_but_not_what():
         assert load_config(discover=False, **change).fingerprint_sha256() != base.fingerprint_sha256()
 
 
+def test_the_ladders_measurement_settings_change_the_fingerprint_only_when_the_ladder_runs():
+    ship = load_config(discover=False, ship=True)
+    for change in ({"ship_n_ctx": 256}, {"ship_max_tokens": 4096}, {"ship_speed_reps": 5}, {"ship_speed": False},
+                   {"ship_alpha": 0.1}):
+        assert load_config(discover=False, ship=True, **change).fingerprint_sha256() != ship.fingerprint_sha256()
+        assert (load_config(discover=False, **change).fingerprint_sha256()
+                == load_config(discover=False).fingerprint_sha256())
+    # The defaults are not written out: a ladder run before these settings existed keeps its fingerprint.
+    assert ship.fingerprint()["ship"] == {"text": None, "margin": 1.0, "max_kld": 0.1}
+
+
 def test_a_config_pickles_for_parallel_jobs():
     import pickle
 

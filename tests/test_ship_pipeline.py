@@ -27,7 +27,7 @@ def test_a_run_with_ship_writes_the_verdict_and_the_report_opens_with_it(tiny_sp
     text.write_text("\n".join(corpus(150, seed=11)))  # ~1,500 tokens: 2 chunks of 512
     config = tmp_path / "posttrain.toml"
     config.write_text(f'quants = ["f16", "q8_0"]\ntasks = ["hellaswag"]\ndata_dir = "{data}"\nlimit = 8\n'
-                      f'ship = true\nship_text = "{text}"\n[ollama]\nurl = "http://127.0.0.1:9"\n')
+                      f'ship = true\nship_text = "{text}"\nship_n_ctx = 256\nship_speed_reps = 1\n[ollama]\nurl = "http://127.0.0.1:9"\n')
     home = tmp_path / "home"
     proc = subprocess.run([sys.executable, "-m", "posttrain", "run", str(tiny_spm), "--config", str(config),
                            "--home", str(home)], capture_output=True, text=True, timeout=600)
@@ -42,6 +42,8 @@ def test_a_run_with_ship_writes_the_verdict_and_the_report_opens_with_it(tiny_sp
     assert [v["quant"] for v in doc["variants"]] == ["F16", "Q8_0"]
     q8 = next(v for v in doc["variants"] if v["quant"] == "Q8_0")
     assert q8["quality"]["kld_mean"] > 0 and q8["speed"]["tg_tok_s"] > 0
+    # The config's measurement settings reach the ladder: chunks of 256 tokens, one speed repetition.
+    assert doc["text"]["n_ctx"] == 256 and q8["speed"]["reps"] == 1
     assert doc["text"]["kind"] == "user" and doc["tasks"]["hellaswag"]["metric"] in ("acc_norm", "acc")
     # Its evaluations are the run's own (the ladder reuses them from the store): no second lm-eval run.
     assert len(Store(home / "posttrain.db").query("SELECT * FROM evals")) == 2

@@ -116,6 +116,13 @@ class Config(BaseSettings):
     ship_text: Path | None = None
     ship_margin: float = Field(1.0, gt=0)
     ship_max_kld: float = Field(0.1, gt=0)
+    ship_alpha: float = Field(0.05, gt=0, lt=1)
+    # The quality measurement: chunks of ship_n_ctx tokens (llama-perplexity's -c), ship_max_tokens at most.
+    ship_n_ctx: int = Field(512, ge=16)
+    ship_max_tokens: int = Field(20_480, ge=16)
+    # pp512/tg128 speed of every variant, the median of ship_speed_reps runs (llama-bench's -r).
+    ship_speed: bool = True
+    ship_speed_reps: int = Field(3, ge=1)
     # Text for an importance matrix: every K/IQ rung of the ladder also made with it (`--imatrix-text`).
     ship_imatrix_text: Path | None = None
     ollama: OllamaSettings = Field(default_factory=OllamaSettings)
@@ -215,10 +222,20 @@ class Config(BaseSettings):
             # Only when on, so that runs without the ladder keep their fingerprint.
             **({"ship": {"text": str(self.ship_text) if self.ship_text else None, "margin": self.ship_margin,
                          "max_kld": self.ship_max_kld,
-                         # Only when set, so that ladders without one keep their fingerprint.
-                         **({"imatrix_text": str(self.ship_imatrix_text)} if self.ship_imatrix_text else {})}}
+                         # Only when changed, so that ladders with the defaults keep their fingerprint.
+                         **self._ship_changes()}}
                if self.ship else {}),
         }
+
+    def _ship_changes(self) -> dict[str, Any]:
+        """The ladder's measurement settings that differ from their defaults (`imatrix_text`, `n_ctx`…)."""
+        changed = {}
+        for name in ("ship_imatrix_text", "ship_alpha", "ship_n_ctx", "ship_max_tokens", "ship_speed",
+                     "ship_speed_reps"):
+            value = getattr(self, name)
+            if value != type(self).model_fields[name].default:
+                changed[name.removeprefix("ship_")] = str(value) if isinstance(value, Path) else value
+        return changed
 
     def fingerprint_sha256(self) -> str:
         return hashlib.sha256(dumps(self.fingerprint()).encode()).hexdigest()
@@ -385,6 +402,12 @@ ship = false
 # ship_text = "/data/heldout.txt"
 # ship_margin = 1.0
 # ship_max_kld = 0.1
+# ship_alpha = 0.05
+# Held-out text in chunks of ship_n_ctx tokens, ship_max_tokens at most; speed: median of ship_speed_reps runs.
+# ship_n_ctx = 512
+# ship_max_tokens = 20480
+# ship_speed = true
+# ship_speed_reps = 3
 # Also make every K/IQ rung with an importance matrix computed on this text (llama.cpp's llama-imatrix):
 # ship_imatrix_text = "/data/train-sample.txt"
 

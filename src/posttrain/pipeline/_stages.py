@@ -316,6 +316,8 @@ class Stages:
         c, name = self.config, ctx.outputs["convert"]["model_name"]
         doc = run_ladder(ctx.spec.checkpoint, out_dir=ctx.run_dir, store=ctx.store, tasks=c.tasks, data_dir=c.data_dir,
                          quants=c.quants, text=c.ship_text, margin_points=c.ship_margin, max_kld=c.ship_max_kld,
+                         alpha=c.ship_alpha, n_ctx=c.ship_n_ctx, max_tokens=c.ship_max_tokens, speed=c.ship_speed,
+                         speed_reps=c.ship_speed_reps,
                          limit=c.limit, per_subject=c.per_subject, seed=c.seed, n_gpu_layers=c.n_gpu_layers,
                          model_name=name, task_paths=list(c.task_paths) or None, gguf_dir=c.gguf_dir(name),
                          imatrix_text=c.ship_imatrix_text)
