@@ -38,6 +38,22 @@ def test_the_built_tools_are_the_runtimes_version_and_cached(tools):
     assert find_llama_tools(build=False) == tools  # the cached build, found again without building
 
 
+def _doctor(*args: str, env: dict | None = None) -> str:
+    proc = subprocess.run([sys.executable, "-m", "posttrain", "doctor", "--no-selftest", "--ollama", "http://127.0.0.1:9",
+                           *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "250", **(env or {})})
+    return next((ln for ln in proc.stdout.splitlines() if "imatrix tools" in ln), proc.stdout + proc.stderr)
+
+
+def test_doctor_says_whether_the_tools_are_built_and_builds_them_when_asked(tools, tmp_path):
+    # --build-imatrix-tools with a build in the cache: found and checked, not rebuilt (seconds).
+    line = _doctor("--build-imatrix-tools")
+    assert " ok " in line and tools.llama_version in line and tools.commit in line, line
+    # With an empty cache (a new machine): not built, which is no failure, and the command that builds them.
+    line = _doctor(env={"POSTTRAIN_CACHE": str(tmp_path / "empty-cache")})
+    assert "not built" in line and "--build-imatrix-tools" in line, line
+
+
 def _fake_tool(path, version_line: str) -> None:
     """A real executable that answers --version like llama.cpp's tools do, with another version."""
     path.write_text(f"#!{sys.executable}\nimport sys\nprint({version_line!r}, file=sys.stderr)\n")

@@ -53,6 +53,10 @@ VERSION_TIMEOUT_S = 60
 _VERSION_LINE = re.compile(r"version: (\S+) \(build (-?\d+), commit (\S+)\)")
 
 
+class ToolsNotBuilt(PosttrainError):
+    """posttrain's build of the tools for this runtime and CPU profile does not exist yet."""
+
+
 @dataclass(frozen=True)
 class LlamaTools:
     """Where the two tools are, and what they are."""
@@ -162,8 +166,8 @@ def find_llama_tools(tools_dir: str | Path | None = None, *, build: bool = True,
     tools = _verified_build(root, ver)
     if tools is None:
         if not build:
-            raise PosttrainError(f"llama.cpp's llama-imatrix and llama-quantize for llama-cpp-python {ver} are not built",
-                                 remedy="run again with building allowed (a few minutes, once per version)")
+            raise ToolsNotBuilt(f"llama.cpp's llama-imatrix and llama-quantize for llama-cpp-python {ver} are not built",
+                                remedy="`posttrain doctor --build-imatrix-tools` builds them (minutes, once per version)")
         with FileLock(root.parent / f".{root.name}.lock"):
             tools = _verified_build(root, ver)  # another process may have built it while we waited
             if tools is None:

@@ -41,12 +41,35 @@ def _selftest_rows(row, table: Table, system_info: str, n_gpu_layers: int | None
                              f"posttrain keeps them off ({_native.EXTRA_BUFTS_ENV} unset)"))
 
 
+def _imatrix_tools_row(row, table: Table, build: bool) -> None:
+    """llama.cpp's llama-imatrix and llama-quantize (`ship --imatrix-text`, `convert --imatrix`): built, or
+    when they will be. Not building them is no failure: most runs never need them."""
+    from posttrain.llama_tools import ToolsNotBuilt, find_llama_tools
+
+    try:
+        tools = find_llama_tools(build=build, say=lambda line: console.print(esc(line), style="dim"))
+    except ToolsNotBuilt:
+        table.add_row("imatrix tools", "[yellow]not built[/]",
+                      "built on first use of --imatrix-text or convert --imatrix (minutes, once per version), "
+                      "or now: posttrain doctor --build-imatrix-tools")
+        return
+    except PosttrainError as e:
+        row("imatrix tools", False, e.one_line())
+        return
+    row("imatrix tools", True, f"llama-imatrix and llama-quantize {tools.llama_version} ({tools.commit}, "
+                               f"{tools.profile or tools.source}) in {tools.bin_dir}")
+
+
 @app.command("doctor")
 def doctor(
     out: Path = typer.Option(Path("."), "--out", help="Output directory whose free space to check."),
     ollama_url: str = typer.Option("http://127.0.0.1:11434", "--ollama", envvar="OLLAMA_HOST",
                                    help="Ollama server to probe."),
     provision: bool = typer.Option(False, "--provision", help="Fetch llama.cpp's converter now if it is missing."),
+    build_imatrix_tools: bool = typer.Option(
+        False, "--build-imatrix-tools", help="Build llama.cpp's llama-imatrix and llama-quantize now if they are "
+        "missing (for ship --imatrix-text and convert --imatrix; minutes, once per version; needs cmake and a "
+        "C++ compiler)."),
     llama_cpp_dir: Path = typer.Option(None, "--llama-cpp-dir", envvar="POSTTRAIN_LLAMA_CPP_DIR"),
     selftest: bool = typer.Option(True, "--selftest/--no-selftest",
                                   help="Load and decode a tiny quantized GGUF in child processes (seconds; the "
@@ -77,6 +100,8 @@ def doctor(
             row("converter", True, tree.describe())
         except PosttrainError as e:
             row("converter", False, e.one_line())
+    if llama:
+        _imatrix_tools_row(row, table, build_imatrix_tools)
     if llama and selftest:
         _selftest_rows(row, table, info.get("system_info", ""), n_gpu_layers)
     for dist, fix in (("lm-eval", "pip install 'lm-eval>=0.4.13'"), ("torch", "pip install torch==2.13.0"),
