@@ -47,24 +47,29 @@ class GenerationMixin:
             self._decode([(prompt[p], p, (0,), p == len(prompt) - 1) for p in chunk])
             self._seq0.extend(prompt[p] for p in chunk)
         out: list[int] = []
-        longest_stop = max((len(s.encode()) for s in stop), default=0)
         while len(out) < max_tokens:
-            row = self._logits_rows(1)[0]
-            tok = int(row.argmax())
-            if self.is_eog(tok):
-                break
-            out.append(tok)
-            if stop:
-                # Only the tail can newly contain a stop string; decode a bounded window.
-                tail = self.detokenize(out[-(longest_stop + 8) :])
-                if any(s and s in tail for s in stop):
-                    break
-            if len(out) >= max_tokens:
+            tok = int(self._logits_rows(1)[0].argmax())
+            if not self.take_greedy(out, tok, max_tokens, stop):
                 break
             pos = len(prompt) + len(out) - 1
             self._decode([(tok, pos, (0,), True)])
             self._seq0.append(tok)
         return out
+
+    def take_greedy(self, out: list[int], token: int, max_tokens: int, stop: Sequence[str]) -> bool:
+        """Take the greedy `token` into `out`; False once the sequence has ended: at an end-of-generation
+        token (not taken), at `max_tokens`, or with a stop string in the decoded text (stop text kept).
+        The one stopping rule of every generation path: one at a time, waves and slots."""
+        if self.is_eog(token):
+            return False
+        out.append(token)
+        if len(out) >= max_tokens:
+            return False
+        if stop:
+            # Only the tail can newly contain a stop string: decode a bounded window.
+            tail = self.detokenize(out[-(max(len(s.encode()) for s in stop) + 8):])
+            return not any(s and s in tail for s in stop)
+        return True
 
     def generate_greedy_many(
         self,
@@ -176,23 +181,14 @@ class GenerationMixin:
                     rows[pending.pop(0)] = np.array(logits[r])
 
         active = list(wave)
-        longest = {i: max((len(s.encode()) for s in stops[i]), default=0) for i in wave}
         while active:
             step: list[tuple[int, int, Sequence[int], bool]] = []
             still: list[int] = []
             for i in active:
                 tok = int(rows[i].argmax())
-                out = outputs[i]
-                if self.is_eog(tok):
+                if not self.take_greedy(outputs[i], tok, max_tokens[i], stops[i]):
                     continue
-                out.append(tok)
-                if len(out) >= max_tokens[i]:
-                    continue
-                if stops[i]:
-                    tail = self.detokenize(out[-(longest[i] + 8) :])
-                    if any(s and s in tail for s in stops[i]):
-                        continue
-                step.append((tok, len(prompts[i]) + len(out) - 1, (seqs[i],), True))
+                step.append((tok, len(prompts[i]) + len(outputs[i]) - 1, (seqs[i],), True))
                 still.append(i)
             if not step:
                 break

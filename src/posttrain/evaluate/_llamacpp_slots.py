@@ -74,7 +74,6 @@ class GenerationSlots:
         queue = deque(order)
         free = list(range(self.n_slots - 1, -1, -1))
         active: dict[int, _Active] = {}
-        longest = {i: max((len(s.encode()) for s in stops[i]), default=0) for i in order}
         while queue or active:
             while free and queue:
                 slot = free.pop()
@@ -103,27 +102,13 @@ class GenerationSlots:
             for r, slot in enumerate(wants):
                 a = active[slot]
                 token = int(rows[r].argmax())
-                if self._continues(a, token, max_tokens[a.item], stops[a.item], longest[a.item]):
+                if engine.take_greedy(a.out, token, max_tokens[a.item], stops[a.item]):
                     a.next_token = token
                 else:
                     outputs[a.item] = a.out
                     del active[slot]
                     free.append(slot)
                     _progress.advance()
-
-    def _continues(self, a: _Active, token: int, max_tokens: int, stops: Sequence[str], longest: int) -> bool:
-        if self.engine.is_eog(token):
-            return False
-        a.out.append(token)
-        if len(a.out) >= max_tokens:
-            return False
-        if stops:
-            # Only the tail can newly contain a stop string; decode a bounded window.
-            tail = self.engine.detokenize(a.out[-(longest + 8):])
-            if any(s and s in tail for s in stops):
-                return False
-        return True
-
 
 def kv_bytes_per_cell(engine) -> int:
     """Bytes of K and V one token takes in the cache, over all layers (from the model's shape)."""
