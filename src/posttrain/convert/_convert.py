@@ -314,6 +314,9 @@ def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint
     quantized = longest_first([q for q in wanted if q in todo and q not in by_converter])
     slots = slots_for(len(quantized), max(tensor_sizes(list(weight_files)), default=0)) if quantized else 0
     with ThreadPoolExecutor(max_workers=1) as checker, QuantizerPool(slots, tree) as pool:
+        # What the first check needs (gguf-py, llama.cpp's library) is loaded while the converter runs, on
+        # the core it leaves idle, instead of between F16 and the quantizations that wait for it.
+        checker.submit(_load_checking_tools, tree)
         try:
             # F16 first: the quantizer's source, so that the quantizations overlap the converter's other types.
             for quant in sorted(converted, key=lambda q: q != "F16"):
@@ -349,6 +352,14 @@ def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint
             entry = entries[quant]
             done[quant] = BuiltVariant(**{**entry, "path": out_dir / entry["path"], "cached": True})
     return [done[q] for q in wanted]
+
+
+def _load_checking_tools(tree: ConverterTree) -> None:
+    from posttrain import _native
+    from posttrain.convert._gguf_info import gguf_module
+
+    gguf_module(tree)
+    _native.load_llama_cpp()
 
 
 def _quantize(pool: QuantizerPool, quants: list[str], out_dir: Path, name: str, imatrix: Path | None,
