@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy import special, stats
+from scipy import stats
 
 from posttrain import _native
 from posttrain.convert._verify import stderr_to
@@ -42,11 +42,12 @@ MIN_CHUNKS = 2
 _BLOCK_ROWS = 64
 
 
-def _load(path: str | Path, n_ctx: int, n_gpu_layers: int | None, logits_all: bool):
+def _load(path: str | Path, n_ctx: int, n_gpu_layers: int | None):
     Llama = _native.load_llama_cpp().Llama
     try:
         with stderr_to(os.devnull):
-            return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
+            # The whole chunk in one batch; logits are asked for per position (_scored_logprobs), not for all.
+            return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=False,
                          verbose=False, n_threads=_native.cpu_threads(), n_threads_batch=_native.cpu_threads(),
                          seed=0, **_native.llama_kwargs(n_gpu_layers))
     except (ValueError, RuntimeError) as e:
@@ -54,13 +55,24 @@ def _load(path: str | Path, n_ctx: int, n_gpu_layers: int | None, logits_all: bo
 
 
 def _scored_logprobs(llm, chunk: list[int], first: int) -> np.ndarray:
-    """Log-probabilities (float64) of the next token at positions first … n−2 of one chunk."""
-    llm.reset()
-    llm.eval(chunk)
-    logits = np.asarray(llm.scores[first:len(chunk) - 1], dtype=np.float64)
+    """Log-probabilities (float64) of the next token at positions first … n−2 of one chunk.
+
+    Only those positions ask llama.cpp for logits: the output projection (a fifth of a small model's
+    work per token, vocabulary × width) then runs for half the chunk, and no logits are copied for the
+    unscored half (llama-perplexity does the same)."""
+    from posttrain.evaluate._llamacpp_batch import decode_entries, logits_rows
+
+    lc = _native.load_llama_cpp()
+    ctx = llm._ctx.ctx
+    lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
+    last = len(chunk) - 1
+    decode_entries(ctx, llm._batch.batch, [(tok, p, (0,), first <= p < last) for p, tok in enumerate(chunk)])
+    logits = logits_rows(ctx, last - first, llm.n_vocab()).astype(np.float64)
     if not np.isfinite(logits).all():
         raise PosttrainError("a model produced non-finite logits on the held-out text: the file is broken")
-    return special.log_softmax(logits, axis=1)
+    logits -= logits.max(axis=1, keepdims=True)
+    logits -= np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return logits
 
 
 def _chunks(tokens: list[int], n_chunks: int, n_ctx: int, bos: int | None) -> list[list[int]]:
@@ -84,7 +96,7 @@ def measure_quality(base: str | Path, variants: dict[str, str | Path], text: str
     first = n_ctx // 2
     scored = n_ctx - 1 - first
     with tempfile.TemporaryDirectory(prefix="posttrain-f16-rows-", dir=scratch_dir) as scratch:
-        base_llm = _load(base, n_ctx, n_gpu_layers, logits_all=True)
+        base_llm = _load(base, n_ctx, n_gpu_layers)
         try:
             tokens = base_llm.tokenize(text.encode(), add_bos=False, special=False)
             n_chunks = len(tokens) // n_ctx
@@ -124,7 +136,7 @@ def _check_scratch_space(scratch: Path, need: int) -> None:
 def _compare_variant(label: str, path: str | Path, chunks: list[list[int]], first: int, rows: BaseRows, n_ctx: int,
                      n_gpu_layers: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One variant against F16's stored rows: (chunks, scored) NLL, and per scored token KLD, same top, Δp."""
-    llm = _load(path, n_ctx, n_gpu_layers, logits_all=True)
+    llm = _load(path, n_ctx, n_gpu_layers)
     try:
         if llm.n_vocab() != rows.n_vocab:
             raise PosttrainError(f"{label} has a vocabulary of {llm.n_vocab()} tokens, F16 {rows.n_vocab}: "

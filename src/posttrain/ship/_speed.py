@@ -32,7 +32,7 @@ def measure_speed(path: str | Path, *, n_prompt: int = 512, n_gen: int = 128, re
     Runs llama.cpp in this process: call it through `posttrain.ship.run_child`."""
     if reps < 1:
         raise ValueError("reps must be at least 1")
-    llm = _load(path, n_prompt + n_gen, n_gpu_layers, logits_all=False)
+    llm = _load(path, n_prompt + n_gen, n_gpu_layers)
     try:
         rng = random.Random(seed)
         vocab = llm.n_vocab()
