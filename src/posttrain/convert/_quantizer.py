@@ -121,27 +121,27 @@ class QuantizerPool:
         self._closed = threading.Event()
         self._children: list[subprocess.Popen] = []
         self._threads: list[threading.Thread] = []
+        self._errs: list = []
         for i in range(slots):
             child, err = self._start_child()
             self._children.append(child)
+            self._errs.append(err)
             t = threading.Thread(target=self._serve, args=(child, err), daemon=True, name=f"posttrain-quantizer-{i}")
             t.start()
             self._threads.append(t)
 
     def _start_child(self) -> tuple[subprocess.Popen, object]:
         err = tempfile.TemporaryFile()  # the child's own failures (an import error), read only if it dies
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH"))
-                                                           if p)}
         # The child ends with this process (PR_SET_PDEATHSIG follows the thread that started it: this one,
         # which lives until close()); stdout carries only the protocol, llama.cpp writes to the job's log.
         child = subprocess.Popen([sys.executable, "-m", _CHILD, f"--parent={os.getpid()}"], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=err, env=env, text=True, encoding="utf-8",
+                                 stdout=subprocess.PIPE, stderr=err, text=True, encoding="utf-8",
                                  bufsize=1)
         return child, err
 
     def submit(self, quant: str, src: Path, partial: Path, imatrix: Path | None, log: Path,
                after: Future | None = None, say=None) -> Future:
-        """Quantize `src` into `partial` as `quant_checked` does, once `after` (F16 placed) succeeded.
+        """Quantize `src` into `partial` as `quantize_checked` does, once `after` (F16 placed) succeeded.
         The future's result is quantize_checked's dict; its exception a PosttrainError."""
         future: Future = Future()
         self._jobs.put((future, {"quant": quant, "src": str(src), "dest": str(partial),
@@ -213,6 +213,8 @@ class QuantizerPool:
                 child.wait()
         for t in self._threads:
             t.join(timeout=30)
+        for err in self._errs:
+            err.close()
 
     def __enter__(self) -> QuantizerPool:
         return self
@@ -221,6 +223,3 @@ class QuantizerPool:
         self.close(now=exc_type is not None)
 
 
-def _package_root() -> str:
-    """The folder holding the posttrain package, so that a child finds this same posttrain."""
-    return str(Path(__file__).resolve().parents[2])
