@@ -4,10 +4,10 @@ steps, settings from posttrain.toml / POSTTRAIN_* / flags, and the checkpoint wa
 from posttrain.pipeline._baseline import Baseline
 from posttrain.pipeline._config import (
     Config,
-    config_template,
     find_config_file,
     load_config,
 )
+from posttrain.pipeline._config_template import config_template
 from posttrain.pipeline._daemon import (
     InstanceLock,
     install_stop_handlers,
