@@ -42,10 +42,12 @@ class ProbeLogprobs:
     logprobs: np.ndarray  # (positions, vocab), natural-log probabilities of the next token
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Natural-log probabilities, in float64, row by row (one float64 copy of `logits`, then in place)."""
     x = logits.astype(np.float64)
     x -= x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return x
 
 
 # File descriptor 2 is process-wide: a redirect in one thread while another thread redirects it too
@@ -100,7 +102,7 @@ def gguf_logprobs(path: Path, tokens: list[int], n_gpu_layers: int | None = None
         llm.close()
     if not np.isfinite(logits).all():
         raise PosttrainError(f"{path.name} produces non-finite logits on the probe text: the file is broken")
-    return ProbeLogprobs(tokens, _log_softmax(logits))
+    return ProbeLogprobs(tokens, log_softmax(logits))
 
 
 def hf_logprobs(checkpoint: Path, tokens: list[int]) -> ProbeLogprobs:
@@ -113,7 +115,7 @@ def hf_logprobs(checkpoint: Path, tokens: list[int]) -> ProbeLogprobs:
     model.eval()
     with torch.inference_mode():
         logits = model(torch.tensor([tokens])).logits[0].numpy()
-    return ProbeLogprobs(tokens, _log_softmax(logits))
+    return ProbeLogprobs(tokens, log_softmax(logits))
 
 
 def compare(reference: ProbeLogprobs, other: ProbeLogprobs) -> dict[str, float]:

@@ -32,7 +32,7 @@ import numpy as np
 from scipy import stats
 
 from posttrain import _native
-from posttrain.convert._verify import stderr_to
+from posttrain.convert._verify import log_softmax, stderr_to
 from posttrain.errors import PosttrainError
 from posttrain.ship._base_rows import BaseRows
 
@@ -67,12 +67,10 @@ def _scored_logprobs(llm, chunk: list[int], first: int) -> np.ndarray:
     lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
     last = len(chunk) - 1
     decode_entries(ctx, llm._batch.batch, [(tok, p, (0,), first <= p < last) for p, tok in enumerate(chunk)])
-    logits = logits_rows(ctx, last - first, llm.n_vocab()).astype(np.float64)
+    logits = logits_rows(ctx, last - first, llm.n_vocab())
     if not np.isfinite(logits).all():
         raise PosttrainError("a model produced non-finite logits on the held-out text: the file is broken")
-    logits -= logits.max(axis=1, keepdims=True)
-    logits -= np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    return logits
+    return log_softmax(logits)
 
 
 def _chunks(tokens: list[int], n_chunks: int, n_ctx: int, bos: int | None) -> list[list[int]]:
