@@ -259,8 +259,9 @@ def convert_checkpoint(
         same_source = manifest.get("checkpoint_sha256") == ckpt_sha and manifest.get("options") == options
         entries: dict = manifest_entries(manifest, _VARIANT_FIELDS) if same_source else {}
         todo = [q for q in wanted if not _reusable(entries.get(q), out_dir, ckpt_sha, toolchain, options, manifest)]
+        sizes = tensor_sizes(verdict.weight_files) if todo else []  # headers only: disk and memory estimates
         if todo:
-            _check_disk(out_dir, sum(tensor_sizes(verdict.weight_files)), todo)
+            _check_disk(out_dir, sum(sizes), todo)
         manifest = {"schema": MANIFEST_SCHEMA, "model_name": name, "checkpoint": str(checkpoint.resolve()),
                     "checkpoint_sha256": ckpt_sha, "architecture": verdict.architecture, "toolchain": toolchain,
                     "options": options, "variants": entries}
@@ -273,7 +274,7 @@ def convert_checkpoint(
         try:
             variants = _make_variants([q for q in wanted if q not in remote], todo, entries, checkpoint, out_dir,
                                       name, tree, pre_tokenizer, imatrix_path, say, manifest, by_converter, hashing,
-                                      verdict.weight_files)
+                                      max(sizes, default=0))
         finally:
             if hashing is not None:
                 hashing.cancel()  # not started yet: never will be
@@ -302,17 +303,18 @@ def convert_checkpoint(
 def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint: Path, out_dir: Path, name: str,
                    tree: ConverterTree, pre_tokenizer: str | None, imatrix: Path | None, say: Progress,
                    manifest: dict, by_converter: tuple[str, ...] = CONVERTER_TYPES,
-                   checkpoint_hash: Future | None = None, weight_files: list[Path] = ()) -> list[BuiltVariant]:
+                   checkpoint_hash: Future | None = None, largest_tensor: int = 0) -> list[BuiltVariant]:
     """Make the variants in `todo`, reuse the others. The converter's variants are made here, one after
     another, and checked (header, a load in llama.cpp, sha256) on a thread while the next is made; the
     quantizer's are made and checked in child processes, side by side (`_quantizer.QuantizerPool`),
     from F16 as soon as it is checked and placed. `checkpoint_hash`: the checkpoint's sha256 still
-    being computed; the manifest gets it before it lists any variant."""
+    being computed; the manifest gets it before it lists any variant. `largest_tensor`: elements of the
+    checkpoint's largest tensor, which bounds how many quantizations fit in memory at once."""
     done: dict[str, BuiltVariant] = {}
     made: dict[str, Future] = {}
     converted = [q for q in wanted if q in todo and q in by_converter]
     quantized = longest_first([q for q in wanted if q in todo and q not in by_converter])
-    slots = slots_for(len(quantized), max(tensor_sizes(list(weight_files)), default=0)) if quantized else 0
+    slots = slots_for(len(quantized), largest_tensor) if quantized else 0
     with ThreadPoolExecutor(max_workers=1) as checker, QuantizerPool(slots, tree) as pool:
         # What the first check needs (gguf-py, llama.cpp's library) is loaded while the converter runs, on
         # the core it leaves idle, instead of between F16 and the quantizations that wait for it.
