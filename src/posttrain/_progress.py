@@ -1,7 +1,9 @@
 """One progress display per long command, and the libraries' own output kept off the terminal.
 
-A long command (`eval`, `convert`, `run`, `demo`) shows one rich progress line for the stage it is
-in (stage, done/total, rate, ETA) and prints one line per stage when it ends. Code deep inside a
+A command that runs libraries (`eval`, `convert`, `run`, `ship`, `serve`, …) shows one rich progress
+line for the stage it is in (spinner, stage, done/total, rate, ETA, elapsed) and prints one line per
+stage when it ends; a stage with nothing to count (a model load, a build, a child process) still shows
+its name, the spinner and the time it has taken. Code deep inside a
 stage (the llama.cpp scoring loop, `MeasuredLM`) reports its work through the module functions
 `work` / `advance`, which do nothing when no display is active (library use, tests, step children).
 
@@ -29,14 +31,16 @@ class Display:
     """
 
     def __init__(self, console, *, log_path: Path | None = None, title: str | None = None):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.console = console
         self.log_path = log_path
         self._lock = threading.Lock()
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(bar_width=None), MofNCompleteColumn(),
-            TaskProgressColumn(), _RateColumn(), _EtaColumn(),
+            # The spinner and the elapsed time move while a stage waits (a model load, a build, a child
+            # process) with nothing to count: a wait shows as a wait, not as a hung command.
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=None), _CountColumn(),
+            _RateColumn(), _EtaColumn(), TimeElapsedColumn(),
             # The live line stays at the bottom; nothing of sys.stdout/stderr is routed through it
             # (that is where the libraries write, and it goes to the log file).
             console=console, transient=True, expand=True, redirect_stdout=False, redirect_stderr=False)
@@ -201,10 +205,18 @@ def _columns():
             remaining = task.time_remaining
             return Text("" if remaining is None else f"ETA {fmt_duration(remaining)}", style="dim")
 
-    return RateColumn, EtaColumn
+    class CountColumn(ProgressColumn):
+        """done/total and the percentage; nothing for a wait that has no count ("0/? 0%" says nothing)."""
+
+        def render(self, task):
+            if task.total is None:
+                return Text("")
+            return Text(f"{int(task.completed)}/{int(task.total)} {task.percentage:>3.0f}%", style="progress.percentage")
+
+    return RateColumn, EtaColumn, CountColumn
 
 
-_RateColumn, _EtaColumn = _columns()
+_RateColumn, _EtaColumn, _CountColumn = _columns()
 
 # -- the reporting side: used by code that does not know whether anyone is watching ---------------
 
@@ -297,12 +309,7 @@ class FileReporter:
             self._write()
 
     def detail(self, text: str) -> None:
-        """A short note beside the stage's name on the live line (e.g. nodes in use)."""
-        from posttrain._terminal import esc
-
-        with self._lock:
-            if self._task is not None:
-                self._progress.update(self._task, description=esc(f"{self._stage} · {text}"))
+        """The parent's line shows the counts only: a note (nodes in use) is not passed on."""
 
     def done_count(self) -> int:
         return int(self._state["done"])

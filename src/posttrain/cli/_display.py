@@ -1,4 +1,5 @@
-"""The progress display of a long command (`eval`, `convert`, `run`, `demo`), set up one way for all.
+"""The progress display of every command that runs libraries (`eval`, `convert`, `run`, `ship`, `serve`,
+`register`, `lora`, `doctor`, `make-tiny`, …), set up one way for all.
 
 Without `--verbose`, the libraries' bars and messages are turned off where they can be, and what
 they print anyway goes to a log file that the display names; with `--verbose` they stay on the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,14 @@ from posttrain.cli._app import err_console
 def verbose_option() -> bool:
     return typer.Option(False, "--verbose", "-v",
                         help="Show the libraries' own progress bars and messages instead of sending them to the log file.")
+
+
+def command_log(command: str, home: Path | None = None) -> Path:
+    """Where a command without an output folder of its own sends the libraries' output:
+    HOME/logs/<command>-<time>.log (left out when nothing was written to it)."""
+    from posttrain import paths
+
+    return (home or paths.home()) / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import typer
 
 from posttrain.checkpoint import human_bytes, inspect_checkpoint
 from posttrain.cli._app import app, console, esc
+from posttrain.cli._display import command_log, long_command
 
 
 @app.command("check")
@@ -19,7 +20,10 @@ def check(
                                                          "(default: the base named in adapter_config.json)."),
 ) -> None:
     """Say whether PATH is a complete Hugging Face checkpoint or LoRA adapter, and if not, why. Exit 1 when not."""
-    verdict = inspect_checkpoint(path, settle_seconds=settle, allow_pickle=allow_pickle, base=base)
+    # The settle time is a wait like any other: it shows (and an adapter's base may be read meanwhile).
+    with long_command(command_log("check"), title=f"checking {path}") as display:
+        display.begin(f"reading {path.name}, waiting {settle:g} s for its files to stay unchanged")
+        verdict = inspect_checkpoint(path, settle_seconds=settle, allow_pickle=allow_pickle, base=base)
     if verdict.complete and getattr(verdict, "kind", None) == "adapter":
         qlora = " (QLoRA: trained against a 4-bit base)" if verdict.qlora else ""
         console.print(f"[green]complete[/]: {esc(verdict.peft_type)} adapter, rank {verdict.rank}, on the base "
@@ -54,5 +58,7 @@ def make_tiny_cmd(
     """Write a tiny random Llama checkpoint (seconds, no download), for trying posttrain out."""
     from posttrain.tiny import make_tiny
 
-    path = make_tiny(out, tokenizer=tokenizer, add_bos=not no_bos, seed=seed, force=force)
+    with long_command(command_log("make-tiny"), title=f"making a tiny checkpoint in {out}") as display:
+        display.begin("writing the weights and the tokenizer (transformers)")
+        path = make_tiny(out, tokenizer=tokenizer, add_bos=not no_bos, seed=seed, force=force)
     console.print(f"wrote {esc(path)}", highlight=False, soft_wrap=True)

@@ -11,6 +11,7 @@ from rich.table import Table
 from posttrain._versions import package_version
 from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console, esc
+from posttrain.cli._display import command_log, long_command
 from posttrain.cli._options import n_gpu_layers_option
 from posttrain.errors import PosttrainError
 
@@ -44,10 +45,11 @@ def _selftest_rows(row, table: Table, system_info: str, n_gpu_layers: int | None
 def _imatrix_tools_row(row, table: Table, build: bool) -> None:
     """llama.cpp's llama-imatrix and llama-quantize (`ship --imatrix-text`, `convert --imatrix`): built, or
     when they will be. Not building them is no failure: most runs never need them."""
+    from posttrain import _progress
     from posttrain.llama_tools import ToolsNotBuilt, find_llama_tools
 
     try:
-        tools = find_llama_tools(build=build, say=lambda line: console.print(esc(line), style="dim"))
+        tools = find_llama_tools(build=build, say=_progress.begin)  # a build takes minutes: a stage of its own
     except ToolsNotBuilt:
         table.add_row("imatrix tools", "[yellow]not built[/]",
                       "built on first use of --imatrix-text or convert --imatrix (minutes, once per version), "
@@ -77,6 +79,18 @@ def doctor(
     n_gpu_layers: int | None = n_gpu_layers_option(),
 ) -> None:
     """Check the toolchain: llama.cpp, converter, lm-eval, torch, transformers, Ollama, disk."""
+    # Each check that can take seconds (llama.cpp's load, provisioning, a build, the self-test) is a
+    # stage of the display; what llama.cpp and the children print goes to the log.
+    with long_command(command_log("doctor"), title="checking the toolchain") as display:
+        table, ok = _checks(display, out, ollama_url, provision, build_imatrix_tools, llama_cpp_dir, selftest,
+                            n_gpu_layers)
+    console.print(table)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _checks(display, out: Path, ollama_url: str, provision: bool, build_imatrix_tools: bool,
+            llama_cpp_dir: Path | None, selftest: bool, n_gpu_layers: int | None) -> tuple[Table, bool]:
     from posttrain import toolchain
 
     table = Table("component", "status", "detail / fix")
@@ -89,25 +103,31 @@ def doctor(
 
     llama = package_version("llama-cpp-python")
     if llama:
+        display.begin("loading llama.cpp")
         info = toolchain.build_info()
         row("llama-cpp-python", "error" not in info,
             f"{llama}; {info.get('system_info', info.get('error', ''))}; GPU offload: {info.get('gpu_offload')}")
     else:
         row("llama-cpp-python", False, "pip install 'llama-cpp-python[server]'")
     if llama:
+        display.begin("finding llama.cpp's converter" + (" (provisioning it when missing: ~75 MB once)"
+                                                          if provision else ""))
         try:
             tree = toolchain.find_converter(llama_cpp_dir, provision=provision)
             row("converter", True, tree.describe())
         except PosttrainError as e:
             row("converter", False, e.one_line())
     if llama:
+        display.begin("finding llama-imatrix and llama-quantize")
         _imatrix_tools_row(row, table, build_imatrix_tools)
     if llama and selftest:
+        display.begin("llama.cpp self-test (decoding a tiny GGUF in child processes)")
         _selftest_rows(row, table, info.get("system_info", ""), n_gpu_layers)
     for dist, fix in (("lm-eval", "pip install 'lm-eval>=0.4.13'"), ("torch", "pip install torch==2.13.0"),
                       ("transformers", "pip install transformers"), ("ollama", "pip install ollama")):
         v = package_version(dist)
         row(dist, v is not None, v or fix)
+    display.begin(f"reaching Ollama at {ollama_url}")
     try:
         import ollama
 
@@ -120,6 +140,5 @@ def doctor(
     out.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(out).free
     row("disk", free > 2_000_000_000, f"{human_bytes(free)} free at {out.resolve()}")
-    console.print(table)
-    if not ok:
-        raise typer.Exit(1)
+    display.end()
+    return table, ok

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from posttrain.cli._app import app, console, esc
+from posttrain.cli._display import command_log, long_command
 
 lora_app = typer.Typer(help="LoRA/QLoRA adapters: merge into the base, or write a GGUF adapter.",
                        no_args_is_help=True)
@@ -28,7 +29,10 @@ def merge_cmd(
     """Merge ADAPTER into its base with PEFT (CPU, the base's dtype) and write a full checkpoint to OUT."""
     from posttrain.lora import merge_adapter
 
-    path = merge_adapter(adapter, out, base=base, force=force)
+    # PEFT's and transformers' messages go to the log; loading the base and merging is one stage.
+    with long_command(command_log("lora-merge"), title=f"merging {adapter}") as display:
+        display.begin("loading the base and the adapter, merging (PEFT)")
+        path = merge_adapter(adapter, out, base=base, force=force)
     console.print(f"merged into {esc(path)}: convert it like any checkpoint (`posttrain convert`)",
                   highlight=False, soft_wrap=True)
 
@@ -44,5 +48,7 @@ def gguf_cmd(
     """Write ADAPTER as a GGUF LoRA with llama.cpp's convert_lora_to_gguf.py (for llama.cpp's --lora, Ollama's ADAPTER)."""
     from posttrain.lora import convert_adapter
 
-    path = convert_adapter(adapter, out, base=base, outtype=outtype, llama_cpp_dir=llama_cpp_dir)
+    with long_command(command_log("lora-gguf"), title=f"writing {adapter} as a GGUF LoRA") as display:
+        display.begin("converting (llama.cpp's convert_lora_to_gguf.py)")
+        path = convert_adapter(adapter, out, base=base, outtype=outtype, llama_cpp_dir=llama_cpp_dir)
     console.print(f"wrote {esc(path)}", highlight=False, soft_wrap=True)

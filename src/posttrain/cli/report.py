@@ -12,6 +12,7 @@ from rich.text import Text
 from posttrain._files import refuse_foreign
 from posttrain._terminal import fit_table
 from posttrain.cli._app import app, console, esc
+from posttrain.cli._display import command_log, long_command
 from posttrain.cli._options import home_option
 from posttrain.errors import PosttrainError
 
@@ -42,7 +43,10 @@ def report_cmd(
     store = _open_store(home)
     if out is not None:
         refuse_foreign([out / name for name in REPORT_FILES], force=force)
-    paths = report_from_store(store, run_id, out)
+    # matplotlib draws the plots (and says so when it first builds its font cache): its output goes to the log.
+    with long_command(command_log("report", home), title=f"report of run {run_id}") as display:
+        display.begin("drawing the plots, writing the report")
+        paths = report_from_store(store, run_id, out)
     for kind in ("html", "md", "json"):
         console.print(f"wrote {esc(paths[kind])}", highlight=False, soft_wrap=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from posttrain.cli._app import app, console
+from posttrain.cli._display import command_log, long_command
 from posttrain.cli._options import home_option, n_gpu_layers_option
 from posttrain.errors import PosttrainError
 
@@ -32,8 +34,13 @@ def serve(
     # SIGTERM (systemd, `kill`) takes the same clean path as Ctrl-C.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with LlamaServer(gguf, n_ctx=ctx, n_threads=threads, port=port, log_path=log,
-                     n_gpu_layers=n_gpu_layers) as server:
+    with contextlib.ExitStack() as running:
+        # The start (the model's load, the server's first answer) is a stage of the display; once the
+        # server answers, the display ends and the terminal is the user's again.
+        with long_command(command_log("serve"), title=f"serving {gguf}") as display:
+            display.begin(f"starting llama.cpp's server on {gguf.name}")
+            server = running.enter_context(LlamaServer(gguf, n_ctx=ctx, n_threads=threads, port=port, log_path=log,
+                                                       n_gpu_layers=n_gpu_layers))
         console.print(f"serving {escape(gguf.name)} at [bold]{escape(server.url)}/v1[/] "
                       f"(log: {escape(str(server.log_path))})", highlight=False)
         console.print("Ctrl-C to stop", style="dim")
@@ -81,8 +88,11 @@ def register(
     from posttrain.store import Store
 
     store = Store(store_path(home))
-    regs = register_variants(target, url=ollama, name=name, params=_parse_params(param), store=store,
-                             system=system, checkpoint=checkpoint, smoke=smoke)
+    params = _parse_params(param)  # a bad --param is one error line, before any display
+    # Each variant's upload, import and smoke chat is a stage (register_variants reports them).
+    with long_command(command_log("register", home), title=f"registering {target} with Ollama at {ollama}"):
+        regs = register_variants(target, url=ollama, name=name, params=params, store=store,
+                                 system=system, checkpoint=checkpoint, smoke=smoke)
     if regs and regs[0].skipped:
         console.print(f"[yellow]{escape(regs[0].status)}[/]; Modelfiles written beside the GGUF files", highlight=False)
         return

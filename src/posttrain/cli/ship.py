@@ -9,6 +9,7 @@ from rich import box
 from rich.table import Table
 
 from posttrain.cli._app import app, console, esc
+from posttrain.cli._display import long_command
 from posttrain.cli._options import n_gpu_layers_option
 
 
@@ -51,14 +52,16 @@ def ship_cmd(
     base = home or paths.home()
     model = paths.safe_name(name) if name else default_model_name(checkpoint)
     out_dir = out or base / "ship" / model
-    with console.status("starting") as status:
+    # Every step the ladder announces (each variant's conversion, evaluation, the quality pass, the speed
+    # runs) is a stage of the display; lm-eval's, datasets' and llama.cpp's output goes to the log.
+    with long_command(out_dir / "logs" / "ship.log", title=f"ship: the ladder of {checkpoint}") as display:
         doc = run_ladder(checkpoint, out_dir=out_dir, store=Store(paths.store_path(base)),
                          tasks=[t.strip() for t in tasks.split(",") if t.strip()], data_dir=data_dir,
                          quants=parse_quant_list(quant), text=text, margin_points=margin, alpha=alpha, max_kld=max_kld,
                          n_ctx=n_ctx, max_tokens=max_tokens, limit=limit, seed=seed, speed=not no_speed,
                          speed_reps=reps, n_gpu_layers=n_gpu_layers, model_name=name,
                          gguf_dir=base / "gguf" / model, verify=verify, imatrix_text=imatrix_text,
-                         say=lambda line: status.update(esc(line)))
+                         say=display.begin)
     files = write_ship_reports(doc, out_dir)
     from posttrain.ship._render import table
 

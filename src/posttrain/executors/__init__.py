@@ -29,9 +29,14 @@ def make_executor(spec: str | None = "local", *, ray_address: str | None = None,
             raise PosttrainError("--ray-address needs --executor ray")
         return LocalExecutor()
     if spec == "ray":
+        from posttrain import _progress
         from posttrain.executors._ray import RayExecutor
 
-        return RayExecutor(ray_address, shared_dir=shared_dir)
+        # Seconds (a new local cluster) to a minute (a remote one): a stage of the display while it lasts.
+        _progress.begin("starting a local Ray cluster" if ray_address is None else f"connecting to Ray at {ray_address}")
+        executor = RayExecutor(ray_address, shared_dir=shared_dir)
+        _progress.end()
+        return executor
     raise PosttrainError(f"unknown executor {spec!r}", remedy="use local, ray or ray://HOST:PORT")
 
 

@@ -24,6 +24,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from posttrain import _progress
 from posttrain._files import write_text_atomic
 from posttrain.errors import PosttrainError, TransientError
 from posttrain.serve._chat_templates import (
@@ -237,6 +238,7 @@ def register_variants(
     plans: list[tuple[Variant, Registration]] = []
     modelfiles: dict[Path, str] = {}
     known = isinstance(target, list) and all(isinstance(t, Variant) for t in target) and target
+    _progress.begin("reading the variants and their chat templates")
     for variant in (target if known else discover_variants(target)):
         choice = _chat_template_for(variant, chat_template, checkpoint)
         model, tag = _model_and_tag(name, variant)
@@ -263,6 +265,8 @@ def register_variants(
 
     api = _Ollama(url, timeout, attempts)
     try:
+        # Each wait on Ollama is a stage of the command's display (nothing without one: library use, the pipeline).
+        _progress.begin(f"reaching Ollama at {url}")
         if not api.reachable():
             for _, reg in plans:
                 reg.status = f"skipped: Ollama not reachable at {url}"
@@ -279,6 +283,7 @@ def register_variants(
 def _register_one(api: _Ollama, variant: Variant, reg: Registration, store: Store | None,
                   replace_foreign: bool, smoke: bool) -> None:
     template, system = reg.template, reg.system
+    _progress.begin(f"{reg.name}: asking Ollama what it has")
     existing = api.show(reg.name)
     if existing is not None:
         adapter = f"sha256:{variant.adapter_sha256}" if variant.adapter is not None else None
@@ -295,6 +300,7 @@ def _register_one(api: _Ollama, variant: Variant, reg: Registration, store: Stor
                                  remedy="choose another --name, or remove it yourself with `ollama rm`")
     if reg.status != "unchanged":
         if not api.has_blob(reg.digest):
+            _progress.begin(f"{reg.name}: uploading {variant.path.name}")
             uploaded = _retrying(api.attempts, f"upload of {variant.path.name}",
                                  lambda: api.client.create_blob(variant.path))
             if uploaded != reg.digest:
@@ -311,12 +317,14 @@ def _register_one(api: _Ollama, variant: Variant, reg: Registration, store: Stor
                 statuses.append(progress.status or "")
             return statuses
 
+        _progress.begin(f"{reg.name}: creating the model")
         statuses = _retrying(api.attempts, f"create of {reg.name} from {variant.path.name}", create)
         if not statuses or statuses[-1] != "success":
             raise PosttrainError(f"Ollama did not finish creating {reg.name} from {variant.path.name}: "
                                  f"last status {statuses[-1] if statuses else 'none'!r}")
         reg.status = "replaced" if existing is not None else "created"
     if smoke:
+        _progress.begin(f"{reg.name}: smoke chat (Ollama loads the model)")
         _smoke(api, reg, variant)
 
 
