@@ -157,8 +157,12 @@ class World:
         return next(self.gguf_dir.glob(f"*-{quant}.gguf"))
 
     def run_id(self) -> str:
+        """The latest run in the store (the `run` case's); a name no run has when there is none."""
+        if not (self.home / "posttrain.db").is_file():
+            return "no-run"
         with sqlite3.connect(self.home / "posttrain.db") as db:
-            return db.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()[0]
+            row = db.execute("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1").fetchone()
+        return row[0] if row else "no-run"
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +192,7 @@ def world(tiny_spm, tiny_lora, tmp_path_factory) -> World:
 
 # ---------------------------------------------------------------- one case per command
 
-def _serve(w: World, log: Path) -> int:
+def _serve(w: World, log: Path, command: tuple[str, ...]) -> int:
     """serve until it says where it serves, then SIGTERM (what systemd sends): started and stopped."""
     proc = _spawn(w, log, "serve", w.gguf("Q8_0"), "--ctx", "256", "--threads", "1")
     deadline = time.monotonic() + 180
@@ -199,12 +203,12 @@ def _serve(w: World, log: Path) -> int:
     return proc.wait(60)
 
 
-def _register(w: World, log: Path) -> int:
+def _register(w: World, log: Path, command: tuple[str, ...]) -> int:
     with OllamaStandin(w.root / "ollama") as standin:
         return _run(w, log, "register", w.gguf_dir, "--ollama", standin.url, "--home", w.home)
 
 
-def _watch(w: World, log: Path) -> int:
+def _watch(w: World, log: Path, command: tuple[str, ...]) -> int:
     (w.root / "incoming").mkdir(exist_ok=True)
     return _run(w, log, "watch", w.root / "incoming", "--daemon", "--home", w.home, "--quant", "f16",
                 "--tasks", "hellaswag", "--data-dir", w.data, "--limit", "2")
@@ -225,7 +229,7 @@ def _spawn(w: World, log: Path, *args: object):
 
 
 def _args(*args):
-    return lambda w, log: _run(w, log, *(a(w) if callable(a) else a for a in args))
+    return lambda w, log, command: _run(w, log, *command, *(a(w) if callable(a) else a for a in args))
 
 
 # In the order they run (later cases read what earlier ones made: the run for report, the watcher for stop).
@@ -267,7 +271,7 @@ def test_every_command_with_its_output_in_a_file_prints_its_own_lines_and_no_lib
         if command not in listed:
             continue  # a command that no longer exists
         log = world.root / f"out-{'-'.join(command)}.txt"
-        code = case(world, log)
+        code = case(world, log, command)
         text = log.read_text(encoding="utf-8", errors="replace")
         if code not in codes:
             problems[" ".join(command)] = f"exit {code}:\n{text[-3000:]}"
@@ -291,7 +295,7 @@ def test_no_command_leaves_the_terminal_without_a_stage_for_more_than_2_s(world,
     silent = {}
     for command, (case, codes) in CASES.items():
         log = tmp_path / f"tty-{'-'.join(command)}.txt"
-        code = case(w, log)
+        code = case(w, log, command)
         assert code in codes, f"posttrain {' '.join(command)}: exit {code}\n{log.read_text(errors='replace')[-3000:]}"
         gap, at = w.last.longest_silence()
         if gap > 2.0:
