@@ -116,13 +116,23 @@ class Display:
         if self._task is not None:
             self._progress.advance(self._task, n)
 
-    def detail(self, text: str) -> None:
-        """A short note beside the stage's name on the live line (e.g. nodes in use)."""
+    def detail(self, text: str | None) -> None:
+        """A short note beside the stage's name on the live line (e.g. nodes in use); None clears it."""
         from posttrain._terminal import esc
 
         with self._lock:
             if self._task is not None:
-                self._progress.update(self._task, description=esc(f"{self._stage} · {text}"))
+                self._progress.update(self._task, description=esc(f"{self._stage} · {text}" if text else self._stage))
+
+    def log(self, text: str) -> None:
+        """One line into the log file the display names (where stderr goes meanwhile); nothing with --verbose,
+        where stderr is the terminal and the display's own lines say it."""
+        if self.log_path is None:
+            return
+        import sys
+
+        with contextlib.suppress(Exception):  # a log line is a nicety; a closed stream must not fail the work
+            print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
 
     def done_count(self) -> int:
         with self._lock:
@@ -262,6 +272,40 @@ def work(n: int, unit: str = "requests") -> Iterator[None]:
     display.add_total(n, unit)
     yield
     display.catch_up(before + n)
+
+
+@contextlib.contextmanager
+def busy(text: str) -> Iterator[None]:
+    """A wait of unknown length that a user would otherwise sit through in silence (a one-time download
+    and extraction): a stage of its own when none is shown, else a note beside the stage in progress
+    (ending it would print that stage as done); either way the live line's spinner and elapsed time
+    run, a line says how long it took, and the log file gets both ends."""
+    display = _current
+    if not isinstance(display, Display):  # no display, or a step child's FileReporter
+        yield
+        return
+    started = time.perf_counter()
+    stage = display.stage
+    display.log(f"posttrain: {text} ...")
+    ok = False
+    try:
+        if stage is None:
+            display.begin(text)
+        else:
+            display.detail(text)
+        yield
+        ok = True
+    finally:
+        seconds = time.perf_counter() - started
+        if stage is None:
+            display.end(ok=ok)
+        else:
+            if display.stage == stage:
+                display.detail(None)
+            from posttrain._terminal import esc
+
+            display.line(f"{'[green]✓[/]' if ok else '[red]✗[/]'} {esc(text)}  {fmt_duration(seconds)}")
+        display.log(f"posttrain: {text}: {'done' if ok else 'failed'} in {fmt_duration(seconds)}")
 
 
 # -- progress from child processes (the pipeline's isolated steps) ---------------------------------

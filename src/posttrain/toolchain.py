@@ -3,21 +3,32 @@
 The llama-cpp-python wheel ships the runtime and the quantizer but not `convert_hf_to_gguf.py`.
 Its sdist carries the whole upstream tree under `vendor/llama.cpp/`, so the converter is taken from
 the sdist of the SAME version as the installed wheel: converter and runtime then agree on the GGUF
-format. The tree is fetched once into the cache, its sdist hash recorded, and its files checked
+format. The tree is provisioned once into the cache, its sdist hash recorded, and its files checked
 against the recorded tree hash on every use. A user's own llama.cpp checkout can be used instead
 (`--llama-cpp-dir` or `$POSTTRAIN_LLAMA_CPP_DIR`).
+
+`scripts/setup.sh` downloads the sdist once, builds the runtime from that file and provisions the
+converter from it (`posttrain doctor --provision --sdist FILE`): no second download, nothing left for
+the first run. A runtime installed some other way is provisioned on first use: pip fetches the sdist
+(with `--no-binary llama-cpp-python` only, so the build backends it needs come as wheels; `:all:` built
+every one of them from source, 4.2 min here), shown on the display and written to the log.
+The sdist is kept beside the tree (`<cache>/llama.cpp/sdist/`): the imatrix tools' build and a
+re-provisioning read it instead of downloading it again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,8 +40,11 @@ from tenacity import (
     wait_exponential,
 )
 
+from posttrain import _progress
 from posttrain.errors import PosttrainError, TransientError
 from posttrain.paths import cache_dir
+
+log = logging.getLogger("posttrain.toolchain")
 
 CONVERTER = "convert_hf_to_gguf.py"
 # The PEFT LoRA → GGUF adapter converter; it reuses the converter's conversion/ package.
@@ -38,6 +52,12 @@ LORA_CONVERTER = "convert_lora_to_gguf.py"
 # What the converters need from the tree; nothing else is extracted.
 _NEEDED = (CONVERTER, LORA_CONVERTER, "conversion/", "gguf-py/", "LICENSE")
 PROVENANCE = "provenance.json"
+# pip's name for the sdist file; the version is read back from it.
+_SDIST_NAME = re.compile(r"llama_cpp_python-(?P<version>[^/\\]+?)\.tar\.gz$")
+
+
+class ConverterNotProvisioned(PosttrainError):
+    """The converter for the installed runtime is not in the cache yet (nothing is damaged)."""
 
 
 @dataclass(frozen=True)
@@ -90,20 +110,40 @@ def _check_user_tree(root: Path) -> ConverterTree:
     return ConverterTree(root, "user", llama_cpp_python_version())
 
 
-def find_converter(llama_cpp_dir: str | Path | None = None, *, provision: bool = True) -> ConverterTree:
-    """The converter tree to use: the user's checkout if given, else the cached, verified sdist tree."""
+def find_converter(llama_cpp_dir: str | Path | None = None, *, provision: bool = True,
+                   sdist: str | Path | None = None) -> ConverterTree:
+    """The converter tree to use: the user's checkout if given, else the cached, verified sdist tree,
+    provisioned now when missing and `provision` (from `sdist`, a local file, when given)."""
     given = llama_cpp_dir or os.environ.get("POSTTRAIN_LLAMA_CPP_DIR")
     if given:
         return _check_user_tree(Path(given))
     ver = llama_cpp_python_version()
-    root = cache_dir() / "llama.cpp" / ver
+    root = converter_root(ver)
     tree = _verified_cached_tree(root, ver)
     if tree is not None:
         return tree
     if not provision:
-        raise PosttrainError(f"llama.cpp's converter for llama-cpp-python {ver} is not provisioned",
-                             remedy="run `posttrain doctor --provision` (downloads the sdist once, ~75 MB)")
-    return provision_converter(ver, root)
+        raise ConverterNotProvisioned(
+            f"llama.cpp's converter for llama-cpp-python {ver} is not provisioned",
+            remedy="run `posttrain doctor --provision` (downloads the sdist once, ~75 MB; scripts/setup.sh does it)")
+    return provision_converter(ver, root, sdist)
+
+
+def converter_root(ver: str) -> Path:
+    return cache_dir() / "llama.cpp" / ver
+
+
+def kept_sdist_dir() -> Path:
+    """Where the runtime's sdist is kept once fetched (rebuildable: deleting it costs one download)."""
+    return cache_dir() / "llama.cpp" / "sdist"
+
+
+def sdist_version(sdist: Path) -> str:
+    """The llama-cpp-python version of an sdist file, from its name (pip's `llama_cpp_python-V.tar.gz`)."""
+    m = _SDIST_NAME.search(sdist.name)
+    if m is None:
+        raise PosttrainError(f"{sdist} is not a llama-cpp-python sdist (expected llama_cpp_python-VERSION.tar.gz)")
+    return m["version"]
 
 
 def _verified_cached_tree(root: Path, ver: str) -> ConverterTree | None:
@@ -126,26 +166,77 @@ def _verified_cached_tree(root: Path, ver: str) -> ConverterTree | None:
 
 @retry(retry=retry_if_exception_type(TransientError), stop=stop_after_attempt(3),
        wait=wait_exponential(multiplier=2, max=30), reraise=True)
-def download_sdist(ver: str, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           f"llama-cpp-python=={ver}", "-d", str(dest), "-q"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise TransientError(f"pip could not download the llama-cpp-python {ver} sdist: {tail[0]}",
-                             remedy="check access to the package index, or pass --llama-cpp-dir")
-    found = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
-    if not found:
-        raise PosttrainError(f"pip downloaded no sdist for llama-cpp-python {ver}")
-    return found[0]
+def download_sdist(ver: str, dest: Path | None = None) -> Path:
+    """The llama-cpp-python `ver` sdist: the kept one when there is one, else downloaded into `dest`
+    (default: the kept place, so the next caller finds it)."""
+    kept = kept_sdist_dir() / f"llama_cpp_python-{ver}.tar.gz"
+    if kept.is_file():
+        return kept
+    dest = dest or kept_sdist_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    # Into a folder of its own, renamed when complete: another process looking for the kept file never
+    # takes a half-downloaded one.
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
+        # --no-binary names only llama-cpp-python: its build backend (scikit-build-core) and theirs are
+        # wheels. `--no-binary :all:` made pip build every one of them from source (4.2 min on 2 cores).
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
+               f"llama-cpp-python=={ver}", "-d", tmp, "-q"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise TransientError(f"pip could not download the llama-cpp-python {ver} sdist: {tail[0]}",
+                                 remedy="check access to the package index, or pass --llama-cpp-dir")
+        found = Path(tmp) / kept.name
+        if not found.is_file():
+            raise PosttrainError(f"pip downloaded no sdist for llama-cpp-python {ver}")
+        os.replace(found, dest / kept.name)
+    return dest / kept.name
 
 
-def provision_converter(ver: str, root: Path) -> ConverterTree:
-    """Fetch the sdist of llama-cpp-python `ver` and extract only the converter's files into `root`."""
+def keep_sdist(sdist: Path) -> Path:
+    """A copy of a local sdist in the kept place (a hard link where the file system allows)."""
+    kept = kept_sdist_dir() / sdist.name
+    if kept.is_file() and kept.stat().st_size == sdist.stat().st_size:
+        return kept
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    partial = kept.with_name(f".{kept.name}.{os.getpid()}.partial")
+    try:
+        os.link(sdist, partial)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(sdist, partial)
+    os.replace(partial, kept)
+    return kept
+
+
+def provision_converter(ver: str, root: Path | None = None, sdist: str | Path | None = None) -> ConverterTree:
+    """Extract the converter's files of the llama-cpp-python `ver` sdist into `root`: from `sdist`, a
+    local file (scripts/setup.sh passes the one the runtime was built from), else the kept or a freshly
+    downloaded one. The wait is shown on the current display (if any) and logged."""
+    root = root or converter_root(ver)
+    if sdist is not None:
+        sdist = Path(sdist)
+        if not sdist.is_file():
+            raise PosttrainError(f"{sdist} does not exist")
+        if (found := sdist_version(sdist)) != ver:
+            raise PosttrainError(f"{sdist.name} is llama-cpp-python {found}, the installed runtime is {ver}: "
+                                 f"the converter must match the runtime",
+                                 remedy=f"pass the llama-cpp-python {ver} sdist, or leave --sdist out to fetch it")
+    what = (f"provisioning llama.cpp's converter from {sdist.name}" if sdist is not None else
+            f"provisioning llama.cpp's converter: the llama-cpp-python {ver} sdist (~75 MB, once)")
+    log.info("%s into %s", what, root)
+    started = time.monotonic()
+    with _progress.busy(what):
+        tree = _provision(ver, root, sdist)
+    log.info("provisioned llama.cpp's converter (llama-cpp-python %s) in %.1f s", ver, time.monotonic() - started)
+    return tree
+
+
+def _provision(ver: str, root: Path, sdist: Path | None) -> ConverterTree:
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=".provision-") as tmp:
         tmp = Path(tmp)
-        sdist = download_sdist(ver, tmp / "dl")
+        # Kept either way: the imatrix tools are built from the same file (llama_tools).
+        sdist = keep_sdist(sdist) if sdist is not None else download_sdist(ver)
         # pip checked the index's published hash while downloading; the hash is kept for provenance.
         with open(sdist, "rb") as f:
             sdist_sha = hashlib.file_digest(f, "sha256").hexdigest()

@@ -68,6 +68,10 @@ def doctor(
     ollama_url: str = typer.Option("http://127.0.0.1:11434", "--ollama", envvar="OLLAMA_HOST",
                                    help="Ollama server to probe."),
     provision: bool = typer.Option(False, "--provision", help="Fetch llama.cpp's converter now if it is missing."),
+    sdist: Path = typer.Option(None, "--sdist", exists=True, dir_okay=False,
+                               help="Provision the converter (if missing) from this llama-cpp-python sdist file "
+                                    "(the one the runtime was built from; scripts/setup.sh passes it) instead of "
+                                    "downloading it."),
     build_imatrix_tools: bool = typer.Option(
         False, "--build-imatrix-tools", help="Build llama.cpp's llama-imatrix and llama-quantize now if they are "
         "missing (for ship --imatrix-text and convert --imatrix; minutes, once per version; needs cmake and a "
@@ -83,14 +87,15 @@ def doctor(
     # stage of the display; what llama.cpp and the children print goes to the log.
     with long_command(command_log("doctor"), title="checking the toolchain") as display:
         table, ok = _checks(display, out, ollama_url, provision, build_imatrix_tools, llama_cpp_dir, selftest,
-                            n_gpu_layers)
+                            n_gpu_layers, sdist)
     console.print(table)
     if not ok:
         raise typer.Exit(1)
 
 
 def _checks(display, out: Path, ollama_url: str, provision: bool, build_imatrix_tools: bool,
-            llama_cpp_dir: Path | None, selftest: bool, n_gpu_layers: int | None) -> tuple[Table, bool]:
+            llama_cpp_dir: Path | None, selftest: bool, n_gpu_layers: int | None,
+            sdist: Path | None = None) -> tuple[Table, bool]:
     from posttrain import toolchain
 
     table = Table("component", "status", "detail / fix")
@@ -113,7 +118,7 @@ def _checks(display, out: Path, ollama_url: str, provision: bool, build_imatrix_
         display.begin("finding llama.cpp's converter" + (" (provisioning it when missing: ~75 MB once)"
                                                           if provision else ""))
         try:
-            tree = toolchain.find_converter(llama_cpp_dir, provision=provision)
+            tree = toolchain.find_converter(llama_cpp_dir, provision=provision or sdist is not None, sdist=sdist)
             row("converter", True, tree.describe())
         except PosttrainError as e:
             row("converter", False, e.one_line())

@@ -142,6 +142,11 @@ def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, 
     task = write_demo_task(workdir / "task")
     config = write_demo_config(workdir, task.directory, train_dir / ("init_model" if lora else EARLY_DIR))
     say(f"demo task: {task.n_train} training and {task.n_test} test items ({task.yaml_path})")
+    # Here, on the demo's display, not inside the watcher's convert step where nobody would see it: the
+    # converter's one-time provisioning (nothing after scripts/setup.sh, a download after a plain pip install).
+    from posttrain.toolchain import find_converter
+
+    find_converter()
 
     start = time.perf_counter()
     proc = subprocess.run(_posttrain("watch", str(runs), "--daemon", "--config", str(config), "--home", str(home)),
