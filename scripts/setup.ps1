@@ -62,7 +62,34 @@ if ($LASTEXITCODE -ne 0) {
     Invoke-Checked $venvPython -m pip install --quiet "torch==$torchVersion"
 }
 
-# llama.cpp built with the flags asked for, before posttrain's install would take the cached CPU wheel.
+# llama.cpp: the runtime (llama-cpp-python) is built from its sdist, and llama.cpp's converter, which the
+# built wheel lacks, is taken from the SAME file after posttrain's install below. The sdist is downloaded
+# once and kept in .venv (a rerun or a rebuild with other flags downloads nothing); only llama-cpp-python
+# is built from source, its build backends come as wheels (never `--no-binary :all:`).
+$sdistDir = ".venv\llama-cpp-python-sdist"
+# Asked without an import error on stderr (see torch above): empty when llama-cpp-python is not installed.
+$installed = "$(& $venvPython -c "import importlib.metadata as m; print(next((d.version for d in m.distributions() if (d.metadata['Name'] or '').lower().replace('_', '-') == 'llama-cpp-python'), ''))")".Trim()
+$sdist = $null
+if ($installed -and (Test-Path (Join-Path $sdistDir "llama_cpp_python-$installed.tar.gz"))) {
+    $sdist = Join-Path $sdistDir "llama_cpp_python-$installed.tar.gz"
+}
+if (-not $sdist) {
+    # The version already installed, else the newest that posttrain accepts (pyproject.toml's requirement).
+    $spec = if ($installed) { "llama-cpp-python==$installed" } else {
+        "llama-cpp-python" + (Select-String -Path pyproject.toml -Pattern '"llama-cpp-python\[server\]([^"]*)"').Matches[0].Groups[1].Value
+    }
+    Write-Host "downloading the $spec sdist (~75 MB, once) ..."
+    $dl = Join-Path ([System.IO.Path]::GetTempPath()) ("posttrain-sdist-" + [guid]::NewGuid())
+    New-Item -ItemType Directory -Path $dl | Out-Null
+    Invoke-Checked $venvPython -m pip download --quiet --no-deps --no-binary llama-cpp-python $spec -d $dl
+    $file = Get-ChildItem -Path $dl -Filter "llama_cpp_python-*.tar.gz" | Select-Object -First 1
+    if (-not $file) { throw "pip downloaded no llama-cpp-python sdist into $dl" }
+    New-Item -ItemType Directory -Force -Path $sdistDir | Out-Null
+    $sdist = Join-Path $sdistDir $file.Name
+    Move-Item -Force $file.FullName $sdist
+    Remove-Item -Recurse -Force $dl
+}
+
 $cmakeFlags = if ($env:POSTTRAIN_LLAMA_CMAKE_ARGS) { $env:POSTTRAIN_LLAMA_CMAKE_ARGS } else { "" }
 if ($Cuda -or $env:POSTTRAIN_CUDA -eq "1") {
     $arch = $env:POSTTRAIN_CUDA_ARCH
@@ -77,21 +104,36 @@ if ($Cuda -or $env:POSTTRAIN_CUDA -eq "1") {
 }
 $builtWith = ".venv\.llama-cpp-cmake-args"
 $previous = if (Test-Path $builtWith) { (Get-Content $builtWith -Raw).Trim() } else { "" }
-if ($cmakeFlags -and $previous -ne $cmakeFlags) {
-    Write-Host "building llama-cpp-python with CMAKE_ARGS=`"$cmakeFlags`" (minutes) ..."
+if (-not $installed -or ($cmakeFlags -and $previous -ne $cmakeFlags)) {
+    # Installed from the downloaded file itself, before posttrain's install would pick a version of its own.
+    $pipFlags = @()
+    if ($installed) { $pipFlags += @("--force-reinstall", "--no-deps") }
+    if ($cmakeFlags) { $pipFlags += "--no-cache-dir" }  # pip's wheel cache ignores CMAKE_ARGS
+    $with = if ($cmakeFlags) { " with CMAKE_ARGS=`"$cmakeFlags`"" } else { "" }
+    Write-Host "building llama-cpp-python from $(Split-Path $sdist -Leaf)$with (llama.cpp: minutes; seconds from pip's wheel cache) ..."
+    $started = Get-Date
     $savedCmakeArgs = $env:CMAKE_ARGS
     $env:CMAKE_ARGS = $cmakeFlags
     try {
-        Invoke-Checked $venvPython -m pip install --quiet --no-cache-dir --force-reinstall --no-deps `
-            "llama-cpp-python[server]>=0.3.16"
+        Invoke-Checked $venvPython -m pip install --quiet @pipFlags $sdist
     } finally {
         $env:CMAKE_ARGS = $savedCmakeArgs
     }
-    Set-Content -Path $builtWith -Value $cmakeFlags -Encoding ascii
+    Write-Host ("llama-cpp-python built and installed in {0:N0} s" -f ((Get-Date) - $started).TotalSeconds)
+    if ($cmakeFlags) {
+        Set-Content -Path $builtWith -Value $cmakeFlags -Encoding ascii
+    } elseif (Test-Path $builtWith) {
+        Remove-Item $builtWith
+    }
 } elseif (-not $cmakeFlags -and $previous) {
     Write-Warning "llama-cpp-python was built with CMAKE_ARGS=`"$previous`"; kept (delete $builtWith and .venv to go back)"
 }
 
+# -Test adds the optional parts the tests drive for real, as setup.sh --test does: Ray (a local cluster),
+# MLflow and W&B (offline), PEFT (LoRA adapters).
 $target = if ($Test) { ".[test]" } else { "." }
 Invoke-Checked $venvPython -m pip install --quiet -e $target
+# llama.cpp's converter from the sdist the runtime was built from (seconds; nothing when a rerun finds
+# it), then the same checks `posttrain doctor` makes, so a missing piece shows here, not on the first run.
+Invoke-Checked ".venv\Scripts\posttrain.exe" doctor --sdist $sdist --no-selftest
 Invoke-Checked ".venv\Scripts\posttrain.exe" --version

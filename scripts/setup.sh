@@ -2,6 +2,7 @@
 # Set up posttrain in ./.venv on a fresh machine: the CPU build of torch first (a plain `torch`
 # would pull several GB of CUDA), then posttrain with its dependencies. llama-cpp-python compiles
 # llama.cpp from source the first time (~13 min on 2 cores); pip's wheel cache makes later installs fast.
+# llama.cpp's converter is provisioned from the same sdist at the end, so the first run fetches nothing.
 #
 #   bash scripts/setup.sh            posttrain itself
 #   bash scripts/setup.sh --test     and what the test suite drives besides Python: Chromium (the HTML
@@ -55,7 +56,31 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
 fi
 
-# llama.cpp built with the flags asked for, before posttrain's install would take the cached CPU wheel.
+# llama.cpp: the runtime (llama-cpp-python) is built from its sdist, and llama.cpp's converter, which
+# the built wheel lacks, is taken from the SAME file after posttrain's install below. The sdist is
+# downloaded once and kept in .venv, so a rerun or a rebuild with other flags downloads nothing. Only
+# llama-cpp-python is built from source: its build backends come as wheels (`--no-binary :all:` would
+# build each of them from source too, 4.2 min on 2 cores).
+SDIST_DIR=.venv/llama-cpp-python-sdist
+installed=$(.venv/bin/python -c "from importlib.metadata import version; print(version('llama-cpp-python'))" \
+  2>/dev/null || true)
+SDIST=
+if [ -n "$installed" ] && [ -f "$SDIST_DIR/llama_cpp_python-$installed.tar.gz" ]; then
+  SDIST="$SDIST_DIR/llama_cpp_python-$installed.tar.gz"
+fi
+if [ -z "$SDIST" ]; then
+  # The version already installed, else the newest that posttrain accepts (pyproject.toml's requirement).
+  spec="llama-cpp-python==$installed"
+  [ -n "$installed" ] || spec="llama-cpp-python$(sed -n 's/.*"llama-cpp-python\[server\]\([^"]*\)".*/\1/p' pyproject.toml)"
+  echo "downloading the $spec sdist (~75 MB, once) ..."
+  dl=$(mktemp -d)
+  .venv/bin/python -m pip download --quiet --no-deps --no-binary llama-cpp-python "$spec" -d "$dl"
+  mkdir -p "$SDIST_DIR"
+  SDIST="$SDIST_DIR/$(cd "$dl" && ls llama_cpp_python-*.tar.gz)"
+  mv "$dl"/llama_cpp_python-*.tar.gz "$SDIST"
+  rmdir "$dl"
+fi
+
 CMAKE_FLAGS=${POSTTRAIN_LLAMA_CMAKE_ARGS:-}
 if [ "${POSTTRAIN_CUDA:-0}" = 1 ]; then
   arch=${POSTTRAIN_CUDA_ARCH:-}
@@ -65,11 +90,17 @@ if [ "${POSTTRAIN_CUDA:-0}" = 1 ]; then
   CMAKE_FLAGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${arch:-native} $CMAKE_FLAGS"
 fi
 BUILT_WITH=.venv/.llama-cpp-cmake-args
-if [ -n "$CMAKE_FLAGS" ] && [ "$(cat "$BUILT_WITH" 2>/dev/null)" != "$CMAKE_FLAGS" ]; then
-  echo "building llama-cpp-python with CMAKE_ARGS=\"$CMAKE_FLAGS\" (minutes) ..."
-  CMAKE_ARGS="$CMAKE_FLAGS" .venv/bin/python -m pip install --quiet --no-cache-dir --force-reinstall --no-deps \
-    "llama-cpp-python[server]>=0.3.16"
-  echo "$CMAKE_FLAGS" > "$BUILT_WITH"
+if [ -z "$installed" ] || { [ -n "$CMAKE_FLAGS" ] && [ "$(cat "$BUILT_WITH" 2>/dev/null)" != "$CMAKE_FLAGS" ]; }; then
+  # Installed from the downloaded file itself, before posttrain's install would pick a version of its own.
+  flags=()
+  [ -z "$installed" ] || flags+=(--force-reinstall --no-deps)
+  [ -z "$CMAKE_FLAGS" ] || flags+=(--no-cache-dir)  # pip's wheel cache ignores CMAKE_ARGS
+  echo "building llama-cpp-python from $(basename "$SDIST")${CMAKE_FLAGS:+ with CMAKE_ARGS=\"$CMAKE_FLAGS\"}" \
+    "(llama.cpp: ~13 min on 2 cores, seconds from pip's wheel cache) ..."
+  started=$SECONDS
+  CMAKE_ARGS="$CMAKE_FLAGS" .venv/bin/python -m pip install --quiet ${flags[@]+"${flags[@]}"} "$SDIST"
+  echo "llama-cpp-python built and installed in $((SECONDS - started)) s"
+  if [ -n "$CMAKE_FLAGS" ]; then echo "$CMAKE_FLAGS" > "$BUILT_WITH"; else rm -f "$BUILT_WITH"; fi
 elif [ -z "$CMAKE_FLAGS" ] && [ -f "$BUILT_WITH" ]; then
   echo "note: llama-cpp-python was built with CMAKE_ARGS=\"$(cat "$BUILT_WITH")\"; kept (delete $BUILT_WITH and .venv to go back)" >&2
 fi
@@ -78,4 +109,7 @@ fi
 # (offline), PEFT (LoRA adapters).
 if [ "$WITH_TEST_TOOLS" = 1 ]; then EXTRAS="test,lora,track,ray"; else EXTRAS="test"; fi
 .venv/bin/python -m pip install --quiet -e ".[$EXTRAS]"
+# llama.cpp's converter from the sdist the runtime was built from (seconds; nothing when a rerun finds
+# it), then the same checks `posttrain doctor` makes, so a missing piece shows here, not on the first run.
+.venv/bin/posttrain doctor --sdist "$SDIST" --no-selftest
 .venv/bin/posttrain --version
