@@ -15,7 +15,6 @@ from rich.table import Table
 
 from posttrain._files import read_json_file, write_json_atomic, write_text_atomic
 from posttrain._terminal import fit_table
-from posttrain.checkpoint import human_bytes
 from posttrain.cli._app import app, console, esc, print_error
 from posttrain.cli._display import long_command, verbose_option
 from posttrain.cli._options import PipelineOptions, config_option, home_option, pipeline_options
@@ -49,17 +48,31 @@ def _stage_lines(display):
 
 
 def _print_result(result) -> None:
+    """The step table, then what the run concluded and where its report is."""
+    from posttrain.pipeline import outcome_sentences
+
     colour = {"succeeded": "green", "failed": "red", "interrupted": "yellow"}[result.status]
     table = Table(title=f"run {esc(result.run_id)}: [{colour}]{result.status}[/]", title_justify="left",
                   box=box.SIMPLE_HEAD, padding=(0, 1))
-    for col in ("step", "status", "time", "peak RSS", "note"):
-        table.add_column(col, overflow="fold")
+    # Units in the headers and every value but the note on one line: at 80 columns the table reads
+    # as one row per step, and the note (the only free text) wraps last.
+    for col in ("step", "status", "time s", "peak MB"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("time s", "peak MB") else "left")
+    table.add_column("note", overflow="fold")
     for s in result.steps:
         status = "reused" if s.reused else s.status
-        table.add_row(esc(s.name), esc(status), f"{s.wall_s:.1f} s" if s.wall_s is not None else "",
-                      human_bytes(s.peak_rss_bytes) if s.peak_rss_bytes else "", esc(s.error or "", one_line=False))
-    console.print(fit_table(table, console.width, drop=("peak RSS", "time")))
-    report = RunLayout(result.run_dir).report_html
+        table.add_row(esc(s.name), esc(status), f"{s.wall_s:.1f}" if s.wall_s is not None else "",
+                      f"{s.peak_rss_bytes / 1e6:.0f}" if s.peak_rss_bytes else "",  # MB: powers of 1000, as everywhere
+                      esc(s.error or "", one_line=False))
+    console.print(fit_table(table, console.width, drop=("peak MB", "time s")))
+    _print_outcome(outcome_sentences(result), result.run_dir)
+
+
+def _print_outcome(sentences: list[str], run_dir: Path) -> None:
+    """The answer (a sentence per comparison, the ship pick), then the report's path: last, to be copied."""
+    for sentence in sentences:
+        console.print(esc(sentence), highlight=False)
+    report = RunLayout(run_dir).report_html
     if report.exists():
         console.print(f"report: {esc(report)}", highlight=False, soft_wrap=True)
 
@@ -155,11 +168,46 @@ def watch_cmd(
     if not detached:
         _console_logging()
     w = cfg.watch
-    code = serve_watch(cfg.base_dir, dirs, pipeline_handler(cfg), pattern=w.pattern, poll_interval_s=w.check_interval_s,
-                       settle_s=w.settle_s, once=once, use_events=not no_events, jobs=cfg.jobs,
-                       allow_pickle=cfg.allow_pickle, log_max_bytes=w.log_max_bytes, log_backups=w.log_backups,
-                       settings=settings)
+    handled: list[dict] = []
+    code = serve_watch(cfg.base_dir, dirs, _kept(pipeline_handler(cfg), handled), pattern=w.pattern,
+                       poll_interval_s=w.check_interval_s, settle_s=w.settle_s, once=once, use_events=not no_events,
+                       jobs=cfg.jobs, allow_pickle=cfg.allow_pickle, log_max_bytes=w.log_max_bytes,
+                       log_backups=w.log_backups, settings=settings)
+    if once:
+        for out in handled:
+            _print_handled(out)
     raise typer.Exit(code)
+
+
+def _kept(factory, handled: list[dict]):
+    """The watcher's handler factory, its handlers also keeping what each run gave back in `handled`."""
+    def keeping_factory(watcher, stop):
+        handle = factory(watcher, stop)
+
+        def keeping(path: Path, sha: str) -> dict:
+            try:
+                out = handle(path, sha)
+            except Exception as e:  # the watcher records it as failed; the summary says so too
+                why = e.one_line() if isinstance(e, PosttrainError) else f"{e.__class__.__name__}: {e}"
+                handled.append({"status": "failed", "error": why, "path": str(path)})
+                raise
+            handled.append({**out, "path": str(path)})
+            return out
+
+        return keeping
+
+    return keeping_factory
+
+
+def _print_handled(out: dict) -> None:
+    """One checkpoint `watch --once` processed: its run and status, then the answer and the report."""
+    colour = {"succeeded": "green", "failed": "red"}.get(out.get("status"), "yellow")
+    console.print(f"{esc(out['path'])}: run {esc(out.get('run_id') or '?')} [{colour}]{esc(out.get('status'))}[/]",
+                  highlight=False, soft_wrap=True)
+    if out.get("error"):
+        console.print(esc(out["error"]), highlight=False)
+    if out.get("run_dir"):
+        _print_outcome(out.get("verdicts") or [], Path(out["run_dir"]))
 
 
 WATCH_SETTINGS_FILE = "watch.settings.json"

@@ -58,29 +58,49 @@ def runs_cmd(
     home: Path | None = home_option(),
     force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
 ) -> None:
-    """List the runs in the store, newest first, with their variants and verdicts."""
+    """List the runs in the store, newest first: one line each, with its variants and verdicts."""
     from posttrain.report import index_rows, write_index
-    from posttrain.report._render import fmt_bytes, fmt_num
 
     store = _open_store(home)
     index_path = out or store.path.parent / "runs" / "index.html"
     if html:
         refuse_foreign([index_path], force=force)  # before anything is printed or written
-    rows = index_rows(store)
+    runs = _one_row_per_run(index_rows(store))
     table = Table(title=f"runs in {esc(store.path)}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
-    table.add_column("run", no_wrap=True)  # ids are copied into `posttrain report RUN`: never split them
-    for col in ("created", "model", "status", "quant", "size", "KLD vs F16", "scores", "verdict"):
-        table.add_column(col, overflow="fold", justify="right" if col in ("size", "KLD vs F16") else "left")
-    for r in rows:
-        scores = "\n".join(f"{k} {fmt_num(v)}" for k, v in r["scores"].items())
-        cells = (r["run_id"], (r["created_at"] or "")[:19], r["model_name"] or "", r["status"] or "",
-                 r["quant"] or "—", fmt_bytes(r["size_bytes"]), fmt_num(r["kld_vs_f16"], 5), scores, r["verdict"])
+    # One line per run: no cell wraps (ids are copied into `posttrain report RUN`, and a list of runs
+    # reads down its first column); at 80 columns the less telling columns go instead. Each variant's
+    # size, KLD and scores are in the run's report and on the `--html` page.
+    for col in ("run", "created", "status", "quants", "verdicts"):
+        table.add_column(col, no_wrap=True, overflow="ellipsis")
+    for r in runs:
+        cells = (r["run_id"], (r["created_at"] or "")[:16].replace("T", " "), r["status"] or "",
+                 " ".join(r["quants"]) or "—", _verdict_words(r["verdict_counts"]))
         table.add_row(*(Text(c) for c in cells))  # Text: names like "[red]x" are shown, not parsed as markup
-    if rows:
-        # At 80 columns the less telling columns go first; the report has all of them.
-        console.print(fit_table(table, console.width, drop=("KLD vs F16", "created", "size", "status", "model")))
+    if runs:
+        console.print(fit_table(table, console.width, drop=("created", "quants", "status")))
+        if any(r["verdict_counts"].get(_NSD) for r in runs):
+            console.print("n.s.: no significant difference", style="dim", highlight=False)
     else:
         console.print(f"no runs in {esc(store.path)}", highlight=False, soft_wrap=True)
     if html:
         path = write_index(store, index_path)
         console.print(f"wrote {esc(path)}", highlight=False, soft_wrap=True)
+
+
+_NSD = "no significant difference"
+
+
+def _one_row_per_run(rows: list[dict]) -> list[dict]:
+    """The index's rows (one per run and variant) folded into one per run, in the same order."""
+    runs: dict[str, dict] = {}
+    for r in rows:
+        run = runs.setdefault(r["run_id"], {**r, "quants": []})
+        if r["quant"]:
+            run["quants"].append(r["quant"])
+    return list(runs.values())
+
+
+def _verdict_words(counts: dict[str, int]) -> str:
+    """'2 better, 1 n.s.': a run's comparisons by verdict, short enough for one line."""
+    words = {"better": "better", "worse": "worse", _NSD: "n.s."}
+    return ", ".join(f"{counts[v]} {w}" for v, w in words.items() if counts.get(v))

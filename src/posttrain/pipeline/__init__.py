@@ -25,7 +25,7 @@ from posttrain.pipeline._runner import (
     StepResult,
     StepSkipped,
 )
-from posttrain.pipeline._running import pipeline_handler, run_many, run_pipeline
+from posttrain.pipeline._running import outcome_sentences, pipeline_handler, run_many, run_pipeline
 from posttrain.pipeline._stages import Stages, check_inputs, plan_run
 from posttrain.pipeline._status import gather_status
 from posttrain.pipeline._watcher import Watcher, compile_pattern
@@ -50,6 +50,7 @@ __all__ = [
     "gather_status",
     "install_stop_handlers",
     "load_config",
+    "outcome_sentences",
     "pipeline_handler",
     "plan_run",
     "read_pid_file",

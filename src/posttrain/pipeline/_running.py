@@ -12,7 +12,7 @@ from typing import Any
 
 from posttrain.errors import PosttrainError
 from posttrain.pipeline._config import Config
-from posttrain.pipeline._runner import Runner, RunResult
+from posttrain.pipeline._runner import DONE, Runner, RunResult
 from posttrain.pipeline._stages import Stages, check_inputs, plan_run
 from posttrain.store import Store
 
@@ -75,9 +75,25 @@ def pipeline_handler(config: Config, store: Store | None = None):
             result = run_pipeline(path, config, store=store or watcher.store, stop_event=stop, on_event=on_event,
                                   known_sha256=sha)
             failed = result.failures()
-            return {"status": result.status, "run_id": result.run_id,
+            # run_dir and verdicts: what `watch --once` prints when it ends (as `run` does).
+            return {"status": result.status, "run_id": result.run_id, "run_dir": str(result.run_dir),
+                    "verdicts": outcome_sentences(result),
                     "error": "; ".join(f"{f.name}: {f.error}" for f in failed) or None}
 
         return handle
 
     return factory
+
+
+def outcome_sentences(result: RunResult) -> list[str]:
+    """What a run concluded, in the words its documents already hold: the compare step's sentence for
+    each comparison (compare.json, the sentences `demo` and `status` show), then the ship step's pick
+    when the run has one. Only a step done in this run (or verified and reused) is read, so a
+    document left by an earlier attempt never speaks for this one."""
+    from posttrain.compare import verdict_sentences
+
+    done = {s.name: s.outputs or {} for s in result.steps if s.status == DONE}
+    compare = done.get("compare", {}).get("path")
+    lines = verdict_sentences(Path(compare)) if compare else []
+    ship = done.get("ship", {}).get("sentence")
+    return [*lines, ship] if ship else lines

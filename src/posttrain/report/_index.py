@@ -17,15 +17,17 @@ from posttrain.report._render import _env, write_atomically
 from posttrain.store import Store
 
 
-def _verdict_summary(compare: dict[str, Any]) -> str:
-    comps = compare.get("comparisons") or []
-    if not comps:
-        return ""
+def verdict_counts(compare: dict[str, Any]) -> dict[str, int]:
+    """How many comparisons of a run came out better, worse, or with no significant difference."""
     counts: dict[str, int] = {}
-    for c in comps:
+    for c in compare.get("comparisons") or []:
         verdict = c.get("verdict") or "no significant difference"
         counts[verdict] = counts.get(verdict, 0) + 1
-    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    return counts
+
+
+def _verdict_summary(compare: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(verdict_counts(compare).items()))
 
 
 def _href(target: Path, base: Path) -> str:
@@ -51,7 +53,7 @@ def index_rows(store: Store, link_base: Path | None = None) -> list[dict[str, An
         base = {"run_id": run["id"], "created_at": run["created_at"], "model_name": run["model_name"],
                 "display_name": display_name(run["model_name"], run["checkpoint"]),
                 "status": run["status"], "baseline": run["baseline"], "verdict": _verdict_summary(compare),
-                "report": link}
+                "verdict_counts": verdict_counts(compare), "report": link}
         if not variants:
             rows.append({**base, "quant": None, "size_bytes": None, "kld_vs_f16": None, "scores": {}})
         for v in variants:
