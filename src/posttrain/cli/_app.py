@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 
 from posttrain._terminal import esc
+from posttrain.cli._metavars import PlainHelpGroup
 
 app = typer.Typer(
     name="posttrain",
@@ -13,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=PlainHelpGroup,  # plain metavars (TEXT, N, PATH) in every command's --help, not Python types
 )
 console = Console()
 err_console = Console(stderr=True)

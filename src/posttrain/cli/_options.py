@@ -12,6 +12,34 @@ from pathlib import Path
 import typer
 
 
+# -- lists: one convention on every command ------------------------------------------------------
+# `--tasks a,b`, `--tasks a --tasks b` and a mix of both mean the same everywhere; the option is a
+# repeatable list and its callback splits the commas, so a command receives the final list.
+
+def split_list(values: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """Repeated values and comma lists as one list: ["a,b", " c", "a"] -> ["a", "b", "c"] (blanks
+    dropped, each once, in the order given)."""
+    if values is None:
+        return []
+    items = [values] if isinstance(values, str) else values
+    return list(dict.fromkeys(part.strip() for item in items for part in item.split(",") if part.strip()))
+
+
+def _split_or_none(values: list[str] | None) -> list[str] | None:
+    # Not given stays None: the config file or the default decides.
+    return None if values is None else split_list(values)
+
+
+def tasks_option(default: list[str] | None = None, help: str = "lm-eval tasks") -> list[str] | None:
+    return typer.Option(default, "--tasks", "-t", metavar="TASKS", callback=_split_or_none,
+                        help=f"{help}: repeatable or comma-separated (--tasks mmlu,gsm8k or --tasks mmlu --tasks gsm8k).")
+
+
+def quant_option(default: list[str] | None = None, help: str = "GGUF types") -> list[str] | None:
+    return typer.Option(default, "--quant", "-q", metavar="TYPES", callback=_split_or_none,
+                        help=f"{help}: repeatable or comma-separated (-q f16,q8_0 or -q f16 -q q8_0).")
+
+
 def n_gpu_layers_option() -> int | None:
     return typer.Option(
         None, "--n-gpu-layers", "-ngl", envvar="POSTTRAIN_N_GPU_LAYERS",
@@ -99,13 +127,13 @@ def _pipeline_option_params() -> list[inspect.Parameter]:
     options = {
         "baseline": typer.Option(None, "--baseline", "-b", help="HF directory, .gguf file, or ollama:NAME to compare against."),
         "config": config_option(),
-        "quant": typer.Option(None, "--quant", "-q", help="GGUF types, repeatable or comma-separated (default f16,q8_0,q4_k_m)."),
-        "tasks": typer.Option(None, "--tasks", "-t", help="lm-eval tasks, repeatable or comma-separated."),
+        "quant": quant_option(help="GGUF types (default f16,q8_0,q4_k_m)"),
+        "tasks": tasks_option(help="lm-eval tasks (default mmlu,gsm8k,hellaswag)"),
         "limit": typer.Option(None, "--limit", help="Evaluate only N items per task."),
         "home": home_option(),
         "jobs": typer.Option(None, "--jobs", "-j", help="Checkpoints processed at the same time (default 1)."),
         "data_dir": typer.Option(None, "--data-dir", help="Local benchmark files in the official layouts (no Hub)."),
-        "notify": typer.Option(None, "--notify", help="apprise URL to notify when a run ends (repeatable), e.g. ntfy://topic."),
+        "notify": typer.Option(None, "--notify", metavar="URL", help="apprise URL to notify when a run ends (repeatable), e.g. ntfy://topic."),
         "n_gpu_layers": n_gpu_layers_option(),
         "track": typer.Option(None, "--track", help="Record each run in an experiment tracker: mlflow, wandb "
                               "(repeatable or comma-separated). MLflow: local store under HOME/mlruns unless "

@@ -12,7 +12,13 @@ from posttrain.checkpoint import human_bytes
 from posttrain._terminal import fit_table
 from posttrain.cli._app import app, console, esc
 from posttrain.cli._display import long_command, verbose_option
-from posttrain.cli._options import executor_option, n_gpu_layers_option, ray_address_option, shared_dir_option
+from posttrain.cli._options import (
+    executor_option,
+    n_gpu_layers_option,
+    quant_option,
+    ray_address_option,
+    shared_dir_option,
+)
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -23,8 +29,8 @@ def _fmt(x: float | None, spec: str) -> str:
 def convert(
     checkpoint: Path = typer.Argument(..., help="Hugging Face checkpoint directory."),
     out: Path = typer.Option(Path("gguf"), "--out", "-o", help="Directory for the GGUF files and manifest.json."),
-    quant: str = typer.Option("f16,q8_0,q4_k_m", "--quant", "-q",
-                              help="Comma-separated llama.cpp types: f16, q8_0, q4_k_m, q5_k_m, q6_k, iq4_xs, …"),
+    quant: list[str] = quant_option(["f16", "q8_0", "q4_k_m"],
+                                    help="llama.cpp types: f16, q8_0, q4_k_m, q5_k_m, q6_k, iq4_xs, …"),
     name: str = typer.Option(None, "--name", help="Model name used in file names (default: from the folder)."),
     pre_tokenizer: str = typer.Option(None, "--pre-tokenizer",
                                       help="BPE pre-tokenizer name when the converter does not recognise it (e.g. gpt-2)."),

@@ -19,6 +19,7 @@ from posttrain.cli._options import (
     ray_address_option,
     shard_docs_option,
     shared_dir_option,
+    tasks_option,
 )
 
 
@@ -30,7 +31,7 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 def eval_cmd(
     model: str = typer.Argument(..., help="A .gguf file, an HF checkpoint directory, ollama:NAME, "
                                           "or the served model's name with --endpoint."),
-    tasks: str = typer.Option("mmlu,gsm8k,hellaswag", help="Comma-separated lm-eval task or group names."),
+    tasks: list[str] = tasks_option(["mmlu", "gsm8k", "hellaswag"], help="lm-eval task or group names"),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Local task data in the official layouts "
                                          "(gsm8k/, mmlu/, hellaswag/); without it lm-eval loads from the Hub."),
     include_path: list[Path] | None = typer.Option(None, "--include-path",
@@ -45,9 +46,9 @@ def eval_cmd(
     home: Path | None = home_option(),
     out: Path | None = typer.Option(None, "--out", help="Where lm-eval's results and samples go "
                                     "(default HOME/evals/<model>)."),
-    endpoint: str | None = typer.Option(None, "--endpoint", help="OpenAI-compatible completions server URL."),
+    endpoint: str | None = typer.Option(None, "--endpoint", metavar="URL", help="OpenAI-compatible completions server URL."),
     tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Local HF tokenizer dir (with --endpoint)."),
-    ollama: str | None = typer.Option(None, "--ollama", help="Ollama URL, for a model given as ollama:NAME."),
+    ollama: str | None = typer.Option(None, "--ollama", metavar="URL", help="Ollama URL, for a model given as ollama:NAME."),
     think_pattern: list[str] | None = typer.Option(None, "--think-pattern",
                                                    help="Regex of reasoning text to strip from generations "
                                                         "(repeatable; default <think>…</think>)."),
@@ -75,7 +76,7 @@ def eval_cmd(
           sharded(executor, ray_address=ray_address, shared_dir=shared_dir, data_dir=data_dir,
                   task_paths=include_path or None, shard_docs=shard_docs) as shards):
         results = evaluate(
-            model, [t.strip() for t in tasks.split(",") if t.strip()], data_dir=data_dir, limit=limit,
+            model, tasks, data_dir=data_dir, limit=limit,
             per_subject=per_subject, seed=seed, num_fewshot=num_fewshot, store=store, out_dir=out_dir,
             endpoint=endpoint, tokenizer=tokenizer, ollama_url=ollama, think_patterns=think_pattern or None,
             gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, task_paths=include_path or None,

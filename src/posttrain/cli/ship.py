@@ -10,7 +10,7 @@ from rich.table import Table
 
 from posttrain.cli._app import app, console, esc
 from posttrain.cli._display import long_command
-from posttrain.cli._options import n_gpu_layers_option
+from posttrain.cli._options import n_gpu_layers_option, quant_option, tasks_option
 
 
 @app.command("ship")
@@ -18,11 +18,11 @@ def ship_cmd(
     checkpoint: Path = typer.Argument(..., help="Hugging Face checkpoint directory."),
     text: Path | None = typer.Option(None, "--text", help="Held-out text FILE or DIR (≥ 10,000 tokens; .txt/.md/"
                                      ".jsonl, optionally .bz2/.gz/.xz). Without it: the tasks' own documents."),
-    tasks: str = typer.Option("", "--tasks", help="Comma-separated lm-eval tasks for the equivalence test "
-                                                  "(e.g. mmlu,hellaswag); none: quality and speed only."),
+    tasks: list[str] | None = tasks_option(help="lm-eval tasks for the equivalence test (none: quality and "
+                                                "speed only)"),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Local task data in the official layouts."),
-    quant: str = typer.Option("f16,q8_0,q6_k,q5_k_m,q4_k_m,iq4_xs,q3_k_m", "--quant", "-q",
-                              help="The ladder: comma-separated llama.cpp types (F16 is always the reference)."),
+    quant: list[str] = quant_option(["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "iq4_xs", "q3_k_m"],
+                                    help="The ladder, llama.cpp types (F16 is always the reference)"),
     imatrix_text: Path | None = typer.Option(
         None, "--imatrix-text", help="Text FILE or DIR for an importance matrix (llama.cpp's llama-imatrix on F16): "
         "every K/IQ rung is also made with it, shown next to it as <QUANT>-imatrix. The first use builds "
@@ -56,7 +56,7 @@ def ship_cmd(
     # runs) is a stage of the display; lm-eval's, datasets' and llama.cpp's output goes to the log.
     with long_command(out_dir / "logs" / "ship.log", title=f"ship: the ladder of {checkpoint}") as display:
         doc = run_ladder(checkpoint, out_dir=out_dir, store=Store(paths.store_path(base)),
-                         tasks=[t.strip() for t in tasks.split(",") if t.strip()], data_dir=data_dir,
+                         tasks=tasks or [], data_dir=data_dir,
                          quants=parse_quant_list(quant), text=text, margin_points=margin, alpha=alpha, max_kld=max_kld,
                          n_ctx=n_ctx, max_tokens=max_tokens, limit=limit, seed=seed, speed=not no_speed,
                          speed_reps=reps, n_gpu_layers=n_gpu_layers, model_name=name,
