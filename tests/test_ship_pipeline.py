@@ -48,6 +48,11 @@ def test_a_run_with_ship_writes_the_verdict_and_the_report_opens_with_it(tiny_sp
     # Its evaluations are the run's own (the ladder reuses them from the store): no second lm-eval run.
     assert len(Store(home / "posttrain.db").query("SELECT * FROM evals")) == 2
 
+    # The run's last words: the ship pick (wrapped at the terminal's width), then the report's path.
+    lines = proc.stdout.rstrip().splitlines()
+    assert lines[-1] == f"report: {run_dir / 'report.html'}", proc.stdout
+    assert " ".join("\n".join(lines[:-1]).split()).endswith(" ".join(doc["verdict"]["sentence"].split())), proc.stdout
+
     html = (run_dir / "report.html").read_text()
     assert "Which quant to ship" in html
     assert html.index("Which quant to ship") < html.index('id="verdict"')
