@@ -23,22 +23,44 @@ POLL_S = 0.2
 PR_SET_PDEATHSIG = 1
 
 
+# Windows' process-creation flags, spelled out: `subprocess` defines them only on Windows, and the
+# functions below are also exercised elsewhere (tests pretend to be Windows by setting sys.platform).
+_CREATE_NEW_PROCESS_GROUP = 0x00000200
+_CREATE_NO_WINDOW = 0x08000000
+
+
 def detached_kwargs() -> dict:
     """`subprocess.Popen` arguments for a child that must not get the terminal's Ctrl-C and may
-    outlive this process's session: a new session on POSIX, a detached new process group on Windows."""
+    outlive this process's session: a new session on POSIX; on Windows a new process group with a
+    console of its own that nobody sees. Not DETACHED_PROCESS: a process without any console makes
+    every console program it starts (a step child, the converter, lm-eval's `git`) open a new,
+    visible window; a hidden console is inherited by all of them instead."""
     if sys.platform == "win32":
-        return {"creationflags": subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP}
+        return {"creationflags": _CREATE_NO_WINDOW | _CREATE_NEW_PROCESS_GROUP}
     return {"start_new_session": True}
 
 
-def _set_pdeathsig(sig: int) -> None:
+def no_window_kwargs() -> dict:
+    """`subprocess` arguments for every other child (Python steps, the converter, the quantizer,
+    llama.cpp's tools, git): on Windows a console program started by a parent without a console
+    (the detached watcher) gets a new, visible console window, and closing that window kills the
+    step. CREATE_NO_WINDOW gives it a console nobody sees. Nothing elsewhere."""
+    if sys.platform == "win32":
+        return {"creationflags": _CREATE_NO_WINDOW}
+    return {}
+
+
+def _set_pdeathsig(signal_name: str) -> None:
+    """Ask Linux to send `signal_name` to this process when its spawning thread ends. By name, looked
+    up only on Linux: Windows' `signal` module has no SIGKILL, and evaluating `signal.SIGKILL` there
+    ended every child at start-up (issue 28)."""
     if not sys.platform.startswith("linux"):
         return  # no such call elsewhere; the polling thread covers those systems
     import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(getattr(signal, signal_name)), 0, 0, 0)
     except (OSError, AttributeError):
         pass  # an unusual libc: the polling thread still applies
 
@@ -66,7 +88,7 @@ def die_with_parent(parent_pid: int, *, pdeathsig: bool = True,
     except psutil.Error:
         return False
     if pdeathsig:
-        _set_pdeathsig(signal.SIGTERM if on_orphan is not None else signal.SIGKILL)
+        _set_pdeathsig("SIGTERM" if on_orphan is not None else "SIGKILL")
     if not _parent_alive(parent):
         return False
 

@@ -165,8 +165,22 @@ _WINDOWS_FAULTS = {
 }
 
 
+# Windows' exit status of a console process ended by Ctrl-C or Ctrl-Break (STATUS_CONTROL_C_EXIT).
+_WINDOWS_CTRL_C = 0xC000013A
+
+
+def was_interrupted(returncode: int | None) -> bool:
+    """Whether a child ended because the user pressed Ctrl-C: killed by SIGINT on POSIX, or
+    STATUS_CONTROL_C_EXIT on Windows. That is the user's interrupt, not a crash or a failure."""
+    if returncode is None:
+        return False
+    return returncode == -int(getattr(signal, "SIGINT", 2)) or returncode & 0xFFFFFFFF == _WINDOWS_CTRL_C
+
+
 def describe_exit(returncode: int) -> str | None:
     """'SIGSEGV in native code' for a process a signal or a native fault ended; None for a normal exit."""
+    if returncode & 0xFFFFFFFF == _WINDOWS_CTRL_C:  # before the signals: signed, it is negative too
+        return "interrupted (Ctrl-C)"
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain import _native
+from posttrain._lifeline import no_window_kwargs
 
 DECODE_TOKENS = 32
 TIMEOUT_S = 300.0
@@ -51,7 +52,8 @@ def _child(args: list[str], env: dict[str, str] | None = None, timeout: float = 
     """Run `python -m posttrain._selftest ARGS`; (exit code or None on timeout, its output)."""
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen([sys.executable, "-m", "posttrain._selftest", *args], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                **no_window_kwargs())
         try:
             code: int | None = proc.wait(timeout)
         except subprocess.TimeoutExpired:

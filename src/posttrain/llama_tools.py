@@ -19,6 +19,7 @@ against the runtime's llama.cpp version (its commit is the user's, so only the v
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from posttrain._lifeline import detached_kwargs, no_window_kwargs
 from posttrain._locks import FileLock
 from posttrain.errors import PosttrainError
 from posttrain.paths import cache_dir
@@ -69,15 +71,20 @@ class LlamaTools:
 
     @property
     def imatrix(self) -> Path:
-        return self.bin_dir / IMATRIX
+        return self.bin_dir / executable_name(IMATRIX)
 
     @property
     def quantize(self) -> Path:
-        return self.bin_dir / QUANTIZE
+        return self.bin_dir / executable_name(QUANTIZE)
 
     def to_json(self) -> dict:
         return {"bin_dir": str(self.bin_dir), "llama_version": self.llama_version, "commit": self.commit,
                 "source": self.source, "profile": self.profile}
+
+
+def executable_name(tool: str) -> str:
+    """A tool's file name on this OS: `llama-imatrix.exe` on Windows, `llama-imatrix` elsewhere."""
+    return f"{tool}.exe" if sys.platform == "win32" else tool
 
 
 def source_tag(ver: str) -> str:
@@ -128,7 +135,7 @@ def tool_version(binary: Path) -> tuple[str, int, str]:
     """(llama.cpp version, build number, commit) printed by `binary --version`."""
     try:
         proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, errors="replace",
-                              timeout=VERSION_TIMEOUT_S)
+                              timeout=VERSION_TIMEOUT_S, **no_window_kwargs())
     except (OSError, subprocess.TimeoutExpired) as e:
         raise PosttrainError(f"{binary} cannot be run: {e}", remedy="rebuild it or point posttrain at another build") from None
     m = _VERSION_LINE.search(proc.stdout + proc.stderr)
@@ -191,11 +198,11 @@ def build_log_path(root: Path) -> Path:
 
 def _user_tools(bin_dir: Path) -> LlamaTools:
     bin_dir = bin_dir.expanduser().resolve()
-    for name in TOOLS:
+    for name in map(executable_name, TOOLS):
         if not os.access(bin_dir / name, os.X_OK):
             raise PosttrainError(f"{bin_dir} holds no executable {name}",
                                  remedy="build llama.cpp's llama-imatrix and llama-quantize there, or leave it to posttrain")
-    version, commit = check_tool(bin_dir / IMATRIX, expected_commit=None)
+    version, commit = check_tool(bin_dir / executable_name(IMATRIX), expected_commit=None)
     return LlamaTools(bin_dir, version, commit, "user")
 
 
@@ -215,11 +222,11 @@ def _verified_build(root: Path, ver: str) -> LlamaTools | None:
     if not isinstance(meta, dict) or not isinstance(meta.get("binaries"), dict):
         raise PosttrainError(f"{meta_path} is damaged", remedy=f"delete {root} and run again to rebuild the tools")
     for name in TOOLS:
-        path = root / "bin" / name
+        path = root / "bin" / executable_name(name)
         if not path.is_file() or _sha256(path) != meta["binaries"].get(name):
             raise PosttrainError(f"the built {name} at {path} was modified or removed (hash mismatch)",
                                  remedy=f"delete {root} and run again to rebuild the tools")
-    version, commit = check_tool(root / "bin" / IMATRIX, expected_commit=source_tag(ver))
+    version, commit = check_tool(root / "bin" / executable_name(IMATRIX), expected_commit=source_tag(ver))
     return LlamaTools(root / "bin", version, commit, "sdist", meta.get("profile"))
 
 
@@ -244,9 +251,24 @@ def _jobs() -> int:
     return cpu_threads()  # the CPUs this process may use, on every OS
 
 
+def cmake_generator() -> list[str]:
+    """Ninja where it is installed (one folder of binaries, parallel by default); otherwise CMake's
+    own default for the OS, e.g. Visual Studio's on Windows, whose binaries land in bin/Release/."""
+    return ["-G", "Ninja"] if shutil.which("ninja") else []
+
+
+def built_binary(build: Path, tool: str) -> Path:
+    """Where a generator put `tool`: bin/ (Ninja, Makefiles) or bin/Release/ (multi-config ones)."""
+    for folder in (build / "bin", build / "bin" / "Release"):
+        if (folder / executable_name(tool)).is_file():
+            return folder / executable_name(tool)
+    raise PosttrainError(f"the build made no {executable_name(tool)} under {build / 'bin'}",
+                         remedy=f"see the build log {build_log_path(build)}")
+
+
 def cmake_configure_args(src: Path, build: Path, ver: str) -> list[str]:
     _, isa = build_profile()
-    return ["cmake", "-S", str(src), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+    return ["cmake", "-S", str(src), "-B", str(build), *cmake_generator(), "-DCMAKE_BUILD_TYPE=Release",
             # Static: the two binaries need nothing from the temporary build folder once renamed.
             "-DBUILD_SHARED_LIBS=OFF", *isa, "-DGGML_CUDA=OFF",
             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
@@ -259,10 +281,9 @@ def cmake_configure_args(src: Path, build: Path, ver: str) -> list[str]:
 
 def build_tools(ver: str, root: Path) -> Path:
     """Build llama-imatrix and llama-quantize from the llama-cpp-python `ver` sdist into `root` (atomic)."""
-    for tool in ("cmake", "ninja"):
-        if shutil.which(tool) is None:
-            raise PosttrainError(f"building llama.cpp's tools needs {tool}, which is not on PATH",
-                                 remedy=f"install {tool} (and a C++ compiler), or pass --llama-cpp-dir with your own build")
+    if shutil.which("cmake") is None:
+        raise PosttrainError("building llama.cpp's tools needs cmake, which is not on PATH",
+                             remedy="install cmake (and a C++ compiler), or pass --llama-cpp-dir with your own build")
     root.parent.mkdir(parents=True, exist_ok=True)
     log = build_log_path(root)
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".build-{root.name}-") as tmp:
@@ -274,20 +295,21 @@ def build_tools(ver: str, root: Path) -> Path:
         started = time.monotonic()
         with open(log, "w") as logf:
             _run_logged(cmake_configure_args(src, build, ver), logf, log, CONFIGURE_TIMEOUT_S, "configuring")
-            _run_logged(["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(_jobs())],
+            _run_logged(["cmake", "--build", str(build), "--config", "Release", "--target", *TOOLS,
+                         "-j", str(_jobs())],
                         logf, log, BUILD_TIMEOUT_S, "building")
         seconds = time.monotonic() - started
         staging = tmp / "tree"
         (staging / "bin").mkdir(parents=True)
         for name in TOOLS:
-            shutil.copy2(build / "bin" / name, staging / "bin" / name)
+            shutil.copy2(built_binary(build, name), staging / "bin" / executable_name(name))
         shutil.copy2(log, staging / "build.log")
         profile, isa = build_profile()
         with open(sdist, "rb") as f:
             sdist_sha = hashlib.file_digest(f, "sha256").hexdigest()
         meta = {"llama_cpp_python": ver, "sdist": sdist.name, "sdist_sha256": sdist_sha, "profile": profile,
                 "cmake_isa": isa, "build_seconds": round(seconds, 1), "jobs": _jobs(),
-                "binaries": {name: _sha256(staging / "bin" / name) for name in TOOLS}}
+                "binaries": {name: _sha256(staging / "bin" / executable_name(name)) for name in TOOLS}}
         (staging / PROVENANCE).write_text(json.dumps(meta, indent=2))
         if root.exists():
             shutil.rmtree(root)
@@ -298,8 +320,9 @@ def build_tools(ver: str, root: Path) -> Path:
 def _run_logged(cmd: list[str], logf, log: Path, timeout: float, what: str) -> None:
     logf.write("$ " + " ".join(cmd) + "\n")
     logf.flush()
-    # Its own process group: on a timeout or Ctrl-C the compilers ninja started end with it.
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=os.name == "posix")
+    # Its own process group: on a timeout or Ctrl-C the compilers ninja started end with it (Windows:
+    # a new process group with a hidden console, ended tree and all by _kill_tree below).
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, **detached_kwargs())
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -318,7 +341,21 @@ def _kill_group(proc: subprocess.Popen) -> None:
         if os.name == "posix":
             os.killpg(proc.pid, 9)
         else:
-            proc.kill()
+            _kill_tree(proc.pid)
     except OSError:
         pass
     proc.wait()
+
+
+def _kill_tree(pid: int) -> None:
+    """The process and everything it started (Windows has no process groups to kill at once)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        family = [*parent.children(recursive=True), parent]
+    except psutil.Error:
+        return
+    for proc in family:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()

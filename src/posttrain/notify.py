@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from posttrain._lifeline import no_window_kwargs
+
 log = logging.getLogger(__name__)
 
 SUBPROCESS_TIMEOUT_S = 60
@@ -137,8 +139,7 @@ def _session_bus() -> bool:
 
 
 def _run(args: list[str], **kw: Any) -> subprocess.CompletedProcess:
-    if os.name == "nt":  # no console window flashing up for a PowerShell child of a detached watcher
-        kw.setdefault("creationflags", subprocess.CREATE_NO_WINDOW)
+    kw = {**no_window_kwargs(), **kw}  # no console window flashing up for a PowerShell child of the watcher
     return subprocess.run(args, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S, check=False, **kw)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from posttrain.errors import CheckpointIncomplete, PosttrainError
 from posttrain.paths import confined, model_label, safe_name
 from posttrain.store import utcnow
 from posttrain.toolchain import ConverterTree, converter_env, find_converter
+from posttrain._lifeline import no_window_kwargs
 
 MANIFEST_SCHEMA = contracts.MANIFEST_SCHEMA
 _SHIM = Path(__file__).with_name("_converter_shim.py")
@@ -163,10 +163,13 @@ def _run_converter(tree: ConverterTree, checkpoint: Path, quant: str, dest: Path
         cmd.append(f"--pre-tokenizer={pre_tokenizer}")
     cmd += ["--", str(checkpoint), "--outtype", quant.lower(), "--outfile", str(dest)]
     with open(log, "w") as logf:
-        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=converter_env(tree))
-    if proc.returncode == -getattr(signal, "SIGINT", 2):
-        # Ctrl-C reaches the whole process group: the converter's death by it is the user's
-        # interrupt (exit 130), not a conversion failure.
+        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=converter_env(tree),
+                              **no_window_kwargs())
+    from posttrain._native import was_interrupted
+
+    if was_interrupted(proc.returncode):
+        # Ctrl-C reaches the whole process group (the console's, on Windows): the converter's death
+        # by it is the user's interrupt (exit 130), not a conversion failure.
         raise KeyboardInterrupt
     if proc.returncode != 0:
         raise _converter_error(log.read_text(errors="replace"), checkpoint, quant, log)

@@ -23,6 +23,7 @@ from posttrain._locks import FileLock
 from posttrain.convert._quant_types import NEEDS_IMATRIX, is_k_quant
 from posttrain.errors import PosttrainError
 from posttrain.llama_tools import LlamaTools, find_llama_tools
+from posttrain._lifeline import no_window_kwargs
 
 SUFFIX = "-imatrix"  # "Q4_K_M-imatrix": a label that is a safe file-name part (paths.safe_name keeps it)
 MANIFEST = "imatrix-variants.json"
@@ -114,7 +115,8 @@ def compute_imatrix(f16: Path, text_file: Path, cache: Path, *, chunk: int = DEF
 def _run(cmd: list[str], log: Path, timeout: float, what: str, cwd: Path | None = None) -> None:
     with open(log, "w") as logf:
         try:
-            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, timeout=timeout, cwd=cwd)
+            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, timeout=timeout, cwd=cwd,
+                                  **no_window_kwargs())
         except subprocess.TimeoutExpired:
             raise PosttrainError(f"{what} took more than {timeout:.0f} s and was stopped", remedy=f"see {log}") from None
     if proc.returncode != 0:

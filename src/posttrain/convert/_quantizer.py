@@ -32,6 +32,7 @@ from posttrain._files import sha256_file
 from posttrain.convert._quant_types import NEEDS_IMATRIX, quantizer_types
 from posttrain.errors import PosttrainError
 from posttrain.toolchain import ConverterTree
+from posttrain._lifeline import no_window_kwargs
 
 _CHILD = "posttrain.convert._quantizer_child"
 # What one quantization holds besides the process itself: a tensor's F16 bytes, its float32 copy and
@@ -136,7 +137,7 @@ class QuantizerPool:
         # which lives until close()); stdout carries only the protocol, llama.cpp writes to the job's log.
         child = subprocess.Popen([sys.executable, "-m", _CHILD, f"--parent={os.getpid()}"], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=err, text=True, encoding="utf-8",
-                                 bufsize=1)
+                                 bufsize=1, **no_window_kwargs())
         return child, err
 
     def submit(self, quant: str, src: Path, partial: Path, imatrix: Path | None, log: Path,

@@ -25,6 +25,7 @@ from posttrain.demo._task import TASK_NAME, write_demo_task
 from posttrain.demo._train import DEFAULT_STEPS, EARLY_DIR, FINAL_DIR, train_demo_model
 from posttrain.errors import PosttrainError
 from posttrain.pipeline._daemon import log_tail, watcher_health
+from posttrain._lifeline import no_window_kwargs
 
 MARKER = ".posttrain-demo"
 RUN_NAME = "demo"
@@ -150,7 +151,7 @@ def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, 
 
     start = time.perf_counter()
     proc = subprocess.run(_posttrain("watch", str(runs), "--daemon", "--config", str(config), "--home", str(home)),
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, **no_window_kwargs())
     if proc.returncode != 0:
         raise PosttrainError(f"could not start the demo's watcher: {(proc.stderr or proc.stdout).strip()}")
     times["start watcher"] = time.perf_counter() - start
@@ -190,7 +191,8 @@ def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, 
             time.sleep(0.5)
         times["pipeline"] = time.perf_counter() - start
     finally:
-        subprocess.run(_posttrain("stop", "--home", str(home), "--grace", "60"), capture_output=True, text=True)
+        subprocess.run(_posttrain("stop", "--home", str(home), "--grace", "60"), capture_output=True, text=True,
+                       **no_window_kwargs())
     times["total"] = time.perf_counter() - started
 
     run_dir = Path(row["run_dir"]) if row.get("run_dir") else None

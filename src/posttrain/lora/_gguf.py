@@ -20,6 +20,7 @@ from posttrain.checkpoint import checkpoint_sha256
 from posttrain.errors import CheckpointIncomplete, PosttrainError
 from posttrain.lora._detect import AdapterVerdict, inspect_adapter
 from posttrain.toolchain import converter_env, find_converter
+from posttrain._lifeline import no_window_kwargs
 
 _SHIM = Path(__file__).parent.parent / "convert" / "_converter_shim.py"
 ADAPTER_TYPES = ("f16", "f32", "bf16", "q8_0")
@@ -85,7 +86,7 @@ def convert_adapter(adapter: str | Path | AdapterVerdict, out_path: str | Path, 
     env = {**converter_env(tree), "HF_HUB_OFFLINE": "1"}
     try:
         with open(log, "w") as logf:
-            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, **no_window_kwargs())
         if proc.returncode != 0:
             raise _error(log.read_text(errors="replace"), verdict, log)
         with open(tmp, "rb") as fh:

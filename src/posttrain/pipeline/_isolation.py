@@ -30,10 +30,11 @@ from typing import Any
 import psutil
 
 from posttrain._files import read_json_file
-from posttrain._native import describe_exit
+from posttrain._native import describe_exit, was_interrupted
 from posttrain.contracts import RunLayout
 from posttrain.pipeline._resources import tree_rss
 from posttrain.errors import PosttrainError
+from posttrain._lifeline import no_window_kwargs
 
 CHILD_MODULE = "posttrain.pipeline._step_child"
 # A test-only hook (see _step_child): makes a step's child crash in native code.
@@ -97,7 +98,8 @@ def run_in_child(job: StepJob, run_dir: Path, stop_event: threading.Event | None
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} step {job.step}, attempt {job.attempt} =====\n"
                   .encode())
         log.flush()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                **no_window_kwargs())
         try:
             watched = psutil.Process(proc.pid)
             while proc.poll() is None:
@@ -113,6 +115,8 @@ def run_in_child(job: StepJob, run_dir: Path, stop_event: threading.Event | None
         finally:
             job_path.unlink(missing_ok=True)
             stop_path.unlink(missing_ok=True)
+    if was_interrupted(proc.returncode):
+        raise KeyboardInterrupt  # Ctrl-C reached the child too (same console): the user's, not a crash
     how = describe_exit(proc.returncode)
     if how is not None:
         raise NativeCrash(job.step, how, log_path)

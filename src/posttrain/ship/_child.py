@@ -15,6 +15,7 @@ from pathlib import Path
 
 from posttrain._files import read_json_file
 from posttrain.errors import PosttrainError
+from posttrain._lifeline import no_window_kwargs
 
 # Generous: the wait must be bounded, yet a large model on a slow CPU is slow. Callers may pass more.
 DEFAULT_TIMEOUT_S = 6 * 3600
@@ -37,7 +38,8 @@ def run_child(job: dict, log: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> dic
         job_path.write_text(json.dumps(job))
         with open(log, "a") as logf:
             proc = subprocess.Popen([sys.executable, "-m", "posttrain.ship._worker", str(job_path), str(result_path),
-                                     str(os.getpid())], stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+                                     str(os.getpid())], stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                    **no_window_kwargs())
             try:
                 code = proc.wait(timeout_s)
             except subprocess.TimeoutExpired:

@@ -21,6 +21,7 @@ from posttrain.store import Store
 from posttrain.track._base import TrackRecord
 from posttrain.track._parent import find_parent
 from posttrain.track._record import build_record
+from posttrain._lifeline import no_window_kwargs
 
 log = logging.getLogger("posttrain.track")
 
@@ -51,7 +52,7 @@ def send(record: TrackRecord, tracker: str, *, home: Path, run_dir: Path, attemp
             sink.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} tracker {tracker} =====\n".encode())
             sink.flush()
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                  timeout=timeout_s, check=False)
+                                  timeout=timeout_s, check=False, **no_window_kwargs())
     except subprocess.TimeoutExpired:
         return _failed(tracker, f"no answer within {timeout_s:g} s (stopped); log: {log_path}",
                        seconds=round(time.monotonic() - t0, 3))
