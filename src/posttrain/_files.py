@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,35 @@ def write_texts_atomic(files: dict[Path, str], *, mode: int = 0o644) -> None:
         for path, text in files.items():
             staged.append((_stage(Path(path), text, mode), Path(path)))
         for tmp, path in staged:
-            os.replace(tmp, path)
+            replace_retrying(tmp, path)
     finally:
         for tmp, _ in staged:
             Path(tmp).unlink(missing_ok=True)
+
+
+# Windows refuses to rename over a file that another process holds open without FILE_SHARE_DELETE
+# (ERROR_ACCESS_DENIED 5, ERROR_SHARING_VIOLATION 32): a `posttrain status` reading the watcher's
+# status file, an editor, Defender or OneDrive scanning it. The holder lets go within moments.
+_SHARING_ERRORS = (5, 32)
+SHARING_RETRY_S = 2.0
+
+
+def _held_by_another(error: OSError) -> bool:
+    return isinstance(error, PermissionError) and getattr(error, "winerror", None) in _SHARING_ERRORS
+
+
+def replace_retrying(src: str | Path, dst: str | Path) -> None:
+    """`os.replace`, tried again for up to SHARING_RETRY_S while Windows says another process holds
+    the target open; any other error (and a hold that lasts) is raised as it is."""
+    deadline = time.monotonic() + SHARING_RETRY_S
+    while True:
+        try:
+            os.replace(src, dst)
+            return
+        except OSError as e:
+            if not _held_by_another(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def write_json_atomic(path: str | Path, doc: Any) -> str:
@@ -73,10 +99,17 @@ def sha256_file(path: str | Path) -> str:
 def read_json_file(path: str | Path) -> dict[str, Any] | None:
     """A JSON object from `path`, or None when the file is missing, unreadable, not JSON or not an
     object (status and result files: absent and half-written mean the same to their readers)."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    deadline = time.monotonic() + SHARING_RETRY_S
+    while True:
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+            break
+        except OSError as e:
+            if not _held_by_another(e) or time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)  # mid-rename on Windows: the new file is there a moment later
+        except ValueError:
+            return None
     return doc if isinstance(doc, dict) else None
 
 

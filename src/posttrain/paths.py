@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import unicodedata
 from pathlib import Path, PurePath
 
@@ -12,11 +13,16 @@ from posttrain.errors import PosttrainError
 
 
 def home() -> Path:
-    """The base directory for outputs and the store: $POSTTRAIN_HOME, else $XDG_DATA_HOME/posttrain."""
+    """The base directory for outputs and the store: $POSTTRAIN_HOME, else $XDG_DATA_HOME/posttrain,
+    else the OS's place for an application's data: %LOCALAPPDATA%\\posttrain on Windows (local, not
+    roaming: GGUF files are gigabytes), ~/.local/share/posttrain elsewhere."""
     if env := os.environ.get("POSTTRAIN_HOME"):
         return Path(env).expanduser()
-    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(data) / "posttrain"
+    if data := os.environ.get("XDG_DATA_HOME"):
+        return Path(data) / "posttrain"
+    if sys.platform == "win32" and (local := os.environ.get("LOCALAPPDATA")):
+        return Path(local) / "posttrain"
+    return Path.home() / ".local" / "share" / "posttrain"
 
 
 def store_path(base: Path | None = None) -> Path:
@@ -27,8 +33,11 @@ def cache_dir() -> Path:
     """Rebuildable downloads (the llama.cpp converter tree): $POSTTRAIN_CACHE, else $XDG_CACHE_HOME/posttrain."""
     if env := os.environ.get("POSTTRAIN_CACHE"):
         return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "posttrain"
+    if cache := os.environ.get("XDG_CACHE_HOME"):
+        return Path(cache) / "posttrain"
+    if sys.platform == "win32" and (local := os.environ.get("LOCALAPPDATA")):
+        return Path(local) / "posttrain" / "cache"  # beside the data, as Windows programs keep it
+    return Path.home() / ".cache" / "posttrain"
 
 
 # ---------------------------------------------------------------- names that become paths

@@ -88,7 +88,12 @@ def watcher_health(home: Path, stale_after_s: float = STALE_AFTER_S) -> Health:
         return Health(False, f"no watcher is running for {home} (no PID file)")
     if not info.alive:
         return Health(False, f"the watcher (PID {info.pid}) is no longer running", info.pid)
-    status = read_json_file(home / STATUS_FILE) or {}
+    status = read_json_file(home / STATUS_FILE)
+    if status is None and (home / STATUS_FILE).exists():
+        # There but unreadable: on Windows another process (a reader, Defender, OneDrive) holds it
+        # longer than the read retries. That says nothing about the watcher; its PID is alive.
+        return Health(True, "alive (status file busy)", info.pid)
+    status = status or {}
     if status.get("pid") != info.pid:
         if info.uptime_s < stale_after_s:
             return Health(True, "starting", info.pid)  # it writes its first status once it has scanned
@@ -194,8 +199,8 @@ def spawn_detached(argv: list[str], home: Path, timeout: float = 30.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = read_pid_file(home)
-        if info is not None and info.pid == proc.pid and info.alive:
-            return proc.pid
+        if info is not None and info.alive and started_by(info.pid, proc.pid):
+            return info.pid
         code = proc.poll()
         if code is not None:
             tail = out.read_text(errors="replace").strip().splitlines()[-1:] if out.exists() else []
@@ -203,6 +208,18 @@ def spawn_detached(argv: list[str], home: Path, timeout: float = 30.0) -> int:
                                  remedy=f"see {out}")
         time.sleep(0.1)
     raise PosttrainError(f"the watcher (PID {proc.pid}) did not start within {timeout:g} s", remedy=f"see {out}")
+
+
+def started_by(pid: int, spawned: int) -> bool:
+    """Whether process `pid` is the one we spawned or runs under it. On Windows a venv's
+    `Scripts\\python.exe` is a launcher that runs the real interpreter as its child: the PID that
+    `Popen` returns is the launcher's, the watcher writes its own (issue 28)."""
+    if pid == spawned:
+        return True
+    try:
+        return any(parent.pid == spawned for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
 
 
 def _wait_gone(proc: psutil.Process, timeout: float) -> bool:

@@ -158,7 +158,7 @@ class LlamaServer:
                 if code is not None:
                     self._close_log()
                     tail = _tail(self.log_path)
-                    if "address already in use" in tail.lower():
+                    if _port_taken(tail):
                         raise _PortTaken()
                     # One line: the cause, and where the whole log is (a traceback is no message).
                     raise PosttrainError(f"llama.cpp server for {self.gguf.name} exited with code {code} while "
@@ -202,6 +202,14 @@ class LlamaServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _port_taken(log_tail: str) -> bool:
+    """Whether the server died because its port was taken by then: uvicorn's bind error, as Linux and
+    macOS word it (EADDRINUSE) or as Windows does (WinError 10048, in the system's language, so the
+    code is what is matched there)."""
+    text = log_tail.lower()
+    return "address already in use" in text or "errno 98" in text or "errno 48" in text or "10048" in text
 
 
 class _PortTaken(Exception):
