@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from posttrain import _progress
+from posttrain import _progress, _terminal
 
 # Read by tqdm, datasets, huggingface_hub and transformers when they are imported (also in the
 # step children, which inherit the environment): most of their bars are off, even in the log files
@@ -53,16 +53,30 @@ def library_output_to(log_path: Path | None) -> Iterator[io.TextIOBase | None]:
         with contextlib.suppress(Exception):
             stream.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
-    terminal = os.fdopen(os.dup(saved[2]), "w", encoding="utf-8", errors="replace", buffering=1)
+    # The display's stream, in the encoding the terminal (or the file it is redirected to) expects.
+    terminal = os.fdopen(os.dup(saved[2]), "w", encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                         errors=_terminal.ERRORS, buffering=1)
     handler = _warnings_to(terminal)
+    python_streams = sys.stdout, sys.stderr
     try:
         with open(log_path, "ab", buffering=0) as log:
             for fd in (1, 2):
                 os.dup2(log.fileno(), fd)
+            # Python's own writers go to the log directly, not through the objects bound to the old
+            # descriptors: on Windows sys.stdout is a console object holding the console's handle, which
+            # the dup2 above closes, so a print or a tqdm write there failed with WinError 6
+            # (cpython#74740). The log is UTF-8 whatever the console's code page.
+            to_log = open(log.fileno(), "w", encoding="utf-8", errors="backslashreplace", buffering=1,  # noqa: SIM115
+                          closefd=False)
+            sys.stdout = sys.stderr = to_log
             try:
                 yield terminal
             finally:
-                for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    to_log.flush()
+                sys.stdout, sys.stderr = python_streams
+                to_log.close()
+                for stream in python_streams:
                     with contextlib.suppress(Exception):
                         stream.flush()
                 for fd, copy in saved.items():

@@ -8,6 +8,9 @@ through `esc`.
 
 from __future__ import annotations
 
+import codecs
+import sys
+
 from rich.markup import escape
 
 
@@ -85,3 +88,37 @@ def _share_width(table, width: int) -> None:
     extra = [spare * w // total for w in wants]
     for column, need, more in zip(cols, needs, extra, strict=True):
         column.width = need + more
+
+
+# ---------------------------------------------------------------- output any console can encode
+
+# posttrain's own typography and the plain text that says the same where the console's code page
+# lacks it. Windows gives a redirected `posttrain … > log` (or `| findstr`) its ANSI code page with
+# strict errors: cp932 on a Japanese system has none of `— – ✓ · ≥`, and one of them in a line
+# ended the command with UnicodeEncodeError.
+_PLAIN = {"—": "-", "–": "-", "✓": "ok", "✗": "x", "·": "|", "≥": ">=", "≤": "<=", "×": "x", "…": "...",
+          "→": "->", "←": "<-", "±": "+/-", "Δ": "d", "α": "alpha", "≈": "~", "•": "*", "‘": "'", "’": "'",
+          "“": '"', "”": '"', "━": "-", "─": "-", "│": "|", "█": "#", "▏": "|", "⠋": "-", "✔": "ok"}
+ERRORS = "posttrain.plain"
+
+
+def _plain_instead(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start:error.end]
+    return "".join(_PLAIN.get(c, "?") for c in text), error.end
+
+
+codecs.register_error(ERRORS, _plain_instead)  # by name, for any stream: `errors="posttrain.plain"`
+
+
+def encodable_output() -> None:
+    """Make sys.stdout and sys.stderr write what their encoding cannot hold as plain text
+    (`_PLAIN`, else `?`) instead of raising. Called once, when the CLI starts."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # a plain TextIOWrapper; not pytest's capture
+        if reconfigure is not None and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            try:
+                reconfigure(errors=ERRORS)
+            except (ValueError, OSError):  # closed or detached: nothing to write to anyway
+                pass

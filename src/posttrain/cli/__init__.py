@@ -66,6 +66,9 @@ def _usage_line(e) -> str:
 def main() -> None:
     """Run the CLI. Every failure ends here as one line on stderr (see `_errors`): usage errors exit
     2, Ctrl-C 130, everything else 1."""
+    from posttrain._terminal import encodable_output
+
+    encodable_output()  # before the first line: a cp932 console must not end a command over an em dash
     try:
         # standalone_mode=False: click's usage errors and aborts come here instead of being printed
         # as a multi-line box; typer turns Ctrl-C inside a command into a return value of 130.
