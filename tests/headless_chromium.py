@@ -8,12 +8,12 @@ PNG screenshot."""
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,6 +21,10 @@ from typing import Any
 
 
 def chromium_binary() -> str | None:
+    # The DevTools pipe below is fds 3 and 4 set up in the child (preexec_fn) and read with select():
+    # POSIX only. Chrome on Windows takes handles instead; there the browser tests are skipped.
+    if sys.platform == "win32":
+        return None
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
         if path := shutil.which(name):
             return path
@@ -94,6 +98,9 @@ class _Pipe:
 
 
 def _high_fd(fd: int) -> int:
+    assert sys.platform != "win32", "POSIX descriptors only (see chromium_binary)"
+    import fcntl
+
     high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
     os.close(fd)
     return high
@@ -103,7 +110,7 @@ def load(url: str, probes: dict[str, str], width: int = 1200, height: int = 2400
     """Open `url` in a fresh headless Chromium profile with networking disabled and run `probes`
     (name -> JavaScript expression returning JSON-serialisable data)."""
     binary = chromium_binary()
-    assert binary, "chromium is not installed"
+    assert binary, "chromium is not installed (or this is Windows: sys.platform, see chromium_binary)"
     profile = tempfile.mkdtemp(prefix="posttrain-chromium-")
     # Keep our pipe ends above fd 4, so that in the child dup2 onto 3 and 4 never meets its own source
     # (a same-fd dup2 is a no-op that would leave the close-on-exec flag set).

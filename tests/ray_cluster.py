@@ -86,8 +86,9 @@ def start_cluster(nodes: int = 3) -> Cluster:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     port = _free_port()
-    # Short paths: Ray's unix sockets live under the temp dir and a socket path has ~100 characters.
-    dirs = [Path(tempfile.mkdtemp(prefix=f"ptray{i}-", dir="/tmp")) for i in range(nodes)]
+    # Short paths: Ray's unix sockets live under the temp dir and a socket path has ~100 characters
+    # (pytest's own temp dirs are too deep). The system's temp dir: /tmp on Linux, %TEMP% on Windows.
+    dirs = [Path(tempfile.mkdtemp(prefix=f"ptray{i}-", dir=tempfile.gettempdir())) for i in range(nodes)]
     cluster = Cluster(f"127.0.0.1:{port}", dirs, env)
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
     try:

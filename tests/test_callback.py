@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from platforms import kill_tree
 from transformers import TrainerState, TrainingArguments
 
 from posttrain.demo import train_demo_model
@@ -35,11 +36,8 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 def _end_group(pid: int) -> None:
-    """Kill the helper's session (it leads it: start_new_session) and everything it started."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """Kill the helper and everything it started."""
+    kill_tree(pid)
 
 
 def _runs(home: Path) -> list[dict]:
@@ -177,7 +175,8 @@ def test_a_hung_watcher_is_not_handed_the_checkpoint(tmp_path, watcher_home):
 
     home, root = watcher_home
     pid = read_pid_file(home).pid
-    os.kill(pid, signal.SIGSTOP)  # frozen: its heartbeat stops
+    frozen = psutil.Process(pid)
+    frozen.suspend()  # its heartbeat stops (SIGSTOP; NtSuspendProcess on Windows)
     try:
         status = home / STATUS_FILE
         doc = json.loads(status.read_text())
@@ -188,4 +187,4 @@ def test_a_hung_watcher_is_not_handed_the_checkpoint(tmp_path, watcher_home):
         cb.on_train_end(args, TrainerState(is_world_process_zero=True), None)
         assert cb.handoff.mode == "skipped"
     finally:
-        os.kill(pid, signal.SIGCONT)
+        frozen.resume()

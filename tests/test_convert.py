@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from platforms import kill_tree
 
 from posttrain.convert import MANIFEST, convert_checkpoint, parse_quant_list
 from posttrain.errors import PosttrainError
@@ -142,13 +143,12 @@ def test_out_of_disk_is_caught_before_starting(tiny_spm, tmp_path, monkeypatch):
 def test_killed_conversion_leaves_no_file_under_the_final_name(tiny_spm, tmp_path):
     out = tmp_path / "gguf"
     proc = subprocess.Popen([sys.executable, "-m", "posttrain", "convert", str(tiny_spm), "--out", str(out),
-                             "-q", "f16,q8_0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                             "-q", "f16,q8_0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob(".*.partial")):
         time.sleep(0.05)
     assert list(out.glob(".*.partial")), "the converter never started writing"
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_tree(proc.pid)  # posttrain and its converter, as kill -9 of the process group did
     proc.wait()
     assert not list(out.glob("*.gguf"))
     result = convert_checkpoint(tiny_spm, out, ["f16", "q8_0"], verify=False)

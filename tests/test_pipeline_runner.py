@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from platforms import posix_only
 
 from posttrain.errors import PosttrainError, TransientError
 from posttrain.pipeline import Runner, RunSpec, Step, StepSkipped
@@ -174,6 +175,7 @@ def test_kill9_inside_a_step_reruns_that_step_and_leaves_no_corrupt_file(tmp_pat
     assert run["status"] == "succeeded" and run["finished_at"] and run["owner_pid"] is None
 
 
+@posix_only
 def test_sigterm_mid_step_finishes_the_step_exits_0_and_resumes(tmp_path, reference):
     run_dir = tmp_path / "run"
     proc = _spawn(tmp_path, run_dir, delay=0.2)

@@ -78,7 +78,7 @@ def test_a_node_killed_mid_run_changes_nothing(cluster, tiny_gguf, data_dir, loc
         while not cluster.running_units(2) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert cluster.running_units(2), "no shard ever ran on the third node"
-        os.kill(cluster.raylet(2).pid, signal.SIGKILL)  # the node dies with a shard in flight
+        cluster.raylet(2).kill()  # kill -9: the node dies with a shard in flight
         _, err = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from platforms import posix_only
 
 from posttrain.errors import PosttrainError
 from posttrain.serve import LlamaServer
@@ -118,7 +119,7 @@ def test_no_orphan_when_the_parent_is_killed(gguf, tmp_path, spawned_from):
         assert line, f"parent printed nothing; log: {(tmp_path / 's.log').read_text(errors='replace')[-2000:]}"
         pid, port = map(int, line.split())
         assert psutil.pid_exists(pid) and _port_open(port)
-        os.kill(parent.pid, signal.SIGKILL)  # no atexit, no signal handler runs in the parent
+        parent.kill()  # SIGKILL (TerminateProcess on Windows): no atexit, no signal handler runs in the parent
         parent.wait(10)
         assert _gone(pid, within=8.0), "llama.cpp server outlived its killed parent"
     finally:
@@ -126,6 +127,7 @@ def test_no_orphan_when_the_parent_is_killed(gguf, tmp_path, spawned_from):
             parent.kill()
 
 
+@posix_only
 def test_serve_command_prints_the_url_and_stops_on_ctrl_c(gguf, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "posttrain", "serve", str(gguf), "--ctx", "256",
                              "--threads", "1", "--log", str(tmp_path / "cli.log")],

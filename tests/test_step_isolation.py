@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 from polling import wait_for
+from platforms import posix_only
 
 from posttrain.pipeline._isolation import CRASH_HOOK_ENV
 from posttrain.store import Store
@@ -95,6 +96,7 @@ def test_a_crash_fails_the_step_with_signal_and_log_and_the_rerun_finishes(setup
     assert steps["convert"]["status"] == "done" and steps["evaluate"]["status"] == "done"
 
 
+@posix_only
 def test_the_watcher_outlives_a_crashing_step_and_takes_the_next_checkpoint(setup):
     home = setup["root"] / "home-watch"
     watched = setup["root"] / "watched"

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from platforms import posix_only
 from rich.console import Console
 from test_evaluate_offline import SUBJECTS, write_hellaswag, write_mmlu_csv
 
@@ -135,6 +136,7 @@ def test_a_usage_error_is_one_line_and_exit_2(tmp_path):
     assert "Usage:" not in proc.stderr and "╭" not in proc.stderr
 
 
+@posix_only
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT cannot be sent to a child process on Windows")
 def test_ctrl_c_exits_130_with_one_line_and_nothing_half_written(tiny_gguf, tmp_path):
     data = tmp_path / "bench"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import typer.main
 from polling import wait_for
+from platforms import posix_only
 
 from posttrain.cli import app
 
@@ -76,6 +77,7 @@ def workdir(tmp_path) -> Path:
     return tmp_path
 
 
+@posix_only
 def test_foreground_and_daemon_watchers_run_with_the_same_settings(workdir):
     args = [a for sample, _ in SAMPLES.values() for a in sample]
 
