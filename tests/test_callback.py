@@ -4,13 +4,12 @@ process only, and never breaks training, whatever goes wrong on posttrain's side
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from platforms import kill_tree
 from transformers import TrainerState, TrainingArguments

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from posttrain.pipeline import read_pid_file
@@ -42,7 +43,6 @@ def test_demo_reports_a_significant_gain_for_every_variant(tmp_path):
 @pytest.mark.slow
 def test_demo_exits_within_30_s_when_its_watcher_is_killed(tmp_path):
     # The first version waited forever on a watcher that had died (issue 10). Kill it mid-run.
-    import signal
     import time
 
     from polling import wait_for

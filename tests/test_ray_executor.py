@@ -7,8 +7,6 @@ dies in the middle of it (Ray retries its shards elsewhere).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time

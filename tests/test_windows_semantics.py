@@ -10,13 +10,11 @@ console) is left to the Windows job of .github/workflows/ci.yml.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import psutil
 import pytest
