@@ -103,6 +103,6 @@ def test_provisioning_inside_a_step_is_a_line_and_the_step_goes_on(sdist, tmp_pa
         assert display.stage == "convert"
         display.end()
     lines = out.getvalue().splitlines()
-    assert [ln.split("  ")[0] for ln in lines] == ["✓ provisioning llama.cpp's converter: the llama-cpp-python "
-                                                   f"{toolchain.llama_cpp_python_version()} sdist (~75 MB, once)",
+    ver = toolchain.llama_cpp_python_version()
+    assert [ln.split("  ")[0] for ln in lines] == [f"✓ provisioning llama.cpp's converter ({ver} sdist, ~75 MB, once)",
                                                    "✓ convert"], lines

@@ -222,7 +222,7 @@ def provision_converter(ver: str, root: Path | None = None, sdist: str | Path | 
                                  f"the converter must match the runtime",
                                  remedy=f"pass the llama-cpp-python {ver} sdist, or leave --sdist out to fetch it")
     what = (f"provisioning llama.cpp's converter from {sdist.name}" if sdist is not None else
-            f"provisioning llama.cpp's converter: the llama-cpp-python {ver} sdist (~75 MB, once)")
+            f"provisioning llama.cpp's converter ({ver} sdist, ~75 MB, once)")  # short: one 80-column line
     log.info("%s into %s", what, root)
     started = time.monotonic()
     with _progress.busy(what):
