@@ -3,10 +3,11 @@
 # time (it needs Visual Studio's C++ build tools and CMake); pip's wheel cache makes later installs fast.
 #
 #   powershell -ExecutionPolicy Bypass -File scripts\setup.ps1          posttrain itself
-#   powershell -ExecutionPolicy Bypass -File scripts\setup.ps1 -Test    and the test extras; it says how to
-#                                                                      get Chromium (the HTML report is
-#                                                                      rendered in it) and Go (Ollama's
-#                                                                      TEMPLATEs run with text/template)
+#   powershell -ExecutionPolicy Bypass -File scripts\setup.ps1 -Test    and what the tests drive: the
+#                                                                      extras test, lora, track and ray (as
+#                                                                      setup.sh --test); it says how to get
+#                                                                      Chromium and Go, which the tests that
+#                                                                      need them are skipped without
 #
 # Building llama.cpp for this machine (both rebuild llama-cpp-python without pip's wheel cache, which
 # ignores CMAKE_ARGS; the flags used are remembered in .venv, so a rerun rebuilds only when they change):
@@ -48,7 +49,21 @@ if (-not (Test-Path $venvPython)) {
     if ($env:PYTHON) {
         Invoke-Checked $env:PYTHON -m venv .venv
     } elseif (Get-Command py -ErrorAction SilentlyContinue) {
-        Invoke-Checked py -3 -m venv .venv  # the Python launcher: the newest Python 3 installed
+        # The Python launcher. Not `py -3`, which takes the newest Python 3 installed, maybe one that
+        # torch or llama-cpp-python has no wheels for yet: the version posttrain is tested with.
+        # Asked with errors not stopping the script: Windows PowerShell turns a native program's stderr
+        # ("No suitable Python runtime found") into a terminating error under "Stop".
+        $ErrorActionPreference = "Continue"
+        & py -3.11 -c "import sys" 2>$null
+        $has311 = $LASTEXITCODE -eq 0
+        $ErrorActionPreference = "Stop"
+        if ($has311) {
+            Invoke-Checked py -3.11 -m venv .venv
+        } else {
+            Write-Warning ("Python 3.11 is not installed (py -0 lists what is); using the newest Python 3. " +
+                "winget install --id Python.Python.3.11 -e installs 3.11.")
+            Invoke-Checked py -3 -m venv .venv
+        }
     } else {
         Invoke-Checked python -m venv .venv
     }
@@ -60,6 +75,22 @@ if ($LASTEXITCODE -ne 0) {
     # On Windows, PyPI's torch wheel is the CPU build (CUDA builds come from PyTorch's own index).
     $torchVersion = if ($env:TORCH_VERSION) { $env:TORCH_VERSION } else { "2.13.0" }
     Invoke-Checked $venvPython -m pip install --quiet "torch==$torchVersion"
+}
+
+# llama-cpp-python has no wheel on PyPI: pip compiles llama.cpp, which needs Visual Studio's C++ build
+# tools. Without them the build fails after minutes with a page of CMake output; say so first.
+& $venvPython -c "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('llama_cpp') else 1)"
+if ($LASTEXITCODE -ne 0 -or $Cuda -or $env:POSTTRAIN_CUDA -eq "1" -or $env:POSTTRAIN_LLAMA_CMAKE_ARGS) {
+    $vswhere = Join-Path ${env:ProgramFiles(x86)} "Microsoft Visual Studio\Installer\vswhere.exe"
+    $vcTools = $null
+    if (Test-Path $vswhere) {
+        $vcTools = & $vswhere -latest -products * -requires Microsoft.VisualStudio.Component.VC.Tools.x86.x64 -property installationPath
+    }
+    if (-not $vcTools -and -not (Get-Command cl -ErrorAction SilentlyContinue)) {
+        throw ("llama-cpp-python compiles llama.cpp, which needs Visual Studio's C++ build tools: " +
+            "winget install --id Microsoft.VisualStudio.2022.BuildTools -e --override `"--quiet --wait " +
+            "--add Microsoft.VisualStudio.Workload.VCTools --includeRecommended`" (then run this script again)")
+    }
 }
 
 # llama.cpp: the runtime (llama-cpp-python) is built from its sdist, and llama.cpp's converter, which the
@@ -131,7 +162,7 @@ if (-not $installed -or ($cmakeFlags -and $previous -ne $cmakeFlags)) {
 
 # -Test adds the optional parts the tests drive for real, as setup.sh --test does: Ray (a local cluster),
 # MLflow and W&B (offline), PEFT (LoRA adapters).
-$target = if ($Test) { ".[test]" } else { "." }
+$target = if ($Test) { ".[test,lora,track,ray]" } else { "." }
 Invoke-Checked $venvPython -m pip install --quiet -e $target
 # llama.cpp's converter from the sdist the runtime was built from (seconds; nothing when a rerun finds
 # it), then the same checks `posttrain doctor` makes, so a missing piece shows here, not on the first run.
