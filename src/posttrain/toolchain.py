@@ -41,6 +41,7 @@ from tenacity import (
 )
 
 from posttrain import _progress
+from posttrain._lifeline import no_window_kwargs
 from posttrain.errors import PosttrainError, TransientError
 from posttrain.paths import cache_dir
 
@@ -181,7 +182,7 @@ def download_sdist(ver: str, dest: Path | None = None) -> Path:
         # wheels. `--no-binary :all:` made pip build every one of them from source (4.2 min on 2 cores).
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
                f"llama-cpp-python=={ver}", "-d", tmp, "-q"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, **no_window_kwargs())
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise TransientError(f"pip could not download the llama-cpp-python {ver} sdist: {tail[0]}",
