@@ -134,8 +134,12 @@ def test_serve_command_prints_the_url_and_stops_on_ctrl_c(gguf, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, COLUMNS="200"))
     try:
-        line = proc.stdout.readline()
-        assert "serving" in line and "http://127.0.0.1:" in line, line
+        seen = []
+        for line in proc.stdout:  # the display's lines on stderr come first, then the URL on stdout
+            seen.append(line)
+            if "http://127.0.0.1:" in line or len(seen) > 20:
+                break
+        assert "serving" in line and "http://127.0.0.1:" in line, seen
         url = line.split(" at ")[1].split()[0]
         assert httpx.get(f"{url}/models", timeout=10).status_code == 200
         child_pids = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
