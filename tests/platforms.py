@@ -11,23 +11,7 @@ import sys
 
 import pytest
 
+from posttrain._lifeline import kill_tree  # noqa: F401  re-exported: kill -9 of a tree, on any OS
+
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals, sessions or process groups")
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="Linux only (prctl, /proc, inotify or Debian packages)")
 
-
-def kill_tree(pid: int) -> None:
-    """`kill -9` of a process and everything it started, on any OS (psutil: SIGKILL on POSIX,
-    TerminateProcess on Windows), children first so none is re-parented and missed."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        family = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return
-    for proc in family:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass

@@ -27,7 +27,7 @@ POSIX_ONLY_SIGNAL_NAMES = {"SIGKILL", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGSTOP",
                            "pthread_kill", "pthread_sigmask", "alarm", "setitimer", "siginterrupt", "pause", "sigwait"}
 # Popen arguments Windows refuses (preexec_fn: ValueError) or ignores (start_new_session).
 POSIX_ONLY_KEYWORDS = {"preexec_fn", "start_new_session", "process_group"}
-PLATFORM_CHECKS = ("sys.platform", "os.name", "hasattr(os", "platform.system", "posix_only", "linux_only")
+PLATFORM_CHECKS = ("sys.platform", "os.name", "hasattr(os", "platform.system", "posix_only")
 
 
 def _guarded(source: str, node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:

@@ -19,6 +19,7 @@ import time
 import psutil
 import pytest
 from polling import wait_for
+from test_evaluate_offline import write_hellaswag
 from windows_semantics import ConsoleStream, NtfsSharing, cp932_env, windows_env, write_launcher
 
 from posttrain.store import Store
@@ -86,13 +87,7 @@ def test_convert_with_its_converter_and_quantizer_children(tiny_spm, tmp_path):
 
 @pytest.fixture
 def pipeline_setup(tmp_path, tiny_spm) -> dict:
-    data = tmp_path / "data" / "hellaswag"
-    data.mkdir(parents=True)
-    rows = [{"ind": i, "activity_label": "Pets", "ctx_a": "The cat walks home.", "ctx_b": "the cat", "ctx": "",
-             "label": str(i % 4), "split": "val", "split_type": "indomain", "source_id": f"x{i}",
-             "endings": [f"sees door {i}.", f"finds a ball {i}.", f"opens a book {i}.", f"eats {i} apples."]}
-            for i in range(4)]
-    (data / "hellaswag_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_hellaswag(tmp_path / "data", n=4)
     config = tmp_path / "posttrain.toml"
     config.write_text(f'quants = ["f16", "q4_k_m"]\ntasks = ["hellaswag"]\ndata_dir = "{tmp_path / "data"}"\n'
                       f'limit = 4\n[ollama]\nurl = "http://127.0.0.1:9"\n[watch]\nsettle_s = 0.5\n')

@@ -103,3 +103,21 @@ def die_with_parent(parent_pid: int, *, pdeathsig: bool = True,
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
     return True
+
+
+def kill_tree(pid: int) -> None:
+    """`kill -9` of a process and everything it started, on every OS (psutil: SIGKILL on POSIX,
+    TerminateProcess on Windows, which has no process groups to end at once), children first so
+    that none is re-parented and missed."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [*root.children(recursive=True), root]
+    except psutil.Error:
+        return
+    for proc in family:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass

@@ -19,7 +19,6 @@ against the runtime's llama.cpp version (its commit is the user's, so only the v
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -35,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from posttrain._lifeline import detached_kwargs, no_window_kwargs
+from posttrain._lifeline import detached_kwargs, kill_tree, no_window_kwargs
 from posttrain._locks import FileLock
 from posttrain.errors import PosttrainError
 from posttrain.paths import cache_dir
@@ -321,7 +320,7 @@ def _run_logged(cmd: list[str], logf, log: Path, timeout: float, what: str) -> N
     logf.write("$ " + " ".join(cmd) + "\n")
     logf.flush()
     # Its own process group: on a timeout or Ctrl-C the compilers ninja started end with it (Windows:
-    # a new process group with a hidden console, ended tree and all by _kill_tree below).
+    # a new process group with a hidden console, ended tree and all by kill_tree).
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, **detached_kwargs())
     try:
         rc = proc.wait(timeout=timeout)
@@ -341,21 +340,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
         if os.name == "posix":
             os.killpg(proc.pid, 9)
         else:
-            _kill_tree(proc.pid)
+            kill_tree(proc.pid)
     except OSError:
         pass
     proc.wait()
 
-
-def _kill_tree(pid: int) -> None:
-    """The process and everything it started (Windows has no process groups to kill at once)."""
-    import psutil
-
-    try:
-        parent = psutil.Process(pid)
-        family = [*parent.children(recursive=True), parent]
-    except psutil.Error:
-        return
-    for proc in family:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
