@@ -218,3 +218,20 @@ def test_the_watcher_runs_two_checkpoints_at_once_on_the_cluster(cluster, tiny_g
             if f" of {model}" in title:
                 at.setdefault(when, set()).add(model)
     print(f"samples with units of both runs running: {sum(len(m) == 2 for m in at.values())} of {len(at)}")
+
+
+def test_a_foreground_run_with_its_display_shards_on_the_cluster(cluster, tiny_spm, tiny_gguf, data_dir, tmp_path):
+    # `posttrain run` in the foreground shows one display and its step children report to it through
+    # progress files; a sharded evaluation also notes the nodes in use (detail), which the children's
+    # reporter lacked: every such run failed in its evaluate step with an AttributeError (issue 30).
+    home = tmp_path / "home"
+    config = _config(tmp_path, cluster, data_dir, tiny_gguf["F16"])
+    ckpt = tmp_path / "exp" / "final_model"
+    shutil.copytree(tiny_spm, ckpt)
+    done = subprocess.run([sys.executable, "-m", "posttrain", "run", str(ckpt), "--config", str(config),
+                           "--home", str(home)], capture_output=True, text=True, timeout=900, env=cluster.env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    store = Store(home / "posttrain.db")
+    steps = {r["name"]: r["status"] for r in store.query("SELECT name, status FROM steps")}
+    assert steps["evaluate"] == "done", steps
+    assert "report:" in done.stdout
