@@ -4,8 +4,8 @@
 
 Reads the corpus in tests/data/chat_templates/ (sources in its SOURCES.md), runs
 `posttrain.serve.derive_template` on each (render with transformers, assemble, check the four
-conversations) and prints the counts by outcome and by where the system prompt goes, and the
-wall time per template (median and slowest). `--list` prints each template's outcome too.
+conversations) and prints the counts by outcome, by where the system prompt goes and of those that
+print today's date, and the wall time per template (median and slowest). `--list` prints each template's outcome too.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     outcomes: Counter[str] = Counter()
     placements: Counter[str] = Counter()
+    dated: Counter[str] = Counter()
     seconds = []
     for name, (text, tokens) in corpus().items():
         start = time.perf_counter()
@@ -50,11 +51,15 @@ def main() -> None:
         outcomes[result.kind] += 1
         if result.template is not None:
             placements[result.system_placement] += 1
+            if result.dated:
+                dated["another format than Ollama's" if result.date_formats else "Ollama's format"] += 1
         if args.list:
             print(f"{result.kind:12} {result.system_placement:9} {name}  {result.reason or ''}")
     print(f"templates: {len(seconds)}")
     print("outcome:   " + ", ".join(f"{k} {v}" for k, v in outcomes.most_common()))
     print("system:    " + ", ".join(f"{k} {v}" for k, v in placements.most_common()) + "  (of those written)")
+    print(f"date:      {sum(dated.values())} print today's date with currentDate: "
+          + ", ".join(f"{v} in {k}" for k, v in dated.most_common()) + "  (of those written)")
     print(f"per template: median {statistics.median(seconds) * 1000:.0f} ms, slowest {max(seconds) * 1000:.0f} ms, "
           f"all {sum(seconds):.1f} s")
 

@@ -26,6 +26,7 @@ type Case struct {
 	System   string
 	Messages []Message
 	Extra    map[string]any
+	Now      string // RFC 3339: the clock currentDate reads, pinned so a dated prompt can be compared
 }
 
 type Result struct {
@@ -33,10 +34,14 @@ type Result struct {
 	Err string `json:"err"`
 }
 
-// Ollama's template functions (template/template.go) that the templates here may call.
-var funcs = template.FuncMap{
-	"json": func(v any) string { b, _ := json.Marshal(v); return string(b) },
-	"currentDate": func(args ...string) string { return time.Now().Format("2006-01-02") },
+// Ollama's template functions (template/template.go) that the templates here may call; the date
+// functions as Ollama writes them (any format argument ignored), on the case's clock.
+func funcs(now time.Time) template.FuncMap {
+	return template.FuncMap{
+		"json":          func(v any) string { b, _ := json.Marshal(v); return string(b) },
+		"currentDate":   func(args ...string) string { return now.Format("2006-01-02") },
+		"yesterdayDate": func(args ...string) string { return now.AddDate(0, 0, -1).Format("2006-01-02") },
+	}
 }
 
 func main() {
@@ -46,7 +51,15 @@ func main() {
 	}
 	results := make([]Result, 0, len(cases))
 	for _, c := range cases {
-		tmpl, err := template.New("").Funcs(funcs).Parse(c.Template)
+		now := time.Now()
+		if c.Now != "" {
+			pinned, err := time.Parse(time.RFC3339, c.Now)
+			if err != nil {
+				panic(err)
+			}
+			now = pinned
+		}
+		tmpl, err := template.New("").Funcs(funcs(now)).Parse(c.Template)
 		if err != nil {
 			results = append(results, Result{Err: err.Error()})
 			continue

@@ -8,6 +8,7 @@ conversation (needs the Go toolchain; the rest runs without it).
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -17,9 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.serve._chat_templates import FAMILIES
+from posttrain.serve._chat_templates import FAMILIES, choose_template
 from posttrain.serve._gotemplate import execute
-from posttrain.serve._render_check import CONVERSATIONS, Tokens, ollama_values, render_jinja, render_ollama
+from posttrain.serve._render_check import (
+    CHECK_TIME,
+    CONVERSATIONS,
+    Tokens,
+    ollama_values,
+    render_jinja,
+    render_jinja_dated,
+    render_ollama,
+)
 from posttrain.serve._template_derive import derive_template
 
 CORPUS = Path(__file__).parent / "data" / "chat_templates"
@@ -69,9 +78,11 @@ def go_exec(tmp_path_factory):
     return run
 
 
-def _case(template: str, values: dict) -> dict:
+def _case(template: str, values: dict, now: datetime.datetime = CHECK_TIME) -> dict:
+    """One case for Go's text/template, its clock (currentDate) pinned to `now`."""
     messages = [{k: m[k] for k in ("Role", "Content", "Thinking", "ToolName")} for m in values["Messages"]]
-    return {"Template": template, "System": values["System"], "Messages": messages}
+    return {"Template": template, "System": values["System"], "Messages": messages,
+            "Now": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def test_corpus_counts_exact_refused_and_not_covered(derived):
@@ -81,7 +92,7 @@ def test_corpus_counts_exact_refused_and_not_covered(derived):
         if r.kind != "exact":
             print(f"  {r.kind}: {name}: {r.reason}")
     assert len(derived) >= 199
-    assert kinds["exact"] >= 175
+    assert kinds["exact"] >= 189
     assert kinds["different"] == 0  # a derived TEMPLATE that renders differently is never written
     for r in derived.values():
         assert (r.template is None) == (r.kind != "exact")
@@ -96,6 +107,10 @@ def test_every_written_template_renders_both_conversations_exactly_as_the_jinja(
             messages = CONVERSATIONS[conversation]
             if r.system_placement == "refused" and messages[0]["role"] == "system":
                 continue  # Gemma 2 raises on a system message: nothing to match
+            if r.dated:  # on one pinned day, each date the Jinja prints in Ollama's format
+                expected = render_jinja_dated(text, messages, tokens)
+                assert render_ollama(r.template, messages, r.system, today=CHECK_TIME.date()) == expected, name
+                continue
             assert render_ollama(r.template, messages, r.system) == render_jinja(text, messages, tokens), \
                 (name, conversation)
 
@@ -114,7 +129,7 @@ def test_the_python_executor_renders_what_go_renders_on_the_whole_corpus(derived
         for messages in [*CONVERSATIONS.values(), ODD]:
             values = ollama_values(messages, default)
             cases.append(_case(template, values))
-            expected.append(execute(template, values))
+            expected.append(execute(template, values, today=CHECK_TIME.date()))
     got = go_exec(cases)
     for case, want, result in zip(cases, expected, got, strict=True):
         assert result["err"] == "", (result["err"], case["Template"])
@@ -178,9 +193,77 @@ def test_every_family_of_the_survey_gets_an_exact_template(derived, model):
     assert r.stop, "a stop token from the template's turn end or the tokenizer"
 
 
-def test_a_template_that_writes_todays_date_is_not_covered(derived):
-    r = derived["meta-llama-Llama-3.2-3B-Instruct"]
-    assert r.template is None and "date" in r.reason
+# The templates that print today's date. Ollama's currentDate writes only 2031-11-27, so where the
+# Jinja's format is another the TEMPLATE is the model's prompt but for the date's spelling.
+DATED = {
+    "meta-llama-Llama-3.2-3B-Instruct": "27 Nov 2031", "ollama library: library/llama3.2:3b": "27 Nov 2031",
+    "ollama library: library/llama3.2-vision:latest": "27 Nov 2031",
+    "ollama library: library/llama3.2-vision:90b": "27 Nov 2031",
+    "ibm-granite-granite-3.3-2B-Instruct": "November 27, 2031",
+    "ollama library: library/granite3.1-moe:1b": "November 27, 2031",
+    "ollama library: library/granite3.2:8b": "November 27, 2031",
+    "ollama library: library/granite3.3:2b": "November 27, 2031",
+    "ollama library: library/devstral:latest": "2031-11-27", "Mistral-Small-3.2-24B-Instruct-2506": "2031-11-27",
+    "openai-gpt-oss-120b": "2031-11-27", "Apertus-8B-Instruct": "2031-11-27",
+    "upstage-Solar-Open-100B": "2031-11-27", "muse-glimmer": "2031-11-27",
+}
+
+
+def test_templates_that_print_todays_date_get_currentDate_and_match_the_jinja_in_every_other_character(
+        derived, go_exec):
+    cases, expected = [], []
+    for name, jinja_date in DATED.items():
+        r = derived[name]
+        assert r.kind == "exact" and "{{ currentDate }}" in r.template, (name, r.reason)
+        text, tokens = CORPUS_TEMPLATES[name]
+        for conversation, messages in CONVERSATIONS.items():
+            jinja = render_jinja(text, messages, tokens, strftime_now=CHECK_TIME.strftime)
+            if messages[0]["role"] != "system":  # Granite's and Devstral's date is in their default system prompt
+                assert jinja_date in jinja, (name, conversation)
+            cases.append(_case(r.template, ollama_values(messages, r.system)))
+            expected.append(jinja.replace(jinja_date, "2031-11-27"))
+    for case, want, result in zip(cases, expected, go_exec(cases), strict=True):
+        assert result["err"] == "" and result["out"] == want, case["Template"]
+
+
+def test_the_date_in_a_template_is_the_day_of_the_chat_not_of_the_registration(derived, go_exec):
+    r = derived["ollama library: library/llama3.2:3b"]
+    values = ollama_values(CONVERSATIONS["user"], r.system)
+    later = [_case(r.template, values, now=datetime.datetime(2032, 2, 3, 8, 0))]
+    assert "Today Date: 2032-02-03\n" in go_exec(later)[0]["out"]
+
+
+def test_the_modelfile_says_where_the_dates_format_differs_from_the_models():
+    llama32, tokens = CORPUS_TEMPLATES["meta-llama-Llama-3.2-3B-Instruct"]
+    choice = choose_template(llama32, tokens)
+    assert choice.source == "derived" and choice.warnings == []
+    (note,) = [n for n in choice.notes if "date" in n]
+    assert "'27 Nov 2031' (%d %b %Y)" in note and "'2031-11-27'" in note
+    devstral, tokens = CORPUS_TEMPLATES["ollama library: library/devstral:latest"]  # the same format as Ollama's
+    assert not any("date" in n for n in choose_template(devstral, tokens).notes)
+
+
+def test_a_default_system_prompt_naming_the_date_stays_in_the_template(derived):
+    # Granite's default system prompt holds today's date: a fixed SYSTEM would be stale tomorrow.
+    r = derived["ollama library: library/granite3.3:2b"]
+    assert r.system is None
+    no_system = render_ollama(r.template, CONVERSATIONS["user"], r.system, today=CHECK_TIME.date())
+    assert "Today's Date: 2031-11-27. You are Granite" in no_system
+    with_system = render_ollama(r.template, CONVERSATIONS["system+user"], r.system, today=CHECK_TIME.date())
+    assert with_system.startswith("<|start_of_role|>system<|end_of_role|>You are a concise assistant.<|end_of_text|>")
+
+
+def test_gemma_3_reading_the_system_message_as_typed_parts_keeps_the_system_prompt(derived, go_exec):
+    text, tokens = CORPUS_TEMPLATES["ollama library: library/gemma3:1b"]
+    assert "messages[0]['content'][0]['text']" in text
+    r = derived["ollama library: library/gemma3:1b"]
+    assert r.kind == "exact" and r.system_placement == "head" and ".System" in r.template
+    messages = CONVERSATIONS["system+user+assistant+user"]
+    typed = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in messages]
+    (result,) = go_exec([_case(r.template, ollama_values(messages, r.system))])
+    assert result["out"] == render_jinja(text, typed, tokens)
+    assert result["out"].startswith("<start_of_turn>user\nYou are a concise assistant.\n\nWhat is the capital")
+    assert choose_template(text, tokens).warnings == []  # no "ignores system messages" any more
 
 
 def test_safety_classifier_templates_get_no_chat_template(derived):
@@ -196,3 +279,10 @@ def test_a_template_that_renders_differently_is_refused_naming_the_first_differe
     r = derive_template(odd, SPECIAL)
     assert r.template is None and r.kind == "different"
     assert "character" in r.reason and "Q: " in r.reason
+
+
+def test_typed_parts_are_taken_only_where_the_template_reads_their_text():
+    # Fails on plain text, and given parts prints their Python repr: that is no prompt to copy.
+    odd = "{% for m in messages %}{{ (m.content[0]['text'] + '|') ~ m.content }}{% endfor %}"
+    r = derive_template(odd, SPECIAL)
+    assert r.template is None and r.kind == "refused"

@@ -187,6 +187,22 @@ def test_a_default_system_prompt_of_the_template_is_written_as_system(gguf_dir, 
     assert standin.models[mine.name].system == "Answer in French."
 
 
+def test_llama_3_2_and_gemma_3_get_a_template_the_modelfile_saying_where_the_date_differs(gguf_dir, standin):
+    llama32 = (CORPUS / "meta-llama-Llama-3.2-3B-Instruct.jinja").read_text()
+    (reg,) = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, chat_template=llama32,
+                               smoke=False)
+    assert reg.template_family == "derived" and reg.warnings == []
+    text = reg.modelfile.read_text()
+    assert f'TEMPLATE """{reg.template}"""' in text and "Today Date: \" }}{{ currentDate }}" in reg.template
+    assert "\n# The model's chat template writes today's date like '27 Nov 2031' (%d %b %Y)" in text
+    gemma3 = next(e["template"] for e in json.loads((CORPUS / "hf-ollama-utils-automap.json").read_text())
+                  if "library/gemma3:1b" in e["models"])
+    (reg,) = register_variants(sorted(gguf_dir.glob("*Q8_0.gguf")), url=standin.url, chat_template=gemma3,
+                               smoke=False)
+    assert reg.warnings == [] and "{{ .System }}" in reg.template  # the system prompt is kept
+    assert f'TEMPLATE """{reg.template}"""' in reg.modelfile.read_text()
+
+
 def test_the_modelfile_is_written_beside_a_symlinked_gguf_not_beside_its_target(gguf_dir, standin, tmp_path):
     target = next(gguf_dir.glob("*Q8_0.gguf"))
     links = tmp_path / "links"

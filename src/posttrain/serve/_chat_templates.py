@@ -255,6 +255,8 @@ def choose_template(chat_template: str | None, tokens: Tokens, gguf_template: st
         warnings = [_SYSTEM_NOTES[derived.system_placement]] if derived.system_placement in _SYSTEM_NOTES else []
         notes, also = _notes(chat_template, gguf_template, "derived from the model's chat template and checked "
                                                            "to render the same prompts")
+        if derived.date_note:  # Llama 3.2, Granite 3.x: the one place where the prompt cannot be the model's
+            notes.insert(1, derived.date_note)
         return TemplateChoice(derived.template, "derived", derived.stop, derived.system, warnings + also, notes)
     family = detect_family(chat_template) if derived.kind != "refused" else None
     if family is not None and all(c.equal for c in check_template(family.template, chat_template, tokens, None)):

@@ -18,10 +18,11 @@ from __future__ import annotations
 import datetime
 import json
 import re
+from collections.abc import Callable
 
 from posttrain.serve._gotemplate_parse import GoTemplateError, Node, Pipe, parse
 
-__all__ = ["NO_VALUE", "GoStruct", "GoTemplateError", "execute", "to_text", "truth"]
+__all__ = ["NO_VALUE", "OLLAMA_DATE_FORMAT", "GoStruct", "GoTemplateError", "execute", "to_text", "truth"]
 
 
 class GoStruct(dict):
@@ -142,11 +143,21 @@ FUNCTIONS = {
     "len": _length, "index": _index, "slice": _slice,
     "print": _sprint, "println": lambda *a: " ".join(to_text(x) for x in a) + "\n", "printf": _printf,
     "json": _go_json,
-    "currentDate": lambda: datetime.date.today().strftime("%Y-%m-%d"),
-    "yesterdayDate": lambda: (datetime.date.today() - datetime.timedelta(days=1)).strftime("%Y-%m-%d"),
     **{op: (lambda op: lambda a, *bs: (any(_compare("eq", a, b) for b in bs) if op == "eq" and bs else
                                        _compare(op, a, *bs)))(op) for op in ("eq", "ne", "lt", "le", "gt", "ge")},
 }
+
+
+# Ollama's date functions (template/template.go) print time.Now().Format("2006-01-02") and ignore any
+# format argument, so a template cannot choose how the date looks.
+OLLAMA_DATE_FORMAT = "%Y-%m-%d"
+
+
+def _date_functions(today: datetime.date | None) -> dict[str, Callable[..., object]]:
+    def day(offset: int) -> str:
+        return ((today or datetime.date.today()) - datetime.timedelta(days=offset)).strftime(OLLAMA_DATE_FORMAT)
+
+    return {"currentDate": lambda *_format: day(0), "yesterdayDate": lambda *_format: day(1)}
 
 
 class _Scope:
@@ -180,8 +191,9 @@ def _field(v: object, name: str) -> object:
 
 
 class _Exec:
-    def __init__(self, scope: _Scope):
+    def __init__(self, scope: _Scope, functions: dict[str, Callable[..., object]]):
         self.scope = scope
+        self.functions = functions
 
     def operand(self, op: tuple[str, object], dot: object) -> object:
         kind, text = op
@@ -227,7 +239,7 @@ class _Exec:
                 if truth(v) != (name == "and"):
                     return v
             return v
-        fn = FUNCTIONS.get(name)
+        fn = self.functions.get(name)
         if fn is None:
             raise GoTemplateError(f'function "{name}" not defined')
         try:
@@ -313,8 +325,11 @@ class _Exec:
                 self.scope.frames.pop()
 
 
-def execute(template: str, data: object) -> str:
-    """`template` executed on `data` as Go's text/template would (within the supported subset)."""
+def execute(template: str, data: object, *, today: datetime.date | None = None) -> str:
+    """`template` executed on `data` as Go's text/template would (within the supported subset).
+
+    `today` is the day `currentDate` prints (the machine's date when None): the check pins it so that
+    it can compare a dated prompt with the Jinja's rendering on the same day."""
     out: list[str] = []
-    _Exec(_Scope(data)).run(parse(template), data, out)
+    _Exec(_Scope(data), {**FUNCTIONS, **_date_functions(today)}).run(parse(template), data, out)
     return "".join(out)

@@ -10,10 +10,12 @@ the system messages joined, and no tools are passed.
 
 from __future__ import annotations
 
+import datetime
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from posttrain.serve._gotemplate import GoStruct, GoTemplateError, execute
+from posttrain.serve._gotemplate import OLLAMA_DATE_FORMAT, GoStruct, GoTemplateError, execute
 
 SYSTEM = {"role": "system", "content": "You are a concise assistant."}
 USER_1 = {"role": "user", "content": "What is the capital of France?"}
@@ -27,6 +29,12 @@ CONVERSATIONS: dict[str, list[dict[str, str]]] = {
     "system+user": [SYSTEM, USER_1],
     "user": [USER_1],
 }
+
+
+# The moment both clocks are pinned to when a template prints today's date: the Jinja's strftime_now
+# and the TEMPLATE's currentDate. Day, month and year differ in every digit, so no date format can
+# read as another, and no template contains it otherwise.
+CHECK_TIME = datetime.datetime(2031, 11, 27, 14, 5)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,24 @@ def render_jinja(chat_template: str, messages: list[dict[str, str]], tokens: Tok
                  *, strftime_now: Callable[[str], str] | None = None) -> str:
     """The prompt transformers' own chat-template renderer builds, generation prompt included, without
     the leading BOS when llama.cpp adds one itself when tokenizing (in Ollama and posttrain's server)."""
+    try:
+        return _render_jinja(chat_template, messages, tokens, strftime_now)
+    except JinjaRefused:
+        # Some templates read a message only as typed parts, as a processor sends it (Gemma 3's
+        # `messages[0]['content'][0]['text']`); Ollama hands over plain text, which is the same text.
+        typed = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in messages]
+        try:
+            text = _render_jinja(chat_template, typed, tokens, strftime_now)
+        except JinjaRefused:
+            pass
+        else:
+            if "'type': 'text'" not in text:  # a template that printed the parts' repr does not take them
+                return text
+        raise
+
+
+def _render_jinja(chat_template: str, messages: list[dict], tokens: Tokens,
+                  strftime_now: Callable[[str], str] | None) -> str:
     from jinja2.exceptions import TemplateError
     from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
 
@@ -87,8 +113,25 @@ def ollama_values(messages: list[dict[str, str]], default_system: str | None) ->
             "ThinkLevel": "", "IsThinkSet": False}
 
 
-def render_ollama(template: str, messages: list[dict[str, str]], default_system: str | None) -> str:
-    return execute(template, ollama_values(messages, default_system))
+def render_ollama(template: str, messages: list[dict[str, str]], default_system: str | None,
+                  *, today: datetime.date | None = None) -> str:
+    return execute(template, ollama_values(messages, default_system), today=today)
+
+
+def render_jinja_dated(chat_template: str, messages: list[dict[str, str]], tokens: Tokens,
+                       when: datetime.datetime = CHECK_TIME) -> str:
+    """The Jinja's prompt on the day `when`, each date it prints written as Ollama's currentDate writes
+    it: every other character is the Jinja's own, to be matched exactly."""
+    printed: set[str] = set()
+
+    def clock(fmt: str) -> str:
+        printed.add(when.strftime(fmt))
+        return when.strftime(fmt)
+
+    text = render_jinja(chat_template, messages, tokens, strftime_now=clock)
+    dates = [d for d in sorted(printed, key=len, reverse=True) if d]
+    # One pass, longest first: "2031-11-27" must not have its "2031" replaced again.
+    return re.sub("|".join(map(re.escape, dates)), when.strftime(OLLAMA_DATE_FORMAT), text) if dates else text
 
 
 def first_difference(expected: str, got: str) -> str:
@@ -108,21 +151,24 @@ class Check:
 
 
 def check_template(template: str, chat_template: str, tokens: Tokens,
-                   default_system: str | None) -> list[Check]:
+                   default_system: str | None, *, dated: bool = False) -> list[Check]:
     """Every conversation of CONVERSATIONS rendered by the Jinja and by the TEMPLATE, compared.
 
     A conversation the Jinja itself refuses (a system message where the model has no system role) is
-    not held against the TEMPLATE: Ollama then cannot match it, and the caller says so.
+    not held against the TEMPLATE: Ollama then cannot match it, and the caller says so. `dated`: the
+    Jinja prints today's date; both sides then render on CHECK_TIME, and the dates the Jinja prints
+    are compared in Ollama's format (`render_jinja_dated`), the one thing a TEMPLATE cannot choose.
     """
     checks = []
     for name, messages in CONVERSATIONS.items():
         try:
-            expected = render_jinja(chat_template, messages, tokens)
+            expected = (render_jinja_dated(chat_template, messages, tokens) if dated
+                        else render_jinja(chat_template, messages, tokens))
         except JinjaRefused as e:
             checks.append(Check(name, True, f"the model's template refuses it: {e}"))
             continue
         try:
-            got = render_ollama(template, messages, default_system)
+            got = render_ollama(template, messages, default_system, today=CHECK_TIME.date() if dated else None)
         except GoTemplateError as e:
             checks.append(Check(name, False, f"the TEMPLATE fails: {e}"))
             continue

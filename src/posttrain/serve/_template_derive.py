@@ -12,21 +12,27 @@ between turns, and the TEMPLATE is assembled from those pieces:
 - what ends the prompt after the last user message (the generation prompt, a `<think>` included).
 
 A system prompt may sit in the head (ChatML, Llama 3, Gemma's first user turn), in front of the last
-user message (Mistral v1-v3), or nowhere (templates that drop it). Templates whose turns are not
-regular, that mark dates Ollama cannot print, or that classify conversations instead of chatting
-get no TEMPLATE. Whatever is derived is then checked by `_render_check` on real conversations.
+user message (Mistral v1-v3), or nowhere (templates that drop it). A template that prints today's
+date (Llama 3.2, Granite 3.x, Devstral) is rendered with a marker word for the date, which becomes
+Ollama's `{{ currentDate }}`; Ollama prints that only as year-month-day, so where the Jinja writes
+another format ("27 Nov 2031") the result says which. Templates whose turns are not regular, or that classify
+conversations instead of chatting, get no TEMPLATE. Whatever is derived is then checked by
+`_render_check` on real conversations.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from posttrain.serve._render_check import Check, JinjaRefused, Tokens, check_template, render_jinja
+from posttrain.serve._gotemplate import OLLAMA_DATE_FORMAT
+from posttrain.serve._render_check import CHECK_TIME, Check, JinjaRefused, Tokens, check_template, render_jinja
 
 # Marker contents: plain words that no template trims, escapes or changes, and no template contains.
 _SYS, _U1, _A1, _U2, _A2, _U3 = "Qsysxz", "Quoneaxz", "Qaoneaxz", "Qutwoxz", "Qatwoxz", "Quthreexz"
+_DATE = "Qdatexz"  # what a dated template's strftime_now returns while it is derived: {{ currentDate }}
 
 _CLASSIFIER = re.compile(r"guardian_config|You are a safety agent|policy expert trying to help|"
                          r"Check if there is unsafe content|UNSAFE CONTENT CATEGORIES", re.IGNORECASE)
@@ -45,11 +51,30 @@ class TemplateResult:
     system_placement: str = ""  # head, last-user, dropped, refused
     checks: list[Check] = field(default_factory=list)
     kind: str = "exact"  # exact, refused (classifier, template errors), not-covered, different
+    dated: bool = False  # the template prints today's date: the TEMPLATE has {{ currentDate }}
+    date_formats: tuple[str, ...] = ()  # the Jinja's date formats where they are not Ollama's 2031-11-27
+
+    @property
+    def date_note(self) -> str | None:
+        """For the Modelfile: how the date differs from the model's own, where it does."""
+        if not self.date_formats:
+            return None
+        theirs = " or ".join(f"'{CHECK_TIME.strftime(f)}' ({f})" for f in self.date_formats)
+        return (f"The model's chat template writes today's date like {theirs}; Ollama's currentDate writes "
+                f"that day '{CHECK_TIME.strftime(OLLAMA_DATE_FORMAT)}' and takes no format: the TEMPLATE's "
+                "prompt differs from the model's there and nowhere else.")
 
 
-def _go(text: str) -> str:
-    """`text` as a Go string literal in an action, so that trimming and `{{` in it cannot matter."""
-    return "{{ " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""
+def _go(text: str, trim: bool = False) -> str:
+    """`text` as Go string literals in actions, so that trimming and `{{` in it cannot matter, with
+    `{{ currentDate }}` where the date marker is; `trim`: the first action trims the newline before it."""
+    actions = []
+    for n, piece in enumerate(text.split(_DATE)):
+        if n:
+            actions.append("currentDate")
+        if piece:
+            actions.append(json.dumps(piece, ensure_ascii=False))
+    return "".join(("{{- " if trim and not i else "{{ ") + a + " }}" for i, a in enumerate(actions))
 
 
 def _split(rendered: str, markers: list[str]) -> list[str] | None:
@@ -101,7 +126,7 @@ def _assemble(head_system: tuple[str, str] | None, head_plain: str, last_user: t
         lines.append("{{- if .System }}" + _go(head_system[0]) + "{{ .System }}" + _go(head_system[1])
                      + "{{ else }}" + _go(head_plain) + "{{ end }}")
     else:
-        lines.append("{{- " + json.dumps(head_plain, ensure_ascii=False) + " }}" if head_plain else "")
+        lines.append(_go(head_plain, trim=True))
     lines.append("{{- $first := true }}")
     lines.append("{{- range $i, $m := .Messages }}")
     lines.append("{{- if eq .Role \"user\" }}"
@@ -113,7 +138,7 @@ def _assemble(head_system: tuple[str, str] | None, head_plain: str, last_user: t
     lines.append("{{- else if eq .Role \"assistant\" }}" + _go(user_to_assistant) + "{{ .Content }}")
     lines.append("{{- end }}")
     lines.append("{{- end }}")
-    lines.append("{{- " + json.dumps(tail, ensure_ascii=False) + " }}" if tail else "")
+    lines.append(_go(tail, trim=True))
     return "\n".join(line for line in lines if line)
 
 
@@ -127,10 +152,10 @@ class _Placement:
     default: str | None = None  # the system text the Jinja shows when it is given none
 
 
-def _place_system(chat_template: str, tokens: Tokens, plain_text: str, plain: list[str]) -> _Placement:
+def _place_system(render: Callable[[list[dict[str, str]]], str], plain_text: str, plain: list[str]) -> _Placement:
     head, assistant_to_user, tail = plain[0], plain[2], plain[5]
     try:
-        with_system = render_jinja(chat_template, _messages(_SYS, _U1, _A1, _U2, _A2, _U3), tokens)
+        with_system = render(_messages(_SYS, _U1, _A1, _U2, _A2, _U3))
     except JinjaRefused:
         return _Placement("refused")
     if _SYS not in with_system:
@@ -141,6 +166,10 @@ def _place_system(chat_template: str, tokens: Tokens, plain_text: str, plain: li
         default = None
         if head.startswith(before) and head.endswith(after) and len(head) > len(before) + len(after):
             default = head[len(before):len(head) - len(after)]
+        if default is not None and _DATE in default:
+            # A default naming today's date (Granite 3.x, Devstral) cannot be a fixed SYSTEM: it stays in
+            # the TEMPLATE's head, which prints it with {{ currentDate }} when the chat has no system.
+            default = None
         return _Placement("head", head=(before, after), default=default)
     at_last = _split(with_system, [_U1, _A1, _U2, _A2, _SYS, _U3])
     if at_last and at_last[:4] == plain[:4] and at_last[4].startswith(assistant_to_user) and at_last[6] == tail:
@@ -157,25 +186,33 @@ def derive_template(chat_template: str, tokens: Tokens) -> TemplateResult:
     if _CLASSIFIER.search(chat_template):
         return TemplateResult(None, "a safety classifier's template: it wraps the conversation in a "
                               "classification prompt, so chat turns have no TEMPLATE", kind="refused")
-    if _dated(chat_template, tokens):
-        return TemplateResult(None, "the template writes today's date in a format Ollama's currentDate "
-                              "cannot print", kind="not-covered")
+    dated = _dated(chat_template, tokens)
+    formats: set[str] = set()
+
+    def clock(fmt: str) -> str:
+        formats.add(fmt)
+        return _DATE
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return render_jinja(chat_template, messages, tokens, strftime_now=clock if dated else None)
+
     try:
-        plain_text = render_jinja(chat_template, _messages(_U1, _A1, _U2, _A2, _U3), tokens)
+        plain_text = render(_messages(_U1, _A1, _U2, _A2, _U3))
     except JinjaRefused as e:
         return TemplateResult(None, f"the model's template fails on a plain chat: {e}", kind="refused")
     plain = _split(plain_text, [_U1, _A1, _U2, _A2, _U3])
     if plain is None or plain[3] != plain[1] or plain[4] != plain[2]:
         return TemplateResult(None, "the template does not render every turn the same way", kind="not-covered")
-    placement = _place_system(chat_template, tokens, plain_text, plain)
+    placement = _place_system(render, plain_text, plain)
     if not placement.kind:
         return TemplateResult(None, "the template places or changes the system prompt in a way no TEMPLATE "
                               "shape here follows", kind="not-covered")
     head, user_to_assistant, assistant_to_user, tail = plain[0], plain[1], plain[2], plain[5]
     template = _assemble(placement.head, head, placement.last_user, user_to_assistant, assistant_to_user, tail)
     result = TemplateResult(template, system=placement.default, stop=_stops(assistant_to_user, tokens),
-                            system_placement=placement.kind)
-    result.checks = check_template(template, chat_template, tokens, placement.default)
+                            system_placement=placement.kind, dated=dated,
+                            date_formats=tuple(sorted(f for f in formats if f != OLLAMA_DATE_FORMAT)))
+    result.checks = check_template(template, chat_template, tokens, placement.default, dated=dated)
     failed = next((c for c in result.checks if not c.equal), None)
     if failed is not None:
         result.template = None
