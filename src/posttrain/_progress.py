@@ -20,6 +20,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+# A command whose work is over within this shows nothing of its display: its result, or its one error
+# line for bad input, is all it prints (a stage that began and failed at once is no news). Once work
+# takes longer, the title, the log's name and every stage from then on are printed; on a terminal the
+# live line shows each stage as it runs anyway.
+QUIET_UNDER_S = 2.0
+
+
 def fmt_duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
@@ -51,6 +58,7 @@ class Display:
         self._title = title
         self._live = False
         self._headed = False
+        self._header_timer: threading.Timer | None = None
         self._closed = threading.Event()
         self._children: Path | None = None
         self._started_wall = 0.0
@@ -66,6 +74,8 @@ class Display:
 
     def __exit__(self, *exc) -> None:
         self._closed.set()
+        if self._header_timer is not None:
+            self._header_timer.cancel()
         _set_current(None, only=self)
         if self._stage is not None:
             self.end("stopped" if exc[0] is not None else "", ok=exc[0] is None)
@@ -77,6 +87,12 @@ class Display:
     def stage(self) -> str | None:
         """The stage shown now, None between stages."""
         return self._stage
+
+    def _head_late(self) -> None:
+        """The work has gone on past QUIET_UNDER_S: from now on the command says what it does."""
+        with self._lock:
+            if not self._headed and not self._closed.is_set():
+                self._header()
 
     def _header(self) -> None:
         # Printed with the first stage: a command that fails before any work prints its one error line only.
@@ -94,10 +110,12 @@ class Display:
         from posttrain._terminal import esc
 
         with self._lock:
-            if not self._headed:
-                self._header()
             if self._stage is not None:
                 self._end_locked("")
+            if not self._headed and self._header_timer is None:
+                self._header_timer = threading.Timer(QUIET_UNDER_S, self._head_late)
+                self._header_timer.daemon = True
+                self._header_timer.start()
             self._stage, self._unit, self._started = stage, unit, time.perf_counter()
             self._started_wall = time.time()
             self._task = self._progress.add_task(esc(stage), total=total, unit=unit)
@@ -155,6 +173,12 @@ class Display:
         self._sync_children()  # the child's last counts, written just before it ended
         task = next(t for t in self._progress.tasks if t.id == self._task)
         seconds = time.perf_counter() - self._started
+        if not self._headed and seconds < QUIET_UNDER_S:
+            self._progress.remove_task(self._task)  # over at once: see QUIET_UNDER_S
+            self._task, self._stage = None, None
+            return
+        if not self._headed:
+            self._header()
         parts = [f"{'[green]✓[/]' if ok else '[red]✗[/]'} {esc(self._stage)}"]
         if task.total:
             pct = 100.0 * task.completed / task.total
