@@ -179,7 +179,8 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
         twin = sizes.get(v.quant.removesuffix(IMATRIX_SUFFIX), v.size_bytes)
         rungs.append(Rung(v.quant, v.size_bytes, sp.get("bits_per_weight"), sp.get("tg_tok_s"), q.get("kld_mean"),
                           diffs={t: p["d"] for t, p in pairs.items()},
-                          clusters={t: p["clusters"] for t, p in pairs.items()}, order_size=twin))
+                          clusters={t: p["clusters"] for t, p in pairs.items()}, order_size=twin,
+                          kld_se=q.get("kld_se"), speed_busy=bool((sp.get("conditions") or {}).get("busy"))))
     verdict = decide(rungs, margin=margin_points / 100, alpha=alpha, max_kld=max_kld)
     doc = {
         "schema": SCHEMA, "created_at": utcnow(), "checkpoint": str(Path(checkpoint).resolve()),

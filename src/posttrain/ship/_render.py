@@ -11,6 +11,7 @@ import html
 from pathlib import Path
 
 from posttrain.checkpoint import human_bytes
+from posttrain.ship._conditions import BUSY_OTHERS_PCT
 from posttrain.ship._verdict import fmt_margin
 
 STATUS_WORDS = {"equivalent": "equivalent", "not equivalent": "not shown equivalent", "undecided": "undecided (n)",
@@ -31,6 +32,15 @@ def _ci_pts(t: dict) -> str:
     if lo is None:
         return _f(t.get("mean") and t["mean"] * 100, "+.1f")
     return f"{t['mean'] * 100:+.1f} ({lo * 100:+.1f}, {hi * 100:+.1f})"
+
+
+def _busy(sp: dict) -> bool:
+    return bool((sp.get("conditions") or {}).get("busy"))
+
+
+def _speed_cell(sp: dict, key: str, spec: str) -> str:
+    """A speed figure, marked where other work shared the CPUs while it was measured (notes say how much)."""
+    return _f(sp.get(key), spec) + (" (busy)" if sp.get(key) is not None and _busy(sp) else "")
 
 
 def table(doc: dict) -> tuple[list[str], list[list[str]]]:
@@ -63,9 +73,11 @@ def table(doc: dict) -> tuple[list[str], list[list[str]]]:
             task_cells = [_ci_pts(verdict["tasks"][t]) if verdict and t in verdict["tasks"] else "–" for t in tasks]
             status = STATUS_WORDS.get(verdict["status"], verdict["status"]) if verdict else "–"
             if verdict and doc["verdict"]["pick"] == v["quant"]:
-                status = "**ship this** (equivalent)"
+                # Documents written before strengths existed picked only what was shown equivalent.
+                status = f"**ship this** ({doc['verdict'].get('strength', 'shown')})"
         rows.append([v["quant"], _f(sp.get("bits_per_weight"), ".2f"), human_bytes(v["size_bytes"]),
-                     _f(sp.get("pp_tok_s"), ".0f"), _f(sp.get("tg_tok_s"), ".1f"), *quality_cells, *task_cells, status])
+                     _speed_cell(sp, "pp_tok_s", ".0f"), _speed_cell(sp, "tg_tok_s", ".1f"), *quality_cells, *task_cells,
+                     status])
     return head, rows
 
 
@@ -79,6 +91,11 @@ def notes(doc: dict) -> list[str]:
            "ΔPPL's interval paired over chunks.",
            f"Equivalence: TOST against F16 with a margin of {fmt_margin(v['margin'])} per task, Holm over "
            f"tasks × variants at α {v['alpha']:g}; mean KLD bound {v['max_kld']}."]
+    if v.get("strength") is not None:
+        out.append(f"Strength of the pick: shown (equivalence on every task), indicated (the tasks cannot decide; "
+                   f"mean KLD's 95% upper bound ≤ {v['indicate_kld']:.3g}, llama.cpp's Q4_K_M level on Llama-3-8B, "
+                   f"and no task shows it worse than the margin; within the margin in ≥ "
+                   f"{v['indicated_rate']:.0%} of simulated ladders, docs/ship.md) or none (F16 stays).")
     imatrix = doc.get("imatrix")
     if imatrix:
         files = ", ".join(Path(f).name for f in imatrix.get("text_files", [])) or "the given text"
@@ -89,7 +106,27 @@ def notes(doc: dict) -> list[str]:
     if speeds:
         out.append(f"Speed: median of {speeds[0]['reps']} runs, {speeds[0]['threads']} threads, "
                    f"build: {speeds[0]['build']}")
+        out += _conditions_note(doc)
     return out
+
+
+def _conditions_note(doc: dict) -> list[str]:
+    """What else the machine did during the speed runs (measurements older than the record say nothing)."""
+    measured = [(x["quant"], x["speed"]["conditions"]) for x in doc["variants"]
+                if x.get("speed") and x["speed"].get("conditions")]
+    if not measured:
+        return []
+    busy = [(q, c) for q, c in measured if c["busy"]]
+    if not busy:
+        return [(f"The machine was free during the speed runs: other work used at most "
+                 f"{max(c['others_cpu_pct'] for _, c in measured):.0f}% of its {measured[0][1]['cpus']} CPUs.")]
+    shares = [c["others_cpu_pct"] for _, c in busy]
+    loads = [c["load_avg_1m"] for _, c in busy]
+    span = f"{min(shares):.0f}%" if min(shares) == max(shares) else f"{min(shares):.0f}–{max(shares):.0f}%"
+    return [(f"Speed figures marked (busy) ({', '.join(q for q, _ in busy)}) were measured while other work used "
+             f"{span} of the {busy[0][1]['cpus']} CPUs (load average up to {max(loads):.1f}; busy means over "
+             f"{BUSY_OTHERS_PCT:g}%): they are lower than this machine gives alone and do not compare with figures "
+             "measured under another load; rerun with the machine free for figures to quote.")]
 
 
 def render_markdown(doc: dict, plot_file: str | None = None) -> str:

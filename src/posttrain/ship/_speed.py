@@ -4,7 +4,8 @@ llama-bench's two standard tests: prompt processing of 512 tokens in one batch (
 generation of 128 tokens one at a time from an empty context (`tg128`), each after a warm-up run,
 repeated, on random token ids (the content does not change the arithmetic). We report the median of
 the repetitions, the thread count and llama.cpp's own description of the build (CPU features,
-backends), since those decide the figures as much as the quantization does.
+backends), since those decide the figures as much as the quantization does, and what else the
+machine was doing during the timed runs (`_conditions.py`: a busy machine gives lower figures).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from posttrain import _native
+from posttrain.ship._conditions import CpuWatch
 from posttrain.ship._quality import _load
 
 DEFAULT_REPS = 3
@@ -49,8 +51,9 @@ def measure_speed(path: str | Path, *, n_prompt: int = 512, n_gen: int = 128, re
                 llm.eval([tok])
 
         pp(), tg()  # warm-up, as llama-bench does: first-touch of the weights is not speed
-        pp_s = [_timed(pp) for _ in range(reps)]
-        tg_s = [_timed(tg) for _ in range(reps)]
+        with CpuWatch() as watch:  # the timed runs only: they are what the figures come from
+            pp_s = [_timed(pp) for _ in range(reps)]
+            tg_s = [_timed(tg) for _ in range(reps)]
         n_params = int(llm._model.n_params())
     finally:
         llm.close()
@@ -59,5 +62,5 @@ def measure_speed(path: str | Path, *, n_prompt: int = 512, n_gen: int = 128, re
             "pp_tok_s": n_prompt / statistics.median(pp_s), "tg_tok_s": n_gen / statistics.median(tg_s),
             "pp_tok_s_all": [n_prompt / s for s in pp_s], "tg_tok_s_all": [n_gen / s for s in tg_s],
             "threads": _native.cpu_threads(), "build": _native.system_info(),
-            "n_gpu_layers": _native.resolve_gpu_layers(n_gpu_layers),
+            "n_gpu_layers": _native.resolve_gpu_layers(n_gpu_layers), "conditions": watch.conditions.to_json(),
             "size_bytes": size, "n_params": n_params, "bits_per_weight": 8 * size / n_params if n_params else None}

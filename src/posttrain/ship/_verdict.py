@@ -1,28 +1,38 @@
-"""The answer: which variant to ship, from equivalence tests on every task and KLD on real text.
+"""The answer: which variant to ship, and how strong the evidence for it is.
 
 Every (variant, task) pair gets a TOST against F16; Holm adjusts the whole family (tasks × variants)
-so that "equivalent on every task" holds at α overall. The pick is the smallest file that is
-equivalent on every task and whose mean KLD is at most `max_kld` (a task set can miss damage that
-the held-out text shows). A variant is *undecided* when it is neither shown equivalent nor shown to
-lose more than the margin (its 95% CI crosses a margin) and the items at hand could not have shown
-equivalence (smallest demonstrable margin above the margin): then more items, not a different
-variant, would answer the question, and the sentence says how many.
+so that "equivalent on every task" holds at α overall. A variant is *undecided* when it is neither
+shown equivalent nor shown to lose more than the margin (its 95% CI crosses a margin) and the items at
+hand could not have shown equivalence (smallest demonstrable margin above the margin): then more
+items, not a different variant, would answer the question.
+
+The pick comes at one of three strengths (`strength`):
+- *shown*: the smallest file equivalent on every task whose mean KLD is at most `max_kld` (a task
+  set can miss damage that the held-out text shows);
+- *indicated*: no variant is shown, but the held-out text indicates one (`_indicated.py`): the
+  smallest variant the tasks cannot decide whose mean KLD is shown under a published bound;
+- *none*: neither; F16 stays, and the sentence says which variant is shown worse or what is missing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
-from statsmodels.stats.multitest import multipletests
 
-from posttrain.checkpoint import human_bytes
-from posttrain.ship._tost import tost
+from posttrain.ship._indicated import INDICATED_RATE, indicate, kld_bound, kld_upper95
+from posttrain.ship._sentence import fmt_margin, sentence
+from posttrain.ship._tost import holm_adjusted, tost
+
+__all__ = ["DEFAULT_MARGIN_POINTS", "DEFAULT_MAX_KLD", "Rung", "Strength", "decide", "fmt_margin"]
 
 DEFAULT_MARGIN_POINTS = 1.0
 # Mean KLD (nats) above which a variant is not picked whatever the tasks say: several times the
 # published Q4_K_M figure for an 8B model (0.031), which small models exceed a little.
 DEFAULT_MAX_KLD = 0.1
+
+Strength = Literal["shown", "indicated", "none"]
 
 
 @dataclass
@@ -40,25 +50,19 @@ class Rung:
     # The size the ladder orders by: a variant made with an importance matrix takes its plain twin's
     # (its file is a few hundred bytes larger, only for the matrix's metadata).
     order_size: int | None = None
-
-
-def _pts(x: float) -> str:
-    return f"{abs(x) * 100:.1f}"
-
-
-def fmt_margin(margin: float) -> str:
-    pts = margin * 100
-    return f"{pts:g} point" + ("" if pts == 1 else "s")
+    kld_se: float | None = None  # standard error of kld_mean (over scored tokens, as llama.cpp prints it)
+    speed_busy: bool = False  # its speed was measured while other work used the CPUs (_conditions.py)
 
 
 def decide(rungs: list[Rung], *, margin: float = DEFAULT_MARGIN_POINTS / 100, alpha: float = 0.05,
-           max_kld: float | None = DEFAULT_MAX_KLD) -> dict:
+           max_kld: float | None = DEFAULT_MAX_KLD, indicate_kld: float | None = None) -> dict:
     """The verdict document: per variant and task the TOST with Holm-adjusted p, a status per variant,
-    the pick (or None) and the one-sentence answer. `margin` in metric units (0.01 = 1 point)."""
+    the pick (or None), its strength and the one-sentence answer. `margin` in metric units (0.01 = 1
+    point); `indicate_kld`: the mean-KLD bound of an indicated pick (default `kld_bound(margin)`)."""
     tests = [(r.quant, task, tost(d, margin, alpha, r.clusters.get(task)))
              for r in rungs for task, d in sorted(r.diffs.items())]
     if tests:
-        adjusted = multipletests([t["p_value"] for _, _, t in tests], alpha=alpha, method="holm")[1]
+        adjusted = holm_adjusted([t["p_value"] for _, _, t in tests])
         for (_, _, t), p_adj in zip(tests, adjusted):
             t["p_adjusted"] = float(p_adj)
             t["equivalent_holm"] = bool(p_adj < alpha)
@@ -86,59 +90,16 @@ def decide(rungs: list[Rung], *, margin: float = DEFAULT_MARGIN_POINTS / 100, al
         else:
             status = "not equivalent"
         variants.append({"quant": r.quant, "size_bytes": r.size_bytes, "bits_per_weight": r.bits_per_weight,
-                         "tg_tok_s": r.tg_tok_s, "kld_mean": r.kld_mean, "kld_ok": kld_ok, "status": status,
-                         "tasks": per_task})
-    pick = next((v for v in variants if v["status"] == "equivalent"), None)
+                         "tg_tok_s": r.tg_tok_s, "speed_busy": r.speed_busy, "kld_mean": r.kld_mean,
+                         "kld_se": r.kld_se, "kld_upper95": kld_upper95(r.kld_mean, r.kld_se), "kld_ok": kld_ok,
+                         "status": status, "tasks": per_task})
+    bound = kld_bound(margin) if indicate_kld is None else indicate_kld
+    shown = next((v for v in variants if v["status"] == "equivalent"), None)
+    indication = None if shown is not None else indicate(variants, margin, bound)
+    strength: Strength = "shown" if shown else "indicated" if indication else "none"
+    pick = shown or (next(v for v in variants if v["quant"] == indication.quant) if indication else None)
     return {"margin": margin, "alpha": alpha, "max_kld": max_kld, "correction": "holm",
-            "pick": pick["quant"] if pick else None, "variants": variants,
-            "sentence": _sentence(variants, pick, margin, alpha, max_kld)}
-
-
-def _describe(v: dict) -> str:
-    parts = []
-    if v["bits_per_weight"]:
-        parts.append(f"{v['bits_per_weight']:.1f} bits/weight")
-    parts.append(human_bytes(v["size_bytes"]))
-    if v["tg_tok_s"]:
-        parts.append(f"{v['tg_tok_s']:.0f} tok/s")
-    return ", ".join(parts)
-
-
-def _why_not(v: dict, margin: float, max_kld: float | None) -> str:
-    """Why the next smaller variant was not picked, in a clause."""
-    if v["status"] == "kld above bound":
-        return f"{v['quant']} is equivalent on the tasks but its mean KLD {v['kld_mean']:.3f} exceeds {max_kld:g}"
-    worst_task, worst = min(v["tasks"].items(), key=lambda kv: (kv[1]["equivalent_holm"], kv[1]["mean"] or 0))
-    if worst["mean"] is None or worst["ci95"] is None:
-        return f"{v['quant']} has too few items on {worst_task} to test"
-    lo, hi = worst["ci95"] or (0.0, 0.0)
-    verb = "loses" if worst["mean"] < 0 else "gains"
-    ci = f"{_pts(hi)}–{_pts(lo)}" if worst["mean"] < 0 else f"{_pts(lo)}–{_pts(hi)}"
-    if lo < 0 < hi:
-        ci = f"{lo * 100:+.1f} to {hi * 100:+.1f}"
-    tail = "" if worst["shown_worse"] else f", not shown within {fmt_margin(margin)}"
-    return f"{v['quant']} {verb} {_pts(worst['mean'])} points on {worst_task} (95% CI {ci}){tail}"
-
-
-def _sentence(variants: list[dict], pick: dict | None, margin: float, alpha: float, max_kld: float | None) -> str:
-    tested = [v for v in variants if v["tasks"]]
-    if not tested:
-        return "No task results to decide on: run the ladder with --tasks."
-    if pick is not None:
-        smaller = [v for v in tested if v["size_bytes"] < pick["size_bytes"]]
-        text = (f"Ship {pick['quant']} ({_describe(pick)}): it loses no more than {fmt_margin(margin)} against F16 "
-                f"on every task (equivalence shown at α {alpha:g}, Holm over tasks × variants)")
-        if smaller:
-            text += "; " + _why_not(smaller[-1], margin, max_kld)
-        return text + "."
-    undecided = [(v, task, t) for v in tested for task, t in v["tasks"].items() if t["undecided"]]
-    if undecided:
-        _, task, t = max(undecided, key=lambda x: x[2]["items_needed"] or 0)
-        need = t["items_needed"]
-        return (f"The data cannot decide: no variant is shown within {fmt_margin(margin)} of F16 on every task at "
-                f"α {alpha:g}; with {t['n']} items on {task} the narrowest margin they can show is "
-                f"{_pts(t['mde'])} points, and {fmt_margin(margin)} needs about {need:,} items."
-                if t["mde"] is not None and need else
-                f"The data cannot decide: too few items on {task} to test equivalence.")
-    return (f"Ship F16: no quantized variant is shown within {fmt_margin(margin)} of F16 on every task; "
-            + _why_not(tested[-1], margin, max_kld) + ".")
+            "pick": pick["quant"] if pick else None, "strength": strength,
+            "indicate_kld": bound, "indicated_rate": INDICATED_RATE,
+            "indicated": indication.to_json() if indication else None, "variants": variants,
+            "sentence": sentence(variants, pick, strength, indication, margin, alpha, max_kld, bound)}
