@@ -22,8 +22,8 @@ from pathlib import Path
 
 # A command whose work is over within this shows nothing of its display: its result, or its one error
 # line for bad input, is all it prints (a stage that began and failed at once is no news). Once work
-# takes longer, the title, the log's name and every stage from then on are printed; on a terminal the
-# live line shows each stage as it runs anyway.
+# takes longer, the title, the log's name and every stage's line are printed, those that ended before
+# included; on a terminal the live line shows each stage as it runs anyway.
 QUIET_UNDER_S = 2.0
 
 
@@ -59,6 +59,7 @@ class Display:
         self._live = False
         self._headed = False
         self._header_timer: threading.Timer | None = None
+        self._held: list[str] = []  # stage lines that ended before the header, printed with it
         self._closed = threading.Event()
         self._children: Path | None = None
         self._started_wall = 0.0
@@ -104,6 +105,9 @@ class Display:
         if self.log_path is not None:
             self._progress.console.print(f"[dim]library output: {esc(self.log_path)}[/]", highlight=False,
                                          soft_wrap=True)
+        for line in self._held:
+            self._progress.console.print(line, highlight=False)
+        self._held.clear()
 
     def begin(self, stage: str, total: int | None = None, unit: str = "items") -> None:
         """Start showing `stage` (ending the one before it)."""
@@ -173,12 +177,6 @@ class Display:
         self._sync_children()  # the child's last counts, written just before it ended
         task = next(t for t in self._progress.tasks if t.id == self._task)
         seconds = time.perf_counter() - self._started
-        if not self._headed and seconds < QUIET_UNDER_S:
-            self._progress.remove_task(self._task)  # over at once: see QUIET_UNDER_S
-            self._task, self._stage = None, None
-            return
-        if not self._headed:
-            self._header()
         parts = [f"{'[green]✓[/]' if ok else '[red]✗[/]'} {esc(self._stage)}"]
         if task.total:
             pct = 100.0 * task.completed / task.total
@@ -190,6 +188,11 @@ class Display:
             parts.append(esc(note))
         self._progress.remove_task(self._task)
         self._task, self._stage = None, None
+        if not self._headed and seconds < QUIET_UNDER_S:
+            self._held.append("  ".join(parts))  # over at once: see QUIET_UNDER_S
+            return
+        if not self._headed:
+            self._header()
         self._progress.console.print("  ".join(parts), highlight=False)
 
     def follow_children(self, folder: Path) -> None:
