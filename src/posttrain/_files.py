@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any
 
 
+def about_to_write(path: Path) -> None:
+    """Called before each write posttrain makes to a file of its own: an atomic write's temporary
+    file here, a transaction of the store (store/_db.py). It does nothing. It is the one place where
+    the crash-consistency harness (tests/crash_harness.py, through tests/fault_site/) makes the k-th
+    write of a run fail with ENOSPC or EIO, as a full or failing disk would, in the processes it
+    starts only: so every write can be tested to fail cleanly without patching any library."""
+
+
 def _stage(path: Path, text: str, mode: int) -> str:
     """`text` in a complete, synced temporary sibling of `path`; its name."""
+    about_to_write(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

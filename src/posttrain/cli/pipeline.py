@@ -113,6 +113,10 @@ def run_cmd(
             continue
         _print_result(result)
         if result.status == "failed":
+            # The table wraps its notes; each failure is also one whole line on stderr, as every
+            # other failure of the CLI is (scripts and logs grep it).
+            for failed in result.failures():
+                print_error(f"run {result.run_id}: {failed.name}: {failed.error}")
             code = max(code, 1)
         elif result.status == "interrupted" and code == 0:
             console.print(f"interrupted: run the same command again to resume run {esc(result.run_id)}")

@@ -123,8 +123,22 @@ def run_in_child(job: StepJob, run_dir: Path, stop_event: threading.Event | None
     result = read_json_file(result_path)
     result_path.unlink(missing_ok=True)
     if proc.returncode != 0 or result is None:
-        raise PosttrainError(f"{job.step} exited with code {proc.returncode} without a result; log: {log_path}")
+        why = _last_line(log_path)
+        raise PosttrainError(f"{job.step} exited with code {proc.returncode} without a result"
+                             f"{f' ({why})' if why else ''}; log: {log_path}")
     return ChildOutcome(result, peak, result.get("gpu_mem_bytes"))
+
+
+def _last_line(log_path: Path) -> str | None:
+    """The last line of a step's log: what a child that could not write its result says last (a full
+    disk, the store unwritable; `_step_child`), so the step's error names the cause, not only the log."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    return lines[-1][:500] if lines else None
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -332,6 +332,13 @@ class Stages:
         out = ctx.outputs.get("compare")
         return read_compare(Path(out["path"])) if out else {}
 
+    def _after(self, name: str) -> list[str]:
+        """The steps after `name`: when it runs, they have not run yet in this attempt. (A resumed run
+        has rows for them from the attempt before; a report that showed those would differ from the
+        report of a run that was never interrupted.)"""
+        names = [s.name for s in self.steps()]
+        return names[names.index(name) + 1:]
+
     def report(self, ctx: RunContext) -> Outputs:
         from posttrain.report import report_from_store
 
@@ -341,7 +348,7 @@ class Stages:
         # Written before the run ends: it shows the outcome the run is heading for, which the runner
         # records when it closes the run (track and notify, the later steps, never fail it).
         paths = report_from_store(ctx.store, ctx.run_id, ctx.run_dir, outcome=ctx.outcome,
-                                  compare=self._compare_doc(ctx))
+                                  compare=self._compare_doc(ctx), not_yet=self._after("report"))
         return {k: str(v) for k, v in paths.items()}
 
     # track: never fails the run. A tracker that could not record it (after its retries) makes the
@@ -364,7 +371,8 @@ class Stages:
             raise StepSkipped(f"not tracked: {type(e).__name__}: {e}; the same command tries again") from e
         report = RunLayout(ctx.run_dir).report_json
         try:
-            report_from_store(ctx.store, ctx.run_id, ctx.run_dir, outcome=ctx.outcome, compare=self._compare_doc(ctx))
+            report_from_store(ctx.store, ctx.run_id, ctx.run_dir, outcome=ctx.outcome, compare=self._compare_doc(ctx),
+                              not_yet=self._after("track"))
         except Exception:  # the report written by the report step stands; tracking is a courtesy
             log.exception("run %s: the report could not be rewritten with the tracking outcome", ctx.run_id)
         failed = [o for o in outcomes if not o.get("ok")]

@@ -19,6 +19,7 @@ import traceback
 from typing import Any
 
 _STOP_POLL_S = 0.2
+RESULT_UNWRITTEN = "the step's result could not be written: "
 
 
 def _describe(exc: BaseException) -> dict[str, Any]:
@@ -78,10 +79,13 @@ def main(argv: list[str]) -> int:
     with open(job_path, "rb") as fh:
         job = pickle.load(fh)
     _crash_for_test(job)
-    store = Store(job.store_path)
-    ctx = RunContext(job.spec, store, job.outputs, job.step_status, threading.Event())
-    _watch_stop_file(getattr(job, "stop_path", None), ctx.stop_requested)
+    store = None
     try:
+        # Opened inside the try: a store that cannot be written (a full disk) is this step's failure,
+        # described to the parent like any other.
+        store = Store(job.store_path)
+        ctx = RunContext(job.spec, store, job.outputs, job.step_status, threading.Event())
+        _watch_stop_file(getattr(job, "stop_path", None), ctx.stop_requested)
         outputs = job.run(ctx)
         if not isinstance(outputs, dict):
             raise TypeError(f"step {job.step} returned {type(outputs).__name__}, not a dict of outputs")
@@ -94,9 +98,15 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         result = {"ok": False, "skipped": False, "transient": isinstance(e, job.transient), **_describe(e)}
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     result["gpu_mem_bytes"] = gpu_peak()
-    write_json_atomic(result_path, result)
+    try:
+        write_json_atomic(result_path, result)
+    except OSError as e:
+        # The parent then finds no result; it quotes the log's last line, so this one says why.
+        print(f"{RESULT_UNWRITTEN}{_describe(e)['message']}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -21,6 +21,7 @@ Inputs of `write_report` (plain dicts; unknown keys are kept):
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,17 @@ def write_report(out_dir: Path, *, compare: dict[str, Any], run: dict[str, Any],
 
 
 def report_from_store(store: Store, run_id: str, out_dir: Path | None = None, *,
-                      outcome: str | None = None, compare: dict[str, Any] | None = None) -> dict[str, Path]:
+                      outcome: str | None = None, compare: dict[str, Any] | None = None,
+                      not_yet: Collection[str] = ()) -> dict[str, Path]:
     """Gather a run's inputs from the store, and write its report (into the run's folder unless
     `out_dir` is given). `outcome`: the run's status when the report is written before the run is
     closed (the pipeline's report step); the store's otherwise. `compare`: the run's compare document
-    ({} for none); by default `<run_dir>/compare.json`."""
+    ({} for none); by default `<run_dir>/compare.json`. `not_yet`: steps that have not run yet in
+    this attempt (the pipeline's steps after the report): shown pending, as in a first attempt, not
+    with what an earlier, interrupted attempt recorded for them."""
     from posttrain.report._gather import gather
 
-    inputs, folder = gather(store, run_id, compare)
+    inputs, folder = gather(store, run_id, compare, not_yet)
     if outcome is not None:
         inputs["run"] = {**inputs["run"], "status": outcome}
     return write_report(out_dir or folder, **inputs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import platform
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -165,14 +166,17 @@ def _adapter(store: Store, run_id: str, compare: dict[str, Any], variants: list[
                            {v["quant"]: v["size_bytes"] or 0 for v in variants})
 
 
-def gather(store: Store, run_id: str, compare: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
+def gather(store: Store, run_id: str, compare: dict[str, Any] | None = None,
+           not_yet: Collection[str] = ()) -> tuple[dict[str, Any], Path]:
     """The keyword arguments for write_report, and the run's folder. `compare`: the run's compare
     document when the caller has it (the pipeline hands on what its compare step wrote); else it is
-    read from the run's folder."""
+    read from the run's folder. `not_yet`: steps shown pending whatever the store holds for them."""
     run = load_run(store, run_id)
     folder = run_dir(store, run)
     variants = load_variants(store, run)
-    steps = load_steps(store, run_id)
+    steps = [s if s["name"] not in not_yet else
+             {**s, "status": "pending", "wall_s": None, "peak_rss_bytes": None, "error": None, "attempts": 0}
+             for s in load_steps(store, run_id)]
     inputs = {
         "compare": read_compare(RunLayout(folder).compare_json) if compare is None else compare,
         "run": {k: run[k] for k in ("id", "checkpoint", "model_name", "baseline", "created_at", "finished_at",
