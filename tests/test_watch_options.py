@@ -26,6 +26,7 @@ NOT_SETTINGS = {"dirs", "once", "daemon", "detached", "settings_file"}
 # option name → (its arguments, what the effective settings must then say)
 SAMPLES = {
     "pattern": (["--pattern", "**/ckpt"], lambda s: s["config"]["watch"]["pattern"] == "**/ckpt"),
+    "series": (["--series"], lambda s: s["config"]["watch"]["series"] is True),
     "interval": (["--interval", "17"], lambda s: s["config"]["watch"]["check_interval_s"] == 17),
     "settle": (["--settle", "0.7"], lambda s: s["config"]["watch"]["settle_s"] == 0.7),
     "no_events": (["--no-events"], lambda s: s["events"] is False),

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "demo",
     "lora",
     "ship",
+    "series",
 ]
 
 

@@ -130,6 +130,8 @@ def watch_cmd(
     dirs: list[Path] = typer.Argument(..., help="Directories to watch (recursively)."),
     pattern: str | None = typer.Option(None, "--pattern", "-p", help="Checkpoint directories to pick up (default '**/final_model')."),
     once: bool = typer.Option(False, "--once", help="Scan once, process finished checkpoints not processed before, exit."),
+    series: bool = typer.Option(False, "--series", help="Also take the checkpoint-N folders beside final_model and "
+                                "keep each training run's series report (score vs step, best checkpoint)."),
     daemon: bool = typer.Option(False, "--daemon", "-d", help="Detach and keep watching in the background."),
     interval: float | None = typer.Option(None, "--interval", help="Seconds between full rescans (default 300)."),
     settle: float | None = typer.Option(None, "--settle", help="Seconds a checkpoint must stay unchanged (default 1)."),
@@ -154,7 +156,8 @@ def watch_cmd(
         # The detached child: the settings its parent parsed and validated, nothing parsed again.
         cfg, dirs, no_events = _read_watch_settings(settings_file)
     else:
-        cfg = options.load_config(pattern=pattern, check_interval_s=interval, settle_s=settle)
+        cfg = options.load_config(pattern=pattern, check_interval_s=interval, settle_s=settle,
+                                  series=True if series else None)
         cfg = _absolute(cfg)
         dirs = [d.expanduser().resolve() for d in dirs]
     for d in dirs:
@@ -173,7 +176,7 @@ def watch_cmd(
         _console_logging()
     w = cfg.watch
     handled: list[dict] = []
-    code = serve_watch(cfg.base_dir, dirs, _kept(pipeline_handler(cfg), handled), pattern=w.pattern,
+    code = serve_watch(cfg.base_dir, dirs, _kept(pipeline_handler(cfg), handled), pattern=w.effective_pattern,
                        poll_interval_s=w.check_interval_s, settle_s=w.settle_s, once=once, use_events=not no_events,
                        jobs=cfg.jobs, allow_pickle=cfg.allow_pickle, log_max_bytes=w.log_max_bytes,
                        log_backups=w.log_backups, settings=settings)
@@ -212,6 +215,10 @@ def _print_handled(out: dict) -> None:
         console.print(esc(out["error"]), highlight=False)
     if out.get("run_dir"):
         _print_outcome(out.get("verdicts") or [], Path(out["run_dir"]))
+    if out.get("series"):  # with --series: where the training run's checkpoints stand so far
+        if out.get("series_sentence"):
+            console.print(esc(out["series_sentence"]), highlight=False)
+        console.print(f"series: {esc(out['series'])}", highlight=False, soft_wrap=True)
 
 
 WATCH_SETTINGS_FILE = "watch.settings.json"

@@ -71,10 +71,20 @@ class NotifySettings(_Section):
 
 class WatchSettings(_Section):
     pattern: str = "**/final_model"
+    # Checkpoint series (posttrain.series): the checkpoint-N folders beside what `pattern` matches are
+    # taken too, and the training run's series report is rewritten after each of them.
+    series: bool = False
     check_interval_s: float = Field(300.0, gt=0)
     settle_s: float = Field(1.0, ge=0)
     log_max_bytes: int = Field(10_000_000, ge=10_000)
     log_backups: int = Field(5, ge=0)
+
+    @property
+    def effective_pattern(self) -> str:
+        """What the watcher matches: `pattern`, widened to the checkpoint-N folders with `series`."""
+        from posttrain.pipeline._watcher import series_pattern
+
+        return series_pattern(self.pattern) if self.series else self.pattern
 
 
 class Config(BaseSettings):

@@ -102,6 +102,9 @@ voice = {str(d.notify.voice).lower()}
 [watch]
 # Directories under the watched ones that are checkpoints (glob; ** matches any depth).
 pattern = "{d.watch.pattern}"
+# Checkpoint series: also take the checkpoint-N folders saved beside what the pattern matches, and
+# rewrite the training run's series report (<home>/series/...) after each one (docs/pipeline.md).
+series = {str(d.watch.series).lower()}
 # Full rescan interval in seconds, the fallback when file events do not arrive (network filesystems).
 check_interval_s = {d.watch.check_interval_s:g}
 # Seconds a checkpoint's files must stay unchanged before it counts as finished.

@@ -76,13 +76,31 @@ def pipeline_handler(config: Config, store: Store | None = None):
                                   known_sha256=sha)
             failed = result.failures()
             # run_dir and verdicts: what `watch --once` prints when it ends (as `run` does).
-            return {"status": result.status, "run_id": result.run_id, "run_dir": str(result.run_dir),
-                    "verdicts": outcome_sentences(result),
-                    "error": "; ".join(f"{f.name}: {f.error}" for f in failed) or None}
+            out = {"status": result.status, "run_id": result.run_id, "run_dir": str(result.run_dir),
+                   "verdicts": outcome_sentences(result),
+                   "error": "; ".join(f"{f.name}: {f.error}" for f in failed) or None}
+            if config.watch.series and result.status != "interrupted":
+                out.update(update_series(config, store or watcher.store, path))
+            return out
 
         return handle
 
     return factory
+
+
+def update_series(config: Config, store: Store, checkpoint: Path) -> dict[str, Any]:
+    """Rewrite the series report of the training run `checkpoint` belongs to (its parent folder).
+    A series that cannot be written is logged, never a failure of the checkpoint's own run."""
+    from posttrain.series import series_report
+
+    folder = Path(checkpoint).resolve().parent
+    try:
+        doc, layout = series_report(store, config.base_dir, folder, seed=config.seed)
+    except Exception as e:  # e.g. the checkpoint's evaluation failed: the series waits for the next one
+        log.warning("series of %s not written: %s", folder, e.one_line() if isinstance(e, PosttrainError) else e)
+        return {}
+    log.info("series of %s (%d checkpoints): %s", folder, len(doc.points), layout.html)
+    return {"series": str(layout.html), "series_sentence": doc.best.sentence if doc.best else None}
 
 
 def outcome_sentences(result: RunResult) -> list[str]:

@@ -39,9 +39,18 @@ _RECHECK_FOR_S = 120.0
 Handler = Callable[[Path, str], dict[str, Any] | None]
 
 
+def _glob_name(part: str) -> str:
+    """One path component: `*` and `?` within the name, `{a,b}` either alternative (no nesting)."""
+    if (m := re.fullmatch(r"(.*?)\{([^{}/]*)\}(.*)", part)) is not None:
+        head, options, tail = m.groups()
+        return _glob_name(head) + "(?:" + "|".join(_glob_name(o) for o in options.split(",")) + ")" + _glob_name(tail)
+    return "".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in part)
+
+
 def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """A glob over relative directory paths: `*` and `?` stay within one name, `**` spans any depth
-    (including none), so `**/final_model` matches `final_model` and `a/b/final_model`."""
+    """A glob over relative directory paths: `*` and `?` stay within one name, `{a,b}` is either name,
+    `**` spans any depth (including none), so `**/final_model` matches `final_model` and
+    `a/b/final_model`, and `**/{final_model,checkpoint-*}` also `a/checkpoint-500`."""
     parts = [p for p in pattern.strip().strip("/").split("/") if p]
     if not parts:
         raise PosttrainError(f"empty watch pattern {pattern!r}", remedy="use e.g. '**/final_model'")
@@ -51,9 +60,22 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         if part == "**":
             rx += ".*" if last else "(?:[^/]+/)*"
             continue
-        rx += "".join("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in part)
+        rx += _glob_name(part)
         rx += "" if last else "/"
     return re.compile(rx + r"\Z")
+
+
+SERIES_NAME = "checkpoint-*"
+
+
+def series_pattern(pattern: str) -> str:
+    """The pattern that also takes the `checkpoint-N` folders saved beside what `pattern` matches
+    (watch's `series = true`): `**/final_model` becomes `**/{final_model,checkpoint-*}`."""
+    head, _, last = pattern.strip().rstrip("/").rpartition("/")
+    if SERIES_NAME in last:
+        return pattern
+    inner = last[1:-1] if last.startswith("{") and last.endswith("}") and "{" not in last[1:-1] else last
+    return f"{head}/{{{inner},{SERIES_NAME}}}" if head else f"{{{inner},{SERIES_NAME}}}"
 
 
 def _signature(path: Path) -> tuple | None:
