@@ -16,7 +16,7 @@ from rich.table import Table
 from posttrain._files import read_json_file, write_json_atomic, write_text_atomic
 from posttrain._terminal import fit_table
 from posttrain.cli._app import app, console, esc, print_error
-from posttrain.cli._display import long_command, verbose_option
+from posttrain.cli._display import command_log, long_command, verbose_option
 from posttrain.cli._options import PipelineOptions, config_option, home_option, pipeline_options
 from posttrain.contracts import RunLayout
 from posttrain.errors import PosttrainError
@@ -168,7 +168,10 @@ def watch_cmd(
     if daemon and not once:
         path = cfg.base_dir / WATCH_SETTINGS_FILE
         write_json_atomic(path, settings)
-        pid = spawn_detached(["watch", *map(str, dirs), "--settings", str(path), "--detached"], cfg.base_dir)
+        # Until the detached watcher holds its lock: a posttrain process's start, seconds on a busy machine.
+        with long_command(command_log("watch-start", cfg.base_dir)) as display:
+            display.begin("starting the watcher in the background")
+            pid = spawn_detached(["watch", *map(str, dirs), "--settings", str(path), "--detached"], cfg.base_dir)
         console.print(f"watcher started in the background: PID {pid}; `posttrain status` to follow, "
                       f"`posttrain stop` to stop (log: {esc(cfg.base_dir / 'logs' / 'watch.log')})", highlight=False)
         return

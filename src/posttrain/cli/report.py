@@ -59,13 +59,18 @@ def runs_cmd(
     force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
 ) -> None:
     """List the runs in the store, newest first: one line each, with its variants and verdicts."""
-    from posttrain.report import index_rows, write_index
-
     store = _open_store(home)
     index_path = out or store.path.parent / "runs" / "index.html"
     if html:
         refuse_foreign([index_path], force=force)  # before anything is printed or written
-    runs = _one_row_per_run(index_rows(store))
+    # The report package brings matplotlib, scipy and statsmodels: seconds of imports on a slow machine,
+    # so a stage of the display (and their messages, a font cache being built, go to the log file).
+    with long_command(command_log("runs", home)) as display:
+        display.begin(f"reading the runs in {store.path.name}" + (" and writing the index page" if html else ""))
+        from posttrain.report import index_rows, write_index
+
+        runs = _one_row_per_run(index_rows(store))
+        index = write_index(store, index_path) if html else None
     table = Table(title=f"runs in {esc(store.path)}", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     # One line per run: no cell wraps (ids are copied into `posttrain report RUN`, and a list of runs
     # reads down its first column); at 80 columns the less telling columns go instead. Each variant's
@@ -82,9 +87,8 @@ def runs_cmd(
             console.print("n.s.: no significant difference", style="dim", highlight=False)
     else:
         console.print(f"no runs in {esc(store.path)}", highlight=False, soft_wrap=True)
-    if html:
-        path = write_index(store, index_path)
-        console.print(f"wrote {esc(path)}", highlight=False, soft_wrap=True)
+    if index is not None:
+        console.print(f"wrote {esc(index)}", highlight=False, soft_wrap=True)
 
 
 _NSD = "no significant difference"

@@ -46,7 +46,6 @@ def ship_cmd(
     """Convert CHECKPOINT into a ladder of quants, measure each on real text, speed and tasks, and say which to ship."""
     from posttrain import paths
     from posttrain.convert import default_model_name, parse_quant_list
-    from posttrain.ship import run_ladder, write_ship_reports
     from posttrain.store import Store
 
     base = home or paths.home()
@@ -55,6 +54,10 @@ def ship_cmd(
     # Every step the ladder announces (each variant's conversion, evaluation, the quality pass, the speed
     # runs) is a stage of the display; lm-eval's, datasets' and llama.cpp's output goes to the log.
     with long_command(out_dir / "logs" / "ship.log", title=f"ship: the ladder of {checkpoint}") as display:
+        # The ladder's statistics bring scipy: a second or more of imports before its first step, shown.
+        display.begin("loading the ladder's libraries (scipy)")
+        from posttrain.ship import run_ladder, write_ship_reports
+
         doc = run_ladder(checkpoint, out_dir=out_dir, store=Store(paths.store_path(base)),
                          tasks=tasks or [], data_dir=data_dir,
                          quants=parse_quant_list(quant), text=text, margin_points=margin, alpha=alpha, max_kld=max_kld,

@@ -131,6 +131,8 @@ def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, 
              timeout_s: float = 1800.0, say: Callable[[str], None] = print, lora: bool = False) -> DemoResult:
     """Run the demo in `workdir`; returns where the report is and what it concluded. `lora`: train a
     LoRA adapter on the frozen tiny base instead, which becomes the baseline (docs/lora.md)."""
+    # transformers and PEFT take seconds to import: a stage of the demo's display, not a silent start.
+    say("loading transformers and PEFT ...")
     from posttrain.integrations.transformers import PosttrainCallback
 
     workdir = Path(workdir).expanduser().resolve()
@@ -147,6 +149,9 @@ def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, 
     # converter's one-time provisioning (nothing after scripts/setup.sh, a download after a plain pip install).
     from posttrain.toolchain import find_converter
 
+    # The watcher is a posttrain process of its own (seconds to start): shown as the wait it is, ended
+    # by the watcher's own line below.
+    say("starting the watcher in the background ...")
     find_converter()
 
     start = time.perf_counter()
@@ -169,6 +174,8 @@ def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, 
         if callback.handoff is not None:
             say(f"callback: {callback.handoff.mode} ({callback.handoff.detail})")
 
+        # Until the watcher's first step shows: it waits for the checkpoint to settle, then starts a run.
+        say(f"waiting for the watcher to pick up {ck.final.name} ...")
         start = time.perf_counter()
         deadline = time.monotonic() + timeout_s
         last_step = None
