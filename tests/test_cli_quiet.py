@@ -283,6 +283,8 @@ CASES = {
                      "--limit", "3", "--home", lambda w: w.home), {0}),
     ("report",): (_args(lambda w: w.run_id(), "--home", lambda w: w.home), {0}),
     ("runs",): (_args("--html", "--home", lambda w: w.home), {0}),
+    # The folder holding the checkpoint the `run` case evaluated: a series of one.
+    ("series",): (_args(lambda w: w.ckpt.parent, "--home", lambda w: w.home), {0}),
     ("register",): (_register, {0}),
     ("serve",): (_serve, {0}),
     ("lora", "merge"): (_args(lambda w: w.adapter, lambda w: w.root / "merged"), {0}),

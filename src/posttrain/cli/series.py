@@ -26,7 +26,6 @@ def series_cmd(
     Reads what `posttrain watch --series` (or `posttrain run` on each checkpoint) evaluated; evaluates nothing.
     """
     from posttrain import paths
-    from posttrain.series import series_report
     from posttrain.store import Store
 
     if not 0 < alpha < 1:
@@ -38,6 +37,9 @@ def series_cmd(
     # matplotlib draws the plot (and says so when it first builds its font cache): its output goes to the log.
     with long_command(command_log("series", home), title=f"series of {folder}") as display:
         display.begin("pairing the checkpoints, writing the series report")
+        # Imported here, on the display: the statistics and the plot bring scipy, statsmodels and matplotlib.
+        from posttrain.series import series_report
+
         doc, layout = series_report(Store(db), base, folder, quant=quant, alpha=alpha)
     if doc.best is not None:
         console.print(esc(doc.best.sentence), highlight=False)
