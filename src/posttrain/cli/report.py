@@ -38,14 +38,19 @@ def report_cmd(
     force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
 ) -> None:
     """Write report.html (self-contained, with plots), report.md and report.json for RUN."""
-    from posttrain.report import REPORT_FILES, report_from_store
+    from posttrain.contracts import RunLayout
 
     store = _open_store(home)
     if out is not None:
-        refuse_foreign([out / name for name in REPORT_FILES], force=force)
+        # The report's files named by the run layout, not by posttrain.report: that import is seconds long.
+        layout = RunLayout(out)
+        refuse_foreign([layout.report_html, layout.report_md, layout.report_json], force=force)
     # matplotlib draws the plots (and says so when it first builds its font cache): its output goes to the log.
     with long_command(command_log("report", home), title=f"report of run {run_id}") as display:
         display.begin("drawing the plots, writing the report")
+        # Here, on the display: the report package brings matplotlib, scipy and statsmodels.
+        from posttrain.report import report_from_store
+
         paths = report_from_store(store, run_id, out)
     for kind in ("html", "md", "json"):
         console.print(f"wrote {esc(paths[kind])}", highlight=False, soft_wrap=True)
