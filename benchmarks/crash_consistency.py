@@ -37,7 +37,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=50, help="instants to kill at (default 50)")
     ap.add_argument("--every-write", type=int, default=1, metavar="STEP",
-                    help="inject a fault at every STEP-th write (default 1: every write)")
+                    help="inject a fault at every STEP-th write (default 1: every write; 0: none)")
     ap.add_argument("--max-faults", type=int, default=0, help="at most this many fault cases, spread (0: no bound)")
     ap.add_argument("--root", type=Path, default=None, help="work folder (default: a new temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep every case's home, not only the failing ones")
@@ -65,7 +65,7 @@ def main() -> int:
         home = root / f"kill-{i:02d}"
         record(h.kill_case(inputs, home, at, clean), home)
 
-    ks = list(range(1, len(clean.writes) + 1, max(1, args.every_write)))
+    ks = list(range(1, len(clean.writes) + 1, args.every_write)) if args.every_write > 0 else []
     if args.max_faults and len(ks) > args.max_faults:
         ks = [ks[round(j * (len(ks) - 1) / max(1, args.max_faults - 1))] for j in range(args.max_faults)]
     for j, k in enumerate(ks):
