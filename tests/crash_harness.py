@@ -87,13 +87,9 @@ def make_inputs(root: Path) -> Inputs:
     root.mkdir(parents=True, exist_ok=True)
     checkpoint = make_tiny(root / "exp" / "final_model", seed=0)
     baseline = make_tiny(root / "base", seed=3)
-    data = root / "data" / "hellaswag"
-    data.mkdir(parents=True, exist_ok=True)
-    rows = [{"ind": i, "activity_label": "Pets", "ctx_a": "The cat walks home.", "ctx_b": "the cat", "ctx": "",
-             "label": str(i % 4), "split": "val", "split_type": "indomain", "source_id": f"x{i}",
-             "endings": [f"sees door {i}.", f"finds a ball {i}.", f"opens a book {i}.", f"eats {i} apples."]}
-            for i in range(6)]
-    (data / "hellaswag_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from test_evaluate_offline import write_hellaswag  # the suite's own 4-way items, as every pipeline test writes them
+
+    write_hellaswag(root / "data", n=6)
     config = root / "posttrain.toml"
     config.write_text(f'quants = ["f16", "q8_0"]\ntasks = ["hellaswag"]\ndata_dir = {json.dumps(str(root / "data"))}\n'
                       f'limit = 6\nretry_backoff_s = 0.1\n[ollama]\nurl = "http://127.0.0.1:9"\n')
