@@ -10,6 +10,7 @@ console) is left to the Windows job of .github/workflows/ci.yml.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -233,10 +234,12 @@ def test_a_status_file_held_open_is_no_sign_of_a_dead_watcher(tmp_path, monkeypa
 def test_children_get_no_console_window_and_the_watcher_a_hidden_console(monkeypatch):
     from posttrain import _lifeline
 
-    monkeypatch.setattr(sys, "platform", "win32")
     create_no_window, new_group, detached = 0x08000000, 0x00000200, 0x00000008
-    assert _lifeline.no_window_kwargs() == {"creationflags": create_no_window}
-    flags = _lifeline.detached_kwargs()["creationflags"]
+    monkeypatch.setattr(os, "name", "nt")  # Windows' subprocess: the one that takes creationflags
+    no_window, detached_flags = _lifeline.no_window_kwargs(), _lifeline.detached_kwargs()
+    monkeypatch.undo()
+    assert no_window == {"creationflags": create_no_window}
+    flags = detached_flags["creationflags"]
     # Not DETACHED_PROCESS: a process without a console opens a visible one for each console child.
     assert flags & create_no_window and flags & new_group and not flags & detached
 

@@ -22,8 +22,9 @@ POLL_S = 0.2
 PR_SET_PDEATHSIG = 1
 
 
-# Windows' process-creation flags, spelled out: `subprocess` defines them only on Windows, and the
-# functions below are also exercised elsewhere (tests pretend to be Windows by setting sys.platform).
+# Windows' process-creation flags, spelled out: `subprocess` defines them only on Windows. They are
+# passed where `subprocess` is Windows' own (os.name "nt"): POSIX's Popen refuses creationflags, also
+# under a test that sets sys.platform to "win32" to pick another platform's program.
 _CREATE_NEW_PROCESS_GROUP = 0x00000200
 _CREATE_NO_WINDOW = 0x08000000
 
@@ -34,7 +35,7 @@ def detached_kwargs() -> dict:
     console of its own that nobody sees. Not DETACHED_PROCESS: a process without any console makes
     every console program it starts (a step child, the converter, lm-eval's `git`) open a new,
     visible window; a hidden console is inherited by all of them instead."""
-    if sys.platform == "win32":
+    if os.name == "nt":
         return {"creationflags": _CREATE_NO_WINDOW | _CREATE_NEW_PROCESS_GROUP}
     return {"start_new_session": True}
 
@@ -44,7 +45,7 @@ def no_window_kwargs() -> dict:
     llama.cpp's tools, git): on Windows a console program started by a parent without a console
     (the detached watcher) gets a new, visible console window, and closing that window kills the
     step. CREATE_NO_WINDOW gives it a console nobody sees. Nothing elsewhere."""
-    if sys.platform == "win32":
+    if os.name == "nt":
         return {"creationflags": _CREATE_NO_WINDOW}
     return {}
 

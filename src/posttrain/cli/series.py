@@ -16,8 +16,10 @@ from posttrain.errors import PosttrainError
 def series_cmd(
     folder: Path = typer.Argument(..., help="The training run's output folder (checkpoint-N/, final_model/)."),
     home: Path | None = home_option(),
-    quant: str | None = typer.Option(None, "--quant", "-q", help="Which GGUF variant stands for each checkpoint "
-                                     "(default: the first quant of the runs, f16 by default)."),
+    # One variant, not a ladder: --variant, so that -q/--quant keeps one meaning (a list) on every command.
+    quant: str | None = typer.Option(None, "--variant", metavar="QUANT",
+                                     help="Which GGUF variant stands for each checkpoint "
+                                          "(default: the first quant of the runs, f16 by default)."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level (Holm over the series) and 1 − CI level."),
 ) -> None:
     """Score per task against the training step, each checkpoint paired with the previous and the final
