@@ -95,9 +95,13 @@ if ($LASTEXITCODE -ne 0 -or $Cuda -or $env:POSTTRAIN_CUDA -eq "1" -or $env:POSTT
 
 # llama.cpp: the runtime (llama-cpp-python) is built from its sdist, and llama.cpp's converter, which the
 # built wheel lacks, is taken from the SAME file after posttrain's install below. The sdist is downloaded
-# once and kept in .venv (a rerun or a rebuild with other flags downloads nothing); only llama-cpp-python
-# is built from source, its build backends come as wheels (never `--no-binary :all:`).
-$sdistDir = ".venv\llama-cpp-python-sdist"
+# once and kept in posttrain's cache (toolchain.kept_sdist_dir()): a rerun, a rebuild with other flags or a
+# second clone downloads nothing, and pip's wheel cache knows the wheel built from a file at a path that
+# stays the same. Only llama-cpp-python is built from source, its build backends come as wheels (never
+# `--no-binary :all:`).
+$cacheRoot = if ($env:POSTTRAIN_CACHE) { $env:POSTTRAIN_CACHE } elseif ($env:XDG_CACHE_HOME) {
+    Join-Path $env:XDG_CACHE_HOME "posttrain" } else { Join-Path $env:LOCALAPPDATA "posttrain\cache" }
+$sdistDir = Join-Path $cacheRoot "llama.cpp\sdist"
 # Asked without an import error on stderr (see torch above): empty when llama-cpp-python is not installed.
 $installed = "$(& $venvPython -c "import importlib.metadata as m; print(next((d.version for d in m.distributions() if (d.metadata['Name'] or '').lower().replace('_', '-') == 'llama-cpp-python'), ''))")".Trim()
 $sdist = $null

@@ -58,10 +58,12 @@ fi
 
 # llama.cpp: the runtime (llama-cpp-python) is built from its sdist, and llama.cpp's converter, which
 # the built wheel lacks, is taken from the SAME file after posttrain's install below. The sdist is
-# downloaded once and kept in .venv, so a rerun or a rebuild with other flags downloads nothing. Only
+# downloaded once and kept in posttrain's cache (where `posttrain convert` would look for it), so a rerun,
+# a rebuild with other flags or a second clone downloads nothing; and at a path that stays the same,
+# pip's wheel cache knows the wheel built from it: a new .venv installs it in seconds. Only
 # llama-cpp-python is built from source: its build backends come as wheels (`--no-binary :all:` would
 # build each of them from source too, 4.2 min on 2 cores).
-SDIST_DIR=.venv/llama-cpp-python-sdist
+SDIST_DIR=${POSTTRAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/posttrain}/llama.cpp/sdist  # toolchain.kept_sdist_dir()
 installed=$(.venv/bin/python -c "from importlib.metadata import version; print(version('llama-cpp-python'))" \
   2>/dev/null || true)
 SDIST=
