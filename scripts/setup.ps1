@@ -108,6 +108,13 @@ $sdist = $null
 if ($installed -and (Test-Path (Join-Path $sdistDir "llama_cpp_python-$installed.tar.gz"))) {
     $sdist = Join-Path $sdistDir "llama_cpp_python-$installed.tar.gz"
 }
+if (-not $sdist -and -not $installed -and (Test-Path $sdistDir)) {
+    # A new .venv: the newest sdist an earlier setup kept, rather than a download.
+    $kept = Get-ChildItem -Path $sdistDir -Filter "llama_cpp_python-*.tar.gz" |
+        Sort-Object { try { [version]($_.Name -replace '^llama_cpp_python-(.+)\.tar\.gz$', '$1') } catch { [version]"0.0" } } |
+        Select-Object -Last 1
+    if ($kept) { $sdist = $kept.FullName }
+}
 if (-not $sdist) {
     # The version already installed, else the newest that posttrain accepts (pyproject.toml's requirement).
     $spec = if ($installed) { "llama-cpp-python==$installed" } else {

@@ -70,6 +70,10 @@ SDIST=
 if [ -n "$installed" ] && [ -f "$SDIST_DIR/llama_cpp_python-$installed.tar.gz" ]; then
   SDIST="$SDIST_DIR/llama_cpp_python-$installed.tar.gz"
 fi
+if [ -z "$SDIST" ] && [ -z "$installed" ]; then
+  # A new .venv: the newest sdist an earlier setup kept, rather than a download.
+  SDIST=$(ls "$SDIST_DIR"/llama_cpp_python-*.tar.gz 2>/dev/null | sort -V | tail -1 || true)
+fi
 if [ -z "$SDIST" ]; then
   # The version already installed, else the newest that posttrain accepts (pyproject.toml's requirement).
   spec="llama-cpp-python==$installed"
