@@ -11,8 +11,11 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def about_to_write(path: Path) -> None:
@@ -70,18 +73,22 @@ def _held_by_another(error: OSError) -> bool:
     return isinstance(error, PermissionError) and getattr(error, "winerror", None) in _SHARING_ERRORS
 
 
-def replace_retrying(src: str | Path, dst: str | Path) -> None:
-    """`os.replace`, tried again for up to SHARING_RETRY_S while Windows says another process holds
-    the target open; any other error (and a hold that lasts) is raised as it is."""
+def _while_held(action: Callable[[], T]) -> T:
+    """`action()`, tried again for up to SHARING_RETRY_S while Windows says another process holds the
+    file open; any other error (and a hold that lasts) is raised as it is."""
     deadline = time.monotonic() + SHARING_RETRY_S
     while True:
         try:
-            os.replace(src, dst)
-            return
+            return action()
         except OSError as e:
             if not _held_by_another(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def replace_retrying(src: str | Path, dst: str | Path) -> None:
+    """`os.replace` over a target another process may hold open for a moment (see _while_held)."""
+    _while_held(lambda: os.replace(src, dst))
 
 
 def write_json_atomic(path: str | Path, doc: Any) -> str:
@@ -108,17 +115,11 @@ def sha256_file(path: str | Path) -> str:
 def read_json_file(path: str | Path) -> dict[str, Any] | None:
     """A JSON object from `path`, or None when the file is missing, unreadable, not JSON or not an
     object (status and result files: absent and half-written mean the same to their readers)."""
-    deadline = time.monotonic() + SHARING_RETRY_S
-    while True:
-        try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
-            break
-        except OSError as e:
-            if not _held_by_another(e) or time.monotonic() > deadline:
-                return None
-            time.sleep(0.05)  # mid-rename on Windows: the new file is there a moment later
-        except ValueError:
-            return None
+    try:
+        # Mid-rename on Windows the file can be held for a moment: the new one is there soon after.
+        doc = json.loads(_while_held(lambda: Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
     return doc if isinstance(doc, dict) else None
 
 
