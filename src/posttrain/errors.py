@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 class PosttrainError(Exception):
     """A problem with the user's input or environment: shown as one line, exit code non-zero.
@@ -32,3 +37,16 @@ class Interrupted(PosttrainError):
 
 class CheckpointIncomplete(PosttrainError):
     """The checkpoint directory is not (yet) a complete Hugging Face checkpoint."""
+
+
+class NativeCrash(PosttrainError):
+    """A child process was killed by a signal (or, on Windows, a native fault): a crash in native
+    code (llama.cpp, torch), which leaves no Python exception behind. Raised by whoever watched the
+    child (a pipeline step's supervisor, ship's measuring children)."""
+
+    def __init__(self, step: str, how: str, log_path: Path):
+        super().__init__(f"{step} crashed ({how}); log: {log_path}",
+                         remedy="`posttrain doctor` runs llama.cpp's self-test on this machine")
+        self.step = step
+        self.how = how
+        self.log_path = log_path

@@ -33,7 +33,7 @@ from posttrain._files import read_json_file
 from posttrain._native import describe_exit, was_interrupted
 from posttrain.contracts import RunLayout
 from posttrain.pipeline._resources import tree_rss
-from posttrain.errors import PosttrainError
+from posttrain.errors import NativeCrash, PosttrainError
 from posttrain._lifeline import no_window_kwargs
 
 CHILD_MODULE = "posttrain.pipeline._step_child"
@@ -41,17 +41,6 @@ CHILD_MODULE = "posttrain.pipeline._step_child"
 CRASH_HOOK_ENV = "POSTTRAIN_TEST_CRASH"
 _POLL_S = 0.1
 _TERMINATE_GRACE_S = 10.0
-
-class NativeCrash(PosttrainError):
-    """A step's child process was killed by a signal (or, on Windows, a native fault)."""
-
-    def __init__(self, step: str, how: str, log_path: Path):
-        super().__init__(f"{step} crashed ({how}); log: {log_path}",
-                         remedy="`posttrain doctor` runs llama.cpp's self-test on this machine")
-        self.step = step
-        self.how = how
-        self.log_path = log_path
-
 
 @dataclass
 class StepJob:

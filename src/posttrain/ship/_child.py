@@ -30,7 +30,7 @@ def run_child(job: dict, log: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> dic
     import os
 
     from posttrain._native import describe_exit
-    from posttrain.pipeline._isolation import NativeCrash
+    from posttrain.errors import NativeCrash
 
     log.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="posttrain-ship-") as tmp:
