@@ -1,9 +1,9 @@
 """HF checkpoint → GGUF with llama.cpp's official converter and quantizer, every file verified."""
 
 from posttrain._files import sha256_file
+from posttrain.convert._built import BuiltVariant
 from posttrain.convert._convert import (
     MANIFEST,
-    BuiltVariant,
     ConvertResult,
     convert_checkpoint,
     default_model_name,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain import contracts
@@ -21,6 +21,7 @@ from posttrain._locks import FileLock
 from posttrain.checkpoint import checkpoint_sha256 as hash_checkpoint
 from posttrain.checkpoint import human_bytes, inspect_checkpoint, tensor_sizes
 from posttrain.convert import _remote, _verify
+from posttrain.convert._built import BuiltVariant
 from posttrain.convert._gguf_info import read_header
 from posttrain.contracts import Variant
 from posttrain.convert._manifest import MANIFEST, load_manifest, manifest_entries, refuse_foreign
@@ -38,40 +39,6 @@ _SHIM = Path(__file__).with_name("_converter_shim.py")
 _BYTES_PER_PARAM = {"F32": 4.0, "F16": 2.0, "BF16": 2.0, "Q8_0": 1.07}
 
 Progress = Callable[[str, str], None]  # (variant, status text)
-
-
-@dataclass
-class BuiltVariant:
-    """How convert made one variant (timings, header, checks): what the manifest entry holds. The
-    stages after convert get the plain `contracts.Variant` (`ConvertResult.handover()`)."""
-
-    quant: str
-    path: Path
-    sha256: str
-    size_bytes: int
-    seconds: float
-    made_by: str
-    cached: bool = False
-    header: dict = field(default_factory=dict)
-    verification: dict = field(default_factory=dict)
-
-    @property
-    def kld_vs_f16(self) -> float | None:
-        return self.verification.get("vs_f16", {}).get("mean_kld")
-
-    @property
-    def top1_vs_f16(self) -> float | None:
-        return self.verification.get("vs_f16", {}).get("top1_agreement")
-
-    @property
-    def fallbacks(self) -> dict[str, int]:
-        return self.header.get("fallback_types", {})
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["path"] = self.path.name
-        d.pop("cached")
-        return d
 
 
 # What a manifest entry holds: the fields BuiltVariant.to_json() writes.

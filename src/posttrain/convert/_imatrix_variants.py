@@ -16,7 +16,8 @@ from pathlib import Path
 
 from posttrain._files import sha256_file, write_json_atomic
 from posttrain._locks import FileLock
-from posttrain.convert._convert import BuiltVariant, _check_and_place
+from posttrain.convert._built import BuiltVariant
+from posttrain.convert._convert import _check_and_place
 from posttrain.convert._imatrix import MANIFEST, MANIFEST_SCHEMA, Imatrix, label, quantize_with_imatrix
 from posttrain.llama_tools import LlamaTools, find_llama_tools
 from posttrain.paths import confined

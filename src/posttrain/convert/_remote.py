@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain._files import sha256_file
+from posttrain.convert._built import BuiltVariant
 from posttrain.errors import PosttrainError
 from posttrain.executors import Executor, SharedFile, Unit
 
@@ -129,7 +130,6 @@ def quantize_on(executor: Executor, quants: list[str], f16: Path, f16_sha256: st
                 tree, imatrix: Path | None, say) -> list:
     """Make `quants` from the checked F16 at `f16` as units on `executor`; each placed under its final
     name in `out_dir` once its sha256 matches. BuiltVariants in the order of `quants`."""
-    from posttrain.convert._convert import BuiltVariant
     from posttrain.paths import confined
 
     out_dir = Path(out_dir).resolve()

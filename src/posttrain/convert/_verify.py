@@ -22,7 +22,7 @@ from posttrain import _native
 from posttrain.errors import PosttrainError
 
 if TYPE_CHECKING:
-    from posttrain.convert._convert import BuiltVariant
+    from posttrain.convert._built import BuiltVariant
 
 PROBE_TEXT = (
     "The quick brown fox jumps over the lazy dog. In 1969, Apollo 11 landed on the Moon, and "
