@@ -69,14 +69,14 @@ def ladder_by_hand(ckpt: Path, out: Path, quants: list[str]) -> None:
     """The ladder's tools run by hand: the converter (F16), then the quantizer binding per type."""
     import ctypes
 
-    from posttrain import _native
+    from posttrain import llamacpp
     from posttrain.convert import quantizer_types
     from posttrain.toolchain import converter_env, find_converter
 
     tree = find_converter()
     subprocess.run([sys.executable, str(tree.script), str(ckpt), "--outtype", "f16", "--outfile", str(out / "F16.gguf")],
                    env=converter_env(tree), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lc = _native.load_llama_cpp()
+    lc = llamacpp.load_llama_cpp()
     for quant in (q.upper() for q in quants if q.upper() != "F16"):
         params = lc.llama_model_quantize_default_params()
         params.ftype = quantizer_types()[quant]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 CHILD = textwrap.dedent("""
     import json, sys, time
-    from posttrain.evaluate._llamacpp_engine import LlamaCppEngine, ScoreRequest
+    from posttrain.llamacpp import LlamaCppEngine, ScoreRequest
     path, n_batches = sys.argv[1], int(sys.argv[2])
     engine = LlamaCppEngine(path, n_ctx=1024, n_batch=512)
     vocab = engine.n_vocab

@@ -99,7 +99,7 @@ def timed(fn, *args):
 # ------------------------------------------------------------------------------------------- scorers
 
 def engine_scorer(gguf: Path, n_batch: int, n_seq: int, n_ubatch: int, flash_attn: bool):
-    from posttrain.evaluate._llamacpp_engine import LlamaCppEngine, ScoreRequest
+    from posttrain.llamacpp import LlamaCppEngine, ScoreRequest
 
     engine = LlamaCppEngine(gguf, n_batch=n_batch, n_seq_max=n_seq, n_ubatch=n_ubatch, flash_attn=flash_attn)
 
@@ -165,7 +165,7 @@ def vllm_scorer(model_dir: Path, dtype: str):
 
 def prefill_limit(gguf: Path) -> tuple[float, str]:
     """llama.cpp's best tokens/s for one long sequence (logits for the last token only)."""
-    from posttrain.evaluate._llamacpp_engine import LlamaCppEngine
+    from posttrain.llamacpp import LlamaCppEngine
 
     best, where = 0.0, ""
     for n_batch, n_ubatch, fa in [(512, 512, False), (2048, 512, False), (2048, 2048, False), (2048, 512, True)]:
@@ -182,7 +182,7 @@ def prefill_limit(gguf: Path) -> tuple[float, str]:
 
 def generation(gguf: Path, shape: dict, n_seq: int) -> list[tuple[str, int, float]]:
     """GSM8K-like: 8 shots shared by every prompt, then a question; greedy, batched vs one at a time."""
-    from posttrain.evaluate._llamacpp_engine import LlamaCppEngine
+    from posttrain.llamacpp import LlamaCppEngine
 
     rng = random.Random(1)
     prefix = [1] + [rng.randrange(3, VOCAB) for _ in range(8 * shape["shot_tokens"])]
@@ -219,10 +219,10 @@ def main() -> None:
 
     import torch
 
-    from posttrain import _native
+    from posttrain import llamacpp
     from posttrain.convert import convert_checkpoint
 
-    gpu_build = _native.gpu_offload_supported()
+    gpu_build = llamacpp.gpu_offload_supported()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = "bfloat16" if device == "cuda" else "float32"
     work = args.work or Path(tempfile.mkdtemp(prefix="posttrain-gpu-bench-"))

@@ -32,13 +32,13 @@ def _hand_conversion(checkpoint: Path, quants: list[str]) -> tuple[float, float]
     converter once (F16), then llama.cpp's quantizer per type (the binding llama-quantize wraps)."""
     import ctypes
 
-    from posttrain import _native
+    from posttrain import llamacpp
     from posttrain.convert import quantizer_types
-    from posttrain.convert._verify import stderr_to
+    from posttrain.llamacpp import stderr_to
     from posttrain.toolchain import converter_env, find_converter
 
     tree = find_converter(None)
-    lc = _native.load_llama_cpp()
+    lc = llamacpp.load_llama_cpp()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         subprocess.run([sys.executable, str(tree.root / "convert_hf_to_gguf.py"), str(checkpoint), "--outtype", "f16",

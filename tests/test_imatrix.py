@@ -1,6 +1,6 @@
 """Importance matrices with llama.cpp's own tools, built from the runtime's sdist, on a tiny model.
 
-The tools are built for real into the user cache (`posttrain.llama_tools`, the default location): the
+The tools are built for real into the user cache (`posttrain.llamacpp`, the default location): the
 first run on a machine compiles llama-imatrix and llama-quantize (minutes), every later run reuses them.
 """
 
@@ -21,13 +21,14 @@ from test_evaluate_offline import write_hellaswag
 
 @pytest.fixture(scope="module")
 def tools():
-    from posttrain.llama_tools import find_llama_tools
+    from posttrain.llamacpp import find_llama_tools
 
     return find_llama_tools()
 
 
 def test_the_built_tools_are_the_runtimes_version_and_cached(tools):
-    from posttrain.llama_tools import find_llama_tools, runtime_llama_version, source_tag
+    from posttrain.llamacpp import find_llama_tools
+    from posttrain.llamacpp._tools_build import runtime_llama_version, source_tag
     from posttrain.toolchain import llama_cpp_python_version
 
     assert tools.source == "sdist"
@@ -62,7 +63,8 @@ def _fake_tool(path, version_line: str) -> None:
 
 @pytest.mark.skipif(os.name != "posix", reason="a script with a #! line is an executable on POSIX")
 def test_a_tool_of_another_version_is_refused_in_one_line(tmp_path, tools):
-    from posttrain.llama_tools import TOOLS, check_tool, find_llama_tools, source_tag
+    from posttrain.llamacpp import find_llama_tools
+    from posttrain.llamacpp._tools_build import TOOLS, check_tool, source_tag
     from posttrain.toolchain import llama_cpp_python_version
 
     for name in TOOLS:

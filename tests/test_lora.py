@@ -120,7 +120,7 @@ def test_a_four_bit_base_name_marks_qlora(tiny_lora, tiny_spm, tmp_path):
 
 # -- the two routes ------------------------------------------------------------------------------
 def _token_logprobs(gguf: Path, text: str, lora: Path | None = None) -> list[float]:
-    from posttrain.evaluate._llamacpp_engine import LlamaCppEngine, ScoreRequest
+    from posttrain.llamacpp import LlamaCppEngine, ScoreRequest
 
     engine = LlamaCppEngine(gguf, n_ctx=256, n_seq_max=1, kv_type="f32", lora_path=lora)
     try:
@@ -173,7 +173,7 @@ def test_the_gguf_adapter_is_an_adapter_and_reused(tiny_lora, tiny_lora_routes):
 
 def test_an_adapter_that_does_not_fit_the_gguf_is_one_clear_error(tiny_lora_routes, tiny_gguf):
     from posttrain.convert._gguf_info import _scan
-    from posttrain.evaluate._llamacpp_engine import LlamaCppEngine
+    from posttrain.llamacpp import LlamaCppEngine
 
     assert _scan(tiny_gguf["F16"]).metadata  # a full model, not an adapter
     with pytest.raises(PosttrainError, match="could not load the LoRA adapter"):

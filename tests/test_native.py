@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain import _native
+from posttrain import llamacpp
 
 EXTRA_BUFFER_MARKS = ("CPU_REPACK model buffer", "AMX model buffer")
 
@@ -32,7 +32,7 @@ def _extra_buffers(log: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def repacking_machine() -> None:
-    info = _native.system_info()
+    info = llamacpp.system_info()
     if "AVX2 = 1" not in info or "REPACK = 1" not in info:
         pytest.skip(f"this llama.cpp build repacks no Q4_K weights, so the buffer types cannot be told apart: {info}")
 
@@ -50,7 +50,7 @@ PLAIN_LLAMA = """
 def selftest():
     """(posttrain's load, llama.cpp's defaults) as the self-test of `posttrain doctor` finds them here, each
     decoded in a child: whether a control that loads with llama.cpp's defaults can survive on this CPU."""
-    from posttrain._selftest import run_selftest
+    from posttrain.llamacpp import run_selftest
 
     return run_selftest()
 
@@ -58,13 +58,13 @@ def selftest():
 def test_llama_cpp_defaults_would_use_extra_buffers_here(tiny_gguf, repacking_machine, selftest):
     # The control: proves the check below can see extra buffer types when they are in use.
     ours, defaults = selftest
-    proc = _python(PLAIN_LLAMA.format(path=str(tiny_gguf["Q4_K_M"])), env={_native.EXTRA_BUFTS_ENV: "1"})
+    proc = _python(PLAIN_LLAMA.format(path=str(tiny_gguf["Q4_K_M"])), env={llamacpp.EXTRA_BUFTS_ENV: "1"})
     if defaults.status == "crashed":
         # A CPU where llama.cpp's defaults die at the first decode (AMX in a VM: SIGILL one day, a GPF
         # another): no load with them can run here. What must hold instead is what protects a user: the
         # crash stays in the child (it died of a signal, not the parent), it is named as doctor names it,
         # and posttrain's own load in the same kind of child decodes.
-        how = _native.describe_exit(proc.returncode)
+        how = llamacpp.describe_exit(proc.returncode)
         assert how is not None, f"the self-test saw {defaults.detail}, this load ended with {proc.returncode}"
         assert ours.ok, ours
         print(f"llama.cpp's defaults crash here ({how}, self-test: {defaults.detail}); contained in the child")
@@ -84,7 +84,7 @@ def test_any_llama_in_a_posttrain_process_loads_without_extra_buffer_types(tiny_
 
 def test_the_evaluation_engine_loads_without_extra_buffer_types(tiny_gguf, repacking_machine):
     proc = _python(f"""
-        from posttrain.evaluate._llamacpp_engine import LlamaCppEngine, ScoreRequest
+        from posttrain.llamacpp import LlamaCppEngine, ScoreRequest
         engine = LlamaCppEngine({str(tiny_gguf["Q4_K_M"])!r}, n_ctx=128, verbose=True)
         ctx = engine.tokenize("The quick brown fox", add_special=True)
         print(engine.score_batched([ScoreRequest(tuple(ctx), tuple(engine.tokenize(" jumps", add_special=False)))]))
@@ -121,24 +121,25 @@ def test_the_conversion_check_loads_without_extra_buffer_types(tiny_gguf):
 
 
 def test_the_user_can_turn_extra_buffer_types_back_on(monkeypatch):
-    monkeypatch.setenv(_native.EXTRA_BUFTS_ENV, "1")
-    assert _native.model_params().use_extra_bufts is True
-    monkeypatch.delenv(_native.EXTRA_BUFTS_ENV)
-    assert _native.model_params().use_extra_bufts is False
+    monkeypatch.setenv(llamacpp.EXTRA_BUFTS_ENV, "1")
+    assert llamacpp.model_params().use_extra_bufts is True
+    monkeypatch.delenv(llamacpp.EXTRA_BUFTS_ENV)
+    assert llamacpp.model_params().use_extra_bufts is False
 
 
 def test_gpu_layers_default_to_all_on_a_build_that_offloads_and_none_on_cpu():
-    expected = _native.ALL_LAYERS if _native.gpu_offload_supported() else 0
-    assert _native.resolve_gpu_layers(None) == expected
-    assert _native.resolve_gpu_layers(-1) == _native.ALL_LAYERS
-    assert _native.resolve_gpu_layers(3) == 3
-    assert _native.llama_kwargs(-1) == {"n_gpu_layers": -1}
+    expected = llamacpp.ALL_LAYERS if llamacpp.gpu_offload_supported() else 0
+    assert llamacpp.resolve_gpu_layers(None) == expected
+    assert llamacpp.resolve_gpu_layers(-1) == llamacpp.ALL_LAYERS
+    assert llamacpp.resolve_gpu_layers(3) == 3
+    assert llamacpp.llama_kwargs(-1) == {"n_gpu_layers": -1}
 
 
 # Every way a posttrain process starts: the CLI, the step child, the server child, the self-test,
 # the Trainer callback's helper, and the library imported by a user's script.
-ENTRY_MODULES = ["posttrain.cli", "posttrain.pipeline._step_child", "posttrain.serve._child", "posttrain._selftest",
-                 "posttrain.integrations._handoff", "posttrain.evaluate", "posttrain.convert"]
+ENTRY_MODULES = ["posttrain.cli", "posttrain.pipeline._step_child", "posttrain.serve._child",
+                 "posttrain.llamacpp._selftest", "posttrain.integrations._handoff", "posttrain.evaluate",
+                 "posttrain.convert", "posttrain.llamacpp"]
 
 
 @pytest.mark.parametrize("module", ENTRY_MODULES)
@@ -167,7 +168,7 @@ def test_llama_cpp_is_loaded_before_numpy_and_torch(module):
 
 
 def test_the_self_test_decodes_in_a_child_and_says_how_llama_cpp_defaults_fare(tmp_path, monkeypatch):
-    from posttrain._selftest import run_selftest
+    from posttrain.llamacpp import run_selftest
 
     monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "cache"))
     ours, control = run_selftest()
@@ -179,7 +180,7 @@ def test_the_self_test_decodes_in_a_child_and_says_how_llama_cpp_defaults_fare(t
 
 def test_doctor_reports_a_crashing_child_with_its_signal():
     # describe_exit is how every supervisor here (steps, self-test) names a native crash.
-    from posttrain._native import describe_exit
+    from posttrain.llamacpp import describe_exit
 
     assert describe_exit(-11) == "SIGSEGV in native code"
     assert describe_exit(-4) == "SIGILL in native code"

@@ -140,9 +140,9 @@ def test_locks_and_cpu_counts_take_the_cross_platform_path(tmp_path):
         import os, sys
         if hasattr(os, "sched_getaffinity"):
             delattr(os, "sched_getaffinity")
-        from posttrain import _native
+        from posttrain import llamacpp
         from posttrain._locks import FileLock
-        assert _native.cpu_threads() >= 1
+        assert llamacpp.cpu_threads() >= 1
         a, b = FileLock({str(tmp_path / "x.lock")!r}), FileLock({str(tmp_path / "x.lock")!r})
         assert a.try_acquire() and not b.try_acquire() and FileLock.held(a.path)
         a.release()

@@ -13,7 +13,7 @@ import json
 import psutil
 import pytest
 
-from posttrain import _native
+from posttrain import llamacpp
 from posttrain._files import sha256_file
 from posttrain.convert import MANIFEST, convert_checkpoint, quantizer_types
 from posttrain.convert._quantizer import QuantizerPool, longest_first, slots_for
@@ -26,7 +26,7 @@ LADDER = ["f16", "q8_0", "q6_k", "q4_k_m", "iq4_xs"]
 
 def _by_hand(f16, quant: str, dest) -> str:
     """llama.cpp's quantizer through its own API in this process, as a user would call it."""
-    lc = _native.load_llama_cpp()
+    lc = llamacpp.load_llama_cpp()
     params = lc.llama_model_quantize_default_params()
     params.ftype = quantizer_types()[quant]
     assert lc.llama_model_quantize(str(f16).encode(), str(dest).encode(), ctypes.byref(params)) == 0
@@ -79,7 +79,7 @@ def test_a_failed_quantization_is_one_line_with_the_remedy(tiny_gguf, tmp_path):
 
 
 def test_side_by_side_within_the_cpus_and_the_memory():
-    assert slots_for(6, 1_000) == min(6, _native.cpu_threads())
+    assert slots_for(6, 1_000) == min(6, llamacpp.cpu_threads())
     assert slots_for(1, 1_000) == 1
     # A tensor whose quantization would not fit in memory twice: one at a time (never zero).
     assert slots_for(6, psutil.virtual_memory().total) == 1

@@ -186,13 +186,13 @@ def test_the_normal_output_of_a_command_is_plain_text_on_cp932(tiny_spm, tmp_pat
 def test_library_output_inside_the_block_does_not_use_the_closed_console(tmp_path, monkeypatch):
     # On Windows sys.stdout is a console object bound to the handle behind fd 1; dup2-ing fd 1 to the
     # log closes that handle, and a print (or tqdm) inside the block failed with WinError 6.
-    from posttrain import _library_output
+    from posttrain import llamacpp
 
     console = ConsoleStream()
     monkeypatch.setattr(sys, "stdout", console)
     monkeypatch.setattr(sys, "stderr", console)
     log = tmp_path / "library.log"
-    with _library_output.library_output_to(log):
+    with llamacpp.library_output_to(log):
         print("Generating validation split")
         print("a tqdm bar", file=sys.stderr)
     assert sys.stdout is console
@@ -245,7 +245,7 @@ def test_children_get_no_console_window_and_the_watcher_a_hidden_console(monkeyp
 
 
 def test_ctrl_c_on_windows_is_an_interruption_not_a_crash():
-    from posttrain._native import describe_exit, was_interrupted
+    from posttrain.llamacpp import describe_exit, was_interrupted
 
     for code in (0xC000013A, -1073741510):  # as an unsigned and as a signed exit status
         assert was_interrupted(code)
@@ -274,16 +274,16 @@ def test_home_and_cache_are_under_localappdata_on_windows(monkeypatch, tmp_path)
 
 
 def test_llama_tools_have_windows_names_and_any_cmake_generator(monkeypatch, tmp_path):
-    from posttrain import llama_tools
+    from posttrain.llamacpp import _tools_build
 
     monkeypatch.setattr(sys, "platform", "win32")
-    assert llama_tools.executable_name("llama-imatrix") == "llama-imatrix.exe"
-    tools = llama_tools.LlamaTools(tmp_path, "0.0", "c", "user")
+    assert _tools_build.executable_name("llama-imatrix") == "llama-imatrix.exe"
+    tools = _tools_build.LlamaTools(tmp_path, "0.0", "c", "user")
     assert tools.quantize == tmp_path / "llama-quantize.exe"
     # Visual Studio's generator (no Ninja on PATH) puts binaries in bin/Release.
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert "Ninja" not in llama_tools.cmake_generator()
+    assert "Ninja" not in _tools_build.cmake_generator()
     built = tmp_path / "build" / "bin" / "Release" / "llama-imatrix.exe"
     built.parent.mkdir(parents=True)
     built.write_bytes(b"MZ")
-    assert llama_tools.built_binary(tmp_path / "build", "llama-imatrix") == built
+    assert _tools_build.built_binary(tmp_path / "build", "llama-imatrix") == built

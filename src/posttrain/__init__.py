@@ -6,8 +6,9 @@ with paired statistics, and report.
 """
 
 # First, before anything can import numpy or torch: a CUDA build of llama.cpp segfaults at model load
-# when they were loaded before it (see posttrain._native). It also makes every load AMX-safe.
-from posttrain._native import load_llama_cpp
+# when they were loaded before it (see posttrain.llamacpp._loading). It also makes every load AMX-safe.
+# The package's own __init__ imports only the loading module eagerly, so this stays cheap.
+from posttrain.llamacpp import load_llama_cpp
 
 load_llama_cpp(required=False)
 

@@ -8,7 +8,7 @@ stage (the llama.cpp scoring loop, `MeasuredLM`) reports its work through the mo
 `work` / `advance`, which do nothing when no display is active (library use, tests, step children).
 
 A step child of the pipeline reports the same way into a small file (`FileReporter`) that the
-parent's display reads. What the libraries print meanwhile is `posttrain._library_output`'s business.
+parent's display reads. What the libraries print meanwhile is `posttrain.llamacpp`'s business (`library_output_to`).
 """
 
 from __future__ import annotations

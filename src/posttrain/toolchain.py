@@ -236,7 +236,7 @@ def _provision(ver: str, root: Path, sdist: Path | None) -> ConverterTree:
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root.parent, prefix=".provision-") as tmp:
         tmp = Path(tmp)
-        # Kept either way: the imatrix tools are built from the same file (llama_tools).
+        # Kept either way: the imatrix tools are built from the same file (posttrain.llamacpp).
         sdist = keep_sdist(sdist) if sdist is not None else download_sdist(ver)
         # pip checked the index's published hash while downloading; the hash is kept for provenance.
         with open(sdist, "rb") as f:
@@ -272,16 +272,3 @@ def converter_env(tree: ConverterTree) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree.gguf_py), str(tree.root), env.get("PYTHONPATH")]))
     env.pop("NO_LOCAL_GGUF", None)
     return env
-
-
-def build_info() -> dict[str, str]:
-    """llama-cpp-python's version and llama.cpp's system info (build flags: AVX, BLAS, GPU backends)."""
-    info = {"llama_cpp_python": llama_cpp_python_version()}
-    try:
-        from posttrain import _native
-
-        info["system_info"] = _native.system_info()
-        info["gpu_offload"] = str(_native.gpu_offload_supported())
-    except Exception as e:  # a broken build must still be reportable by `doctor`
-        info["error"] = f"{type(e).__name__}: {e}"
-    return info

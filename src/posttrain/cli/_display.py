@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from posttrain import _library_output, _progress
+from posttrain import _progress, llamacpp
 from posttrain.cli._app import err_console
 
 
@@ -41,9 +41,9 @@ def long_command(log_path: Path, *, verbose: bool = False, title: str | None = N
     """One progress display for the block; library output to `log_path` unless `verbose`.
     `follow_children`: the pipeline's step children (and a watcher's) report their counts to it."""
     if not verbose:
-        _library_output.quiet_libraries()
+        llamacpp.quiet_libraries()
     with contextlib.ExitStack() as stack:
-        terminal = stack.enter_context(_library_output.library_output_to(None if verbose else log_path))
+        terminal = stack.enter_context(llamacpp.library_output_to(None if verbose else log_path))
         # A copy of the terminal's own descriptor: rich sees whether it is a terminal and how wide.
         console = err_console if terminal is None else Console(file=terminal, stderr=True)
         display = stack.enter_context(_progress.Display(console, log_path=None if verbose else log_path, title=title))

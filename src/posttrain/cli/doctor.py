@@ -16,13 +16,28 @@ from posttrain.cli._options import n_gpu_layers_option
 from posttrain.errors import PosttrainError
 
 
+def _build_info() -> dict[str, str]:
+    """llama-cpp-python's version and llama.cpp's system info (build flags: AVX, BLAS, GPU backends).
+    Doctor's own: the converter's toolchain, below llama.cpp's package, need not load llama.cpp."""
+    from posttrain import toolchain
+
+    info = {"llama_cpp_python": toolchain.llama_cpp_python_version()}
+    try:
+        from posttrain import llamacpp
+
+        info["system_info"] = llamacpp.system_info()
+        info["gpu_offload"] = str(llamacpp.gpu_offload_supported())
+    except Exception as e:  # a broken build must still be reportable by `doctor`
+        info["error"] = f"{type(e).__name__}: {e}"
+    return info
+
+
 def _selftest_rows(row, table: Table, system_info: str, n_gpu_layers: int | None) -> None:
     """llama.cpp decoding in a child process: how posttrain loads models, and llama.cpp's defaults."""
-    from posttrain import _native
-    from posttrain._selftest import run_selftest
+    from posttrain import llamacpp
 
     try:
-        ours, control = run_selftest(n_gpu_layers)
+        ours, control = llamacpp.run_selftest(n_gpu_layers)
     except RuntimeError as e:
         row("llama.cpp self-test", False, str(e))
         return
@@ -31,7 +46,7 @@ def _selftest_rows(row, table: Table, system_info: str, n_gpu_layers: int | None
     else:
         row("llama.cpp self-test", False,
             (f"{ours.status}: {ours.detail}. llama.cpp: {system_info}. Fix: rebuild llama.cpp for this machine, "
-                   f"e.g. without AMX: POSTTRAIN_LLAMA_CMAKE_ARGS=\"{_native.cmake_args_without_amx(system_info)}\" "
+                   f"e.g. without AMX: POSTTRAIN_LLAMA_CMAKE_ARGS=\"{llamacpp.cmake_args_without_amx(system_info)}\" "
                    f"bash scripts/setup.sh"))
     if control.ok:
         table.add_row("llama.cpp defaults", "[green]ok[/]", "extra CPU buffer types (repacking, AMX) work here too")
@@ -39,14 +54,14 @@ def _selftest_rows(row, table: Table, system_info: str, n_gpu_layers: int | None
         # Not a failure of posttrain's: its own loads avoid this. Other llama.cpp programs here may crash.
         table.add_row("llama.cpp defaults", "[yellow]crash[/]" if control.status == "crashed" else "[yellow]fails[/]",
                       esc(f"{control.status}: {control.detail} with llama.cpp's extra CPU buffer types on; "
-                             f"posttrain keeps them off ({_native.EXTRA_BUFTS_ENV} unset)"))
+                             f"posttrain keeps them off ({llamacpp.EXTRA_BUFTS_ENV} unset)"))
 
 
 def _imatrix_tools_row(row, table: Table, build: bool) -> None:
     """llama.cpp's llama-imatrix and llama-quantize (`ship --imatrix-text`, `convert --imatrix`): built, or
     when they will be. Not building them is no failure: most runs never need them."""
     from posttrain import _progress
-    from posttrain.llama_tools import ToolsNotBuilt, find_llama_tools
+    from posttrain.llamacpp import ToolsNotBuilt, find_llama_tools
 
     try:
         tools = find_llama_tools(build=build, say=_progress.begin)  # a build takes minutes: a stage of its own
@@ -109,7 +124,7 @@ def _checks(display, out: Path, ollama_url: str, provision: bool, build_imatrix_
     llama = package_version("llama-cpp-python")
     if llama:
         display.begin("loading llama.cpp")
-        info = toolchain.build_info()
+        info = _build_info()
         row("llama-cpp-python", "error" not in info,
             f"{llama}; {info.get('system_info', info.get('error', ''))}; GPU offload: {info.get('gpu_offload')}")
     else:

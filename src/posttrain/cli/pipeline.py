@@ -146,12 +146,12 @@ def watch_cmd(
     One watcher per home: a second one refuses and names the running PID. SIGTERM/SIGINT let the
     current step finish (a step's units on an executor are cancelled instead), then exit 0. `posttrain status` / `posttrain stop` from any shell.
     """
-    from posttrain import _library_output
+    from posttrain import llamacpp
     from posttrain.pipeline import check_inputs, pipeline_handler, serve_watch, spawn_detached
 
     # The watcher's log gets the runner's stage lines; the libraries' bars are off (the detached
     # watcher and every step child inherit this).
-    _library_output.quiet_libraries()
+    llamacpp.quiet_libraries()
     if settings_file is not None:
         # The detached child: the settings its parent parsed and validated, nothing parsed again.
         cfg, dirs, no_events = _read_watch_settings(settings_file)

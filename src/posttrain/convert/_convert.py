@@ -132,7 +132,7 @@ def _run_converter(tree: ConverterTree, checkpoint: Path, quant: str, dest: Path
     with open(log, "w") as logf:
         proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=converter_env(tree),
                               **no_window_kwargs())
-    from posttrain._native import was_interrupted
+    from posttrain.llamacpp import was_interrupted
 
     if was_interrupted(proc.returncode):
         # Ctrl-C reaches the whole process group (the console's, on Windows): the converter's death
@@ -327,11 +327,11 @@ def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint
 
 
 def _load_checking_tools(tree: ConverterTree) -> None:
-    from posttrain import _native
+    from posttrain import llamacpp
     from posttrain.convert._gguf_info import gguf_module
 
     gguf_module(tree)
-    _native.load_llama_cpp()
+    llamacpp.load_llama_cpp()
 
 
 def _quantize(pool: QuantizerPool, quants: list[str], out_dir: Path, name: str, imatrix: Path | None,

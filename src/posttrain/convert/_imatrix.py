@@ -22,7 +22,7 @@ from posttrain._files import sha256_file, write_json_atomic
 from posttrain._locks import FileLock
 from posttrain.convert._quant_types import NEEDS_IMATRIX, is_k_quant
 from posttrain.errors import PosttrainError
-from posttrain.llama_tools import LlamaTools, find_llama_tools
+from posttrain.llamacpp import LlamaTools, find_llama_tools
 from posttrain._lifeline import no_window_kwargs
 
 SUFFIX = "-imatrix"  # "Q4_K_M-imatrix": a label that is a safe file-name part (paths.safe_name keeps it)
@@ -69,7 +69,7 @@ def compute_imatrix(f16: Path, text_file: Path, cache: Path, *, chunk: int = DEF
                     tools: LlamaTools | None = None, f16_sha256: str | None = None,
                     timeout: float = IMATRIX_TIMEOUT_S) -> Imatrix:
     """The importance matrix of `f16` on the text in `text_file`, cached in `cache`."""
-    from posttrain import _native
+    from posttrain import llamacpp
 
     tools = tools or find_llama_tools()
     f16_sha = f16_sha256 or sha256_file(f16)
@@ -93,7 +93,7 @@ def compute_imatrix(f16: Path, text_file: Path, cache: Path, *, chunk: int = DEF
         # The text is named relative to its folder: llama-imatrix stores the name in the matrix (and
         # llama-quantize in each variant), which must not depend on a temporary folder's random name.
         cmd = [str(tools.imatrix), "-m", str(f16.resolve()), "-f", text_file.name, "-o", str(partial.resolve()),
-               "--output-format", "gguf", "-c", str(chunk), "-t", str(threads or _native.cpu_threads()),
+               "--output-format", "gguf", "-c", str(chunk), "-t", str(threads or llamacpp.cpu_threads()),
                "--no-ppl"]
         if max_chunks:
             cmd += ["--chunks", str(max_chunks)]
@@ -132,10 +132,10 @@ def _run(cmd: list[str], log: Path, timeout: float, what: str, cwd: Path | None 
 def quantize_with_imatrix(tools: LlamaTools, src: Path, dest: Path, quant: str, imatrix: Path, log: Path,
                           threads: int | None = None, timeout: float = QUANTIZE_TIMEOUT_S) -> None:
     """`llama-quantize --imatrix` (the Python binding cannot pass an importance matrix: a C++ map)."""
-    from posttrain import _native
+    from posttrain import llamacpp
 
     cmd = [str(tools.quantize), "--imatrix", str(imatrix), str(src), str(dest), quant,
-           str(threads or _native.cpu_threads())]
+           str(threads or llamacpp.cpu_threads())]
     try:
         _run(cmd, log, timeout, f"quantizing {quant} with the importance matrix")
     except PosttrainError as e:

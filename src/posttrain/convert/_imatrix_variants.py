@@ -19,7 +19,7 @@ from posttrain._locks import FileLock
 from posttrain.convert._built import BuiltVariant
 from posttrain.convert._convert import _check_and_place
 from posttrain.convert._imatrix import MANIFEST, MANIFEST_SCHEMA, Imatrix, label, quantize_with_imatrix
-from posttrain.llama_tools import LlamaTools, find_llama_tools
+from posttrain.llamacpp import LlamaTools, find_llama_tools
 from posttrain.paths import confined
 from posttrain.store import utcnow
 from posttrain.toolchain import find_converter

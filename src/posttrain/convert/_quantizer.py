@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from dataclasses import asdict
 from pathlib import Path
 
-from posttrain import _native
+from posttrain import llamacpp
 from posttrain._files import sha256_file
 from posttrain.convert._quant_types import NEEDS_IMATRIX, quantizer_types
 from posttrain.errors import PosttrainError
@@ -45,7 +45,7 @@ def imatrix_tools(tree: ConverterTree):
     """llama.cpp's tools for quantizing with an importance matrix: the user's own build when their
     checkout has one (`build/bin`), else posttrain's build from the runtime's sdist (made once, cached).
     Either way checked against the runtime's llama.cpp version."""
-    from posttrain.llama_tools import QUANTIZE, find_llama_tools
+    from posttrain.llamacpp import QUANTIZE, find_llama_tools
 
     user_bin = tree.root / "build" / "bin"
     if tree.source == "user" and (user_bin / QUANTIZE).is_file():
@@ -62,12 +62,12 @@ def run_quantizer(tree: ConverterTree, src: Path, dest: Path, quant: str, imatri
 
         quantize_with_imatrix(imatrix_tools(tree), src, dest, quant, imatrix, log)
         return
-    from posttrain.convert._verify import stderr_to
+    from posttrain.llamacpp import stderr_to
 
-    llama_cpp = _native.load_llama_cpp()
+    llama_cpp = llamacpp.load_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = quantizer_types()[quant]
-    params.nthread = nthread or _native.cpu_threads()
+    params.nthread = nthread or llamacpp.cpu_threads()
     log.write_text("")
     with stderr_to(log):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dest).encode(), ctypes.byref(params))
@@ -104,7 +104,7 @@ def slots_for(n_jobs: int, largest_tensor: int) -> int:
 
     per_job = _BYTES_PER_ELEMENT * largest_tensor + _PROCESS_BYTES
     by_memory = psutil.virtual_memory().available // per_job
-    return max(1, min(n_jobs, _native.cpu_threads(), by_memory))
+    return max(1, min(n_jobs, llamacpp.cpu_threads(), by_memory))
 
 
 def longest_first(quants: list[str]) -> list[str]:
@@ -184,7 +184,7 @@ class QuantizerPool:
             err.seek(0)
             tail = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()][-1:]
             Path(job["dest"]).unlink(missing_ok=True)
-            how = _native.describe_exit(rc) or f"exit status {rc}"
+            how = llamacpp.describe_exit(rc) or f"exit status {rc}"
             raise PosttrainError(f"llama.cpp's quantizer crashed while making {job['quant']} ({how})"
                                  f"{': ' + tail[0] if tail else ''}",
                                  remedy=f"see {job['log']}; `posttrain doctor` runs llama.cpp's self-test")

@@ -25,12 +25,12 @@ def main() -> None:
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    from posttrain import _native
+    from posttrain import llamacpp
     from posttrain.convert._quantizer import quantize_checked
     from posttrain.errors import PosttrainError
     from posttrain.toolchain import ConverterTree
 
-    _native.load_llama_cpp()  # now, while the parent's converter runs, not at the first job
+    llamacpp.load_llama_cpp()  # now, while the parent's converter runs, not at the first job
     from llama_cpp._logger import set_verbose
 
     # llama.cpp's warnings and errors reach the job's log; its info lines (one per tensor) are not

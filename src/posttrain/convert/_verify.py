@@ -8,9 +8,7 @@ Hugging Face model on the same tokens when the checkpoint is small enough to loa
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from posttrain import _native
+from posttrain import llamacpp
 from posttrain.errors import PosttrainError
+from posttrain.llamacpp import log_softmax, stderr_to
 
 if TYPE_CHECKING:
     from posttrain.convert._built import BuiltVariant
@@ -42,41 +41,14 @@ class ProbeLogprobs:
     logprobs: np.ndarray  # (positions, vocab), natural-log probabilities of the next token
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Natural-log probabilities, in float64, row by row (one float64 copy of `logits`, then in place)."""
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    x -= np.log(np.exp(x).sum(axis=-1, keepdims=True))
-    return x
-
-
-# File descriptor 2 is process-wide: a redirect in one thread while another thread redirects it too
-# would restore the wrong target. Every redirect (and every llama.cpp load, which redirects on its
-# own when verbose=False) holds this lock.
-FD2_LOCK = threading.RLock()
-
-
-@contextlib.contextmanager
-def stderr_to(path: str | os.PathLike):
-    """Send fd 2 (where llama.cpp logs, below Python) to `path` for the duration."""
-    with FD2_LOCK, open(path, "a") as target:
-        saved = os.dup(2)
-        os.dup2(target.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _load(path: Path, n_ctx: int, n_gpu_layers: int | None = None):
-    # Through posttrain._native: no extra CPU buffer types (the AMX crash), llama.cpp before numpy.
-    Llama = _native.load_llama_cpp().Llama
+    # Through posttrain.llamacpp: no extra CPU buffer types (the AMX crash), llama.cpp before numpy.
+    Llama = llamacpp.load_llama_cpp().Llama
 
     try:
         with stderr_to(os.devnull):
             return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
-                         n_threads=_native.cpu_threads(), seed=0, **_native.llama_kwargs(n_gpu_layers))
+                         n_threads=llamacpp.cpu_threads(), seed=0, **llamacpp.llama_kwargs(n_gpu_layers))
     except (ValueError, RuntimeError) as e:
         raise PosttrainError(f"llama.cpp cannot load {path.name}: {e}",
                              remedy="if the converter was given --pre-tokenizer, use a name llama.cpp knows "
@@ -141,12 +113,12 @@ def load_check(path: Path, n_gpu_layers: int | None = None) -> None:
     log would wait for the whole quantization. Here llama.cpp's messages are only filtered to errors
     (what `Llama(verbose=False)` leaves the process with anyway), and nothing waits.
     """
-    lc = _native.load_llama_cpp()
+    lc = llamacpp.load_llama_cpp()
     from llama_cpp._logger import set_verbose
 
     set_verbose(False)
     remedy = ("if the converter was given --pre-tokenizer, use a name llama.cpp knows (e.g. gpt-2, llama-bpe, qwen2)")
-    model = lc.llama_model_load_from_file(str(path).encode(), _native.model_params(n_gpu_layers))
+    model = lc.llama_model_load_from_file(str(path).encode(), llamacpp.model_params(n_gpu_layers))
     if not model:
         raise PosttrainError(f"llama.cpp cannot load {path.name}", remedy=remedy)
     try:

@@ -29,7 +29,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from posttrain import _progress
 from posttrain.errors import PosttrainError
-from posttrain.evaluate._llamacpp_engine import (
+from posttrain.llamacpp import (
     MAX_SEQUENCES,
     LlamaCppEngine,
     ScoreRequest,

@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 
 from posttrain._files import read_json_file
-from posttrain._native import describe_exit, was_interrupted
+from posttrain.llamacpp import describe_exit, was_interrupted
 from posttrain.contracts import RunLayout
 from posttrain.pipeline._resources import tree_rss
 from posttrain.errors import NativeCrash, PosttrainError

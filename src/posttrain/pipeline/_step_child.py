@@ -3,7 +3,7 @@
 `python -m posttrain.pipeline._step_child JOB RESULT PARENT_PID`
 
 `import posttrain` (which running this module does first) loads llama.cpp before numpy and torch
-and makes its loads AMX-safe (`posttrain._native`). The child ends with its parent, however the
+and makes its loads AMX-safe (`posttrain.llamacpp`). The child ends with its parent, however the
 parent ends (`posttrain._lifeline`): a watcher killed with SIGKILL leaves no step running on alone.
 """
 

@@ -8,7 +8,7 @@ on every OS). When the parent is gone the server is asked to stop (uvicorn shuts
 and, if it cannot, the process exits after a grace period.
 
 Running this module imports `posttrain` first, which loads llama.cpp before numpy and makes every
-model load skip llama.cpp's extra CPU buffer types (`posttrain._native`): the server's own
+model load skip llama.cpp's extra CPU buffer types (`posttrain.llamacpp`): the server's own
 `llama_cpp.Llama` is covered by that as well.
 """
 
@@ -29,9 +29,9 @@ def _stop_server() -> None:
 
 
 def main(argv: list[str]) -> None:
-    from posttrain import _lifeline, _native
+    from posttrain import _lifeline, llamacpp
 
-    _native.load_llama_cpp()  # already done by `import posttrain`; said here because the server depends on it
+    llamacpp.load_llama_cpp()  # already done by `import posttrain`; said here because the server depends on it
     sep = argv.index("--")
     own, server_args = argv[:sep], argv[sep + 1:]
     if not _lifeline.die_with_parent(int(own[0]), pdeathsig="--pdeathsig" in own, on_orphan=_stop_server):

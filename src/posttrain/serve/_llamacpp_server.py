@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from posttrain import _native
+from posttrain import llamacpp
 from posttrain._lifeline import detached_kwargs
 from posttrain.errors import PosttrainError
 
@@ -43,7 +43,7 @@ def default_threads() -> int:
     cores slow its thread barrier down (on a loaded 2-core box, 2 threads were 10-40x slower than 1)."""
     import psutil
 
-    allowed = _native.cpu_threads()
+    allowed = llamacpp.cpu_threads()
     return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
 
 
@@ -93,7 +93,7 @@ class LlamaServer:
         self.stop_grace = stop_grace
         self.extra_args = list(extra_args or [])
         # Resolved here (all layers on a build that offloads) so the command line says what runs.
-        self.n_gpu_layers = _native.llama_kwargs(n_gpu_layers)["n_gpu_layers"]
+        self.n_gpu_layers = llamacpp.llama_kwargs(n_gpu_layers)["n_gpu_layers"]
         self.process: subprocess.Popen | None = None
         self._log_file = None
 

@@ -21,9 +21,9 @@ def gguf_header(path: Path) -> tuple[dict[str, str], Tokens]:
     """The GGUF's key/value header and its special tokens, as llama.cpp reads them (vocabulary only)."""
     from llama_cpp._utils import suppress_stdout_stderr
 
-    from posttrain import _native
+    from posttrain import llamacpp
 
-    Llama = _native.load_llama_cpp().Llama
+    Llama = llamacpp.load_llama_cpp().Llama
 
     try:
         # llama.cpp prints context warnings from C even with verbose=False; keep the CLI's output clean.

@@ -29,7 +29,7 @@ def run_child(job: dict, log: Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> dic
     """
     import os
 
-    from posttrain._native import describe_exit
+    from posttrain.llamacpp import describe_exit
     from posttrain.errors import NativeCrash
 
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -204,7 +204,7 @@ def _imatrix_variants(converted, quants: list[str], source: str | Path, gguf_dir
     """The importance matrix of the F16 on the user's text, and `quants` made with it (cached both)."""
     from posttrain.convert import compute_imatrix, make_imatrix_variants
     from posttrain.convert._imatrix import DEFAULT_MAX_CHUNKS
-    from posttrain.llama_tools import find_llama_tools
+    from posttrain.llamacpp import find_llama_tools
 
     say("imatrix: finding llama.cpp's llama-imatrix and llama-quantize")
     tools = find_llama_tools(say=lambda line: say(f"imatrix: {line}"))

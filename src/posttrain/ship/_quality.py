@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from posttrain import _native
-from posttrain.convert._verify import log_softmax, stderr_to
+from posttrain import llamacpp
 from posttrain.errors import PosttrainError
+from posttrain.llamacpp import log_softmax, stderr_to
 from posttrain.ship._base_rows import BaseRows
 
 DEFAULT_N_CTX = 512
@@ -43,13 +43,13 @@ _BLOCK_ROWS = 64
 
 
 def _load(path: str | Path, n_ctx: int, n_gpu_layers: int | None):
-    Llama = _native.load_llama_cpp().Llama
+    Llama = llamacpp.load_llama_cpp().Llama
     try:
         with stderr_to(os.devnull):
             # The whole chunk in one batch; logits are asked for per position (_scored_logprobs), not for all.
             return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=False,
-                         verbose=False, n_threads=_native.cpu_threads(), n_threads_batch=_native.cpu_threads(),
-                         seed=0, **_native.llama_kwargs(n_gpu_layers))
+                         verbose=False, n_threads=llamacpp.cpu_threads(), n_threads_batch=llamacpp.cpu_threads(),
+                         seed=0, **llamacpp.llama_kwargs(n_gpu_layers))
     except (ValueError, RuntimeError) as e:
         raise PosttrainError(f"llama.cpp cannot load {Path(path).name}: {e}") from None
 
@@ -60,9 +60,9 @@ def _scored_logprobs(llm, chunk: list[int], first: int) -> np.ndarray:
     Only those positions ask llama.cpp for logits: the output projection (a fifth of a small model's
     work per token, vocabulary × width) then runs for half the chunk, and no logits are copied for the
     unscored half (llama-perplexity does the same)."""
-    from posttrain.evaluate._llamacpp_batch import decode_entries, logits_rows
+    from posttrain.llamacpp import decode_entries, logits_rows
 
-    lc = _native.load_llama_cpp()
+    lc = llamacpp.load_llama_cpp()
     ctx = llm._ctx.ctx
     lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
     last = len(chunk) - 1

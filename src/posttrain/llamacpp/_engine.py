@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from posttrain import _native
 from posttrain.errors import PosttrainError
-from posttrain.evaluate._llamacpp_batch import decode_entries, logits_rows
-from posttrain.evaluate._llamacpp_generation import GenerationMixin
-from posttrain.evaluate._llamacpp_scoring import Scored, ScoreRequest, ScoringMixin
+from posttrain.llamacpp import _loading
+from posttrain.llamacpp._batch import decode_entries, logits_rows
+from posttrain.llamacpp._generation import GenerationMixin
+from posttrain.llamacpp._scoring import Scored, ScoreRequest, ScoringMixin
 
 __all__ = ["MAX_SEQUENCES", "LlamaCppEngine", "ScoreRequest", "Scored"]
 
@@ -34,7 +34,7 @@ _KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
 
 
 def _llama():
-    lc = _native.load_llama_cpp()
+    lc = _loading.load_llama_cpp()
     import llama_cpp._logger  # noqa: F401  (lc._logger below)
 
     return lc
@@ -50,7 +50,7 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
         n_ctx: int | None = None,
         n_ctx_cap: int = 8192,
         n_batch: int = 512,
-        n_ubatch: int = 256,  # llama.cpp's compute micro-batch; see _llamacpp_lm for why 256
+        n_ubatch: int = 256,  # llama.cpp's compute micro-batch; see docs/llamacpp-backend.md for why 256
         n_threads: int | None = None,
         n_gpu_layers: int | None = None,
         n_seq_max: int = MAX_SEQUENCES,
@@ -75,8 +75,8 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
                 remedy="convert the checkpoint with `posttrain convert` first",
             )
         lc.llama_backend_init()
-        # No extra CPU buffer types (the AMX crash) and the GPU layers asked for: see posttrain._native.
-        mparams = _native.model_params(n_gpu_layers)
+        # No extra CPU buffer types (the AMX crash) and the GPU layers asked for: see posttrain.llamacpp._loading.
+        mparams = _loading.model_params(n_gpu_layers)
         self.model_params = mparams
         self._model = lc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
@@ -94,7 +94,7 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
         self.bos_id: int | None = bos if bos >= 0 else None
         self.eos_id: int | None = eos if eos >= 0 else None
 
-        self.n_threads = n_threads or _native.cpu_threads()
+        self.n_threads = n_threads or _loading.cpu_threads()
         # Default KV size: the trained context (capped), and at least one full batch.
         self.n_ctx = int(n_ctx) if n_ctx else max(min(self.n_ctx_train or 2048, n_ctx_cap), n_batch)
         self.n_batch = int(min(n_batch, self.n_ctx))
@@ -114,7 +114,7 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
                 remedy="lower n_ctx / n_batch, or free memory",
             )
         # Generation without a shared prefix runs in a second context of its own, made when first
-        # needed (see _llamacpp_slots).
+        # needed (see _slots).
         self._slots = None
         self._lora = None
         if lora_path is not None:

@@ -16,8 +16,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from posttrain import _native, _progress
-from posttrain.evaluate._llamacpp_batch import Entry, decode_entries, logits_rows
+from posttrain import _progress
+from posttrain.llamacpp import _loading
+from posttrain.llamacpp._batch import Entry, decode_entries, logits_rows
 
 # KV memory the slots may take (their number comes from the caller's max_parallel, 16 by default:
 # enough sequences to amortize reading the weights once per step on a CPU).
@@ -37,7 +38,7 @@ class GenerationSlots:
     """A context of `n_slots` independent KV streams of `n_ctx_seq` cells each on `engine`'s model."""
 
     def __init__(self, engine, n_slots: int, n_ctx_seq: int) -> None:
-        lc = _native.load_llama_cpp()
+        lc = _loading.load_llama_cpp()
         self.engine = engine
         # llama.cpp sizes each stream in multiples of 256 cells; asking for that avoids its warning.
         n_ctx_seq = -(-n_ctx_seq // 256) * 256
@@ -53,7 +54,7 @@ class GenerationSlots:
         self._batch = lc.llama_batch_init(engine.n_batch, 0, 1)
 
     def close(self) -> None:
-        lc = _native.load_llama_cpp()
+        lc = _loading.load_llama_cpp()
         if self._batch is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None
@@ -68,7 +69,7 @@ class GenerationSlots:
                  stops: Sequence[Sequence[str]], outputs: list[list[int]]) -> None:
         """Greedy continuations of `prompts[i]` for i in `order`, written to `outputs[i]`; the
         stopping rules of `LlamaCppEngine.generate_greedy`."""
-        lc = _native.load_llama_cpp()
+        lc = _loading.load_llama_cpp()
         engine = self.engine
         lc.llama_memory_clear(self._mem, True)
         queue = deque(order)
@@ -112,7 +113,7 @@ class GenerationSlots:
 
 def kv_bytes_per_cell(engine) -> int:
     """Bytes of K and V one token takes in the cache, over all layers (from the model's shape)."""
-    lc = _native.load_llama_cpp()
+    lc = _loading.load_llama_cpp()
     model = engine._model
     n_head = max(1, int(lc.llama_model_n_head(model)))
     head_dim = int(lc.llama_model_n_embd(model)) // n_head

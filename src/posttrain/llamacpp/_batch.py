@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from posttrain import _native
+from posttrain.llamacpp import _loading
 
 # (token, position, sequence ids, wants logits)
 Entry = tuple[int, int, Sequence[int], bool]
@@ -14,7 +14,7 @@ Entry = tuple[int, int, Sequence[int], bool]
 
 def decode_entries(ctx, batch, entries: Sequence[Entry]) -> None:
     """One llama_decode of `entries` into `ctx` through `batch` (which holds at least that many)."""
-    lc = _native.load_llama_cpp()
+    lc = _loading.load_llama_cpp()
     for i, (tok, pos, seqs, want) in enumerate(entries):
         batch.token[i] = tok
         batch.pos[i] = pos
@@ -31,5 +31,5 @@ def decode_entries(ctx, batch, entries: Sequence[Entry]) -> None:
 def logits_rows(ctx, n_rows: int, n_vocab: int) -> np.ndarray:
     """The logits of the last decode of `ctx`, one row per position that asked for them, in batch
     order. A view into llama.cpp's buffer: valid until the next decode."""
-    ptr = _native.load_llama_cpp().llama_get_logits(ctx)
+    ptr = _loading.load_llama_cpp().llama_get_logits(ctx)
     return np.ctypeslib.as_array(ptr, shape=(n_rows, n_vocab))

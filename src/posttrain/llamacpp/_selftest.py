@@ -4,7 +4,7 @@ A CPU feature llama.cpp mishandles (AMX on some Intel CPUs) or a broken GPU buil
 that decodes, with a signal and no Python exception. So the test runs in children and the parent
 reads how they ended:
 
-- "posttrain": the load posttrain itself uses (`posttrain._native`: no extra CPU buffer types, GPU
+- "posttrain": the load posttrain itself uses (`posttrain.llamacpp._loading`: no extra CPU buffer types, GPU
   layers as configured), then 32 greedy tokens;
 - "llama.cpp defaults": the same with llama.cpp's extra buffer types on, as a plain `llama_cpp.Llama`
   would load it. When this one crashes and the first does not, this machine needs posttrain's fix.
@@ -12,7 +12,7 @@ reads how they ended:
 The tiny GGUF (a random Llama, Q8_0) is made once per llama-cpp-python version, also in a child,
 and kept in posttrain's cache.
 
-    python -m posttrain._selftest decode FILE.gguf [--n-gpu-layers N]    (prints one JSON line)
+    python -m posttrain.llamacpp._selftest decode FILE.gguf [--n-gpu-layers N]    (prints one JSON line)
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from posttrain import _native
 from posttrain._lifeline import no_window_kwargs
+from posttrain.llamacpp import _loading
 
 DECODE_TOKENS = 32
 TIMEOUT_S = 300.0
@@ -49,9 +49,9 @@ class Outcome:
 
 
 def _child(args: list[str], env: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> tuple[int | None, str]:
-    """Run `python -m posttrain._selftest ARGS`; (exit code or None on timeout, its output)."""
+    """Run `python -m posttrain.llamacpp._selftest ARGS`; (exit code or None on timeout, its output)."""
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen([sys.executable, "-m", "posttrain._selftest", *args], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "posttrain.llamacpp._selftest", *args], stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                 **no_window_kwargs())
         try:
@@ -67,7 +67,7 @@ def _child(args: list[str], env: dict[str, str] | None = None, timeout: float = 
 def _outcome(name: str, code: int | None, output: str, seconds: float) -> Outcome:
     if code is None:
         return Outcome(name, "timeout", f"no answer in {TIMEOUT_S:g} s", seconds)
-    how = _native.describe_exit(code)
+    how = _loading.describe_exit(code)
     if how is not None:
         return Outcome(name, "crashed", how, seconds)
     last = (output.strip().splitlines() or [""])[-1]
@@ -90,7 +90,7 @@ def selftest_gguf() -> Path:
     if not path.is_file():
         code, output = _child(["make", str(path)])
         if code != 0 or not path.is_file():
-            how = _native.describe_exit(code) if code is not None else "timed out"
+            how = _loading.describe_exit(code) if code is not None else "timed out"
             tail = " ".join(output.strip().splitlines()[-3:])
             raise RuntimeError(f"could not make the self-test model ({how or f'exit code {code}'}): {tail}")
     return path
@@ -101,8 +101,8 @@ def run_selftest(n_gpu_layers: int | None = None) -> tuple[Outcome, Outcome]:
     gguf = selftest_gguf()
     results = []
     layers = [] if n_gpu_layers is None else ["--n-gpu-layers", str(n_gpu_layers)]
-    for name, env in (("posttrain", {_native.EXTRA_BUFTS_ENV: "0"}),
-                      ("llama.cpp defaults", {_native.EXTRA_BUFTS_ENV: "1"})):
+    for name, env in (("posttrain", {_loading.EXTRA_BUFTS_ENV: "0"}),
+                      ("llama.cpp defaults", {_loading.EXTRA_BUFTS_ENV: "1"})):
         started = time.monotonic()
         code, output = _child(["decode", str(gguf), *layers], env=env)
         results.append(_outcome(name, code, output, time.monotonic() - started))
@@ -124,7 +124,7 @@ def _make(dest: Path) -> None:
 
 
 def _decode(gguf: Path, n_gpu_layers: int | None) -> dict:
-    from posttrain.evaluate._llamacpp_engine import LlamaCppEngine
+    from posttrain.llamacpp._engine import LlamaCppEngine
 
     engine = LlamaCppEngine(gguf, n_ctx=256, n_gpu_layers=n_gpu_layers)
     try:
@@ -140,7 +140,7 @@ def _decode(gguf: Path, n_gpu_layers: int | None) -> dict:
 def main(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="posttrain._selftest")
+    parser = argparse.ArgumentParser(prog="posttrain.llamacpp._selftest")
     parser.add_argument("action", choices=("make", "decode"))
     parser.add_argument("path", type=Path)
     parser.add_argument("--n-gpu-layers", type=int, default=None)

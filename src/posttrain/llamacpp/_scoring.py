@@ -4,7 +4,7 @@ whether greedy decoding would have produced it.
 `score_sequential` decodes one request at a time (the reference); `score_batched` packs many
 sequences into each llama_decode, each distinct context evaluated once for all its endings, with
 logits only at scored positions. Both build on the engine's decoding primitives (`_decode`,
-`_logits_rows`, `_clear`, the KV memory `_mem`), see `_llamacpp_engine.LlamaCppEngine`.
+`_logits_rows`, `_clear`, the KV memory `_mem`), see `_engine.LlamaCppEngine`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from posttrain import _native, _progress
+from posttrain import _progress
+from posttrain.llamacpp import _loading
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class ScoringMixin:
 
         Slow on small models but simple: the reference the batched path is checked against.
         """
-        lc = _native.load_llama_cpp()
+        lc = _loading.load_llama_cpp()
         results: list[Scored] = []
         for req in requests:
             ctx, cont = list(req.context), list(req.continuation)
@@ -160,7 +161,7 @@ class ScoringMixin:
         into sequence 0, share its KV cells with the endings' sequences (`llama_memory_seq_cp` on a
         unified cache adds sequence ids to cells, it copies no data), then decode the endings in
         as few batches as fit."""
-        lc = _native.load_llama_cpp()
+        lc = _loading.load_llama_cpp()
         self._clear()
         for start in range(0, len(ctx), self.n_batch):
             chunk = range(start, min(start + self.n_batch, len(ctx)))

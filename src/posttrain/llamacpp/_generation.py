@@ -1,7 +1,7 @@
 """Greedy generation with llama.cpp: one prompt at a time (reusing the cached prefix of the last one),
 or many at once: in waves whose prompts share their few-shot prefix in the KV cache, or by
-continuous batching over KV streams of their own when they share none (`_llamacpp_slots`). Built
-on the engine's decoding primitives, see `_llamacpp_engine.LlamaCppEngine`.
+continuous batching over KV streams of their own when they share none (`_slots`). Built
+on the engine's decoding primitives, see `_engine.LlamaCppEngine`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from posttrain import _native, _progress
+from posttrain import _progress
+from posttrain.llamacpp import _loading
 
 
 class GenerationMixin:
@@ -28,7 +29,7 @@ class GenerationMixin:
         """Greedy continuation of `prompt`, ending at an end-of-generation token, a stop string
         in the decoded text, or `max_tokens`. Returns the generated tokens (stop text included;
         the caller cuts it)."""
-        lc = _native.load_llama_cpp()
+        lc = _loading.load_llama_cpp()
         prompt = list(prompt)
         if len(prompt) + max_tokens > self.n_ctx:
             raise ValueError(
@@ -82,7 +83,7 @@ class GenerationMixin:
         """`generate_greedy` for many prompts at once: up to `max_parallel` sequences advance one
         token each per llama_decode. Prompts that share a long prefix (fixed few-shot examples) go
         in waves that decode it once in the unified KV cache; others get a KV stream each, refilled
-        as soon as a sequence ends (`_llamacpp_slots`). Same stopping rules as `generate_greedy`."""
+        as soon as a sequence ends (`_slots`). Same stopping rules as `generate_greedy`."""
         outputs: list[list[int]] = [[] for _ in prompts]
         todo = [i for i in range(len(prompts)) if max_tokens[i] > 0]
         for i in todo:
@@ -126,7 +127,7 @@ class GenerationMixin:
     def _shares_prefix(prompts: Sequence[Sequence[int]]) -> bool:
         """Whether the prompts share a prefix (fixed few-shot examples) worth decoding once for all:
         at least half of the shortest prompt. Then waves in the unified cache pay for it once;
-        otherwise each prompt gets a KV stream of its own (see _llamacpp_slots)."""
+        otherwise each prompt gets a KV stream of its own (see _slots)."""
         if len(prompts) < 2:
             return False
         shortest = common = min(len(p) for p in prompts)
@@ -135,7 +136,7 @@ class GenerationMixin:
         return common * 2 >= shortest
 
     def _generation_slots(self, n_prompts: int, need: int, max_parallel: int):
-        from posttrain.evaluate._llamacpp_slots import GenerationSlots, slots_for
+        from posttrain.llamacpp._slots import GenerationSlots, slots_for
 
         n_slots = slots_for(self, n_prompts, need, max_parallel)
         if self._slots is None or not self._slots.fits(n_slots, need):

@@ -6,6 +6,9 @@ commit hash, llama.cpp's native logs) goes to a log file instead: `library_outpu
 process's stdout and stderr file descriptors there for the duration, so output from child processes
 and C code is caught too, and the display writes to a copy of the terminal's descriptor.
 `--verbose` leaves everything where it was.
+
+`stderr_to` is the narrow form, for one llama.cpp call: only fd 2, where llama.cpp logs below
+Python, sent elsewhere for the duration (its per-tensor lines while a model loads or quantizes).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import io
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +124,22 @@ def _warnings_to(stream) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logging.getLogger("posttrain").addHandler(handler)
     return handler
+
+
+# File descriptor 2 is process-wide: a redirect in one thread while another thread redirects it too
+# would restore the wrong target. Every redirect (and every llama.cpp load, which redirects on its
+# own when verbose=False) holds this lock.
+FD2_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def stderr_to(path: str | os.PathLike):
+    """Send fd 2 (where llama.cpp logs, below Python) to `path` for the duration."""
+    with FD2_LOCK, open(path, "a") as target:
+        saved = os.dup(2)
+        os.dup2(target.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -125,9 +125,9 @@ def _has_x86_64_v3() -> bool:
 
 def runtime_llama_version() -> str:
     """llama.cpp's version as the loaded runtime library reports it (`llama_version()` of libllama)."""
-    from posttrain import _native
+    from posttrain.llamacpp._loading import load_llama_cpp
 
-    return _native.load_llama_cpp().llama_version().decode(errors="replace")
+    return load_llama_cpp().llama_version().decode(errors="replace")
 
 
 def tool_version(binary: Path) -> tuple[str, int, str]:
@@ -245,7 +245,7 @@ def _extract_sources(sdist: Path, dest: Path) -> None:
 
 
 def _jobs() -> int:
-    from posttrain._native import cpu_threads
+    from posttrain.llamacpp._loading import cpu_threads
 
     return cpu_threads()  # the CPUs this process may use, on every OS
 
