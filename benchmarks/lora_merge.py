@@ -85,8 +85,8 @@ def main() -> None:
     import peft  # noqa: F401
     import transformers  # noqa: F401
 
-    from posttrain.checkpoint import human_bytes, inspect_checkpoint
-    from posttrain.lora import convert_adapter, inspect_adapter, merge_adapter
+    from posttrain.checkpoint import human_bytes, inspect_adapter, inspect_checkpoint
+    from posttrain.lora import convert_adapter, merge_adapter
 
     out = args.out or Path(tempfile.mkdtemp(prefix="lora-bench-"))
     base_bytes = inspect_checkpoint(args.base, settle_seconds=0).total_bytes

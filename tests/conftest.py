@@ -60,8 +60,9 @@ def tiny_lora(tiny_spm, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lora_routes(tiny_lora, tmp_path_factory) -> dict[str, Path]:
     """Both routes built: the merged checkpoint and its F16 GGUF, the base F16 GGUF and the GGUF LoRA."""
+    from posttrain.checkpoint import inspect_adapter
     from posttrain.convert import convert_checkpoint
-    from posttrain.lora import convert_adapter, inspect_adapter, merge_adapter
+    from posttrain.lora import convert_adapter, merge_adapter
 
     out = tmp_path_factory.mktemp("lora-routes")
     verdict = inspect_adapter(tiny_lora)

@@ -17,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from posttrain.checkpoint import inspect_adapter
 from posttrain.errors import PosttrainError
-from posttrain.lora import convert_adapter, inspect_adapter
+from posttrain.lora import convert_adapter
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.function_scoped_fixture])

@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 
 from posttrain._files import sha256_file, write_json_atomic
-from posttrain.checkpoint import checkpoint_sha256
-from posttrain.errors import CheckpointIncomplete, PosttrainError
-from posttrain.lora._detect import AdapterVerdict, inspect_adapter
-from posttrain.toolchain import converter_env, find_converter
 from posttrain._lifeline import no_window_kwargs
+from posttrain.checkpoint import AdapterVerdict, checkpoint_sha256, inspect_adapter
+from posttrain.errors import CheckpointIncomplete, PosttrainError
+from posttrain.toolchain import converter_env, find_converter
 
 _SHIM = Path(__file__).parent.parent / "convert" / "_converter_shim.py"
 ADAPTER_TYPES = ("f16", "f32", "bf16", "q8_0")

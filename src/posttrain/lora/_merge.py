@@ -16,9 +16,14 @@ import tempfile
 from pathlib import Path
 
 from posttrain._files import write_json_atomic
-from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
+from posttrain.checkpoint import (
+    AdapterVerdict,
+    checkpoint_sha256,
+    inspect_adapter,
+    inspect_checkpoint,
+    tokenizer_source,
+)
 from posttrain.errors import CheckpointIncomplete, PosttrainError
-from posttrain.lora._detect import AdapterVerdict, inspect_adapter, tokenizer_source
 
 log = logging.getLogger("posttrain.lora")
 

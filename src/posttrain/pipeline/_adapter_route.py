@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from posttrain.checkpoint import Verdict
+from posttrain.checkpoint import AdapterVerdict, Verdict, inspect_adapter
 
 # The label suffixes of the adapter route's evaluations: base F16 + GGUF LoRA, and for a QLoRA the
 # base quantized to 4 bits + the same LoRA (near the 4-bit base the adapter was trained against).
@@ -20,8 +20,6 @@ QLORA_ROUTE = "Q4_K_M+LoRA"
 
 def adapter_facts(verdict: Verdict) -> dict[str, Any] | None:
     """The detect step's record of an adapter (None for full weights): the base, the routes, QLoRA."""
-    from posttrain.lora import AdapterVerdict
-
     if not isinstance(verdict, AdapterVerdict):
         return None
     return {"base": str(verdict.base), "base_ref": verdict.base_ref, "peft_type": verdict.peft_type,
@@ -52,7 +50,7 @@ def build_routes(checkpoint: str | Path, base: Path | None, adapter_sha256: str,
     returns {quant: path}; F16, plus Q4_K_M for a QLoRA).
     Returns {"merged": dir, "adapter": {...} or None, "adapter_note": why not}."""
     from posttrain._files import sha256_file
-    from posttrain.lora import convert_adapter, inspect_adapter, merge_adapter
+    from posttrain.lora import convert_adapter, merge_adapter
 
     verdict = inspect_adapter(checkpoint, base=base)
     merged = merge_adapter(verdict, Path(run_dir) / "merged", adapter_sha256=adapter_sha256)

@@ -1,21 +1,25 @@
-"""Is this directory a finished Hugging Face checkpoint? The one test the watcher and `run` share.
+"""Full weights: config, tokenizer and safetensors shards, each checked as the trainer may still be writing it.
 
-A trainer writes config, tokenizer and safetensors shards one after another, and a shard grows for
-seconds to minutes. A checkpoint counts as complete only when every piece is present, every shard
-is exactly as long as its own header says, and nothing changed during a short settle window.
+A checkpoint counts as complete only when every piece is present, every shard is exactly as long as
+its own header says, and (`settled`) nothing changed during a short settle window.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posttrain._files import human_bytes  # noqa: F401  (re-exported: the CLI formats sizes with it)
+from posttrain._files import human_bytes
+from posttrain.checkpoint._read import (
+    inside,
+    parse_json,
+    safetensors_expected_size,
+    shown,
+)
 
 log = logging.getLogger("posttrain.checkpoint")
 
@@ -28,8 +32,6 @@ TOKENIZER_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "mer
 # Files whose content defines the model; their hash names the checkpoint.
 _AUX_FILES = ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
               "chat_template.jinja", "added_tokens.json")
-# A safetensors header above this is corrupt, not large (real ones are kilobytes to a few MB).
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 @dataclass
@@ -63,101 +65,9 @@ class Verdict:
         return tuple((f.name, st.st_size, st.st_mtime_ns) for f in self.content_files() for st in (f.stat(),))
 
 
-def _parse_json(data: bytes | str) -> tuple[object, str | None]:
-    """(value, None), or (None, why not) for bytes that are not JSON (bad UTF-8, bad syntax, absurd nesting)."""
-    try:
-        return json.loads(data), None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, e.__class__.__name__
-    except RecursionError:
-        return None, "nested too deeply"
-
-
-def _is_count(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
-def safetensors_expected_size(path: Path) -> int:
-    """The length the file must have according to its own header (8 + header + tensor data).
-
-    Raises ValueError, with the reason, for any header that is not a safetensors header: the file
-    comes from outside, so every field is checked before it is used.
-    """
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError("shorter than the 8-byte header length")
-        (n,) = struct.unpack("<Q", head)
-        if n == 0 or n > _MAX_HEADER:
-            raise ValueError(f"header length {n} is not plausible")
-        raw = f.read(n)
-        if len(raw) < n:
-            raise ValueError("the JSON header itself is cut short")
-    header, error = _parse_json(raw)
-    if error:
-        raise ValueError(f"its JSON header does not parse ({error})")
-    if not isinstance(header, dict):
-        raise ValueError(f"its JSON header is a {type(header).__name__}, not an object")
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
-                and offsets[0] <= offsets[1]):
-            raise ValueError(f"tensor {name[:80]!r} has no valid data_offsets")
-        end = max(end, offsets[1])
-    return 8 + n + end
-
-
-def tensor_sizes(weight_files: list[Path]) -> list[int]:
-    """Elements per tensor, from the safetensors headers (no tensor data is read). A pickle file's
-    tensors cannot be listed without unpickling it: it counts as one tensor of size / 2 elements, an
-    upper bound. For estimates (disk space, the quantizer's memory); an odd entry counts 0."""
-    import math
-
-    sizes: list[int] = []
-    for f in weight_files:
-        if f.suffix != ".safetensors":
-            sizes.append(f.stat().st_size // 2)
-            continue
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header, _ = _parse_json(fh.read(n))
-        for key, info in (header.items() if isinstance(header, dict) else ()):
-            shape = info.get("shape") if isinstance(info, dict) and key != "__metadata__" else None
-            if isinstance(shape, list) and all(map(_is_count, shape)):
-                sizes.append(math.prod(shape))
-    return sizes
-
-
-def _shown(name: str) -> str:
-    """A file name for a one-line reason: as it is when printable, else Python's quoted form."""
-    return name if name.isprintable() else repr(name)
-
-
-def _inside(root: Path, name: str) -> Path | None:
-    """`root / name` when that file lies inside `root`, following symlinks; else None.
-
-    A Hugging Face hub cache snapshot keeps every file as a symlink into its repository's
-    `blobs/` folder (`models--org--name/snapshots/REV/x -> ../../blobs/SHA`); those stay inside the
-    repository folder and are accepted.
-    """
-    if not name or "\0" in name:
-        return None
-    try:
-        target = (root / name).resolve()
-        allowed = [root.resolve()]
-    except (OSError, RuntimeError, ValueError):  # symlink loop, unencodable name
-        return None
-    if allowed[0].parent.name == "snapshots" and allowed[0].parent.parent.name.startswith("models--"):
-        allowed.append(allowed[0].parent.parent / "blobs")
-    return root / name if any(target.is_relative_to(a) and target != a for a in allowed) else None
-
-
 def _index_shards(path: Path) -> list[Path] | str:
     """The shard files `model.safetensors.index.json` names, or why they cannot be trusted."""
-    doc, error = _parse_json((path / SAFETENSORS_INDEX).read_bytes())
+    doc, error = parse_json((path / SAFETENSORS_INDEX).read_bytes())
     if error:
         return f"{SAFETENSORS_INDEX} does not parse ({error}; still being written?)"
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
@@ -169,7 +79,7 @@ def _index_shards(path: Path) -> list[Path] | str:
     for name in sorted(set(weight_map.values())):
         if not name.endswith(".safetensors"):
             return f"{SAFETENSORS_INDEX} names {name[:80]!r}, which is not a .safetensors file"
-        shard = _inside(path, name)
+        shard = inside(path, name)
         if shard is None:
             return f"{SAFETENSORS_INDEX} names {name[:80]!r}, which lies outside the checkpoint directory"
         shards.append(shard)
@@ -193,7 +103,7 @@ def _weights(path: Path, allow_pickle: bool) -> list[Path] | str:
 
 def _tokenizer_file_loads(path: Path) -> bool:
     if path.suffix == ".json":
-        return _parse_json(path.read_bytes())[1] is None
+        return parse_json(path.read_bytes())[1] is None
     import sentencepiece
 
     try:
@@ -215,18 +125,14 @@ def _snapshot(path: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def inspect_checkpoint(path: str | Path, *, settle_seconds: float = 2.0,
-                       allow_pickle: bool = False, base: str | Path | None = None) -> Verdict:
-    """Decide whether `path` holds a complete checkpoint; never raises for a bad checkpoint.
-
-    A PEFT adapter directory (adapter_config.json, no config.json) gets a `posttrain.lora.AdapterVerdict`,
-    its base resolved from `base` or from adapter_config.json."""
-    path = Path(path)
+def settled(path: Path, once: Callable[[Path], Verdict], settle_seconds: float) -> Verdict:
+    """`once(path)`'s verdict, kept only when no file of `path` changed during `settle_seconds` after a
+    complete one; never raises for a bad checkpoint (a file that cannot be read is the verdict's reason)."""
     if not path.is_dir():
         return Verdict(path, False, f"{path} is not a directory")
     try:
         before = _snapshot(path)
-        verdict = _inspect_once(path, allow_pickle, base)
+        verdict = once(path)
         if not verdict.complete or settle_seconds <= 0:
             return verdict
         time.sleep(settle_seconds)
@@ -242,15 +148,13 @@ def inspect_checkpoint(path: str | Path, *, settle_seconds: float = 2.0,
     return verdict
 
 
-def _inspect_once(path: Path, allow_pickle: bool, base: str | Path | None = None) -> Verdict:
+def inspect_full(path: Path, allow_pickle: bool) -> Verdict:
+    """One look at a folder of full weights (config.json, tokenizer, weights); raises OSError for a
+    file that cannot be read (`settled` turns that into the verdict)."""
     config_path = path / CONFIG
-    if not config_path.is_file() and (path / "adapter_config.json").is_file():
-        from posttrain.lora import inspect_adapter  # the adapter detector builds on this module
-
-        return inspect_adapter(path, base=base, allow_pickle=allow_pickle)
     if not config_path.is_file():
         return Verdict(path, False, "config.json is missing")
-    config, error = _parse_json(config_path.read_bytes())
+    config, error = parse_json(config_path.read_bytes())
     if error:
         return Verdict(path, False, f"config.json does not parse as JSON ({error}; still being written?)")
     if not isinstance(config, dict):
@@ -277,13 +181,13 @@ def _inspect_once(path: Path, allow_pickle: bool, base: str | Path | None = None
     if isinstance(weights, str):
         return Verdict(path, False, weights, architecture=architecture)
     for f in [config_path, *tokenizer_files, *weights]:
-        if _inside(path, str(f.relative_to(path))) is None:
-            return Verdict(path, False, f"{_shown(f.name)} is a link that leads outside the checkpoint directory",
+        if inside(path, str(f.relative_to(path))) is None:
+            return Verdict(path, False, f"{shown(f.name)} is a link that leads outside the checkpoint directory",
                            architecture=architecture)
     total = 0
     count = len(weights)
     for i, shard in enumerate(weights, 1):
-        name = _shown(str(shard.relative_to(path)))
+        name = shown(str(shard.relative_to(path)))
         label = name if count == 1 else f"shard {i} of {count} ({name})"
         if not shard.is_file():
             return Verdict(path, False, f"{label} is missing", architecture=architecture)

@@ -13,17 +13,16 @@ import json
 import re
 import struct
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from posttrain.checkpoint import (
-    TOKENIZER_SETS,
-    Verdict,
-    _inside,
-    _parse_json,
-    _shown,
-    human_bytes,
-    inspect_checkpoint,
+from posttrain._files import human_bytes
+from posttrain.checkpoint._full import TOKENIZER_SETS, Verdict, inspect_full, settled
+from posttrain.checkpoint._read import (
+    inside,
+    parse_json,
     safetensors_expected_size,
+    shown,
 )
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -108,9 +107,9 @@ def _resolve_base(path: Path, named: object, given: Path | None) -> tuple[Path |
             return Path(snapshot_download(named, local_files_only=True)), None, None
         except Exception:  # noqa: BLE001 - not cached, or a malformed id: both mean "not here"
             pass
-        return None, (f"the base model {_shown(named[:100])!r} is a Hugging Face Hub id, and the Hub cannot be "
+        return None, (f"the base model {shown(named[:100])!r} is a Hugging Face Hub id, and the Hub cannot be "
                       f"reached from here"), "download the base model elsewhere and pass --base DIR"
-    return None, f"the base model directory {_shown(named[:200])} does not exist", "pass --base DIR"
+    return None, f"the base model directory {shown(named[:200])} does not exist", "pass --base DIR"
 
 
 def _config_fields(config: dict) -> tuple[str | None, dict]:
@@ -155,7 +154,7 @@ def _check_shapes(adapter: Path, base: Verdict, rank: int, rank_pattern: bool) -
     for module, ab in sorted(pairs.items()):
         weight = base_shapes.get(f"{module}.weight")
         if weight is None:
-            return f"target module {_shown(module[:120])} does not exist in the base model"
+            return f"target module {shown(module[:120])} does not exist in the base model"
         a, b = ab.get("A"), ab.get("B")
         if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b) == len(weight) == 2):
             return f"{module}: lora_A/lora_B are missing or not matrices"
@@ -174,7 +173,7 @@ def _is_four_bit(named: object, adapter_dir: Path) -> bool:
         return False
     for folder in (Path(named).expanduser(), adapter_dir / named):
         try:
-            config, _ = _parse_json((folder / "config.json").read_bytes())
+            config, _ = parse_json((folder / "config.json").read_bytes())
         except OSError:
             continue
         q = config.get("quantization_config") if isinstance(config, dict) else None
@@ -197,9 +196,9 @@ def inspect_adapter(path: str | Path, *, base: str | Path | None = None, allow_p
 
 
 def _inspect(path: Path, given_base: Path | None, allow_pickle: bool) -> AdapterVerdict:
-    if _inside(path, ADAPTER_CONFIG) is None:
+    if inside(path, ADAPTER_CONFIG) is None:
         return _fail(path, f"{ADAPTER_CONFIG} is a link that leads outside the adapter directory")
-    config, error = _parse_json((path / ADAPTER_CONFIG).read_bytes())
+    config, error = parse_json((path / ADAPTER_CONFIG).read_bytes())
     if error:
         return _fail(path, f"{ADAPTER_CONFIG} does not parse as JSON ({error}; still being written?)")
     if not isinstance(config, dict):
@@ -214,7 +213,7 @@ def _inspect(path: Path, given_base: Path | None, allow_pickle: bool) -> Adapter
             return _fail(path, f"only pickle adapter weights ({ADAPTER_PICKLE}) were found; posttrain reads "
                                "safetensors only", "save the adapter with safe_serialization=True (PEFT's default)")
         return _fail(path, f"{ADAPTER_WEIGHTS} is missing")
-    if _inside(path, ADAPTER_WEIGHTS) is None:
+    if inside(path, ADAPTER_WEIGHTS) is None:
         return _fail(path, f"{ADAPTER_WEIGHTS} is a link that leads outside the adapter directory")
     size = weights.stat().st_size
     try:
@@ -229,11 +228,11 @@ def _inspect(path: Path, given_base: Path | None, allow_pickle: bool) -> Adapter
     base_dir, reason, remedy = _resolve_base(path, named, given_base)
     if base_dir is None:
         return _fail(path, reason, remedy, base_ref=named if isinstance(named, str) else None)
-    base_verdict = inspect_checkpoint(base_dir, settle_seconds=0, allow_pickle=allow_pickle)
+    base_verdict = settled(base_dir, partial(look, base=None, allow_pickle=allow_pickle), 0)
     if not base_verdict.complete:
         return _fail(path, f"the base model {base_dir} is not a complete checkpoint: {base_verdict.reason}",
                      "pass --base DIR with the full-precision base model", base=base_dir)
-    base_config, _ = _parse_json((base_dir / "config.json").read_bytes())
+    base_config, _ = parse_json((base_dir / "config.json").read_bytes())
     if isinstance(base_config.get("quantization_config"), dict):
         return _fail(path, f"the base model {base_dir} is stored quantized (quantization_config); a LoRA merges "
                            "only onto full-precision weights", "pass --base DIR with the unquantized base model",
@@ -241,7 +240,7 @@ def _inspect(path: Path, given_base: Path | None, allow_pickle: bool) -> Adapter
 
     tokenizer = next((s for s in TOKENIZER_SETS if all((path / f).is_file() for f in s)), None)
     tokenizer_files = [path / f for f in tokenizer] if tokenizer else []
-    if any(_inside(path, str(f.relative_to(path))) is None for f in tokenizer_files):
+    if any(inside(path, str(f.relative_to(path))) is None for f in tokenizer_files):
         return _fail(path, "a tokenizer file is a link that leads outside the adapter directory")
 
     common = dict(base=base_dir, base_ref=named if isinstance(named, str) else None, base_verdict=base_verdict,
@@ -270,3 +269,11 @@ def _inspect(path: Path, given_base: Path | None, allow_pickle: bool) -> Adapter
 def tokenizer_source(verdict: AdapterVerdict) -> Path:
     """Where the adapter's tokenizer lives: its own directory (fine-tunes may add tokens) or the base's."""
     return verdict.path if verdict.tokenizer_files else verdict.base
+
+
+def look(path: Path, *, base: str | Path | None, allow_pickle: bool) -> Verdict:
+    """One look at a checkpoint folder: an adapter's checks for a PEFT adapter folder (which look at its
+    base the same way), full weights' otherwise; raises OSError as `inspect_full` does."""
+    if is_adapter_dir(path):
+        return inspect_adapter(path, base=base, allow_pickle=allow_pickle)
+    return inspect_full(path, allow_pickle)
