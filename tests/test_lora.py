@@ -12,9 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
+from posttrain.checkpoint import (
+    AdapterVerdict,
+    checkpoint_sha256,
+    inspect_adapter,
+    inspect_checkpoint,
+)
 from posttrain.errors import PosttrainError
-from posttrain.lora import AdapterVerdict, convert_adapter, inspect_adapter, merge_adapter
+from posttrain.lora import convert_adapter, merge_adapter
 
 # Probe text for the agreement of the two routes (words of the tiny tokenizer's corpus).
 PROBE = "The engineer builds a red ball. 12 plus 30 is 42. My friend reads the long road."
