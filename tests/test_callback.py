@@ -170,7 +170,7 @@ def test_a_hung_watcher_is_not_handed_the_checkpoint(tmp_path, watcher_home):
     # Alive by PID but silent: it would take the checkpoint and never process it (issue 10).
     import json
 
-    from posttrain.pipeline._daemon import STATUS_FILE, read_pid_file
+    from posttrain.pipeline import STATUS_FILE, read_pid_file
 
     home, root = watcher_home
     pid = read_pid_file(home).pid

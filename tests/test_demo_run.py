@@ -48,7 +48,7 @@ def test_demo_exits_within_30_s_when_its_watcher_is_killed(tmp_path):
     from polling import wait_for
 
     from posttrain._files import read_json_file
-    from posttrain.pipeline._daemon import STATUS_FILE
+    from posttrain.pipeline import STATUS_FILE
 
     workdir = tmp_path / "demo"
     home = workdir / "home"

@@ -17,7 +17,7 @@ import pytest
 from polling import wait_for
 
 from posttrain.errors import PosttrainError
-from posttrain.pipeline._watcher import Watcher, compile_pattern
+from posttrain.pipeline import Watcher, compile_pattern
 from posttrain.store import Store
 
 

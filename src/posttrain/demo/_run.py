@@ -24,7 +24,7 @@ from pathlib import Path
 from posttrain.demo._task import TASK_NAME, write_demo_task
 from posttrain.demo._train import DEFAULT_STEPS, EARLY_DIR, FINAL_DIR, train_demo_model
 from posttrain.errors import PosttrainError
-from posttrain.pipeline._daemon import log_tail, watcher_health
+from posttrain.pipeline import log_tail, watcher_health
 from posttrain._lifeline import no_window_kwargs
 
 MARKER = ".posttrain-demo"
@@ -120,7 +120,7 @@ def _say_log_tail(home: Path, say: Callable[[str], None]) -> None:
 
 def _current_step(home: Path) -> str | None:
     from posttrain._files import read_json_file
-    from posttrain.pipeline._daemon import STATUS_FILE
+    from posttrain.pipeline import STATUS_FILE
 
     doc = read_json_file(home / STATUS_FILE) or {}
     steps = [v.get("step") for v in (doc.get("current") or {}).values() if v.get("step")]

@@ -203,8 +203,7 @@ def watching_pid(home: Path, checkpoint: Path) -> int | None:
     Running means alive by PID *and* by a recent heartbeat in its status file: a hung watcher would
     take the checkpoint and never process it, so it is passed over like a dead one."""
     from posttrain._files import read_json_file
-    from posttrain.pipeline._daemon import STATUS_FILE, watcher_health
-    from posttrain.pipeline._watcher import compile_pattern
+    from posttrain.pipeline import STATUS_FILE, compile_pattern, watcher_health
 
     health = watcher_health(home)
     if not health.alive:

@@ -9,12 +9,15 @@ from posttrain.pipeline._config import (
 )
 from posttrain.pipeline._config_template import config_template
 from posttrain.pipeline._daemon import (
+    STATUS_FILE,
     InstanceLock,
     install_stop_handlers,
+    log_tail,
     read_pid_file,
     serve_watch,
     spawn_detached,
     stop_daemon,
+    watcher_health,
 )
 from posttrain.pipeline._runner import (
     RunContext,
@@ -31,6 +34,7 @@ from posttrain.pipeline._status import gather_status
 from posttrain.pipeline._watcher import Watcher, compile_pattern
 
 __all__ = [
+    "STATUS_FILE",
     "Baseline",
     "Config",
     "InstanceLock",
@@ -50,6 +54,7 @@ __all__ = [
     "gather_status",
     "install_stop_handlers",
     "load_config",
+    "log_tail",
     "outcome_sentences",
     "pipeline_handler",
     "plan_run",
@@ -59,4 +64,5 @@ __all__ = [
     "serve_watch",
     "spawn_detached",
     "stop_daemon",
+    "watcher_health",
 ]
