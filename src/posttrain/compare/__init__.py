@@ -5,7 +5,13 @@ difference with naive and clustered SEs, McNemar / paired t / paired bootstrap, 
 p-values across the whole family, the minimum detectable effect, and one sentence per comparison.
 """
 
-from posttrain.compare._compare import SCHEMA, compare_family, compare_items, pair_items
+from posttrain.compare._compare import (
+    LOWER_IS_BETTER,
+    SCHEMA,
+    compare_family,
+    compare_items,
+    pair_items,
+)
 from posttrain.compare._document import read_compare, verdict_sentences
 from posttrain.compare._items import ItemResult
 from posttrain.compare._power import items_needed, min_detectable_effect
@@ -18,10 +24,14 @@ from posttrain.compare._sources import (
     parse_clusters,
     task_settings,
 )
+from posttrain.compare._stats import MIN_CLUSTERS, clustered_se, usable_clusters
 
 __all__ = [
+    "LOWER_IS_BETTER",
+    "MIN_CLUSTERS",
     "SCHEMA",
     "check_same_settings",
+    "clustered_se",
     "ItemResult",
     "compare_family",
     "compare_items",
@@ -35,5 +45,6 @@ __all__ = [
     "read_compare",
     "render_table",
     "task_settings",
+    "usable_clusters",
     "verdict_sentences",
 ]

@@ -14,7 +14,7 @@ from posttrain import __version__
 from posttrain._ci import mean_interval
 from posttrain._files import read_json_file
 from posttrain._versions import package_version
-from posttrain.compare._document import read_compare
+from posttrain.compare import read_compare
 from posttrain.contracts import SHIP_SCHEMA, RunLayout
 from posttrain.errors import PosttrainError
 from posttrain.store import Store, loads

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from posttrain import __version__
-from posttrain.compare._document import read_compare
+from posttrain.compare import read_compare
 from posttrain.contracts import RunLayout
 from posttrain.report import _gather
 from posttrain.report._model import display_name

@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 
 from posttrain._ci import mean_interval
 from posttrain._numbers import fmt_p
-from posttrain.compare import compare_family
-from posttrain.compare._compare import LOWER_IS_BETTER
+from posttrain.compare import LOWER_IS_BETTER, compare_family
 from posttrain.series._gather import Gathered, Member
 from posttrain.series._model import Best, Pairing, Point, Score, SeriesDoc
 

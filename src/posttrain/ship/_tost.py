@@ -24,7 +24,7 @@ import math
 import numpy as np
 from scipy import special
 
-from posttrain.compare._stats import MIN_CLUSTERS, clustered_se, usable_clusters
+from posttrain.compare import MIN_CLUSTERS, clustered_se, usable_clusters
 
 POWER = 0.8
 
