@@ -59,7 +59,7 @@ def test_a_stop_cancels_the_quantization_units_and_the_rerun_keeps_f16(tiny_spm,
 
 
 def test_no_cluster_is_started_for_a_ladder_the_converter_makes_alone():
-    from posttrain.convert._remote import quantizing_executor
+    from posttrain.convert import quantizing_executor
 
     for quants, executor in (("f16,q8_0", "ray"), ("q4_k_m", "local"), ("q4_k_m", None)):
         with quantizing_executor(quants, executor) as made:

@@ -49,8 +49,7 @@ def convert(
 ) -> None:
     """Convert CHECKPOINT to GGUF with llama.cpp's own converter and quantizer; verify every file."""
     from posttrain import paths
-    from posttrain.convert import convert_checkpoint
-    from posttrain.convert._remote import quantizing_executor
+    from posttrain.convert import convert_checkpoint, quantizing_executor
 
     log_path = paths.home() / "logs" / f"convert-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with long_command(log_path, verbose=verbose, title=f"converting {checkpoint}") as display, \

@@ -8,16 +8,27 @@ from posttrain.convert._convert import (
     convert_checkpoint,
     default_model_name,
 )
+from posttrain.convert._imatrix import DEFAULT_MAX_CHUNKS as IMATRIX_MAX_CHUNKS
+from posttrain.convert._imatrix import SUFFIX as IMATRIX_SUFFIX
 from posttrain.convert._imatrix import Imatrix, compute_imatrix, takes_imatrix
 from posttrain.convert._imatrix_variants import make_imatrix_variants
 from posttrain.convert._manifest import read_manifest
-from posttrain.convert._quant_types import canonical, parse_quant_list, quantizer_types
+from posttrain.convert._quant_types import (
+    NEEDS_IMATRIX,
+    canonical,
+    parse_quant_list,
+    quantizer_types,
+)
+from posttrain.convert._remote import quantizing_executor
 
 __all__ = [
     "MANIFEST",
     "BuiltVariant",
     "ConvertResult",
+    "IMATRIX_MAX_CHUNKS",
+    "IMATRIX_SUFFIX",
     "Imatrix",
+    "NEEDS_IMATRIX",
     "compute_imatrix",
     "make_imatrix_variants",
     "takes_imatrix",
@@ -27,5 +38,6 @@ __all__ = [
     "default_model_name",
     "parse_quant_list",
     "quantizer_types",
+    "quantizing_executor",
     "sha256_file",
 ]

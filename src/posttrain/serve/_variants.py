@@ -7,7 +7,7 @@ from pathlib import Path
 
 from posttrain._files import sha256_file
 from posttrain.contracts import Variant
-from posttrain.convert._manifest import read_manifest
+from posttrain.convert import read_manifest
 from posttrain.errors import PosttrainError
 from posttrain.serve._render_check import Tokens
 

@@ -86,10 +86,13 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
     `imatrix_text`: FILE|DIR of text for an importance matrix (llama.cpp's llama-imatrix on F16); every
     K/IQ rung then gets a second variant quantized with it, `<QUANT>-imatrix`, measured like the others.
     `imatrix_chunks`: chunks of `n_ctx` tokens it reads at most (default 100)."""
-    from posttrain.convert import convert_checkpoint, parse_quant_list
-    from posttrain.convert._imatrix import SUFFIX as IMATRIX_SUFFIX
-    from posttrain.convert._imatrix import takes_imatrix
-    from posttrain.convert._quant_types import NEEDS_IMATRIX
+    from posttrain.convert import (
+        IMATRIX_SUFFIX,
+        NEEDS_IMATRIX,
+        convert_checkpoint,
+        parse_quant_list,
+        takes_imatrix,
+    )
     from posttrain.evaluate import evaluate
 
     say = say or (lambda text: None)
@@ -202,21 +205,24 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
 def _imatrix_variants(converted, quants: list[str], source: str | Path, gguf_dir: Path, n_ctx: int,
                       max_chunks: int | None, say: Say) -> tuple[list, dict]:
     """The importance matrix of the F16 on the user's text, and `quants` made with it (cached both)."""
-    from posttrain.convert import compute_imatrix, make_imatrix_variants
-    from posttrain.convert._imatrix import DEFAULT_MAX_CHUNKS
+    from posttrain.convert import (
+        IMATRIX_MAX_CHUNKS,
+        compute_imatrix,
+        make_imatrix_variants,
+    )
     from posttrain.llamacpp import find_llama_tools
 
     say("imatrix: finding llama.cpp's llama-imatrix and llama-quantize")
     tools = find_llama_tools(say=lambda line: say(f"imatrix: {line}"))
     # Enough characters for every chunk it may read (a token is rarely more than 16 characters).
-    text, files = read_text(source, max_chars=(max_chunks or DEFAULT_MAX_CHUNKS) * n_ctx * 16)
+    text, files = read_text(source, max_chars=(max_chunks or IMATRIX_MAX_CHUNKS) * n_ctx * 16)
     f16 = converted.variant("F16")
     with tempfile.TemporaryDirectory(prefix="posttrain-imatrix-text-") as tmp:
         text_file = Path(tmp) / "text.txt"
         text_file.write_text(text, encoding="utf-8")
         say(f"imatrix: computing on {len(text):,} characters of text")
         imatrix = compute_imatrix(f16.path, text_file, gguf_dir / "imatrix", chunk=n_ctx, tools=tools,
-                                  max_chunks=max_chunks or DEFAULT_MAX_CHUNKS, f16_sha256=f16.sha256)
+                                  max_chunks=max_chunks or IMATRIX_MAX_CHUNKS, f16_sha256=f16.sha256)
     made = make_imatrix_variants(f16, quants, imatrix, gguf_dir / "imatrix", converted.model_name, tools=tools,
                                  say=lambda variant, status: say(f"{variant}: {status}"))
     return made, {**imatrix.to_json(), "text_files": files, "tools": tools.to_json()}
