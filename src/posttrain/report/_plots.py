@@ -1,39 +1,17 @@
-"""Plots for the HTML report, drawn with matplotlib and inlined as sanitised SVG.
-
-Text is written as real SVG <text> elements (svg.fonttype "none") so the page stays searchable and
-small. Every SVG is parsed and re-serialised before it is inlined: that drops comments (matplotlib
-writes each label into a comment, where a crafted task name could close it), drops anything
-scriptable, and prefixes ids so several plots can share one page.
-"""
+"""The report's own plots (paired differences, the quantization ladder, stage timings), drawn with
+`posttrain._plotting`: matplotlib inlined as sanitised SVG."""
 
 from __future__ import annotations
 
-import io
 import math
-import re
-import threading
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import matplotlib
-from matplotlib.figure import Figure
 
-SVG_NS = "http://www.w3.org/2000/svg"
-XLINK_NS = "http://www.w3.org/1999/xlink"
-ET.register_namespace("", SVG_NS)
-ET.register_namespace("xlink", XLINK_NS)
+from posttrain._plotting import BASE_RC, figure, render_svg
 
-# rc_context changes matplotlib's process-wide rcParams: the watcher daemon may report two runs at once.
-LOCK = threading.Lock()
 COLOURS = {"better": "#1a7f37", "worse": "#cf222e", "no significant difference": "#57606a"}
-_BASE_RC = {
-    "svg.fonttype": "none",
-    "font.family": "sans-serif",
-    "font.size": 9,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-}
 
 
 @dataclass(frozen=True)
@@ -53,24 +31,12 @@ class QuantBar:
     scores: dict[str, tuple[float, float | None, float | None]]  # task -> (value, ci lo, ci hi)
 
 
-def _render(fig: Figure, name: str) -> str:
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": name, **_BASE_RC}):
-        fig.savefig(buf, format="svg", bbox_inches="tight")
-    return sanitise_svg(buf.getvalue(), prefix=name)
-
-
-def _figure(width: float, height: float) -> Figure:
-    with matplotlib.rc_context(_BASE_RC):
-        return Figure(figsize=(width, height), layout="constrained")
-
-
 def forest_plot(rows: Sequence[ForestRow]) -> str | None:
     """Paired differences (new − baseline) with their 95% CIs, one row per task/metric/filter."""
     if not rows:
         return None
-    with matplotlib.rc_context(_BASE_RC):
-        fig = _figure(7.5, 0.9 + 0.45 * len(rows))
+    with matplotlib.rc_context(BASE_RC):
+        fig = figure(7.5, 0.9 + 0.45 * len(rows))
         ax = fig.add_subplot()
         ys = list(range(len(rows)))[::-1]
         for y, r in zip(ys, rows):
@@ -83,7 +49,7 @@ def forest_plot(rows: Sequence[ForestRow]) -> str | None:
         ax.set_xlabel("difference, new − baseline (95% CI)")
         ax.set_ylim(-0.7, len(rows) - 0.3)
         ax.grid(axis="x", color="#eaeef2")
-    return _render(fig, "forest")
+    return render_svg(fig, "forest")
 
 
 def quant_chart(bars: Sequence[QuantBar], tasks: Sequence[str]) -> str | None:
@@ -91,8 +57,8 @@ def quant_chart(bars: Sequence[QuantBar], tasks: Sequence[str]) -> str | None:
     if not bars:
         return None
     quants = [b.quant for b in bars]
-    with matplotlib.rc_context(_BASE_RC):
-        fig = _figure(9.5, 3.2)
+    with matplotlib.rc_context(BASE_RC):
+        fig = figure(9.5, 3.2)
         ax_score, ax_kld, ax_size = fig.subplots(1, 3)
 
         width = 0.8 / max(1, len(tasks))
@@ -124,7 +90,7 @@ def quant_chart(bars: Sequence[QuantBar], tasks: Sequence[str]) -> str | None:
         ax_size.bar_label(rects, labels=[f"{s:.1f}" for s in sizes], fontsize=7)
         ax_size.set_xticks(range(len(quants)), quants)
         ax_size.set_title("file size (MB)")
-    return _render(fig, "quant")
+    return render_svg(fig, "quant")
 
 
 def timings_chart(steps: Sequence[tuple[str, float, str]]) -> str | None:
@@ -132,8 +98,8 @@ def timings_chart(steps: Sequence[tuple[str, float, str]]) -> str | None:
     steps = [s for s in steps if s[1] is not None and math.isfinite(s[1])]
     if not steps:
         return None
-    with matplotlib.rc_context(_BASE_RC):
-        fig = _figure(7.5, 0.8 + 0.35 * len(steps))
+    with matplotlib.rc_context(BASE_RC):
+        fig = figure(7.5, 0.8 + 0.35 * len(steps))
         ax = fig.add_subplot()
         ys = list(range(len(steps)))[::-1]
         colours = ["#cf222e" if status == "failed" else "#0969da" for _, _, status in steps]
@@ -141,46 +107,4 @@ def timings_chart(steps: Sequence[tuple[str, float, str]]) -> str | None:
         ax.bar_label(rects, labels=[f"{s[1]:.1f} s" for s in steps], fontsize=7, padding=2)
         ax.set_yticks(ys, [s[0] for s in steps])
         ax.set_xlabel("wall time (s)")
-    return _render(fig, "timings")
-
-
-# ---------------------------------------------------------------------------------------------------
-
-# <metadata> is matplotlib's RDF block: a date and outside URLs, and nothing a reader needs.
-_DROPPED_TAGS = {"metadata", "script", "foreignObject", "iframe", "object", "embed", "a", "animate", "set", "image"}
-_URL_REF = re.compile(r"url\(#([^)]+)\)")
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def sanitise_svg(svg: str, prefix: str) -> str:
-    """Parse, drop comments/scriptable parts, prefix ids, and return the bare <svg> element."""
-    root = ET.fromstring(svg.encode())  # the default parser drops comments and the doctype
-    for parent in list(root.iter()):
-        for child in list(parent):
-            if _local(child.tag) in _DROPPED_TAGS:
-                parent.remove(child)
-    for el in root.iter():
-        for attr in list(el.attrib):
-            name = _local(attr)
-            value = el.attrib[attr]
-            if name.lower().startswith("on"):
-                del el.attrib[attr]
-            elif name == "id":
-                el.attrib[attr] = f"{prefix}-{value}"
-            elif name == "href":
-                if value.startswith("#"):
-                    el.attrib[attr] = f"#{prefix}-{value[1:]}"
-                else:
-                    del el.attrib[attr]
-            elif "url(#" in value:
-                el.attrib[attr] = _URL_REF.sub(lambda m: f"url(#{prefix}-{m.group(1)})", value)
-    for style in root.iter(f"{{{SVG_NS}}}style"):
-        # matplotlib's only stylesheet sets stroke-linejoin/linecap; nothing in it may load a resource.
-        if style.text and ("@import" in style.text or "url(" in style.text):
-            style.text = ""
-    root.set("role", "img")
-    root.set("class", f"plot plot-{prefix}")
-    return ET.tostring(root, encoding="unicode")
+    return render_svg(fig, "timings")

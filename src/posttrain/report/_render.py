@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +14,9 @@ from markupsafe import Markup
 
 from posttrain import __version__
 from posttrain._files import human_bytes, write_texts_atomic
+from posttrain._markdown import md_escape
 from posttrain._numbers import fmt_p
+from posttrain._plotting import LOCK as PLOT_LOCK
 from posttrain.report import _plots
 from posttrain.report._model import (
     REPORT_SCHEMA,
@@ -67,17 +68,6 @@ def fmt_secs(x: Any) -> str:
     if x is None:
         return "—"
     return f"{x:.1f} s" if x < 120 else f"{x / 60:.1f} min"
-
-
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*[]|~"} | {
-    "<": "&lt;", ">": "&gt;", "&": "&amp;", "\n": " ", "\r": " "})
-# GFM never emphasises inside a word, so Q4_K_M stays readable; only word-edge underscores are escaped.
-_MD_UNDERSCORE = re.compile(r"(?<!\w)_|_(?!\w)")
-
-
-def md_escape(text: Any) -> str:
-    """Text safe inside a Markdown table cell: no HTML, no emphasis, no links, no cell breaks."""
-    return "" if text is None else _MD_UNDERSCORE.sub(r"\_", str(text).translate(_MD_SPECIAL))
 
 
 # --- the view the templates render ----------------------------------------------------------------
@@ -229,7 +219,7 @@ def _ship_view(doc: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def render_html(view: dict[str, Any]) -> str:
-    with _plots.LOCK:
+    with PLOT_LOCK:
         plots = {
             "forest": _plots.forest_plot(view["forest_rows"]),
             "quant": _plots.quant_chart(view["quant_bars"], view["quant_tasks"]),
@@ -239,7 +229,7 @@ def render_html(view: dict[str, Any]) -> str:
         from posttrain.ship._render import plot as ship_plot
 
         plots["ship"] = ship_plot(view["ship"]["doc"])
-    # The SVGs were parsed and re-serialised by _plots.sanitise_svg; only they bypass autoescaping.
+    # The SVGs were parsed and re-serialised by posttrain._plotting.sanitise_svg; only they bypass autoescaping.
     plots = {k: (Markup(v) if v else None) for k, v in plots.items()}
     return _env(autoescape=True).get_template("report.html.j2").render(**view, plots=plots)
 

@@ -1,5 +1,5 @@
 """Score against training step, one line per task with its 95% CI bars: a sanitised inline SVG drawn
-by the report's renderer (matplotlib, text as real <text>, ids prefixed)."""
+by posttrain._plotting (matplotlib, text as real <text>, ids prefixed)."""
 
 from __future__ import annotations
 
@@ -27,14 +27,14 @@ def _positions(doc: SeriesDoc) -> tuple[list[float], list[str]]:
 def series_plot(doc: SeriesDoc) -> str | None:
     import matplotlib
 
-    from posttrain.report._plots import _BASE_RC, LOCK, _figure, _render
+    from posttrain._plotting import BASE_RC, LOCK, figure, render_svg
 
     metrics = main_metrics(doc.points)
     if not doc.points or not metrics:
         return None
     xs, ticks = _positions(doc)
-    with LOCK, matplotlib.rc_context(_BASE_RC):
-        fig = _figure(7.5, 3.4)
+    with LOCK, matplotlib.rc_context(BASE_RC):
+        fig = figure(7.5, 3.4)
         ax = fig.add_subplot()
         for task, (metric, flt) in metrics.items():
             scores = [next(s for s in p.scores if (s.task, s.metric, s.filter) == (task, metric, flt))
@@ -53,4 +53,4 @@ def series_plot(doc: SeriesDoc) -> str | None:
         ax.set_ylabel("score (95% CI)")
         ax.grid(axis="y", color="#eaeef2")
         ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
-        return _render(fig, "series")  # under the lock: rendering changes matplotlib's process-wide rcParams
+        return render_svg(fig, "series")  # under the lock: rendering changes matplotlib's process-wide rcParams

@@ -6,6 +6,7 @@ from __future__ import annotations
 import jinja2
 from markupsafe import Markup
 
+from posttrain._markdown import md_escape
 from posttrain._numbers import fmt_p
 from posttrain.series._model import SeriesDoc
 from posttrain.series._plot import series_plot
@@ -35,8 +36,6 @@ def _signed(x, proportion: bool = True) -> str:
 
 
 def _env(autoescape: bool) -> jinja2.Environment:
-    from posttrain.report._render import md_escape
-
     env = jinja2.Environment(loader=_LOADER, autoescape=autoescape, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters.update(num=_num, ci=_ci, signed=_signed, pvalue=fmt_p, md=md_escape)

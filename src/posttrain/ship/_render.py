@@ -152,10 +152,10 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
 
 def plot(doc: dict) -> str | None:
     """Size against mean KLD and against the worst Δ accuracy over tasks: the pick ringed, the Pareto
-    front joined. A sanitised inline SVG (report's renderer), or None when nothing was measured."""
+    front joined. A sanitised inline SVG (posttrain._plotting), or None when nothing was measured."""
     import matplotlib
 
-    from posttrain.report._plots import _BASE_RC, LOCK, _figure, _render
+    from posttrain._plotting import BASE_RC, LOCK, figure, render_svg
 
     verdicts = {v["quant"]: v for v in doc["verdict"]["variants"]}
     pick = doc["verdict"]["pick"]
@@ -174,8 +174,8 @@ def plot(doc: dict) -> str | None:
             acc_pts.append((v["quant"], mb, -min(t["mean"] for t in tasks.values()) * 100))  # worst loss, points
     if len(kld_pts) < 2:
         return None
-    with LOCK, matplotlib.rc_context(_BASE_RC):
-        fig = _figure(9.0, 3.4)
+    with LOCK, matplotlib.rc_context(BASE_RC):
+        fig = figure(9.0, 3.4)
         axes = fig.subplots(1, 2 if acc_pts else 1, squeeze=False)[0]
         for ax, pts, ylabel in ((axes[0], kld_pts, "mean KLD vs F16 (nats)"),
                                 *(((axes[1], acc_pts, "worst loss over tasks (points)"),) if acc_pts else ())):
@@ -193,7 +193,7 @@ def plot(doc: dict) -> str | None:
             ax.set_ylabel(ylabel)
             ax.grid(color="#eaeef2")
             ax.legend(fontsize=7, frameon=False)
-        return _render(fig, "ship")
+        return render_svg(fig, "ship")
 
 
 def render_html(doc: dict) -> str:
