@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from posttrain.ship import DEFAULT_LADDER, run_ladder, write_ship_reports
-from posttrain.ship._render import table
+from posttrain.ship import DEFAULT_LADDER, run_ladder, table, write_ship_reports
 from posttrain.store import Store
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -88,8 +88,7 @@ def _speed(tg: float, busy: bool, others: float) -> dict:
 def test_the_report_marks_busy_figures_beside_them_and_in_a_note(tmp_path):
     import numpy as np
 
-    from posttrain.ship import SCHEMA, Rung, decide, write_ship_reports
-    from posttrain.ship._render import table
+    from posttrain.ship import SCHEMA, Rung, decide, table, write_ship_reports
 
     d = np.array([-1.0] * 9 + [1.0] * 9 + [0.0] * 182)  # 200 items, 9% disagreeing, no net loss
     q = {"kld_mean": 0.0114, "kld_se": 0.00034, "kld_p99": 0.1, "same_top_pct": 92.3, "rms_dp_pct": 3.0,

@@ -66,7 +66,7 @@ def ship_cmd(
                          gguf_dir=base / "gguf" / model, verify=verify, imatrix_text=imatrix_text,
                          say=display.begin)
     files = write_ship_reports(doc, out_dir)
-    from posttrain.ship._render import table
+    from posttrain.ship import table
 
     head, rows = table(doc)
     # A terminal is narrow: size, generation speed, KLD, top-token agreement, the tasks and the verdict

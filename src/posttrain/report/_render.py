@@ -212,7 +212,7 @@ def _ship_view(doc: dict[str, Any]) -> dict[str, Any] | None:
     """The "Which quant to ship" section, rendered by the ship package from its own document."""
     if not doc:
         return None
-    from posttrain.ship._render import notes, table
+    from posttrain.ship import notes, table
 
     head, rows = table(doc)
     return {"sentence": doc["verdict"]["sentence"], "head": head, "rows": rows, "notes": notes(doc), "doc": doc}
@@ -226,7 +226,7 @@ def render_html(view: dict[str, Any]) -> str:
             "timings": _plots.timings_chart([(s["name"], s["wall_s"], s["status"]) for s in view["steps"]]),
         }
     if view["ship"]:
-        from posttrain.ship._render import plot as ship_plot
+        from posttrain.ship import plot as ship_plot
 
         plots["ship"] = ship_plot(view["ship"]["doc"])
     # The SVGs were parsed and re-serialised by posttrain._plotting.sanitise_svg; only they bypass autoescaping.

@@ -3,6 +3,7 @@
 from posttrain.ship._child import run_child
 from posttrain.ship._ladder import DEFAULT_LADDER, SCHEMA, run_ladder, write_ship_reports
 from posttrain.ship._quality import DEFAULT_N_CTX, measure_quality, summarize
+from posttrain.ship._render import notes, plot, table
 from posttrain.ship._speed import measure_speed
 from posttrain.ship._text import read_text, text_from_items
 from posttrain.ship._tost import items_needed, smallest_margin, tost, tost_power
@@ -21,10 +22,13 @@ __all__ = [
     "items_needed",
     "measure_quality",
     "measure_speed",
+    "notes",
+    "plot",
     "read_text",
     "run_child",
     "smallest_margin",
     "summarize",
+    "table",
     "text_from_items",
     "tost",
     "tost_power",
