@@ -59,10 +59,10 @@ def test_an_interrupted_step_ends_the_run_as_interrupted_and_a_rerun_resumes_it(
     store = Store(tmp_path / "db.sqlite")
     stop = threading.Event()
     spec = RunSpec("r1", "ckpt", tmp_path / "run")
-    steps = [Step("first", _write("first")),
-             Step("units", _stop_then_units if isolated else _interrupt_once, depends_on=("first",),
+    steps = [Step("first", _write("first"), dict),
+             Step("units", _stop_then_units if isolated else _interrupt_once, dict, depends_on=("first",),
                   isolated=isolated),
-             Step("last", _write("last"), depends_on=("units",))]
+             Step("last", _write("last"), dict, depends_on=("units",))]
     if isolated:
         # The parent's stop event must reach the child: the child waits for it, then raises.
         threading.Timer(1.0, stop.set).start()
@@ -70,7 +70,7 @@ def test_an_interrupted_step_ends_the_run_as_interrupted_and_a_rerun_resumes_it(
     assert result.status == "interrupted"
     assert [(s.name, s.status) for s in result.steps] == [("first", "done"), ("units", "interrupted")]
     assert {r["name"]: r["status"] for r in store.steps.of_run("r1")}["units"] == "interrupted"
-    rerun = Runner(store, [steps[0], Step("units", _write("units"), depends_on=("first",)), steps[2]]).run(spec)
+    rerun = Runner(store, [steps[0], Step("units", _write("units"), dict, depends_on=("first",)), steps[2]]).run(spec)
     assert rerun.status == "succeeded"
     assert [(s.name, s.reused) for s in rerun.steps] == [("first", True), ("units", False), ("last", False)]
 

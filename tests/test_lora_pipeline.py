@@ -100,8 +100,12 @@ def _comparison(label: str, verdict: str, diff: float) -> dict:
 def test_the_report_advises_the_smallest_merged_variant_unless_it_loses_where_the_adapter_does_not():
     from posttrain.report._adapter import adapter_section
 
-    facts = {"base": "/m/base", "peft_type": "LORA", "rank": 8, "lora_alpha": 16.0, "qlora": True, "route_note": ""}
-    routes = {"merged": "/r/merged", "adapter": {"lora": "/g/x-lora-F16.gguf"}}
+    from posttrain.contracts import AdapterFacts, AdapterRoute, AdapterRoutes
+
+    facts = AdapterFacts(base="/m/base", peft_type="LORA", rank=8, lora_alpha=16.0, qlora=True)
+    routes = AdapterRoutes(merged=Path("/r/merged"), adapter=AdapterRoute(
+        base_gguf=Path("/g/base-F16.gguf"), base_sha256="b" * 64, lora=Path("/g/x-lora-F16.gguf"),
+        lora_sha256="a" * 64, size_bytes=1))
     sizes = {"F16": 200, "Q4_K_M": 60}
     fine = [_comparison("x-F16", "better", 0.05), _comparison("x-Q4_K_M", "better", 0.04),
             _comparison("x-F16+LoRA", "better", 0.06)]

@@ -14,16 +14,25 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from platforms import posix_only
+from pydantic import ValidationError
 
 from posttrain.errors import PosttrainError, TransientError
 from posttrain.pipeline import Runner, RunSpec, Step, StepSkipped
 from posttrain.store import Store
 
 HERE = Path(__file__)
+
+
+@dataclass(frozen=True)
+class FileOut:
+    """What the file steps hand on (the pipeline's own steps hand on the records of posttrain.contracts)."""
+
+    path: Path
 
 
 # -- the steps the subprocess runs ---------------------------------------------------------------
@@ -43,7 +52,7 @@ def _file_step(name: str, chunks: int, delay: float):
 
     def run(ctx):
         _log(ctx, f"start {name}")
-        upstream = "".join((Path(o["path"]).read_text() for o in ctx.outputs.values()))
+        upstream = "".join(o.path.read_text() for o in ctx.outputs.values())
         body = f"{name}<-[{upstream}]"
         tmp = ctx.run_dir / f".{name}.partial"
         with open(tmp, "w") as f:
@@ -53,13 +62,13 @@ def _file_step(name: str, chunks: int, delay: float):
                 time.sleep(delay)
         os.replace(tmp, ctx.run_dir / f"{name}.txt")
         _log(ctx, f"end {name}")
-        return {"path": str(ctx.run_dir / f"{name}.txt")}
+        return FileOut(ctx.run_dir / f"{name}.txt")
 
     return run
 
 
-def _verify_file(outputs) -> bool:
-    return Path(outputs["path"]).is_file()
+def _verify_file(outputs: FileOut) -> bool:
+    return outputs.path.is_file()
 
 
 def _summary(ctx):
@@ -67,18 +76,18 @@ def _summary(ctx):
     _log(ctx, "start summary")
     doc = {"steps": {k: v[0] for k, v in sorted(ctx.step_status.items())},
            "errors": {k: v[1] for k, v in sorted(ctx.step_status.items()) if v[1]},
-           "texts": {k: Path(o["path"]).read_text() for k, o in sorted(ctx.outputs.items())}}
+           "texts": {k: o.path.read_text() for k, o in sorted(ctx.outputs.items())}}
     _atomic_write(ctx.run_dir / "summary.json", json.dumps(doc, sort_keys=True))
     _log(ctx, "end summary")
-    return {"path": str(ctx.run_dir / "summary.json")}
+    return FileOut(ctx.run_dir / "summary.json")
 
 
 def script_steps(delay: float) -> list[Step]:
     return [
-        Step("a", _file_step("a", 4, delay), _verify_file),
-        Step("b", _file_step("b", 8, delay), _verify_file, depends_on=("a",)),
-        Step("c", _file_step("c", 4, delay), _verify_file, depends_on=("b",)),
-        Step("summary", _summary, _verify_file, depends_on=("a", "b", "c"), always=True),
+        Step("a", _file_step("a", 4, delay), FileOut, _verify_file),
+        Step("b", _file_step("b", 8, delay), FileOut, _verify_file, depends_on=("a",)),
+        Step("c", _file_step("c", 4, delay), FileOut, _verify_file, depends_on=("b",)),
+        Step("summary", _summary, FileOut, _verify_file, depends_on=("a", "b", "c"), always=True),
     ]
 
 
@@ -220,7 +229,7 @@ def test_a_transient_failure_is_retried_with_backoff_then_succeeds(tmp_path):
             raise TransientError("server busy")
         return {"ok": True}
 
-    store, result = _run_inline(tmp_path, [Step("flaky", flaky)], max_retries=3)
+    store, result = _run_inline(tmp_path, [Step("flaky", flaky, dict)], max_retries=3)
     assert result.ok and len(calls) == 3
     assert calls[2] - calls[1] >= calls[1] - calls[0]  # exponential, not immediate
     row = store.query("SELECT status, attempts, error FROM steps")[0]
@@ -234,7 +243,7 @@ def test_transient_failures_beyond_the_retry_budget_fail_the_step(tmp_path):
         calls.append(1)
         raise ConnectionResetError("connection reset by peer")
 
-    store, result = _run_inline(tmp_path, [Step("down", down)], max_retries=2,
+    store, result = _run_inline(tmp_path, [Step("down", down, dict)], max_retries=2,
                                 transient=(TransientError, ConnectionError))
     assert len(calls) == 2 and result.status == "failed"
     assert "ConnectionResetError: connection reset by peer" in result.steps[0].error
@@ -263,9 +272,10 @@ def test_a_permanent_failure_skips_dependents_but_not_independent_steps(tmp_path
         return {"failed": sorted(k for k, v in ctx.step_status.items() if v[0] == "failed")}
 
     never = []
-    steps = [Step("convert", convert), Step("register", register, depends_on=("convert",)),
-             Step("smoke", smoke, depends_on=("register",)), Step("evaluate", evaluate, depends_on=("convert",)),
-             Step("summary", summary, depends_on=("register", "evaluate"), always=True)]
+    steps = [Step("convert", convert, dict), Step("register", register, dict, depends_on=("convert",)),
+             Step("smoke", smoke, dict, depends_on=("register",)),
+             Step("evaluate", evaluate, dict, depends_on=("convert",)),
+             Step("summary", summary, dict, depends_on=("register", "evaluate"), always=True)]
     store, result = _run_inline(tmp_path, steps)
     assert result.status == "failed" and not never
     assert made == ["convert", "evaluate", "summary"]
@@ -282,7 +292,7 @@ def test_a_step_that_skips_itself_is_not_a_failure(tmp_path):
     def register(ctx):
         raise StepSkipped("Ollama not reachable at http://127.0.0.1:9")
 
-    _, result = _run_inline(tmp_path, [Step("register", register), Step("after", lambda ctx: {})])
+    _, result = _run_inline(tmp_path, [Step("register", register, dict), Step("after", lambda ctx: {}, dict)])
     assert result.ok
     assert result.steps[0].status == "skipped"
     assert result.steps[0].error == "skipped: Ollama not reachable at http://127.0.0.1:9"
@@ -296,11 +306,11 @@ def test_outputs_that_no_longer_verify_are_recomputed_and_dependents_follow(tmp_
             runs.append(name)
             path = tmp_path / f"{name}.txt"
             path.write_text(f"{name}:{len(runs)}")
-            return {"path": str(path), "text": path.read_text()}
+            return TextOut(path, path.read_text())
         return run
 
-    steps = [Step("a", make("a"), _verify_file), Step("b", make("b"), _verify_file, depends_on=("a",)),
-             Step("c", make("c"), _verify_file)]
+    steps = [Step("a", make("a"), TextOut, _verify_file), Step("b", make("b"), TextOut, _verify_file, depends_on=("a",)),
+             Step("c", make("c"), TextOut, _verify_file)]
     _run_inline(tmp_path, steps)
     assert runs == ["a", "b", "c"]
     (tmp_path / "a.txt").unlink()
@@ -309,13 +319,60 @@ def test_outputs_that_no_longer_verify_are_recomputed_and_dependents_follow(tmp_
     assert runs == ["a", "b", "c", "a", "b"]
 
 
+@dataclass(frozen=True)
+class TextOut:
+    path: Path
+    text: str
+
+
+def test_outputs_are_handed_on_as_the_declared_type_also_when_reused(tmp_path):
+    seen = []
+
+    def first(ctx):
+        return TextOut(tmp_path / "a.txt", "a")
+
+    def second(ctx):
+        seen.append(ctx.output("first", TextOut))
+        return {}
+
+    steps = [Step("first", first, TextOut), Step("second", second, dict, depends_on=("first",))]
+    _run_inline(tmp_path, steps)
+    with Store(tmp_path / "posttrain.db").connect() as db:  # a later run of the same spec redoes "second"
+        db.execute("UPDATE steps SET status='failed' WHERE name='second'")
+    _, result = _run_inline(tmp_path, steps)
+    assert result.steps[0].reused and seen == [TextOut(tmp_path / "a.txt", "a")] * 2
+
+
+def test_a_step_that_returns_another_type_fails_and_a_stored_row_of_an_older_shape_is_recomputed(tmp_path):
+    def wrong(ctx):
+        return {"path": "x"}
+
+    _, result = _run_inline(tmp_path, [Step("wrong", wrong, TextOut)])
+    assert result.status == "failed" and result.steps[0].error == "TypeError: step wrong returned dict, not TextOut"
+
+    runs = []
+
+    def right(ctx):
+        runs.append(1)
+        return TextOut(tmp_path / "b.txt", "b")
+
+    _run_inline(tmp_path, [Step("right", right, TextOut)])
+    with Store(tmp_path / "posttrain.db").connect() as db:  # as an older posttrain wrote it
+        db.execute("""UPDATE steps SET outputs_json='{"path": "b.txt"}' WHERE name='right'""")
+    _, result = _run_inline(tmp_path, [Step("right", right, TextOut)])
+    assert runs == [1, 1] and not result.steps[0].reused
+    with pytest.raises(ValidationError):  # what the runner met in the stored row
+        from posttrain.contracts import decode_outputs
+        decode_outputs(TextOut, {"path": "b.txt"})
+
+
 def test_step_wall_time_and_peak_rss_are_recorded(tmp_path):
     def hungry(ctx):
         block = bytearray(64 * 1024 * 1024)
         time.sleep(0.3)
         return {"n": len(block)}
 
-    store, result = _run_inline(tmp_path, [Step("hungry", hungry)])
+    store, result = _run_inline(tmp_path, [Step("hungry", hungry, dict)])
     row = store.query("SELECT wall_s, peak_rss_bytes FROM steps")[0]
     assert row["wall_s"] >= 0.3
     assert row["peak_rss_bytes"] > 64 * 1024 * 1024

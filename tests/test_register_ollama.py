@@ -361,17 +361,16 @@ def test_model_output_is_shown_literally_never_as_terminal_markup(gguf_dir, stan
 
 def test_the_pipeline_registers_the_variants_its_convert_step_made(gguf_dir, standin, store, tiny_spm):
     # The register step gets convert's own record (paths, quants, sha256): nothing rediscovered.
+    from posttrain.contracts import ConvertOut
     from posttrain.convert import read_manifest
     from posttrain.pipeline import RunContext, RunSpec, Stages, load_config
 
-    manifest = json.loads((gguf_dir / "manifest.json").read_text())
-    convert = {"model_name": manifest["model_name"],
-               "variants": [v.to_json() for v in read_manifest(gguf_dir / "manifest.json").variants]}
+    manifest = read_manifest(gguf_dir / "manifest.json")
+    convert = ConvertOut(model_name=manifest.model_name, manifest=manifest.path, variants=manifest.variants)
     config = load_config(discover=False, ollama={"url": standin.url})
     spec = RunSpec("r1", str(tiny_spm), gguf_dir.parent / "run")
     ctx = RunContext(spec, store, {"convert": convert}, {}, None)
     out = Stages(config).register(ctx)
-    names = sorted(r["name"] for r in out["registrations"])
-    model = manifest["model_name"]
-    assert names == sorted(f"{model}_{q.lower()}:latest" for q in manifest["variants"])
-    assert all(r["status"] in ("created", "updated") for r in out["registrations"]), out
+    names = sorted(r.name for r in out.registrations)
+    assert names == sorted(f"{manifest.model_name}_{v.quant.lower()}:latest" for v in manifest.variants)
+    assert all(r.status in ("created", "updated") for r in out.registrations), out

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from test_report_store import MODEL, RUN_ID, _manifest, populate
 
-from posttrain.contracts import RunLayout
+from posttrain.contracts import ConvertOut, ReportOut, RunLayout, Variant, encode_outputs
 from posttrain.pipeline import Config, RunContext, Runner, RunSpec, Stages
 from posttrain.report import report_from_store
 from posttrain.store import dumps
@@ -56,7 +56,11 @@ def finished_run(home: Path, *, with_gguf_files: bool = False):
     with store.connect() as db:
         db.execute("UPDATE runs SET config_json=? WHERE id=?", (dumps({**SETTINGS, "checkpoint": "/x"}), RUN_ID))
         db.execute("UPDATE steps SET outputs_json=? WHERE run_id=? AND name='convert'",
-                   (dumps({"model_name": MODEL, "manifest": str(manifest_path), "variants": variants}), RUN_ID))
+                   (dumps(encode_outputs(ConvertOut(
+                       model_name=MODEL, manifest=manifest_path,
+                       variants=tuple(Variant(path=Path(v["path"]), quant=v["quant"], sha256=v["sha256"],
+                                              model_name=MODEL, size_bytes=v["size_bytes"]) for v in variants)))),
+                    RUN_ID))
     report_from_store(store, RUN_ID, outcome="succeeded")
     return store, run_dir
 
@@ -100,7 +104,9 @@ def track_step(store, run_dir: Path, home: Path, *, failed: str | None = None, *
     run = dict(store.query("SELECT * FROM runs WHERE id=?", (RUN_ID,))[0])
     spec = RunSpec(run_id=RUN_ID, checkpoint=run["checkpoint"], run_dir=run_dir)
     status = {"report": ("done", None)} | ({failed: ("failed", "it broke")} if failed else {})
-    ctx = RunContext(spec, store, {"report": {}}, status, threading.Event())
+    ctx = RunContext(spec, store, {"report": ReportOut(html=RunLayout(run_dir).report_html, md=RunLayout(run_dir).report_md,
+                                                        json=RunLayout(run_dir).report_json)},
+                     status, threading.Event())
     return step, step.run(ctx)
 
 
@@ -116,10 +122,10 @@ def test_mlflow_local_store_holds_params_metrics_tags_and_artifacts(finished, tm
     report = json.loads(RunLayout(run_dir).report_json.read_text())
     step, out = track_step(store, run_dir, home, track=["mlflow"])
 
-    [outcome] = out["trackers"]
-    assert outcome["ok"], outcome
+    [outcome] = out.trackers
+    assert outcome.ok, outcome
     client, [run] = mlflow_runs(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
-    assert outcome["run"] == run.info.run_id and run.info.status == "FINISHED"
+    assert outcome.run == run.info.run_id and run.info.status == "FINISHED"
 
     params = run.data.params
     assert params["checkpoint_sha256"] == "e" * 64 and params["baseline"] == "/models/smollm2-base"
@@ -184,7 +190,7 @@ def test_nested_under_the_training_run_and_a_rerun_updates_the_same_run(finished
     with store.connect() as db:
         db.execute("UPDATE runs SET checkpoint=? WHERE id=?", (str(ck.final), RUN_ID))
     _, out = track_step(store, run_dir, home, track=["mlflow"])
-    assert out["trackers"][0]["ok"], out
+    assert out.trackers[0].ok, out
     _, runs = mlflow_runs(team_store, training.info.experiment_id)
     [child] = [r for r in runs if r.info.run_id != training.info.run_id]
     assert child.data.tags["mlflow.parentRunId"] == training.info.run_id
@@ -195,10 +201,10 @@ def test_nested_under_the_training_run_and_a_rerun_updates_the_same_run(finished
     monkeypatch.setenv("MLFLOW_TRACKING_URI", team_store)
     monkeypatch.setenv("MLFLOW_RUN_ID", training.info.run_id)
     _, again = track_step(store, run_dir, home, failed="evaluate", track=["mlflow"], track_artifacts=["gguf"])
-    assert again["trackers"][0]["ok"] and "updated run" in again["trackers"][0]["note"], again
+    assert again.trackers[0].ok and "updated run" in again.trackers[0].note, again
     client, runs = mlflow_runs(team_store, training.info.experiment_id)
     [updated] = [r for r in runs if r.info.run_id != training.info.run_id]
-    assert updated.info.run_id == child.info.run_id == again["trackers"][0]["run"]
+    assert updated.info.run_id == child.info.run_id == again.trackers[0].run
     assert updated.data.tags["mlflow.parentRunId"] == training.info.run_id
     assert updated.data.tags["posttrain.status"] == "failed" and updated.info.status == "FAILED"
     gguf = sorted(a.path for a in client.list_artifacts(updated.info.run_id, "gguf"))
@@ -236,14 +242,14 @@ def test_wandb_offline_run_holds_the_same_record(finished):
     store, run_dir, home = finished
     report = json.loads(RunLayout(run_dir).report_json.read_text())
     _, out = track_step(store, run_dir, home, track=["wandb"])
-    [outcome] = out["trackers"]
-    assert outcome["ok"], outcome
+    [outcome] = out.trackers
+    assert outcome.ok, outcome
     [run_file] = (home / "wandb" / "wandb").glob("offline-run-*/run-*.wandb")
-    assert str(run_file.parent) == outcome["where"]
+    assert str(run_file.parent) == outcome.where
 
     records = _wandb_records(run_file)
     [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-    assert run.run_id == wandb_run_id(RUN_ID) == outcome["run"] and run.display_name == RUN_ID
+    assert run.run_id == wandb_run_id(RUN_ID) == outcome.run and run.display_name == RUN_ID
     config = {i.key: json.loads(i.value_json) for i in run.config.update}
     assert config["checkpoint_sha256"] == "e" * 64 and config["quants"] == "f16,q8_0,q4_k_m"
     summary = {i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "summary"

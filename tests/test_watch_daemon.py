@@ -47,8 +47,8 @@ def _main(home: str, watched: str, delay: float, once: bool) -> int:
                 if event == "running":
                     watcher.note_stage(path, run_id, step)
 
-            runner = Runner(watcher.store, [Step("first", slow_step("first")),
-                                            Step("second", slow_step("second"), depends_on=("first",))],
+            runner = Runner(watcher.store, [Step("first", slow_step("first"), dict),
+                                            Step("second", slow_step("second"), dict, depends_on=("first",))],
                             stop_event=stop, on_event=on_event)
             result = runner.run(RunSpec(f"run-{sha[:8]}", str(path), Path(home) / "runs" / f"run-{sha[:8]}"))
             return {"status": result.status, "run_id": result.run_id}

@@ -7,10 +7,11 @@ evaluated against the base, which is the default baseline: "did my fine-tune hel
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from posttrain.checkpoint import AdapterVerdict, Verdict, inspect_adapter
+from posttrain.contracts import AdapterFacts, AdapterRoute, AdapterRoutes
 
 # The label suffixes of the adapter route's evaluations: base F16 + GGUF LoRA, and for a QLoRA the
 # base quantized to 4 bits + the same LoRA (near the 4-bit base the adapter was trained against).
@@ -18,48 +19,38 @@ ADAPTER_ROUTE = "F16+LoRA"
 QLORA_ROUTE = "Q4_K_M+LoRA"
 
 
-def adapter_facts(verdict: Verdict) -> dict[str, Any] | None:
+def adapter_facts(verdict: Verdict) -> AdapterFacts | None:
     """The detect step's record of an adapter (None for full weights): the base, the routes, QLoRA."""
     if not isinstance(verdict, AdapterVerdict):
         return None
-    return {"base": str(verdict.base), "base_ref": verdict.base_ref, "peft_type": verdict.peft_type,
-            "rank": verdict.rank, "lora_alpha": verdict.lora_alpha, "target_modules": verdict.target_modules,
-            "qlora": verdict.qlora, "routes": list(verdict.routes), "route_note": verdict.route_note}
+    return AdapterFacts(base=str(verdict.base), base_ref=verdict.base_ref, peft_type=verdict.peft_type,
+                        rank=verdict.rank, lora_alpha=verdict.lora_alpha,
+                        target_modules=tuple(verdict.target_modules), qlora=verdict.qlora,
+                        routes=tuple(verdict.routes), route_note=verdict.route_note)
 
 
 def default_baseline(verdict: Verdict, baseline: str | None) -> str | None:
     """The baseline a run compares with: the one given, else an adapter's base model."""
     facts = adapter_facts(verdict)
-    return baseline or (facts["base"] if facts else None)
-
-
-def routes_intact(convert_outputs: dict[str, Any]) -> bool:
-    """The adapter route's files are still there (a resumed run reuses the convert step only then)."""
-    lora = (convert_outputs.get("routes") or {}).get("adapter")
-    if not lora:
-        return True
-    files = [Path(lora["base_gguf"]), Path(lora["lora"])] + ([Path(lora["base_4bit_gguf"])]
-                                                             if lora.get("base_4bit_gguf") else [])
-    return all(f.is_file() for f in files) and Path(lora["lora"]).stat().st_size == lora["size_bytes"]
+    return baseline or (facts.base if facts else None)
 
 
 def build_routes(checkpoint: str | Path, base: Path | None, adapter_sha256: str, run_dir: Path,
-                 gguf_dir: Path, model_name: str, base_gguf: Any) -> dict[str, Any]:
+                 gguf_dir: Path, model_name: str,
+                 base_gguf: Callable[[list[str]], dict[str, Path]]) -> AdapterRoutes:
     """Merge the adapter (into `run_dir/merged`) and, when llama.cpp can write it, its GGUF LoRA beside
     the base's GGUF (`base_gguf(quants)` converts the base, reused by content like the baseline's, and
-    returns {quant: path}; F16, plus Q4_K_M for a QLoRA).
-    Returns {"merged": dir, "adapter": {...} or None, "adapter_note": why not}."""
+    returns {quant: path}; F16, plus Q4_K_M for a QLoRA)."""
     from posttrain._files import sha256_file
     from posttrain.lora import convert_adapter, merge_adapter
 
     verdict = inspect_adapter(checkpoint, base=base)
     merged = merge_adapter(verdict, Path(run_dir) / "merged", adapter_sha256=adapter_sha256)
-    out: dict[str, Any] = {"merged": str(merged), "adapter": None, "adapter_note": verdict.route_note}
-    if "adapter" in verdict.routes:
-        bases = base_gguf(["f16", "q4_k_m"] if verdict.qlora else ["f16"])
-        lora = convert_adapter(verdict, Path(gguf_dir) / f"{model_name}-lora-F16.gguf", adapter_sha256=adapter_sha256)
-        out["adapter"] = {"base_gguf": str(bases["F16"]), "base_sha256": sha256_file(bases["F16"]),
-                          "lora": str(lora), "lora_sha256": sha256_file(lora),
-                          "size_bytes": lora.stat().st_size,
-                          "base_4bit_gguf": str(bases["Q4_K_M"]) if "Q4_K_M" in bases else None}
-    return out
+    if "adapter" not in verdict.routes:
+        return AdapterRoutes(merged=Path(merged), adapter_note=verdict.route_note)
+    bases = base_gguf(["f16", "q4_k_m"] if verdict.qlora else ["f16"])
+    lora = convert_adapter(verdict, Path(gguf_dir) / f"{model_name}-lora-F16.gguf", adapter_sha256=adapter_sha256)
+    route = AdapterRoute(base_gguf=Path(bases["F16"]), base_sha256=sha256_file(bases["F16"]), lora=Path(lora),
+                         lora_sha256=sha256_file(lora), size_bytes=Path(lora).stat().st_size,
+                         base_4bit_gguf=Path(bases["Q4_K_M"]) if "Q4_K_M" in bases else None)
+    return AdapterRoutes(merged=Path(merged), adapter=route, adapter_note=verdict.route_note)

@@ -50,7 +50,7 @@ class StepJob:
     run: Callable[[Any], dict[str, Any]]
     spec: Any  # RunSpec
     store_path: Path
-    outputs: dict[str, dict[str, Any]]
+    outputs: dict[str, Any]  # the dependencies' outputs, typed (they pickle)
     step_status: dict[str, tuple[str, str | None]]
     transient: tuple[type[BaseException], ...]
     attempt: int

@@ -1,8 +1,9 @@
 """A small step runner whose state lives in the store, so any crash resumes where it stopped.
 
-It knows nothing about conversion or evaluation: a step is a name, a function from a context to a
-JSON-able dict of outputs, a check that those outputs are still there and sound, and the steps it
-needs. A step is reused when it finished before, its outputs still verify, and the outputs of the
+It knows nothing about conversion or evaluation: a step is a name, a function from a context to its
+outputs (a typed record, `posttrain.contracts` for the pipeline's steps), a check that those outputs
+are still there and sound, and the steps it needs. The runner stores outputs as JSON and hands them
+to the steps after as the same type again. A step is reused when it finished before, its outputs still verify, and the outputs of the
 steps it depends on are the ones it was computed from; otherwise it runs (again). A step found
 'running' is one whose process died (kill -9, power loss): the per-run lock says nobody holds it, so
 it simply runs again. A step cut short by a stop request (it raised `posttrain.errors.Interrupted`) is
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import (
     Retrying,
@@ -30,15 +31,15 @@ from tenacity import (
 )
 
 from posttrain._locks import FileLock
-from posttrain.contracts import RunLayout
-from posttrain.errors import Interrupted, PosttrainError, TransientError
-from posttrain.pipeline._isolation import ChildOutcome, NativeCrash, StepJob, run_in_child
+from posttrain.contracts import RunLayout, decode_outputs, encode_outputs
+from posttrain.errors import Interrupted, NativeCrash, PosttrainError, TransientError
+from posttrain.pipeline._isolation import ChildOutcome, StepJob, run_in_child
 from posttrain.pipeline._resources import ResourceSampler
 from posttrain.store import Store, dumps, utcnow
 
 log = logging.getLogger("posttrain.pipeline")
 
-Outputs = dict[str, Any]
+T = TypeVar("T")
 
 DONE, FAILED, SKIPPED, RUNNING, PENDING = "done", "failed", "skipped", "running", "pending"
 INTERRUPTED = "interrupted"
@@ -54,7 +55,7 @@ class StepSkipped(Exception):
         self.reason = reason
 
 
-def _always_valid(outputs: Outputs) -> bool:
+def _always_valid(outputs: Any) -> bool:
     return True
 
 
@@ -68,11 +69,15 @@ class Step:
     `isolated` steps load native code (llama.cpp, torch): the runner runs them in a child process
     (`_isolation`), so a crash there fails the step instead of killing the runner. Their `run` must
     then pickle (a module-level function or a bound method of a picklable object).
+
+    `output` is the type `run` returns (a dataclass, or any type pydantic can write as JSON and read
+    back): what the store keeps and what the steps after it are handed.
     """
 
     name: str
-    run: Callable[[RunContext], Outputs]
-    verify: Callable[[Outputs], bool] = _always_valid
+    run: Callable[[RunContext], Any]
+    output: type
+    verify: Callable[[Any], bool] = _always_valid
     depends_on: tuple[str, ...] = ()
     always: bool = False
     isolated: bool = False
@@ -99,9 +104,23 @@ class RunContext:
 
     spec: RunSpec
     store: Store
-    outputs: dict[str, Outputs]
+    outputs: dict[str, Any]  # dependency name → its outputs, of that step's `output` type
     step_status: dict[str, tuple[str, str | None]]
     stop_requested: threading.Event
+
+    def output(self, step: str, kind: type[T]) -> T:
+        """The outputs of dependency `step`, which must have finished (else use `output_if_done`)."""
+        found = self.output_if_done(step, kind)
+        if found is None:
+            raise KeyError(f"step {step} has no outputs here (not a dependency, or it did not finish)")
+        return found
+
+    def output_if_done(self, step: str, kind: type[T]) -> T | None:
+        """The outputs of dependency `step`, or None when it did not finish (an `always` step's view)."""
+        found = self.outputs.get(step)
+        if found is not None and not isinstance(found, kind):
+            raise TypeError(f"step {step}'s outputs are {type(found).__name__}, not {kind.__name__}")
+        return found
 
     @property
     def run_id(self) -> str:
@@ -132,7 +151,7 @@ class StepResult:
     wall_s: float | None = None
     peak_rss_bytes: int | None = None
     gpu_mem_bytes: int | None = None
-    outputs: Outputs = field(default_factory=dict)
+    outputs: Any = None  # of the step's `output` type when done
 
 
 @dataclass
@@ -174,9 +193,10 @@ def run_is_live(run_dir: str | Path | None) -> bool:
     return run_dir is not None and FileLock.held(RunLayout(Path(run_dir)).lock)
 
 
-def _inputs_sha256(step: Step, outputs: dict[str, Outputs], status: dict[str, tuple[str, str | None]]) -> str:
+def _inputs_sha256(step: Step, outputs: dict[str, Any], status: dict[str, tuple[str, str | None]]) -> str:
     # Status and error count too: a report must be redone when a dependency now fails for another reason.
-    basis = {dep: {"status": status.get(dep, (PENDING, None)), "outputs": outputs.get(dep)}
+    basis = {dep: {"status": status.get(dep, (PENDING, None)),
+                   "outputs": encode_outputs(outputs[dep]) if dep in outputs else None}
              for dep in step.depends_on}
     return hashlib.sha256(dumps(basis).encode()).hexdigest()
 
@@ -254,7 +274,7 @@ class Runner:
 
     def _run_steps(self, spec: RunSpec) -> list[StepResult]:
         recorded = self._recorded(spec.run_id)
-        outputs: dict[str, Outputs] = {}
+        outputs: dict[str, Any] = {}
         status: dict[str, tuple[str, str | None]] = {}
         results: list[StepResult] = []
         for step in self.steps:
@@ -280,7 +300,7 @@ class Runner:
                 return f"{dep} skipped"
         return None
 
-    def _one(self, spec: RunSpec, step: Step, row: Any, outputs: dict[str, Outputs],
+    def _one(self, spec: RunSpec, step: Step, row: Any, outputs: dict[str, Any],
              status: dict[str, tuple[str, str | None]]) -> StepResult:
         blocked = self._blocked_by(step, status)
         if blocked and not step.always:
@@ -309,7 +329,7 @@ class Runner:
         attempts = crashes = 0
         usage: list[ChildOutcome] = []
 
-        def attempt() -> Outputs:
+        def attempt() -> Any:
             nonlocal attempts, crashes
             attempts += 1
             self._mark(spec.run_id, step.name, attempts=attempts)
@@ -327,8 +347,8 @@ class Runner:
                 log.warning("run %s: step %s attempt %d/%d: transient failure: %s", spec.run_id, step.name,
                             attempts, self.max_attempts, _describe(e))
                 raise
-            if not isinstance(out, dict):
-                raise TypeError(f"step {step.name} returned {type(out).__name__}, not a dict of outputs")
+            if not isinstance(out, step.output):
+                raise TypeError(f"step {step.name} returned {type(out).__name__}, not {step.output.__name__}")
             return out
 
         def retry_wanted(e: BaseException) -> bool:
@@ -348,16 +368,17 @@ class Runner:
                     retry=retry_if_exception(retry_wanted),
                     reraise=True,
                 )(attempt)
-                out = json.loads(dumps(out))  # what the store will hold is what later steps see
+                # What the store will hold is what later steps see, also when the step ran in this process.
+                out = decode_outputs(step.output, encode_outputs(out))
                 if not step.verify(out):
                     raise PosttrainError(f"step {step.name} finished but its outputs do not verify: {out}")
                 final, error = DONE, None
             except StepSkipped as e:
-                out, final, error = {}, SKIPPED, f"skipped: {e.reason}"
+                out, final, error = None, SKIPPED, f"skipped: {e.reason}"
             except Interrupted as e:  # a stop request cut it short: rerun, not a failure
-                out, final, error = {}, INTERRUPTED, e.one_line()
+                out, final, error = None, INTERRUPTED, e.one_line()
             except Exception as e:
-                out, final, error = {}, FAILED, _describe(e)
+                out, final, error = None, FAILED, _describe(e)
                 if not isinstance(e, PosttrainError):
                     log.exception("run %s: step %s crashed", spec.run_id, step.name)
         peak_rss = max((u.peak_rss_bytes for u in usage), default=0) if isolated else sampler.peak
@@ -365,7 +386,7 @@ class Runner:
         wall = time.monotonic() - t0
         self._mark(spec.run_id, step.name, status=final, finished_at=utcnow(), wall_s=wall,
                    peak_rss_bytes=peak_rss, gpu_mem_bytes=gpu_mem, error=error,
-                   outputs_json=dumps(out) if final == DONE else None,
+                   outputs_json=dumps(encode_outputs(out)) if final == DONE else None,
                    inputs_sha256=inputs if final == DONE else None)
         level = logging.INFO if final != FAILED else logging.ERROR
         log.log(level, "run %s: step %s %s in %.1f s%s", spec.run_id, step.name, final, wall,
@@ -375,14 +396,14 @@ class Runner:
                           peak_rss_bytes=peak_rss, gpu_mem_bytes=gpu_mem, outputs=out)
 
     def _attempt_in_child(self, spec: RunSpec, step: Step, ctx: RunContext, attempt: int,
-                          usage: list[ChildOutcome]) -> Outputs:
+                          usage: list[ChildOutcome]) -> Any:
         job = StepJob(step.name, step.run, spec, self.store.path, ctx.outputs, ctx.step_status, self.transient,
                       attempt)
         outcome = run_in_child(job, spec.run_dir, self.stop_event)
         usage.append(outcome)
         result = outcome.result
         if result.get("ok"):
-            return result["outputs"]
+            return decode_outputs(step.output, result["outputs"])
         if result.get("skipped"):
             raise StepSkipped(result["message"])
         if result.get("interrupted"):
@@ -391,14 +412,14 @@ class Runner:
         raise error(result["message"], remedy=result.get("remedy"))
 
     @staticmethod
-    def _reusable(step: Step, row: Any, inputs: str) -> Outputs | None:
+    def _reusable(step: Step, row: Any, inputs: str) -> Any | None:
         if row is None or row["status"] != DONE or row["outputs_json"] is None:
             return None
         if row["inputs_sha256"] != inputs:
             return None
         try:
-            out = json.loads(row["outputs_json"])
+            out = decode_outputs(step.output, json.loads(row["outputs_json"]))
             return out if step.verify(out) else None
-        except Exception:  # outputs that cannot even be checked are outputs to recompute
+        except Exception:  # outputs that cannot even be read or checked (an older shape) are recomputed
             log.exception("verifying recorded outputs of %s failed; running it again", step.name)
             return None

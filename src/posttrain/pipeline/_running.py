@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from posttrain.contracts import DocumentOut, ShipOut
 from posttrain.errors import PosttrainError
 from posttrain.pipeline._config import Config
 from posttrain.pipeline._runner import DONE, Runner, RunResult
@@ -110,8 +111,7 @@ def outcome_sentences(result: RunResult) -> list[str]:
     document left by an earlier attempt never speaks for this one."""
     from posttrain.compare import verdict_sentences
 
-    done = {s.name: s.outputs or {} for s in result.steps if s.status == DONE}
-    compare = done.get("compare", {}).get("path")
-    lines = verdict_sentences(Path(compare)) if compare else []
-    ship = done.get("ship", {}).get("sentence")
-    return [*lines, ship] if ship else lines
+    done = {s.name: s.outputs for s in result.steps if s.status == DONE}
+    compare, ship = done.get("compare"), done.get("ship")
+    lines = verdict_sentences(compare.path) if isinstance(compare, DocumentOut) else []
+    return [*lines, ship.sentence] if isinstance(ship, ShipOut) else lines

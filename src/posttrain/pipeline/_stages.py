@@ -3,8 +3,8 @@
 detect → convert → register (Ollama, if reachable) → baseline → evaluate (each variant) →
 evaluate_baseline → compare (all variants vs the baseline, one Holm family) → report → track
 (experiment trackers, when configured) → notify.
-Each adapter returns a small JSON dict (paths and hashes) and a check that those outputs still
-exist, so a resumed run reuses what is there and redoes what is not. The heavy stages cache by
+Each adapter returns its step's typed outputs (`posttrain.contracts`: paths, hashes, store ids) and a
+check that those outputs still exist, so a resumed run reuses what is there and redoes what is not. The heavy stages cache by
 content themselves (convert's manifest, evaluate's result cache), so a step cut short by a crash
 loses little when it runs again.
 """
@@ -14,12 +14,28 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from posttrain._files import sha256_file, write_json_atomic
 from posttrain.checkpoint import checkpoint_sha256, inspect_checkpoint
-from posttrain.contracts import RunLayout, Variant
+from posttrain.contracts import (
+    BaselineOut,
+    ConvertOut,
+    DetectOut,
+    DocumentOut,
+    EvalOut,
+    NotifyOut,
+    NotifyOutcome,
+    RegisterOut,
+    Registration,
+    ReportOut,
+    RunLayout,
+    ShipOut,
+    TrackerOutcome,
+    TrackOut,
+    Variant,
+    decode_outputs,
+)
 from posttrain.errors import CheckpointIncomplete, PosttrainError
 from posttrain.pipeline._adapter_route import (
     ADAPTER_ROUTE,
@@ -27,12 +43,10 @@ from posttrain.pipeline._adapter_route import (
     adapter_facts,
     build_routes,
     default_baseline,
-    routes_intact,
 )
 from posttrain.pipeline._baseline import Baseline
 from posttrain.pipeline._config import Config
 from posttrain.pipeline._runner import (
-    Outputs,
     RunContext,
     RunSpec,
     Step,
@@ -101,18 +115,6 @@ def _check_task_names(config: Config) -> None:
         check_task_names(unknown)
 
 
-# -- small helpers -------------------------------------------------------------------------------
-def _files_exist(*keys: str) -> Callable[[Outputs], bool]:
-    def verify(out: Outputs) -> bool:
-        return all(Path(out[k]).is_file() for k in keys)
-    return verify
-
-
-def _variants_intact(out: Outputs) -> bool:
-    return bool(out.get("variants")) and all(
-        Path(v["path"]).is_file() and Path(v["path"]).stat().st_size == v["size_bytes"] for v in out["variants"])
-
-
 # -- the stages ----------------------------------------------------------------------------------
 class Stages:
     """Builds the step list for one configuration."""
@@ -122,29 +124,29 @@ class Stages:
 
     def steps(self) -> list[Step]:
         return [
-            Step("detect", self.detect, lambda o: Path(o["checkpoint"]).is_dir()),
+            Step("detect", self.detect, DetectOut, lambda o: o.checkpoint.is_dir()),
             # The steps that load llama.cpp or torch run in a child process (isolated): a native crash
             # then fails the step, and the watcher lives on.
-            Step("convert", self.convert, lambda o: _variants_intact(o) and routes_intact(o), depends_on=("detect",),
-                 isolated=True),
-            Step("register", self.register, depends_on=("convert",)),
-            Step("baseline", self.baseline, self._baseline_ok, isolated=True),
-            Step("evaluate", self.evaluate, depends_on=("convert",), isolated=True),
-            Step("evaluate_baseline", self.evaluate_baseline, depends_on=("baseline",), isolated=True),
-            Step("compare", self.compare, self._compare_ok, depends_on=("evaluate", "evaluate_baseline")),
+            Step("convert", self.convert, ConvertOut, ConvertOut.intact, depends_on=("detect",), isolated=True),
+            Step("register", self.register, RegisterOut, depends_on=("convert",)),
+            Step("baseline", self.baseline, BaselineOut, self._baseline_ok, isolated=True),
+            Step("evaluate", self.evaluate, EvalOut, depends_on=("convert",), isolated=True),
+            Step("evaluate_baseline", self.evaluate_baseline, EvalOut, depends_on=("baseline",), isolated=True),
+            Step("compare", self.compare, DocumentOut, self._document_ok, depends_on=("evaluate", "evaluate_baseline")),
             # Only with `ship = true`: a run without the ladder neither shows nor starts it.
-            *([Step("ship", self.ship, _files_exist("path"), depends_on=("convert", "evaluate"), isolated=True)]
+            *([Step("ship", self.ship, ShipOut, lambda o: o.path.is_file(), depends_on=("convert", "evaluate"),
+                    isolated=True)]
               if self.config.ship else []),
-            Step("report", self.report, _files_exist("html", "md", "json"),
+            Step("report", self.report, ReportOut, ReportOut.intact,
                  depends_on=("detect", "convert", "register", "evaluate", "evaluate_baseline", "compare"),
                  always=True),
-            Step("track", self.track, self._track_ok, depends_on=("report",), always=True),
-            Step("notify", self.notify, depends_on=("report", "track"), always=True),
+            Step("track", self.track, TrackOut, self._track_ok, depends_on=("report",), always=True),
+            Step("notify", self.notify, NotifyOut, depends_on=("report", "track"), always=True),
         ]
 
     # detect: the checkpoint must still be the one the run is named after (same files, sizes and times
     # as when the run was planned and hashed: no second read of the weights).
-    def detect(self, ctx: RunContext) -> Outputs:
+    def detect(self, ctx: RunContext) -> DetectOut:
         spec = ctx.spec
         verdict = inspect_checkpoint(spec.checkpoint, settle_seconds=0, allow_pickle=self.config.allow_pickle,
                                      base=self.config.base)
@@ -155,22 +157,22 @@ class Stages:
                 [list(entry) for entry in verdict.content_signature()] != spec.checkpoint_signature:
             raise PosttrainError(f"{spec.checkpoint} changed since run {spec.run_id} began",
                                  remedy="run the command again: the new content gets its own run")
-        return {"checkpoint": spec.checkpoint, "sha256": sha, "architecture": verdict.architecture,
-                "model_type": verdict.model_type, "total_bytes": verdict.total_bytes,
-                "model_name": spec.model_name, "adapter": adapter_facts(verdict)}
+        return DetectOut(checkpoint=Path(spec.checkpoint), sha256=sha, architecture=verdict.architecture,
+                         model_type=verdict.model_type, total_bytes=verdict.total_bytes,
+                         model_name=spec.model_name, adapter=adapter_facts(verdict))
 
-    def convert(self, ctx: RunContext) -> Outputs:
+    def convert(self, ctx: RunContext) -> ConvertOut:
         from posttrain.convert import convert_checkpoint
         from posttrain.convert._remote import quantizing_executor
 
         name = ctx.spec.model_name or "model"
+        detect = ctx.output("detect", DetectOut)
         checkpoint, routes = ctx.spec.checkpoint, None
-        if ctx.outputs["detect"].get("adapter"):  # a LoRA: merged here, its GGUF adapter beside the base
-            routes = build_routes(checkpoint, self.config.base, ctx.outputs["detect"]["sha256"], ctx.run_dir,
-                                  self.config.gguf_dir(name), name,
-                                  lambda quants: self._base_gguf(Path(ctx.outputs["detect"]["adapter"]["base"]),
-                                                                 quants))
-            checkpoint = routes["merged"]
+        if detect.adapter:  # a LoRA: merged here, its GGUF adapter beside the base
+            base = Path(detect.adapter.base)
+            routes = build_routes(checkpoint, self.config.base, detect.sha256, ctx.run_dir, self.config.gguf_dir(name),
+                                  name, lambda quants: self._base_gguf(base, quants))
+            checkpoint = routes.merged
         c = self.config
         # The quantizer's variants as units on the executor (docs/executors.md), cancelled by a stop request.
         with quantizing_executor(c.quants, c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir,
@@ -178,16 +180,15 @@ class Stages:
             result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), self.config.quants,
                                         model_name=name, allow_pickle=self.config.allow_pickle,
                                         n_gpu_layers=self.config.n_gpu_layers,
-                                        checkpoint_sha256=ctx.outputs["detect"]["sha256"], executor=executor)
-        variants = [v.to_json() for v in result.handover()]
+                                        checkpoint_sha256=detect.sha256, executor=executor)
         manifest = json.loads(Path(result.manifest_path).read_text())
         toolchain = result.toolchain.get("llama_cpp_python")
         for v in result.variants:
             ctx.store.variants.put(sha256=v.sha256, path=str(v.path), quant=v.quant, model_name=result.model_name,
                                    checkpoint_sha256=result.checkpoint_sha256, size_bytes=v.size_bytes,
                                    toolchain=toolchain and f"llama-cpp-python {toolchain}", manifest=manifest)
-        return {"model_name": result.model_name, "manifest": str(result.manifest_path), "variants": variants,
-                "routes": routes}
+        return ConvertOut(model_name=result.model_name, manifest=Path(result.manifest_path),
+                          variants=tuple(result.handover()), routes=routes)
 
     def _base_gguf(self, path: Path, quants: list[str]) -> dict[str, Path]:
         from posttrain.convert import convert_checkpoint, default_model_name
@@ -197,38 +198,38 @@ class Stages:
                                     allow_pickle=self.config.allow_pickle, n_gpu_layers=self.config.n_gpu_layers)
         return {v.quant: v.path for v in result.variants}
 
-    def register(self, ctx: RunContext) -> Outputs:
+    def register(self, ctx: RunContext) -> RegisterOut:
         from posttrain.serve import register_variants
 
         o = self.config.ollama
         # convert's own record of what it made and verified: nothing is rediscovered or hashed again.
-        convert = ctx.outputs["convert"]
-        variants = [Variant.from_json(v) for v in convert["variants"]]
-        lora = (convert.get("routes") or {}).get("adapter")
+        convert = ctx.output("convert", ConvertOut)
+        variants = list(convert.variants)
+        lora = convert.adapter
         if lora:  # the base's F16 GGUF with the adapter on top: Ollama's ADAPTER
-            variants.append(Variant(path=Path(lora["base_gguf"]), quant=ADAPTER_ROUTE.replace("+", "-"),
-                                    sha256=lora["base_sha256"], model_name=convert["model_name"],
-                                    checkpoint=Path(ctx.spec.checkpoint), adapter=Path(lora["lora"]),
-                                    adapter_sha256=lora["lora_sha256"]))
+            variants.append(Variant(path=lora.base_gguf, quant=ADAPTER_ROUTE.replace("+", "-"),
+                                    sha256=lora.base_sha256, model_name=convert.model_name,
+                                    checkpoint=Path(ctx.spec.checkpoint), adapter=lora.lora,
+                                    adapter_sha256=lora.lora_sha256))
         regs = register_variants(variants, url=o.url, params={"temperature": o.temperature, "top_p": o.top_p,
                                                            "num_ctx": o.num_ctx},
                                  store=ctx.store, checkpoint=Path(ctx.spec.checkpoint))
         if regs and all(r.status.startswith("skipped") for r in regs):
             raise StepSkipped(regs[0].status.removeprefix("skipped: "))
-        return {"registrations": [{"name": r.name, "quant": r.quant, "status": r.status,
-                                   "template": r.template_family, "warnings": r.warnings} for r in regs]}
+        return RegisterOut(tuple(Registration(name=r.name, quant=r.quant, status=r.status, template=r.template_family,
+                                              warnings=tuple(r.warnings)) for r in regs))
 
     # baseline: an HF directory (converted to F16 once, cached by content), a .gguf, or ollama:NAME.
-    def baseline(self, ctx: RunContext) -> Outputs:
+    def baseline(self, ctx: RunContext) -> BaselineOut:
         ref = self.config.baseline or ctx.spec.baseline  # an adapter's base when none was given
         if not ref:
             raise StepSkipped("no baseline given (--baseline or `baseline` in posttrain.toml)")
         baseline = Baseline.parse(ref)
         if baseline.is_ollama:
-            return {"model": ref, "source": ref}
+            return BaselineOut(model=ref, source=ref)
         path = baseline.path.resolve()
         if baseline.is_gguf:
-            return {"model": str(path), "source": ref, "sha256": sha256_file(path)}
+            return BaselineOut(model=str(path), source=ref, sha256=sha256_file(path))
         if baseline.is_checkpoint:
             from posttrain.convert import convert_checkpoint, default_model_name
 
@@ -236,15 +237,16 @@ class Stages:
             result = convert_checkpoint(path, self.config.gguf_dir(name), ["f16"], model_name=name,
                                         allow_pickle=self.config.allow_pickle, n_gpu_layers=self.config.n_gpu_layers)
             f16 = result.variant("F16")
-            return {"model": str(f16.path), "source": ref, "sha256": f16.sha256}
+            return BaselineOut(model=str(f16.path), source=ref, sha256=f16.sha256)
         raise baseline.not_found()
 
     @staticmethod
-    def _baseline_ok(out: Outputs) -> bool:
-        model = out["model"]
-        return Baseline.parse(model).is_ollama or (Path(model).is_file() and sha256_file(Path(model)) == out["sha256"])
+    def _baseline_ok(out: BaselineOut) -> bool:
+        return Baseline.parse(out.model).is_ollama or (Path(out.model).is_file()
+                                                       and sha256_file(Path(out.model)) == out.sha256)
 
-    def _evaluate_one(self, ctx: RunContext, model: str, label: str, lora: str | None = None) -> list[int]:
+    def _evaluate_one(self, ctx: RunContext, model: str | Path, label: str,
+                      lora: Path | None = None) -> tuple[int, ...]:
         from posttrain.evaluate import evaluate, sharded
 
         c = self.config
@@ -253,67 +255,65 @@ class Stages:
         if c.n_gpu_layers is not None:
             extra["n_gpu_layers"] = c.n_gpu_layers
         if lora:
-            extra["lora"] = Path(lora)
+            extra["lora"] = lora
         with sharded(c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir, data_dir=c.data_dir,
                      task_paths=list(c.task_paths) or None, shard_docs=c.shard_docs,
                      stop=ctx.stop_requested) as shards:
             if shards is not None:  # an executor other than today's in-process path (docs/executors.md)
                 extra["shards"] = shards
-            results = evaluate(model, c.tasks, data_dir=c.data_dir, limit=c.limit, per_subject=c.per_subject,
+            results = evaluate(str(model), c.tasks, data_dir=c.data_dir, limit=c.limit, per_subject=c.per_subject,
                                seed=c.seed, store=ctx.store, out_dir=RunLayout(ctx.run_dir).evals(_slug(label)),
                                ollama_url=c.ollama.url, label=label, **extra)
-        return [r.eval_id for r in results]
+        return tuple(r.eval_id for r in results)
 
-    def evaluate(self, ctx: RunContext) -> Outputs:
-        evals: dict[str, list[int]] = {}
+    def evaluate(self, ctx: RunContext) -> EvalOut:
+        evals: dict[str, tuple[int, ...]] = {}
         sources: dict[str, str] = {}
         name = ctx.spec.model_name or "model"
-        for v in ctx.outputs["convert"]["variants"]:
-            label = f"{name}-{v['quant']}"
-            evals[label] = self._evaluate_one(ctx, v["path"], label)
-            sources[label] = v["path"]
-            ctx.store.run_evals.link(ctx.run_id, "candidate", label, evals[label])
-        lora = (ctx.outputs["convert"].get("routes") or {}).get("adapter")
+        convert = ctx.output("convert", ConvertOut)
+        for v in convert.variants:
+            label = f"{name}-{v.quant}"
+            evals[label] = self._evaluate_one(ctx, v.path, label)
+            sources[label] = str(v.path)
+            ctx.store.run_evals.link(ctx.run_id, "candidate", label, list(evals[label]))
+        lora = convert.adapter
         if lora:  # the adapter route: the base's F16 GGUF with the GGUF LoRA applied by llama.cpp
-            for suffix, base in ((ADAPTER_ROUTE, lora["base_gguf"]), (QLORA_ROUTE, lora.get("base_4bit_gguf"))):
+            for suffix, base in ((ADAPTER_ROUTE, lora.base_gguf), (QLORA_ROUTE, lora.base_4bit_gguf)):
                 if base:  # the 4-bit base only for a QLoRA: the condition it was trained in
                     label = f"{name}-{suffix}"
-                    evals[label] = self._evaluate_one(ctx, base, label, lora=lora["lora"])
-                    sources[label] = f"{base} + {lora['lora']}"
-                    ctx.store.run_evals.link(ctx.run_id, "candidate", label, evals[label])
-        return {"evals": evals, "sources": sources}
+                    evals[label] = self._evaluate_one(ctx, base, label, lora=lora.lora)
+                    sources[label] = f"{base} + {lora.lora}"
+                    ctx.store.run_evals.link(ctx.run_id, "candidate", label, list(evals[label]))
+        return EvalOut(evals=evals, sources=sources)
 
-    def evaluate_baseline(self, ctx: RunContext) -> Outputs:
-        ids = self._evaluate_one(ctx, ctx.outputs["baseline"]["model"], BASELINE_LABEL)
-        ctx.store.run_evals.link(ctx.run_id, "baseline", BASELINE_LABEL, ids)
-        return {"evals": {BASELINE_LABEL: ids}, "sources": {BASELINE_LABEL: ctx.outputs["baseline"]["source"]}}
+    def evaluate_baseline(self, ctx: RunContext) -> EvalOut:
+        baseline = ctx.output("baseline", BaselineOut)
+        ids = self._evaluate_one(ctx, baseline.model, BASELINE_LABEL)
+        ctx.store.run_evals.link(ctx.run_id, "baseline", BASELINE_LABEL, list(ids))
+        return EvalOut(evals={BASELINE_LABEL: ids}, sources={BASELINE_LABEL: baseline.source})
 
-    def compare(self, ctx: RunContext) -> Outputs:
+    def compare(self, ctx: RunContext) -> DocumentOut:
         from posttrain.compare import compare_family, items_for_evals
 
-        def items(ids: list[int]):
-            return items_for_evals(ctx.store, ids)[1]
+        def items(ids: tuple[int, ...]):
+            return items_for_evals(ctx.store, list(ids))[1]
 
-        base_ids = ctx.outputs["evaluate_baseline"]["evals"][BASELINE_LABEL]
-        base_items = items(base_ids)
-        candidates = ctx.outputs["evaluate"]["evals"]
-        pairs = [(label, items(ids), BASELINE_LABEL, base_items) for label, ids in sorted(candidates.items())]
-        sources = {**ctx.outputs["evaluate"]["sources"], **ctx.outputs["evaluate_baseline"]["sources"]}
-        doc = compare_family(pairs, seed=self.config.seed, sources=sources)
+        candidates, baseline = ctx.output("evaluate", EvalOut), ctx.output("evaluate_baseline", EvalOut)
+        base_items = items(baseline.evals[BASELINE_LABEL])
+        pairs = [(label, items(ids), BASELINE_LABEL, base_items) for label, ids in sorted(candidates.evals.items())]
+        doc = compare_family(pairs, seed=self.config.seed, sources={**candidates.sources, **baseline.sources})
         path = RunLayout(ctx.run_dir).compare_json
-        digest = write_json_atomic(path, doc)
-        return {"path": str(path), "sha256": digest}
+        return DocumentOut(path=path, sha256=write_json_atomic(path, doc))
 
     @staticmethod
-    def _compare_ok(out: Outputs) -> bool:
-        path = Path(out["path"])
-        return path.is_file() and sha256_file(path) == out["sha256"]
+    def _document_ok(out: DocumentOut) -> bool:
+        return out.path.is_file() and sha256_file(out.path) == out.sha256
 
-    def ship(self, ctx: RunContext) -> Outputs:
+    def ship(self, ctx: RunContext) -> ShipOut:
         """The quant ladder over this run's variants: their evaluations are reused from the store."""
         from posttrain.ship import run_ladder
 
-        c, name = self.config, ctx.outputs["convert"]["model_name"]
+        c, name = self.config, ctx.output("convert", ConvertOut).model_name
         doc = run_ladder(ctx.spec.checkpoint, out_dir=ctx.run_dir, store=ctx.store, tasks=c.tasks, data_dir=c.data_dir,
                          quants=c.quants, text=c.ship_text, margin_points=c.ship_margin, max_kld=c.ship_max_kld,
                          alpha=c.ship_alpha, n_ctx=c.ship_n_ctx, max_tokens=c.ship_max_tokens, speed=c.ship_speed,
@@ -321,16 +321,17 @@ class Stages:
                          limit=c.limit, per_subject=c.per_subject, seed=c.seed, n_gpu_layers=c.n_gpu_layers,
                          model_name=name, task_paths=list(c.task_paths) or None, gguf_dir=c.gguf_dir(name),
                          imatrix_text=c.ship_imatrix_text)
-        return {"path": str(RunLayout(ctx.run_dir).ship_json), "pick": doc["verdict"]["pick"],
-                "sentence": doc["verdict"]["sentence"]}
+        verdict = doc["verdict"]
+        return ShipOut(path=RunLayout(ctx.run_dir).ship_json, sentence=verdict["sentence"], pick=verdict["pick"],
+                       strength=verdict.get("strength"))
 
     @staticmethod
     def _compare_doc(ctx: RunContext) -> dict:
         """What this run's compare step wrote (verified by its hash when the step finished), or {}."""
         from posttrain.compare import read_compare
 
-        out = ctx.outputs.get("compare")
-        return read_compare(Path(out["path"])) if out else {}
+        out = ctx.output_if_done("compare", DocumentOut)
+        return read_compare(out.path) if out else {}
 
     def _after(self, name: str) -> list[str]:
         """The steps after `name`: when it runs, they have not run yet in this attempt. (A resumed run
@@ -339,22 +340,22 @@ class Stages:
         names = [s.name for s in self.steps()]
         return names[names.index(name) + 1:]
 
-    def report(self, ctx: RunContext) -> Outputs:
+    def report(self, ctx: RunContext) -> ReportOut:
         from posttrain.report import report_from_store
 
-        if not ctx.outputs.get("compare"):
+        if ctx.output_if_done("compare", DocumentOut) is None:
             # A run that failed before compare must not show a stale comparison from an earlier attempt.
             RunLayout(ctx.run_dir).compare_json.unlink(missing_ok=True)
         # Written before the run ends: it shows the outcome the run is heading for, which the runner
         # records when it closes the run (track and notify, the later steps, never fail it).
         paths = report_from_store(ctx.store, ctx.run_id, ctx.run_dir, outcome=ctx.outcome,
                                   compare=self._compare_doc(ctx), not_yet=self._after("report"))
-        return {k: str(v) for k, v in paths.items()}
+        return ReportOut(html=paths["html"], md=paths["md"], json=paths["json"])
 
     # track: never fails the run. A tracker that could not record it (after its retries) makes the
     # step "skipped" with the reason, so the same command tries again; the report, rewritten here, and
     # the notification say so.
-    def track(self, ctx: RunContext) -> Outputs:
+    def track(self, ctx: RunContext) -> TrackOut:
         from posttrain.report import report_from_store
         from posttrain.track import track_finished_run
 
@@ -375,23 +376,23 @@ class Stages:
                               not_yet=self._after("track"))
         except Exception:  # the report written by the report step stands; tracking is a courtesy
             log.exception("run %s: the report could not be rewritten with the tracking outcome", ctx.run_id)
-        failed = [o for o in outcomes if not o.get("ok")]
+        tracked = decode_outputs(tuple[TrackerOutcome, ...], outcomes)
+        failed = [o for o in tracked if not o.ok]
         if failed:
-            raise StepSkipped("not tracked in " + "; ".join(f"{o['tracker']} ({o.get('error')})" for o in failed)
+            raise StepSkipped("not tracked in " + "; ".join(f"{o.tracker} ({o.error})" for o in failed)
                               + "; the same command tries again")
-        return {"trackers": outcomes, "report": str(report),
-                "report_sha256": sha256_file(report) if report.is_file() else None}
+        return TrackOut(trackers=tracked, report=report,
+                        report_sha256=sha256_file(report) if report.is_file() else None)
 
     @staticmethod
-    def _track_ok(out: Outputs) -> bool:
+    def _track_ok(out: TrackOut) -> bool:
         # Reused while the report is the one the trackers were sent (a resumed run that changed it tracks
         # again). A run whose report step failed was tracked without one: nothing to compare.
-        report = Path(out["report"])
-        if out["report_sha256"] is None:
+        if out.report_sha256 is None:
             return True
-        return report.is_file() and sha256_file(report) == out["report_sha256"]
+        return out.report.is_file() and sha256_file(out.report) == out.report_sha256
 
-    def notify(self, ctx: RunContext) -> Outputs:
+    def notify(self, ctx: RunContext) -> NotifyOut:
         from posttrain.notify import NotifySummary, notify
         from posttrain.track import read_tracking
 
@@ -399,10 +400,12 @@ class Stages:
         compare = self._compare_doc(ctx) or None
         failures = [{"step": name, "error": err} for name, (status, err) in ctx.step_status.items()
                     if status == "failed"]
-        report = (ctx.outputs.get("report") or {}).get("html")
+        report_out = ctx.output_if_done("report", ReportOut)
+        report = str(report_out.html) if report_out else None
         run["status"] = ctx.outcome
         tracking = [o for o in read_tracking(ctx.run_dir) if not o.get("ok")] if self.config.track else []
         summary = NotifySummary.from_run(run, compare, failures, report, tracking=tracking)
         outcomes = notify(summary, urls=self.config.notify.urls, voice=self.config.notify.voice)
-        return {"outcomes": [{k: o.get(k) for k in ("channel", "target", "ok", "skipped", "detail")}
-                             for o in outcomes]}
+        return NotifyOut(tuple(NotifyOutcome(channel=o["channel"], target=o.get("target"), ok=bool(o.get("ok")),
+                                             skipped=bool(o.get("skipped")), detail=o.get("detail"))
+                               for o in outcomes))

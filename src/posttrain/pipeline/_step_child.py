@@ -86,10 +86,10 @@ def main(argv: list[str]) -> int:
         store = Store(job.store_path)
         ctx = RunContext(job.spec, store, job.outputs, job.step_status, threading.Event())
         _watch_stop_file(getattr(job, "stop_path", None), ctx.stop_requested)
-        outputs = job.run(ctx)
-        if not isinstance(outputs, dict):
-            raise TypeError(f"step {job.step} returned {type(outputs).__name__}, not a dict of outputs")
-        result: dict[str, Any] = {"ok": True, "outputs": outputs}  # written as JSON below
+        from posttrain.contracts import encode_outputs
+
+        # The parent reads them back as the step's declared type (and refuses a step that returned another).
+        result: dict[str, Any] = {"ok": True, "outputs": encode_outputs(job.run(ctx))}  # written as JSON below
     except StepSkipped as e:
         result = {"ok": False, "skipped": True, "message": e.reason}
     except Interrupted as e:

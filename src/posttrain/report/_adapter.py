@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from posttrain.contracts import AdapterFacts, AdapterRoutes
+
 ADAPTER_SUFFIX = "-F16+LoRA"  # the pipeline's label of the adapter route's evaluation
 ROUTE_MARK = "+LoRA"  # every base + adapter evaluation (F16, and the 4-bit base of a QLoRA)
 
@@ -20,23 +22,23 @@ def _worse(comparisons: list[dict[str, Any]], label: str) -> set[tuple[str, str,
             if c.get("new_label") == label and c.get("verdict") == "worse"}
 
 
-def adapter_section(facts: dict[str, Any] | None, routes: dict[str, Any] | None,
+def adapter_section(facts: AdapterFacts | None, routes: AdapterRoutes | None,
                     comparisons: list[dict[str, Any]], variant_sizes: dict[str, int]) -> dict[str, Any] | None:
-    """The view of the LoRA section, or None when the run's checkpoint was full weights."""
-    if not isinstance(facts, dict):
+    """The view of the LoRA section (the detect and convert steps' records), or None when the run's
+    checkpoint was full weights."""
+    if facts is None:
         return None
-    routes = routes if isinstance(routes, dict) else {}
     labels = sorted({c.get("new_label") for c in comparisons if isinstance(c.get("new_label"), str)})
     adapter_label = next((label for label in labels if label.endswith(ADAPTER_SUFFIX)), None)
     applied = [label for label in labels if label.endswith(ROUTE_MARK)]
     merged = [label for label in labels if label not in applied]
     notes = []
-    if facts.get("qlora"):
+    if facts.qlora:
         notes.append("QLoRA: the adapter was trained against a 4-bit base; merged, it runs on the full-precision "
                      "base. The rows against the 4-bit base + adapter (Q4_K_M, near the training condition) "
                      "show what serving it merged changes.")
-    if facts.get("route_note"):
-        notes.append(f"Only the merge route was built: {facts['route_note']}.")
+    if facts.route_note:
+        notes.append(f"Only the merge route was built: {facts.route_note}.")
     gaps = []
     by_key = {(c.get("new_label"), c.get("task"), c.get("metric"), c.get("filter")): c for c in comparisons}
     for route in applied:
@@ -57,7 +59,7 @@ def adapter_section(facts: dict[str, Any] | None, routes: dict[str, Any] | None,
         ship, why = adapter_label, "every merged variant loses to the base somewhere the adapter route does not"
     else:
         ship, why = None, "no evaluation to decide on"
-    return {"base": facts.get("base"), "base_ref": facts.get("base_ref"), "peft_type": facts.get("peft_type"),
-            "rank": facts.get("rank"), "lora_alpha": facts.get("lora_alpha"), "qlora": bool(facts.get("qlora")),
-            "routes": ["merge"] + (["adapter"] if routes.get("adapter") else []), "notes": notes,
+    return {"base": facts.base, "base_ref": facts.base_ref, "peft_type": facts.peft_type,
+            "rank": facts.rank, "lora_alpha": facts.lora_alpha, "qlora": facts.qlora,
+            "routes": ["merge"] + (["adapter"] if routes and routes.adapter else []), "notes": notes,
             "gaps": gaps, "ship": ship, "ship_reason": why}

@@ -15,7 +15,7 @@ from posttrain._ci import mean_interval
 from posttrain._files import read_json_file
 from posttrain._versions import package_version
 from posttrain.compare import read_compare
-from posttrain.contracts import SHIP_SCHEMA, RunLayout
+from posttrain.contracts import SHIP_SCHEMA, RunLayout, step_outputs
 from posttrain.errors import PosttrainError
 from posttrain.store import Store, loads
 from posttrain.track import read_tracking
@@ -159,9 +159,10 @@ def _adapter(store: Store, run_id: str, compare: dict[str, Any], variants: list[
     """The LoRA section, from what the detect and convert steps recorded (None for full weights)."""
     from posttrain.report._adapter import adapter_section
 
-    outputs = {r["name"]: loads(r["outputs_json"]) or {} for r in store.steps.of_run(run_id)
+    outputs = {r["name"]: step_outputs(r["name"], r["outputs_json"]) for r in store.steps.of_run(run_id)
                if r["name"] in ("detect", "convert")}
-    return adapter_section((outputs.get("detect") or {}).get("adapter"), (outputs.get("convert") or {}).get("routes"),
+    detect, convert = outputs.get("detect"), outputs.get("convert")
+    return adapter_section(detect.adapter if detect else None, convert.routes if convert else None,
                            list(compare.get("comparisons") or []),
                            {v["quant"]: v["size_bytes"] or 0 for v in variants})
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.compare import ItemResult, items_for_evals
+from posttrain.contracts import step_outputs
 from posttrain.errors import PosttrainError
 from posttrain.series._model import Pending
 from posttrain.series._steps import checkpoint_step, training_order
@@ -44,13 +45,12 @@ def _settings_key(run: dict) -> str:
     return dumps({k: v for k, v in settings.items() if k not in _WHERE}) if isinstance(settings, dict) else ""
 
 
-def _evaluated(store: Store, run_id: str) -> tuple[str, dict[str, list[int]]]:
+def _evaluated(store: Store, run_id: str) -> tuple[str, dict[str, tuple[int, ...]]]:
     """(status of the run's evaluate step, its label → eval ids when done)."""
     for step in store.steps.of_run(run_id):
         if step["name"] == "evaluate":
-            out = loads(step.get("outputs_json")) or {}
-            evals = out.get("evals") if step["status"] == "done" and isinstance(out, dict) else None
-            return step["status"], evals if isinstance(evals, dict) else {}
+            out = step_outputs("evaluate", step.get("outputs_json")) if step["status"] == "done" else None
+            return step["status"], out.evals if out else {}
     return "missing", {}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain._files import read_json_file
-from posttrain.contracts import RunLayout
+from posttrain.contracts import RunLayout, step_outputs
 from posttrain.store import Store
 from posttrain.track._base import ParentRun, TrackRecord
 
@@ -139,9 +139,9 @@ def build_record(store: Store, run: dict[str, Any], steps: list[dict[str, Any]],
     `artifacts`: opt-in kinds on top of the documents ("gguf")."""
     layout = RunLayout(Path(run["run_dir"]))
     report = read_json_file(layout.report_json) or {}
-    convert = next((s for s in steps if s.get("name") == "convert" and s.get("status") == "done"), None)
-    convert_out = json.loads(convert["outputs_json"]) if convert and convert.get("outputs_json") else {}
-    manifest_path = Path(convert_out["manifest"]) if convert_out.get("manifest") else None
+    convert_row = next((s for s in steps if s.get("name") == "convert" and s.get("status") == "done"), None)
+    convert = step_outputs("convert", convert_row.get("outputs_json")) if convert_row else None
+    manifest_path = convert.manifest if convert else None
     manifest = read_json_file(manifest_path) if manifest_path else None
     shots, selections, speeds = _evaluation_settings(store, run)
 
@@ -151,7 +151,7 @@ def build_record(store: Store, run: dict[str, Any], steps: list[dict[str, Any]],
             "posttrain.headline": summary.get("headline"), "posttrain.model": run.get("model_name"),
             "posttrain.ship": _ship_pick(report)}
     files = [layout.report_html, layout.report_md, layout.report_json, layout.compare_json, manifest_path]
-    models = [Path(v["path"]) for v in convert_out.get("variants") or []] if "gguf" in artifacts else []
+    models = [v.path for v in convert.variants] if convert and "gguf" in artifacts else []
     return TrackRecord(
         run_id=run["id"], name=run.get("model_name") or run["id"], status=outcome,
         params=_params(run, report, manifest, shots, selections),
