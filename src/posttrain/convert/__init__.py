@@ -12,7 +12,7 @@ from posttrain.convert._imatrix import DEFAULT_MAX_CHUNKS as IMATRIX_MAX_CHUNKS
 from posttrain.convert._imatrix import SUFFIX as IMATRIX_SUFFIX
 from posttrain.convert._imatrix import Imatrix, compute_imatrix, takes_imatrix
 from posttrain.convert._imatrix_variants import make_imatrix_variants
-from posttrain.convert._manifest import read_manifest
+from posttrain.convert._manifest import load_manifest, read_manifest
 from posttrain.convert._quant_types import (
     NEEDS_IMATRIX,
     canonical,
@@ -32,6 +32,7 @@ __all__ = [
     "compute_imatrix",
     "make_imatrix_variants",
     "takes_imatrix",
+    "load_manifest",
     "read_manifest",
     "canonical",
     "convert_checkpoint",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain import contracts
-from posttrain._files import sha256_file, write_json_atomic
+from posttrain._files import sha256_file
 from posttrain._locks import FileLock
 from posttrain.checkpoint import checkpoint_sha256 as hash_checkpoint
 from posttrain.checkpoint import human_bytes, inspect_checkpoint, tensor_sizes
@@ -24,7 +24,7 @@ from posttrain.convert import _remote, _verify
 from posttrain.convert._built import BuiltVariant
 from posttrain.convert._gguf_info import read_header
 from posttrain.contracts import Variant
-from posttrain.convert._manifest import MANIFEST, load_manifest, manifest_entries, refuse_foreign
+from posttrain.convert._manifest import MANIFEST, load_manifest, manifest_entries, refuse_foreign, write_manifest
 from posttrain.convert._quant_types import CONVERTER_TYPES, parse_quant_list
 from posttrain.convert._quantizer import QuantizerPool, longest_first, slots_for
 from posttrain.errors import CheckpointIncomplete, PosttrainError
@@ -238,7 +238,7 @@ def convert_checkpoint(
         if todo:
             # Claimed before they exist: a rerun after a crash knows these names are posttrain's to replace.
             manifest["pending"] = [f"{name}-{q}.gguf" for q in todo]
-            write_json_atomic(out_dir / MANIFEST, manifest)
+            write_manifest(out_dir, manifest)
         by_converter = tuple(q for q in CONVERTER_TYPES if not (quantize_q8_0 and q == "Q8_0"))
         remote = _remote.remote_quants(executor, todo, by_converter)
         try:
@@ -260,13 +260,13 @@ def convert_checkpoint(
                 for v in variants:
                     if not v.path.exists():
                         entries.pop(v.quant, None)
-                write_json_atomic(out_dir / MANIFEST, manifest)
+                write_manifest(out_dir, manifest)
                 raise
             for v in variants:
                 entries[v.quant] = v.to_json()
             manifest["updated_at"] = utcnow()
         manifest.pop("pending", None)
-        write_json_atomic(out_dir / MANIFEST, manifest)
+        write_manifest(out_dir, manifest)
     return ConvertResult(checkpoint, ckpt_sha, name, out_dir, out_dir / MANIFEST, toolchain, variants)
 
 
@@ -317,7 +317,7 @@ def _make_variants(wanted: list[str], todo: list[str], entries: dict, checkpoint
                     manifest["checkpoint_sha256"] = checkpoint_hash.result()
                 entries[quant] = done[quant].to_json()
                 manifest["updated_at"] = utcnow()
-                write_json_atomic(out_dir / MANIFEST, manifest)
+                write_manifest(out_dir, manifest)
     for quant in wanted:
         if quant not in todo:
             say(quant, "cached")

@@ -26,8 +26,8 @@ from posttrain.llamacpp import LlamaTools, find_llama_tools
 from posttrain._lifeline import no_window_kwargs
 
 SUFFIX = "-imatrix"  # "Q4_K_M-imatrix": a label that is a safe file-name part (paths.safe_name keeps it)
-MANIFEST = "imatrix-variants.json"
-MANIFEST_SCHEMA = "posttrain.imatrix-variants/1"
+IMATRIX_VARIANTS = "imatrix-variants.json"  # the imatrix/ subfolder's own manifest (_imatrix_variants.py)
+IMATRIX_VARIANTS_SCHEMA = "posttrain.imatrix-variants/1"
 DEFAULT_CHUNK = 512  # llama-imatrix's own default context per chunk
 # Enough for a stable matrix (upstream's published matrices use ~100-200 chunks) at a bounded cost.
 DEFAULT_MAX_CHUNKS = 100

@@ -18,7 +18,13 @@ from posttrain._files import sha256_file, write_json_atomic
 from posttrain._locks import FileLock
 from posttrain.convert._built import BuiltVariant
 from posttrain.convert._convert import _check_and_place
-from posttrain.convert._imatrix import MANIFEST, MANIFEST_SCHEMA, Imatrix, label, quantize_with_imatrix
+from posttrain.convert._imatrix import (
+    IMATRIX_VARIANTS,
+    IMATRIX_VARIANTS_SCHEMA,
+    Imatrix,
+    label,
+    quantize_with_imatrix,
+)
 from posttrain.llamacpp import LlamaTools, find_llama_tools
 from posttrain.paths import confined
 from posttrain.store import utcnow
@@ -40,9 +46,9 @@ def make_imatrix_variants(f16: BuiltVariant, quants: list[str], imatrix: Imatrix
     with FileLock(out_dir / ".lock"):
         for stale in out_dir.glob(".*.gguf.*.partial"):
             stale.unlink(missing_ok=True)
-        manifest = _load(out_dir / MANIFEST)
+        manifest = _load(out_dir / IMATRIX_VARIANTS)
         entries = manifest.get("variants") if isinstance(manifest.get("variants"), dict) else {}
-        manifest = {"schema": MANIFEST_SCHEMA, "model_name": model_name, "f16": f16.path.name,
+        manifest = {"schema": IMATRIX_VARIANTS_SCHEMA, "model_name": model_name, "f16": f16.path.name,
                     "imatrix": imatrix.to_json(), "variants": entries}
         for quant in quants:
             name = label(quant)
@@ -67,8 +73,8 @@ def make_imatrix_variants(f16: BuiltVariant, quants: list[str], imatrix: Imatrix
             variant.sha256 = sha256_file(final)  # _check_and_place leaves the hash to its caller
             made.append(variant)
             entries[name] = {**variant.to_json(), **source, "made_at": utcnow()}
-            write_json_atomic(out_dir / MANIFEST, manifest)  # each variant recorded as soon as it exists
-        write_json_atomic(out_dir / MANIFEST, manifest)
+            write_json_atomic(out_dir / IMATRIX_VARIANTS, manifest)  # each variant recorded as soon as it exists
+        write_json_atomic(out_dir / IMATRIX_VARIANTS, manifest)
     return made
 
 

@@ -1,6 +1,7 @@
-"""`manifest.json` of a convert output folder: convert's lenient reading of its own earlier output (to
-reuse what is intact), the one strict reader for the stages after convert (`read_manifest`), and what
-it says posttrain wrote there (so that nothing else is ever replaced)."""
+"""`manifest.json` of a convert output folder, and the only code that spells its name: its one writer
+(`write_manifest`), convert's lenient reading of its own earlier output (to reuse what is intact),
+the one strict reader for the stages after convert (`read_manifest`), and what it says posttrain wrote
+there (so that nothing else is ever replaced)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,20 @@ import re
 from contextlib import suppress
 from pathlib import Path
 
+from posttrain._files import write_json_atomic
 from posttrain.contracts import MANIFEST_SCHEMA, Manifest, Variant
 from posttrain.errors import PosttrainError
 from posttrain.paths import confined
 
 MANIFEST = "manifest.json"
+
+
+def write_manifest(out_dir: Path, doc: dict) -> Path:
+    """Write (atomically) the manifest of `out_dir`; convert rewrites it as each variant is placed, so
+    a crash keeps every variant made before it. Returns its path."""
+    path = Path(out_dir) / MANIFEST
+    write_json_atomic(path, doc)
+    return path
 
 
 def load_manifest(out_dir: Path) -> dict:

@@ -112,8 +112,7 @@ def quantize_rest(executor: Executor, remote: list[str], wanted: list[str], made
                   name: str, tree, imatrix: Path | None, say, entries: dict, manifest: dict) -> list:
     """After the local part of a conversion (F16 made and checked): the `remote` variants as units,
     each recorded in the manifest as it arrives. All variants, in the order of `wanted`."""
-    from posttrain._files import write_json_atomic
-    from posttrain.convert._manifest import MANIFEST
+    from posttrain.convert._manifest import write_manifest
     from posttrain.store import utcnow
 
     f16 = next(v for v in made_here if v.quant == "F16")
@@ -122,7 +121,7 @@ def quantize_rest(executor: Executor, remote: list[str], wanted: list[str], made
         made[v.quant] = v
         entries[v.quant] = v.to_json()  # recorded at once, as a local conversion does: a crash later keeps it
         manifest["updated_at"] = utcnow()
-        write_json_atomic(Path(out_dir) / MANIFEST, manifest)
+        write_manifest(Path(out_dir), manifest)
     return [made[q] for q in wanted]
 
 

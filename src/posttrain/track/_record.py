@@ -18,7 +18,7 @@ from typing import Any
 
 from posttrain._files import read_json_file
 from posttrain.contracts import RunLayout, step_outputs
-from posttrain.store import Store
+from posttrain.store import Store, loads
 from posttrain.track._base import ParentRun, TrackRecord
 
 # What trackers accept in a key (MLflow's rule, which W&B also takes; no spaces, for readable keys):
@@ -142,7 +142,9 @@ def build_record(store: Store, run: dict[str, Any], steps: list[dict[str, Any]],
     convert_row = next((s for s in steps if s.get("name") == "convert" and s.get("status") == "done"), None)
     convert = step_outputs("convert", convert_row.get("outputs_json")) if convert_row else None
     manifest_path = convert.manifest if convert else None
-    manifest = read_json_file(manifest_path) if manifest_path else None
+    # convert's manifest as the convert step stored it with each variant (the file itself is sent as is).
+    rows = store.variants.of_checkpoint(run["checkpoint_sha256"]) if run.get("checkpoint_sha256") else []
+    manifest = next((loads(r["manifest_json"]) for r in rows if r.get("manifest_json")), None)
     shots, selections, speeds = _evaluation_settings(store, run)
 
     summary = report.get("summary") or {}
