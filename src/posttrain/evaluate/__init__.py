@@ -12,6 +12,7 @@ from posttrain.evaluate._runner import evaluate, evaluate_request
 from posttrain.evaluate._task_plan import DEFAULT_TASKS, EvalRequest
 from posttrain.evaluate._selection import Selection, select
 from posttrain.evaluate._shards import ShardedEvaluation, sharded
+from posttrain.evaluate._tasks import check_task_names, offline_family
 from posttrain._thinking import DEFAULT_THINK_PATTERNS, strip_think
 
 # The in-process llama.cpp backend registers itself with lm-eval on import.
@@ -27,9 +28,11 @@ __all__ = [
     "OllamaLM",
     "Selection",
     "ShardedEvaluation",
+    "check_task_names",
     "evaluate",
     "evaluate_request",
     "items_for_eval",
+    "offline_family",
     "resolve_model",
     "select",
     "sharded",

@@ -11,7 +11,6 @@ loses little when it runs again.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -103,7 +102,7 @@ def _check_task_names(config: Config) -> None:
     """Unknown task names, with lm-eval's closest ones. Cheap for the usual cases (the offline
     families with --data-dir, the user's own task folders); only other names make lm-eval index its
     thousands of task files (seconds), which the evaluate step would do anyway."""
-    from posttrain.evaluate._tasks import check_task_names, offline_family
+    from posttrain.evaluate import check_task_names, offline_family
 
     own: set[str] = set()
     if config.task_paths:
@@ -162,8 +161,7 @@ class Stages:
                          model_name=spec.model_name, adapter=adapter_facts(verdict))
 
     def convert(self, ctx: RunContext) -> ConvertOut:
-        from posttrain.convert import convert_checkpoint
-        from posttrain.convert._remote import quantizing_executor
+        from posttrain.convert import convert_checkpoint, load_manifest, quantizing_executor
 
         name = ctx.spec.model_name or "model"
         detect = ctx.output("detect", DetectOut)
@@ -181,7 +179,7 @@ class Stages:
                                         model_name=name, allow_pickle=self.config.allow_pickle,
                                         n_gpu_layers=self.config.n_gpu_layers,
                                         checkpoint_sha256=detect.sha256, executor=executor)
-        manifest = json.loads(Path(result.manifest_path).read_text())
+        manifest = load_manifest(result.out_dir)  # kept with each variant's row: its checks and toolchain
         toolchain = result.toolchain.get("llama_cpp_python")
         for v in result.variants:
             ctx.store.variants.put(sha256=v.sha256, path=str(v.path), quant=v.quant, model_name=result.model_name,
