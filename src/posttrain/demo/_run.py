@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posttrain.contracts import RunLayout
 from posttrain.demo._task import TASK_NAME, write_demo_task
 from posttrain.demo._train import DEFAULT_STEPS, EARLY_DIR, FINAL_DIR, train_demo_model
 from posttrain.errors import PosttrainError
@@ -202,10 +203,10 @@ def run_demo(workdir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, 
                        **no_window_kwargs())
     times["total"] = time.perf_counter() - started
 
-    run_dir = Path(row["run_dir"]) if row.get("run_dir") else None
-    report = run_dir / "report.html" if run_dir and (run_dir / "report.html").exists() else None
-    verdicts: list[str] = []
-    if run_dir and (run_dir / "compare.json").exists():
-        doc = json.loads((run_dir / "compare.json").read_text())
-        verdicts = [c["sentence"] for c in doc.get("comparisons") or [] if c.get("sentence")]
+    layout = RunLayout(Path(row["run_dir"])) if row.get("run_dir") else None
+    report = layout.report_html if layout and layout.report_html.exists() else None
+    from posttrain.compare import verdict_sentences  # statsmodels behind it: seconds, paid only here
+
+    # compare's own reader: the sentences `status` and `run` show, from the document's one owner.
+    verdicts = verdict_sentences(layout.compare_json) if layout and layout.compare_json.exists() else []
     return DemoResult(workdir, report, row.get("run_id"), row["status"], verdicts, times)
