@@ -87,6 +87,39 @@ class ItemResult:
 
 
 @dataclass(frozen=True)
+class ItemRecord:
+    """One item as evaluate stores it (a row of `items`; `store.evals.save` takes these): ItemResult's
+    fields and what only the store keeps. Made from an lm-eval sample by `posttrain._lm_eval_items`.
+
+    `value` is None when lm-eval logged no number for the metric: the row is stored all the same (the
+    store says what ran), and `result()` leaves it out, since nothing can be paired on it.
+    """
+
+    task: str
+    group: str | None
+    doc_id: int
+    doc_hash: str | None  # None when lm-eval logged none; `result()` pairs on the doc id then
+    filter: str
+    metric: str
+    value: float | None
+    cluster: str | None = None
+    question: str | None = None
+    target: str | None = None
+    response: str | None = None
+    choice_ll: tuple[float, ...] | None = None  # multiple choice: each option's log-likelihood, in order
+    think_sha256: str | None = None  # the reasoning cut out of the response: only its hash is kept
+
+    def result(self) -> ItemResult | None:
+        """The item as compare pairs it, or None when it has no value."""
+        if self.value is None:
+            return None
+        return ItemResult(task=self.task, group=self.group, doc_id=self.doc_id,
+                          doc_hash=self.doc_hash or f"doc_id:{self.doc_id}", filter=self.filter,
+                          metric=self.metric, value=self.value, cluster=self.cluster, question=self.question,
+                          target=self.target, response=self.response)
+
+
+@dataclass(frozen=True)
 class RunLayout:
     """Every file of one pipeline run, under `<home>/runs/<run_id>/`."""
 
