@@ -45,8 +45,10 @@ def test_a_run_with_ship_writes_the_verdict_and_the_report_opens_with_it(tiny_sp
     # The config's measurement settings reach the ladder: chunks of 256 tokens, one speed repetition.
     assert doc["text"]["n_ctx"] == 256 and q8["speed"]["reps"] == 1
     assert doc["text"]["kind"] == "user" and doc["tasks"]["hellaswag"]["metric"] in ("acc_norm", "acc")
-    # Its evaluations are the run's own (the ladder reuses them from the store): no second lm-eval run.
+    # Its evaluations are the run's own (the ladder takes the evaluate step's ids): no second lm-eval run,
+    # not even the planning of one (which writes the offline task files into the ladder's evals/QUANT/).
     assert len(Store(home / "posttrain.db").query("SELECT * FROM evals")) == 2
+    assert not (run_dir / "evals" / "F16").exists() and not (run_dir / "evals" / "Q8_0").exists()
 
     # The run's last words: the ship pick (wrapped at the terminal's width), then the report's path.
     lines = proc.stdout.rstrip().splitlines()

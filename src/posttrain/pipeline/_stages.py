@@ -312,13 +312,17 @@ class Stages:
         from posttrain.ship import run_ladder
 
         c, name = self.config, ctx.output("convert", ConvertOut).model_name
+        # The evaluate step's results by quant (its labels are `<model>-<QUANT>`): not evaluated again.
+        evaluated = {label.removeprefix(f"{name}-"): ids
+                     for label, ids in ctx.output("evaluate", EvalOut).evals.items() if label.startswith(f"{name}-")}
         doc = run_ladder(ctx.spec.checkpoint, out_dir=ctx.run_dir, store=ctx.store, tasks=c.tasks, data_dir=c.data_dir,
                          quants=c.quants, text=c.ship_text, margin_points=c.ship_margin, max_kld=c.ship_max_kld,
                          alpha=c.ship_alpha, n_ctx=c.ship_n_ctx, max_tokens=c.ship_max_tokens, speed=c.ship_speed,
                          speed_reps=c.ship_speed_reps,
                          limit=c.limit, per_subject=c.per_subject, seed=c.seed, n_gpu_layers=c.n_gpu_layers,
                          model_name=name, task_paths=list(c.task_paths) or None, gguf_dir=c.gguf_dir(name),
-                         imatrix_text=c.ship_imatrix_text)
+                         imatrix_text=c.ship_imatrix_text, checkpoint_sha256=ctx.spec.checkpoint_sha256,
+                         evaluations=evaluated)
         verdict = doc["verdict"]
         return ShipOut(path=RunLayout(ctx.run_dir).ship_json, sentence=verdict["sentence"], pick=verdict["pick"],
                        strength=verdict.get("strength"))

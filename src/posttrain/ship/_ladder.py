@@ -76,7 +76,8 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
                speed: bool = True, speed_reps: int = 3, n_gpu_layers: int | None = None,
                model_name: str | None = None, say: Say | None = None, task_paths: list[Path] | None = None,
                gguf_dir: Path | None = None, verify: bool = False, imatrix_text: str | Path | None = None,
-               imatrix_chunks: int | None = None) -> dict:
+               imatrix_chunks: int | None = None, checkpoint_sha256: str | None = None,
+               evaluations: dict[str, tuple[int, ...]] | None = None) -> dict:
     """Measure the ladder and return the ship document (schema posttrain.ship/1), also written to
     `out_dir/ship.json`. `gguf_dir`: where the variants live (default `out_dir/gguf`); pass the same
     folder as `posttrain convert` to share its files. `verify`: also run convert's probe-text check
@@ -85,7 +86,10 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
     than the tools run by hand (each file still has to read back and load before it is kept).
     `imatrix_text`: FILE|DIR of text for an importance matrix (llama.cpp's llama-imatrix on F16); every
     K/IQ rung then gets a second variant quantized with it, `<QUANT>-imatrix`, measured like the others.
-    `imatrix_chunks`: chunks of `n_ctx` tokens it reads at most (default 100)."""
+    `imatrix_chunks`: chunks of `n_ctx` tokens it reads at most (default 100).
+    Inside a pipeline run the ladder takes what the run's steps already have: `checkpoint_sha256`
+    (detect's hash: the weights are not read again) and `evaluations` (quant → the store's eval ids
+    of the evaluate step: those variants are not evaluated again, not even looked up by cache key)."""
     from posttrain.convert import (
         IMATRIX_SUFFIX,
         NEEDS_IMATRIX,
@@ -109,6 +113,7 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
     gguf_dir = gguf_dir or out_dir / "gguf"
     converted = convert_checkpoint(checkpoint, gguf_dir, wanted, model_name=model_name,
                                    n_gpu_layers=n_gpu_layers, quantize_q8_0=True, verify=verify,
+                                   checkpoint_sha256=checkpoint_sha256,
                                    progress=lambda variant, status: say(f"{variant}: {status}"))
     variants = list(converted.variants)
     seconds["convert"] = time.perf_counter() - started
@@ -128,10 +133,14 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
 
         started = time.perf_counter()
         for quant, path in paths.items():
-            say(f"{quant}: evaluating {', '.join(tasks)}")
-            results = evaluate(path, tasks, data_dir=data_dir, limit=limit, per_subject=per_subject, seed=seed, store=store,
-                               out_dir=out_dir / "evals" / quant, n_gpu_layers=n_gpu_layers, task_paths=task_paths)
-            items[quant] = items_for_evals(store, [r.eval_id for r in results])[1]
+            ids = (evaluations or {}).get(quant)
+            if ids is None:
+                say(f"{quant}: evaluating {', '.join(tasks)}")
+                results = evaluate(path, tasks, data_dir=data_dir, limit=limit, per_subject=per_subject, seed=seed,
+                                   store=store, out_dir=out_dir / "evals" / quant, n_gpu_layers=n_gpu_layers,
+                                   task_paths=task_paths)
+                ids = tuple(r.eval_id for r in results)
+            items[quant] = items_for_evals(store, list(ids))[1]
         seconds["evaluate"] = time.perf_counter() - started
 
     started = time.perf_counter()
