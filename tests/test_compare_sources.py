@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from posttrain.compare import ItemResult, compare_items, load_items
+from posttrain.contracts import ItemRecord
 from posttrain.errors import PosttrainError
 from posttrain.store import Store
 
@@ -156,11 +157,10 @@ def test_cli_compares_two_lm_eval_folders(lm_eval_runs, tmp_path):
 # ---------------------------------------------------------------- the posttrain store
 
 
-def _item_rows(values: list[float], task: str, group: str | None = None) -> list[dict]:
-    return [{"task": task, "task_group": group, "doc_id": i, "doc_hash": f"{task}-hash-{i}", "filter": "none",
-             "metric": "acc", "value": v, "choice_ll_json": json.dumps([-1.0, -2.0]), "question": f"q{i}",
-             "target": "A", "response": "A" if v else "B", "cluster": f"subject{i % 4}", "think_sha256": None}
-            for i, v in enumerate(values)]
+def _item_rows(values: list[float], task: str, group: str | None = None) -> list[ItemRecord]:
+    return [ItemRecord(task=task, group=group, doc_id=i, doc_hash=f"{task}-hash-{i}", filter="none", metric="acc",
+                       value=v, choice_ll=(-1.0, -2.0), question=f"q{i}", target="A", response="A" if v else "B",
+                       cluster=f"subject{i % 4}") for i, v in enumerate(values)]
 
 
 @pytest.fixture

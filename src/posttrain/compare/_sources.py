@@ -10,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from posttrain._lm_eval_items import RERUN as _RERUN
+from posttrain._lm_eval_items import sample_items
 from posttrain.compare._items import ItemResult
 from posttrain.errors import PosttrainError
 from posttrain.store import Store
@@ -17,13 +19,8 @@ from posttrain.store import Store
 # Doc fields that name a natural cluster when the user names none: MMLU's subject, HellaSwag's
 # activity label (items written from the same activity share vocabulary and difficulty).
 DEFAULT_CLUSTER_FIELDS = ("subject", "activity_label")
-# Keys of a lm-eval sample line that are never metrics.
-_SAMPLE_KEYS = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "filter", "metrics",
-                "doc_hash", "prompt_hash", "target_hash"}
-_QUESTION_CHARS = 600
 _SAMPLES_RE = re.compile(r"^samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[\d\-.]+)\.jsonl$")
 _RESULTS_RE = re.compile(r"^results_(?P<date>\d{4}-\d{2}-\d{2}T[\d\-.]+)\.json$")
-_RERUN = "the file is truncated or damaged; rerun lm-eval with --log_samples"
 
 
 def parse_clusters(spec: str | None) -> dict[str, str]:
@@ -133,7 +130,7 @@ def _question(sample: dict) -> str | None:
         prompt = str(args["gen_args_0"].get("arg_0", ""))
         # The prompt ends with this item's own question; few-shot examples come before it.
         text = prompt.rsplit("\n\n", 1)[-1].strip()
-        return text[-_QUESTION_CHARS:] if text else None
+        return text or None
     return None
 
 
@@ -216,44 +213,14 @@ def _sample_lines(path: Path):
             yield where, sample
 
 
-def _doc_id(sample: dict, where: str) -> int:
-    value = sample.get("doc_id")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    raise PosttrainError(f"{where}: the sample has no integer doc_id", remedy=_RERUN)
-
-
-def _metric_names(sample: dict, where: str) -> list[str]:
-    named = sample.get("metrics")
-    if named is None or named == []:
-        return [k for k, v in sample.items() if k not in _SAMPLE_KEYS
-                and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if not (isinstance(named, list) and all(isinstance(m, str) for m in named)):
-        raise PosttrainError(f"{where}: \"metrics\" is not a list of metric names", remedy=_RERUN)
-    return named
-
-
 def _sample_items(s: dict, where: str, task: str, group: str | None, delimiter: str,
                   clusters: dict[str, str]) -> list[ItemResult]:
-    """The per-metric items of one lm-eval sample line (metrics without a finite number are skipped)."""
-    doc_id = _doc_id(s, where)
-    question = _question(s)
-    cluster = _cluster(s.get("doc"), task, group, clusters)
-    items = []
-    for metric in _metric_names(s, where):
-        value = s.get(metric)
-        if isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue  # non-mean metrics (e.g. bleu's tuples) have no per-item score to pair
-        target, response = _render_answers(s, metric, delimiter)
-        items.append(ItemResult(
-            task=task, group=group, doc_id=doc_id, doc_hash=str(s.get("doc_hash") or f"doc_id:{doc_id}"),
-            filter=str(s.get("filter") or "none"), metric=metric, value=float(value),
-            cluster=cluster, question=question, target=target, response=response))
-    return items
+    """The per-metric items of one lm-eval sample line (metrics without a finite number are skipped:
+    non-mean metrics such as bleu's tuples have no per-item score to pair)."""
+    records = sample_items(s, where, task=task, group=group, question=_question(s),
+                           answers=lambda metric: _render_answers(s, metric, delimiter),
+                           cluster=_cluster(s.get("doc"), task, group, clusters))
+    return [item for r in records if (item := r.result()) is not None and math.isfinite(item.value)]
 
 
 # ---------------------------------------------------------------- store

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from posttrain._ci import mean_interval
-from posttrain.contracts import ItemResult
+from posttrain.contracts import ItemRecord, ItemResult
 from posttrain.store import Store, dumps
 
 # Bump when what posttrain stores for the same lm-eval output changes.
@@ -70,12 +70,12 @@ def confidence_interval(values: list[float]) -> tuple[float | None, float | None
     return (ci[0], ci[1]) if ci else (None, None)
 
 
-def metrics_from_items(items: list[dict], aggregates: dict) -> list[MetricValue]:
+def metrics_from_items(items: list[ItemRecord], aggregates: dict) -> list[MetricValue]:
     """Per (metric, filter): lm-eval's aggregate value and stderr, with a 95% CI from the items."""
     by_key: dict[tuple[str, str], list[float]] = {}
     for item in items:
-        if item["value"] is not None:
-            by_key.setdefault((item["metric"], item["filter"]), []).append(float(item["value"]))
+        if item.value is not None:
+            by_key.setdefault((item.metric, item.filter), []).append(item.value)
     out = []
     for (metric, filt), values in sorted(by_key.items()):
         value = aggregates.get(f"{metric},{filt}")

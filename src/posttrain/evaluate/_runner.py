@@ -103,12 +103,12 @@ class _Session:
         items = []
         for leaf, task in plan.leaves.items():
             items += items_from_samples(leaf, task, samples.get(leaf, []), group=plan.groups.get(leaf),
-                                        selection=plan.selection, think=lm.think_sha256)
+                                        think=lm.think_sha256)
         first = next(iter(plan.leaves.values()))
         aggregates = res["results"].get(plan.name) or (
             res["results"].get(first.config.task) if len(plan.leaves) == 1 else {})
         metrics = metrics_from_items(items, aggregates or {})
-        n_docs = len({(i["task"], i["doc_id"]) for i in items})
+        n_docs = len({(i.task, i.doc_id) for i in items})
         tokens = (lm.work_tokens - tokens_before) or None
         output_dir = str(self.out_dir / "lm_eval" / self.tracker.general_config_tracker.model_name_sanitized)
         eval_id = store.evals.save(plan.key, items=items, record={

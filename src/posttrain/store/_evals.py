@@ -6,11 +6,12 @@ evaluate writes; compare, the report and `runs` read.
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from posttrain.contracts import ItemResult
+from posttrain.contracts import ItemRecord, ItemResult
 from posttrain.store._db import Database, utcnow
 
 ITEM_COLUMNS = ("task", "task_group", "doc_id", "doc_hash", "filter", "metric", "value", "choice_ll_json",
@@ -24,6 +25,15 @@ def _marks(values: list) -> str:
     return ",".join("?" * len(values))
 
 
+def _item_columns(r: ItemRecord) -> dict[str, Any]:
+    """An item's value for each of ITEM_COLUMNS (the log-likelihoods as the JSON list the column holds)."""
+    return {"task": r.task, "task_group": r.group, "doc_id": r.doc_id, "doc_hash": r.doc_hash, "filter": r.filter,
+            "metric": r.metric, "value": r.value,
+            "choice_ll_json": json.dumps(list(r.choice_ll)) if r.choice_ll is not None else None,
+            "question": r.question, "target": r.target, "response": r.response, "cluster": r.cluster,
+            "think_sha256": r.think_sha256}
+
+
 class Evals:
     def __init__(self, db: Database):
         self._db = db
@@ -32,7 +42,7 @@ class Evals:
         rows = self._db.query("SELECT * FROM evals WHERE cache_key = ?", (cache_key,))
         return dict(rows[0]) if rows else None
 
-    def save(self, cache_key: str, record: dict[str, Any], items: list[dict[str, Any]]) -> int:
+    def save(self, cache_key: str, record: dict[str, Any], items: Sequence[ItemRecord]) -> int:
         """Insert the evaluation and all its items in one transaction; returns the eval id.
 
         When another process stored the same key meanwhile (two runs of one baseline), its row is kept
@@ -47,7 +57,7 @@ class Evals:
                 eval_id = int(cur.lastrowid)
                 db.executemany(
                     f"INSERT INTO items (eval_id, {', '.join(ITEM_COLUMNS)}) VALUES (?, {_marks(list(ITEM_COLUMNS))})",
-                    [(eval_id, *(item.get(c) for c in ITEM_COLUMNS)) for item in items])
+                    [(eval_id, *(row[c] for c in ITEM_COLUMNS)) for row in map(_item_columns, items)])
             return eval_id
         except sqlite3.IntegrityError:
             row = self.by_key(cache_key)
@@ -61,11 +71,11 @@ class Evals:
         rows = self._db.query(
             f"SELECT task, task_group, doc_id, doc_hash, filter, metric, value, cluster, question, target, response "
             f"FROM items WHERE eval_id IN ({_marks(eval_ids)}) ORDER BY task, doc_id, filter, metric", tuple(eval_ids))
-        return [ItemResult(task=r["task"], group=r["task_group"], doc_id=int(r["doc_id"]),
-                           doc_hash=r["doc_hash"] or f"doc_id:{r['doc_id']}", filter=r["filter"] or "none",
-                           metric=r["metric"], value=float(r["value"]), cluster=r["cluster"],
-                           question=r["question"], target=r["target"], response=r["response"])
-                for r in rows if r["value"] is not None]
+        records = (ItemRecord(task=r["task"], group=r["task_group"], doc_id=int(r["doc_id"]), doc_hash=r["doc_hash"],
+                              filter=r["filter"] or "none", metric=r["metric"],
+                              value=None if r["value"] is None else float(r["value"]), cluster=r["cluster"],
+                              question=r["question"], target=r["target"], response=r["response"]) for r in rows)
+        return [item for record in records if (item := record.result()) is not None]
 
     def scores(self, eval_id: int) -> list[dict[str, Any]]:
         """(task or its group, filter, metric, value) of each item that has a value: what a score is made of."""
