@@ -64,14 +64,14 @@ def eval_cmd(
 ) -> None:
     """Evaluate MODEL with lm-evaluation-harness; print metric, value, 95% CI, n, seconds, tokens/s per task."""
     from posttrain import paths
+    from posttrain._model_spec import ModelSpec
     from posttrain.evaluate import evaluate, sharded
     from posttrain.store import Store
 
     base = home or paths.home()
     store = Store(paths.store_path(base))
-    name = Path(model).stem if not model.startswith("ollama:") else model.removeprefix("ollama:").replace(":", "_")
-    name = paths.safe_name(name)  # a folder under HOME/evals, never a path of its own
-    out_dir = out or base / "evals" / name
+    # A folder under HOME/evals named after the model, never a path of its own.
+    out_dir = out or base / "evals" / ModelSpec.parse(model).label
     with (long_command(out_dir / "posttrain-eval.log", verbose=verbose, title=f"evaluating {model}"),
           sharded(executor, ray_address=ray_address, shared_dir=shared_dir, data_dir=data_dir,
                   task_paths=include_path or None, shard_docs=shard_docs) as shards):

@@ -29,6 +29,7 @@ from tenacity import (
 )
 
 from posttrain._files import sha256_file
+from posttrain._model_spec import ModelSpec
 from posttrain.errors import PosttrainError, TransientError
 
 GGUF_MAGIC = b"GGUF"
@@ -177,17 +178,17 @@ def resolve_model(model: str | Path, *, endpoint: str | None = None, tokenizer: 
                          "tokenizer_backend": "huggingface", "tokenized_requests": False,
                          "num_concurrent": 1, "max_retries": 3},
                         cacheable=BACKENDS["endpoint"].cacheable)
-    if text.startswith("ollama:"):
-        return _ollama_ref(text.removeprefix("ollama:"), ollama_url or os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_URL)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return _gguf_ref(path)
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return _hf_ref(path)
-        ggufs = sorted(path.glob("*.gguf"))
+    spec = ModelSpec.parse(text)
+    if spec.kind == "ollama":
+        return _ollama_ref(spec.ollama_name, ollama_url or os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_URL)
+    if spec.kind in ("gguf", "file"):  # any file: its first bytes say whether it is a GGUF
+        return _gguf_ref(spec.path)
+    if spec.kind == "checkpoint":
+        return _hf_ref(spec.path)
+    if spec.kind == "directory":
+        ggufs = sorted(spec.path.glob("*.gguf"))
         hint = f"give one of its GGUF files, e.g. {ggufs[0]}" if ggufs else "give a .gguf file or an HF checkpoint"
-        raise PosttrainError(f"{path} is a directory without config.json", remedy=hint)
+        raise PosttrainError(f"{spec.path} is a directory without config.json", remedy=hint)
     raise PosttrainError(f"model {text!r} not found",
                          remedy="give a .gguf file, an HF checkpoint directory, ollama:NAME, or NAME with --endpoint URL")
 
