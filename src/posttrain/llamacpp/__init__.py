@@ -9,6 +9,8 @@ another stage's private modules.
 crash, see `_loading`). So only the loading names are imported eagerly here, and they cost a few
 standard modules; the rest (the engine needs numpy, the tools build a lock and the cache paths, the
 library output the terminal) is imported on first use through the module `__getattr__` below.
+How a child process ended (`describe_exit`, `was_interrupted`) is told by the one child runner,
+`posttrain._child_process`, which the self-test uses too; the two names are handed on from here.
 """
 
 from __future__ import annotations
@@ -16,19 +18,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from posttrain._child_process import describe_exit, was_interrupted
 from posttrain.llamacpp._loading import (
     ALL_LAYERS,
     EXTRA_BUFTS_ENV,
     cmake_args_without_amx,
     cpu_threads,
-    describe_exit,
     gpu_offload_supported,
     llama_kwargs,
     load_llama_cpp,
     model_params,
     resolve_gpu_layers,
     system_info,
-    was_interrupted,
 )
 
 # Public name → the private module that defines it, imported when the name is first asked for. The

@@ -19,7 +19,6 @@ Two faults seen on real machines decide what this module does (`../shared/facts.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Any
 
@@ -152,42 +151,3 @@ def cmake_args_without_amx(info: str | None = None) -> str:
             if part.strip().endswith("= 1")}
     flags = ["-DGGML_NATIVE=OFF", *(f"-D{opt}=ON" for name, opt in _CPU_FLAGS.items() if name in have)]
     return " ".join(flags)
-
-
-# How Windows reports a process killed by a native fault (NTSTATUS codes as exit codes).
-_WINDOWS_FAULTS = {
-    0xC0000005: "access violation",
-    0xC000001D: "illegal instruction",
-    0xC0000096: "privileged instruction",
-    0xC00000FD: "stack overflow",
-    0xC0000409: "stack buffer overrun",
-    0xC0000374: "heap corruption",
-}
-
-
-# Windows' exit status of a console process ended by Ctrl-C or Ctrl-Break (STATUS_CONTROL_C_EXIT).
-_WINDOWS_CTRL_C = 0xC000013A
-
-
-def was_interrupted(returncode: int | None) -> bool:
-    """Whether a child ended because the user pressed Ctrl-C: killed by SIGINT on POSIX, or
-    STATUS_CONTROL_C_EXIT on Windows. That is the user's interrupt, not a crash or a failure."""
-    if returncode is None:
-        return False
-    return returncode == -int(getattr(signal, "SIGINT", 2)) or returncode & 0xFFFFFFFF == _WINDOWS_CTRL_C
-
-
-def describe_exit(returncode: int) -> str | None:
-    """'SIGSEGV in native code' for a process a signal or a native fault ended; None for a normal exit."""
-    if returncode & 0xFFFFFFFF == _WINDOWS_CTRL_C:  # before the signals: signed, it is negative too
-        return "interrupted (Ctrl-C)"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        if -returncode == getattr(signal, "SIGKILL", -1):
-            return f"{name}: killed, e.g. out of memory"
-        return f"{name} in native code"
-    fault = _WINDOWS_FAULTS.get(returncode & 0xFFFFFFFF)
-    return f"{fault} in native code" if fault else None

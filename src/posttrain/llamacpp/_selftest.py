@@ -12,21 +12,22 @@ reads how they ended:
 The tiny GGUF (a random Llama, Q8_0) is made once per llama-cpp-python version, also in a child,
 and kept in posttrain's cache.
 
-    python -m posttrain.llamacpp._selftest decode FILE.gguf [--n-gpu-layers N]    (prints one JSON line)
+    python -m posttrain.llamacpp._selftest decode FILE.gguf [--n-gpu-layers N] PARENT_PID  (one JSON line)
+
+Each child is started, bounded in time and ended with its parent by `posttrain._child_process`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from posttrain._lifeline import no_window_kwargs
+from posttrain._child_process import child_args, describe_exit, run_module
 from posttrain.llamacpp import _loading
 
 DECODE_TOKENS = 32
@@ -50,24 +51,16 @@ class Outcome:
 
 def _child(args: list[str], env: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> tuple[int | None, str]:
     """Run `python -m posttrain.llamacpp._selftest ARGS`; (exit code or None on timeout, its output)."""
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen([sys.executable, "-m", "posttrain.llamacpp._selftest", *args], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                **no_window_kwargs())
-        try:
-            code: int | None = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            code = None
-        out.seek(0)
-        return code, out.read().decode(errors="replace")
+    with tempfile.TemporaryDirectory(prefix="posttrain-selftest-") as tmp:
+        ended = run_module("posttrain.llamacpp._selftest", args, log=Path(tmp) / "output.log", env=env,
+                           timeout_s=timeout)
+        return ended.returncode, ended.log.read_text(encoding="utf-8", errors="replace")
 
 
 def _outcome(name: str, code: int | None, output: str, seconds: float) -> Outcome:
     if code is None:
         return Outcome(name, "timeout", f"no answer in {TIMEOUT_S:g} s", seconds)
-    how = _loading.describe_exit(code)
+    how = describe_exit(code)
     if how is not None:
         return Outcome(name, "crashed", how, seconds)
     last = (output.strip().splitlines() or [""])[-1]
@@ -90,7 +83,7 @@ def selftest_gguf() -> Path:
     if not path.is_file():
         code, output = _child(["make", str(path)])
         if code != 0 or not path.is_file():
-            how = _loading.describe_exit(code) if code is not None else "timed out"
+            how = describe_exit(code) if code is not None else "timed out"
             tail = " ".join(output.strip().splitlines()[-3:])
             raise RuntimeError(f"could not make the self-test model ({how or f'exit code {code}'}): {tail}")
     return path
@@ -140,11 +133,14 @@ def _decode(gguf: Path, n_gpu_layers: int | None) -> dict:
 def main(argv: list[str]) -> int:
     import argparse
 
+    args = child_args(argv)
+    if args is None:  # `posttrain doctor` is gone already
+        return 1
     parser = argparse.ArgumentParser(prog="posttrain.llamacpp._selftest")
     parser.add_argument("action", choices=("make", "decode"))
     parser.add_argument("path", type=Path)
     parser.add_argument("--n-gpu-layers", type=int, default=None)
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(args)
     try:
         if ns.action == "make":
             _make(ns.path)
