@@ -1,7 +1,8 @@
 """What a step used: the peak resident memory of a process tree, and the peak GPU memory torch saw.
 
 The runner samples its own process and children for steps that run in it; a step in a child process
-(`_isolation`) is measured by the parent while it waits, and reports its own GPU peak.
+(`_isolation`) is measured by the parent while it waits, and reports its own GPU peak. Both add up a
+process tree the one way `posttrain._child_process.tree_rss` does.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import sys
 import threading
 
 import psutil
+
+from posttrain._child_process import tree_rss
 
 
 class ResourceSampler:
@@ -48,21 +51,6 @@ class ResourceSampler:
 
     def gpu_peak(self) -> int | None:
         return int(self._gpu.max_memory_allocated()) if self._gpu is not None else None
-
-
-def tree_rss(proc: psutil.Process) -> int:
-    """Resident memory of `proc` and all its descendants now (0 when it is gone)."""
-    try:
-        members = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in members:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass  # exited between listing and reading
-    return total
 
 
 def gpu_peak() -> int | None:

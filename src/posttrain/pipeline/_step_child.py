@@ -4,7 +4,8 @@
 
 `import posttrain` (which running this module does first) loads llama.cpp before numpy and torch
 and makes its loads AMX-safe (`posttrain.llamacpp`). The child ends with its parent, however the
-parent ends (`posttrain._lifeline`): a watcher killed with SIGKILL leaves no step running on alone.
+parent ends (`posttrain._child_process.child_args`): a watcher killed with SIGKILL leaves no step
+running on alone.
 """
 
 from __future__ import annotations
@@ -61,16 +62,17 @@ def _watch_stop_file(path: str | None, stop: threading.Event) -> None:
 
 def main(argv: list[str]) -> int:
     import posttrain  # noqa: F401  (llama.cpp first; see the docstring)
-    from posttrain import _lifeline
+    from posttrain._child_process import child_args
     from posttrain._files import write_json_atomic
     from posttrain.errors import Interrupted
     from posttrain.pipeline._runner import RunContext, StepSkipped
     from posttrain.pipeline._resources import gpu_peak
     from posttrain.store import Store
 
-    job_path, result_path, parent_pid = argv[0], argv[1], int(argv[2])
-    if not _lifeline.die_with_parent(parent_pid):
+    args = child_args(argv)
+    if args is None:  # the parent is gone already
         return 1
+    job_path, result_path = args
     from posttrain import _progress
 
     _progress.report_to_parent()  # counts for the display of `posttrain run` / `demo`, when one follows
