@@ -29,11 +29,12 @@ def _dispatch(job: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from posttrain import _lifeline
+    from posttrain._child_process import child_args
 
-    job_path, result_path, parent = argv
-    if not _lifeline.die_with_parent(int(parent)):
+    args = child_args(argv)
+    if args is None:  # the parent is gone already
         return 1
+    job_path, result_path = args
     job = json.loads(Path(job_path).read_text())
     try:
         write_json_atomic(Path(result_path), {"result": _dispatch(job)})
