@@ -18,7 +18,7 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_not_exception_type, stop_after_attempt, wait_exponential
 
-from posttrain import _lifeline
+from posttrain._child_process import child_args
 from posttrain._files import read_json_file, write_json_atomic
 from posttrain.errors import PosttrainError
 from posttrain.track._base import TrackedRun, TrackRecord, get_tracker
@@ -50,9 +50,10 @@ def track_with_retries(job: dict[str, Any], attempts: list[int]) -> TrackedRun:
 
 
 def main(argv: list[str]) -> int:
-    job_file, result_file, parent = argv
-    if not _lifeline.die_with_parent(int(parent)):
+    args = child_args(argv)
+    if args is None:  # the parent is gone already
         return 1
+    job_file, result_file = args
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s tracking: %(message)s")
     job = read_json_file(job_file) or {}
     attempts: list[int] = []

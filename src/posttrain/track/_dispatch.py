@@ -8,20 +8,17 @@ package, a hang, a crash, a record that cannot be read) becomes a failed outcome
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from posttrain._child_process import run_module
 from posttrain._files import read_json_file, write_json_atomic
 from posttrain.contracts import RunLayout
 from posttrain.store import Store
 from posttrain.track._base import TrackRecord
 from posttrain.track._parent import find_parent
 from posttrain.track._record import build_record
-from posttrain._lifeline import no_window_kwargs
 
 log = logging.getLogger("posttrain.track")
 
@@ -40,30 +37,22 @@ def send(record: TrackRecord, tracker: str, *, home: Path, run_dir: Path, attemp
     layout = RunLayout(run_dir)
     layout.step_jobs.mkdir(parents=True, exist_ok=True)
     job, result = layout.step_jobs / f"track-{tracker}.job.json", layout.step_jobs / f"track-{tracker}.result.json"
-    result.unlink(missing_ok=True)
     write_json_atomic(job, {"tracker": tracker, "home": str(home), "record": record.model_dump(mode="json"),
                             "attempts": attempts, "backoff_s": backoff_s})
-    log_path = layout.step_log("track")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", CHILD_MODULE, str(job), str(result), str(os.getpid())]
     t0 = time.monotonic()
     try:
-        with open(log_path, "ab") as sink:
-            sink.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} tracker {tracker} =====\n".encode())
-            sink.flush()
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                  timeout=timeout_s, check=False, **no_window_kwargs())
-    except subprocess.TimeoutExpired:
-        return _failed(tracker, f"no answer within {timeout_s:g} s (stopped); log: {log_path}",
-                       seconds=round(time.monotonic() - t0, 3))
+        ended = run_module(CHILD_MODULE, [job, result], log=layout.step_log("track"), result=result,
+                           header=f"tracker {tracker}", timeout_s=timeout_s)
     finally:
         job.unlink(missing_ok=True)
-    outcome = read_json_file(result)
-    result.unlink(missing_ok=True)
-    if outcome is None:
-        return _failed(tracker, f"the tracking process ended with code {proc.returncode} and no result; "
-                                f"log: {log_path}", seconds=round(time.monotonic() - t0, 3))
-    return outcome
+    # Not ended.result_or_raise: tracking never fails a run, so a hang or a crash is a failed outcome.
+    if ended.timed_out:
+        return _failed(tracker, f"no answer within {timeout_s:g} s (stopped); log: {ended.log}",
+                       seconds=round(time.monotonic() - t0, 3))
+    if ended.result is None:
+        return _failed(tracker, f"the tracking process ended with code {ended.returncode} and no result; "
+                                f"log: {ended.log}", seconds=round(time.monotonic() - t0, 3))
+    return ended.result
 
 
 def track_finished_run(store: Store, run: dict[str, Any], steps: list[dict[str, Any]], *, outcome: str,
