@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from posttrain import __version__
+from posttrain._versions import package_version
 from posttrain._files import sha256_file
 from posttrain.errors import PosttrainError
 
@@ -162,7 +162,8 @@ def _files_of(folder: Path) -> dict[str, Path]:
 def _write_marker(folder: Path) -> None:
     """Record every file this run wrote, with its hash: the proof a later run needs to replace them."""
     files = {name: sha256_file(p) for name, p in _files_of(folder).items()}
-    doc = {"made_by": "posttrain make-tiny", "version": __version__, "files": files}
+    # The installed version, as `posttrain.__version__` says it (the package root imports this module).
+    doc = {"made_by": "posttrain make-tiny", "version": package_version("posttrain") or "0.0.0", "files": files}
     (folder / MARKER).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
