@@ -300,6 +300,20 @@ def clean_run(inputs: Inputs, home: Path) -> Clean:
     return Clean(wall, report, _read_writes(writes))
 
 
+def warm_wall_s(inputs: Inputs, home: Path) -> float:
+    """Seconds of a run as the kill cases make it: after the clean run (caches warm) and without its
+    write counting. The clean run's own time can be twice this, and instants spread over it would
+    then land after the run had ended: nothing killed."""
+    discard(home)
+    started = time.monotonic()
+    proc = _run(inputs, home, _env(uuid.uuid4().hex))
+    wall = time.monotonic() - started
+    discard(home)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the timing run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return wall
+
+
 def _after_rerun(inputs: Inputs, home: Path, tag: str, clean: Clean, case: Case) -> None:
     again = _run(inputs, home, _env(tag))
     if again.returncode != 0:
