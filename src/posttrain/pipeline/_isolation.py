@@ -36,7 +36,7 @@ class StepJob:
     """Everything the child needs to run one attempt of one step (pickled)."""
 
     step: str
-    run: Callable[[Any], dict[str, Any]]
+    run: Callable[[Any], Any]  # the step's function: RunContext → its outputs record
     spec: Any  # RunSpec
     store_path: Path
     outputs: dict[str, Any]  # the dependencies' outputs, typed (they pickle)
