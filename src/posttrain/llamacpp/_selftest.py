@@ -9,8 +9,9 @@ reads how they ended:
 - "llama.cpp defaults": the same with llama.cpp's extra buffer types on, as a plain `llama_cpp.Llama`
   would load it. When this one crashes and the first does not, this machine needs posttrain's fix.
 
-The tiny GGUF (a random Llama, Q8_0) is made once per llama-cpp-python version, also in a child,
-and kept in posttrain's cache.
+The tiny GGUF (a random Llama, Q8_0) is made once per llama-cpp-python version, also in a child
+(`posttrain.convert._selftest_model`: making it takes the converter, a floor above this one), and
+kept in posttrain's cache.
 
     python -m posttrain.llamacpp._selftest decode FILE.gguf [--n-gpu-layers N] PARENT_PID  (one JSON line)
 
@@ -20,7 +21,6 @@ Each child is started, bounded in time and ended with its parent by `posttrain._
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -49,11 +49,14 @@ class Outcome:
         return self.status == "ok"
 
 
-def _child(args: list[str], env: dict[str, str] | None = None, timeout: float = TIMEOUT_S) -> tuple[int | None, str]:
-    """Run `python -m posttrain.llamacpp._selftest ARGS`; (exit code or None on timeout, its output)."""
+_MAKER = "posttrain.convert._selftest_model"  # named, not imported: it runs in its own child
+
+
+def _child(args: list[str], env: dict[str, str] | None = None, timeout: float = TIMEOUT_S,
+           module: str = "posttrain.llamacpp._selftest") -> tuple[int | None, str]:
+    """Run `python -m MODULE ARGS` (this module by default); (exit code or None on timeout, its output)."""
     with tempfile.TemporaryDirectory(prefix="posttrain-selftest-") as tmp:
-        ended = run_module("posttrain.llamacpp._selftest", args, log=Path(tmp) / "output.log", env=env,
-                           timeout_s=timeout)
+        ended = run_module(module, args, log=Path(tmp) / "output.log", env=env, timeout_s=timeout)
         return ended.returncode, ended.log.read_text(encoding="utf-8", errors="replace")
 
 
@@ -81,7 +84,7 @@ def selftest_gguf() -> Path:
     version = toolchain.llama_cpp_python_version() or "unknown"
     path = paths.cache_dir() / "selftest" / version / f"selftest-{SELFTEST_QUANT.upper()}.gguf"
     if not path.is_file():
-        code, output = _child(["make", str(path)])
+        code, output = _child([str(path), SELFTEST_QUANT], module=_MAKER)
         if code != 0 or not path.is_file():
             how = describe_exit(code) if code is not None else "timed out"
             tail = " ".join(output.strip().splitlines()[-3:])
@@ -103,19 +106,6 @@ def run_selftest(n_gpu_layers: int | None = None) -> tuple[Outcome, Outcome]:
 
 
 # -- the child side --------------------------------------------------------------------------------
-def _make(dest: Path) -> None:
-    from posttrain.convert import convert_checkpoint
-    from posttrain.tiny import make_tiny
-
-    with tempfile.TemporaryDirectory(prefix="posttrain-selftest-") as tmp:
-        ckpt = make_tiny(Path(tmp) / "tiny")
-        # Made without the probe-text check: that check decodes, which is what is being tested.
-        result = convert_checkpoint(ckpt, Path(tmp) / "gguf", ["f16", SELFTEST_QUANT], model_name="selftest",
-                                    verify=False)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(result.variant(SELFTEST_QUANT.upper()).path, dest)
-
-
 def _decode(gguf: Path, n_gpu_layers: int | None) -> dict:
     from posttrain.llamacpp._engine import LlamaCppEngine
 
@@ -137,16 +127,12 @@ def main(argv: list[str]) -> int:
     if args is None:  # `posttrain doctor` is gone already
         return 1
     parser = argparse.ArgumentParser(prog="posttrain.llamacpp._selftest")
-    parser.add_argument("action", choices=("make", "decode"))
+    parser.add_argument("action", choices=("decode",))
     parser.add_argument("path", type=Path)
     parser.add_argument("--n-gpu-layers", type=int, default=None)
     ns = parser.parse_args(args)
     try:
-        if ns.action == "make":
-            _make(ns.path)
-            doc = {"ok": True}
-        else:
-            doc = _decode(ns.path, ns.n_gpu_layers)
+        doc = _decode(ns.path, ns.n_gpu_layers)
     except Exception as e:  # noqa: BLE001 - the parent reports it
         doc = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     print(json.dumps(doc), flush=True)
