@@ -103,3 +103,17 @@ def test_the_run_report_opens_with_which_quant_to_ship(shipped, tmp_path):
     md = paths["md"].read_text()
     assert "### Which quant to ship" in md and "| Q4\\_K\\_M |" not in md and "| Q4_K_M |" in md
     assert json.loads(paths["json"].read_text())["ship"]["verdict"]["pick"] == "Q8_0"
+
+
+def test_ship_json_has_one_reader_that_refuses_what_is_not_a_ship_document(tmp_path):
+    from posttrain.errors import PosttrainError
+    from posttrain.ship import SCHEMA, read_ship, write_ship
+
+    assert read_ship(tmp_path / "ship.json") == {}  # a run without the ladder
+    doc = {"schema": SCHEMA, "verdict": {"pick": "Q8_0", "strength": "shown", "sentence": "Ship Q8_0."}}
+    path = write_ship(tmp_path, doc)
+    assert path == tmp_path / "ship.json" and read_ship(path) == doc
+    for other in ('{"schema": "posttrain.compare/1", "verdict": {}}', '{"schema": "posttrain.ship/1"}', "[1, 2]"):
+        path.write_text(other)
+        with pytest.raises(PosttrainError, match=r"ship\.json is not a ship document \(posttrain\.ship/1\)"):
+            read_ship(path)

@@ -12,10 +12,9 @@ from typing import Any
 
 from posttrain import __version__
 from posttrain._ci import mean_interval
-from posttrain._files import read_json_file
 from posttrain._versions import package_version
 from posttrain.compare import read_compare
-from posttrain.contracts import SHIP_SCHEMA, RunLayout, step_outputs
+from posttrain.contracts import RunLayout, step_outputs
 from posttrain.errors import PosttrainError
 from posttrain.store import Store, loads
 from posttrain.track import read_tracking
@@ -32,14 +31,13 @@ def load_run(store: Store, run_id: str) -> dict[str, Any]:
     return run
 
 
-def load_ship(path: Path) -> dict[str, Any]:
-    """The ship document, or {} when the run measured no ladder."""
-    if not path.exists():
+def _ship(path: Path) -> dict[str, Any]:
+    """The ship document (ship's one reader), or {} when the run measured no ladder."""
+    if not path.exists():  # most runs: no need to import ship's package (numpy, scipy) to say so
         return {}
-    doc = read_json_file(path)
-    if doc is None or doc.get("schema") != SHIP_SCHEMA or not isinstance(doc.get("verdict"), dict):
-        raise PosttrainError(f"{path} is not a ship document ({SHIP_SCHEMA})", remedy="re-run the ship step")
-    return doc
+    from posttrain.ship import read_ship
+
+    return read_ship(path)
 
 
 def _quality(manifest: Any, sha256: str) -> dict[str, Any]:
@@ -188,7 +186,7 @@ def gather(store: Store, run_id: str, compare: dict[str, Any] | None = None,
         "environment": environment(store, run_id, variants),
         "failures": [{"step": s["name"], "error": s["error"]} for s in steps if s["status"] == "failed"],
         "tracking": read_tracking(folder),
-        "ship": load_ship(RunLayout(folder).ship_json),
+        "ship": _ship(RunLayout(folder).ship_json),
     }
     inputs["adapter"] = _adapter(store, run_id, inputs["compare"], variants)
     return inputs, folder

@@ -1,6 +1,7 @@
 """Which quant to ship: a ladder of GGUF variants measured on real text, speed and tasks, and a verdict."""
 
 from posttrain.ship._child import run_child
+from posttrain.ship._document import SHIP_JSON, read_ship, write_ship
 from posttrain.ship._ladder import DEFAULT_LADDER, SCHEMA, run_ladder, write_ship_reports
 from posttrain.ship._quality import DEFAULT_N_CTX, measure_quality, summarize
 from posttrain.ship._render import notes, plot, table
@@ -12,6 +13,9 @@ from posttrain.ship._verdict import DEFAULT_MARGIN_POINTS, DEFAULT_MAX_KLD, Rung
 __all__ = [
     "DEFAULT_LADDER",
     "SCHEMA",
+    "SHIP_JSON",
+    "read_ship",
+    "write_ship",
     "run_ladder",
     "write_ship_reports",
     "DEFAULT_MARGIN_POINTS",

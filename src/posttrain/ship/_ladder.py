@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from posttrain._files import write_json_atomic
 from posttrain.contracts import SHIP_SCHEMA
 from posttrain.errors import PosttrainError
 from posttrain.ship._child import run_child
+from posttrain.ship._document import write_ship
 from posttrain.ship._quality import DEFAULT_N_CTX
 from posttrain.ship._text import read_text, text_from_items
 from posttrain.ship._verdict import DEFAULT_MARGIN_POINTS, DEFAULT_MAX_KLD, Rung, decide
@@ -30,7 +30,6 @@ SCHEMA = SHIP_SCHEMA
 DEFAULT_LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M")
 # Text read for the quality measurement: 40 chunks of 512, ≥ 10,000 scored tokens (half of each chunk).
 DEFAULT_MAX_TOKENS = 20_480
-SHIP_JSON = "ship.json"
 # The quality pass's scratch folder in --out: this prefix, then the owning process's id.
 SCRATCH_PREFIX = ".posttrain-ship-scratch-"
 # Which per-item score stands for a task when lm-eval reports several (HellaSwag: acc and acc_norm).
@@ -207,7 +206,7 @@ def run_ladder(checkpoint: str | Path, *, out_dir: Path, store: Store, tasks: li
         "verdict": verdict, "seconds": {k: round(s, 2) for k, s in seconds.items()},
     }
     doc = _jsonable(doc)
-    write_json_atomic(out_dir / SHIP_JSON, doc)
+    write_ship(out_dir, doc)
     return doc
 
 
@@ -271,8 +270,7 @@ def write_ship_reports(doc: dict, out_dir: Path) -> dict[str, Path]:
     from posttrain.ship._render import render_html, render_markdown
 
     out_dir = Path(out_dir)
-    files = {"json": out_dir / SHIP_JSON, "md": out_dir / "ship.md", "html": out_dir / "ship.html"}
-    write_json_atomic(files["json"], doc)
+    files = {"json": write_ship(out_dir, doc), "md": out_dir / "ship.md", "html": out_dir / "ship.html"}
     write_text_atomic(files["md"], render_markdown(doc))
     write_text_atomic(files["html"], render_html(doc))
     return files
