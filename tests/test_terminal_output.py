@@ -142,8 +142,16 @@ def test_ctrl_c_exits_130_with_one_line_and_nothing_half_written(tiny_gguf, tmp_
     data = tmp_path / "bench"
     write_hellaswag(data, n=3000)  # far more than can finish before the interrupt
     home = tmp_path / "home"
-    proc = posttrain("eval", tiny_gguf["F16"], "--tasks", "hellaswag", "--data-dir", data, "--home", home,
-                     cwd=tmp_path, home=home, popen=True)
+    # The child starts with Ctrl-C as a terminal gives it: a process inherits SIGINT ignored or blocked
+    # from its parent, and a library earlier in this pytest process may have left it so (seen only in
+    # the full suite: the eval then ran to its end and exited 0).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = posttrain("eval", tiny_gguf["F16"], "--tasks", "hellaswag", "--data-dir", data, "--home", home,
+                         cwd=tmp_path, home=home, popen=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
     log = home / "evals" / Path(tiny_gguf["F16"]).stem / "posttrain-eval.log"
     deadline = time.monotonic() + 120
     while not log.exists() and proc.poll() is None and time.monotonic() < deadline:
