@@ -38,21 +38,6 @@ class Variant:
     adapter: Path | None = None
     adapter_sha256: str | None = None
 
-    def to_json(self) -> dict:
-        """As a step's outputs hold it (the runner stores outputs as JSON)."""
-        return {"path": str(self.path), "quant": self.quant, "sha256": self.sha256, "model_name": self.model_name,
-                "size_bytes": self.size_bytes, "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "adapter": str(self.adapter) if self.adapter else None, "adapter_sha256": self.adapter_sha256}
-
-    @classmethod
-    def from_json(cls, d: dict) -> Variant:
-        def path(key: str) -> Path | None:
-            return Path(d[key]) if d.get(key) else None
-
-        return cls(path=Path(d["path"]), quant=d["quant"], sha256=d["sha256"], model_name=d["model_name"],
-                   size_bytes=d.get("size_bytes"), checkpoint=path("checkpoint"), adapter=path("adapter"),
-                   adapter_sha256=d.get("adapter_sha256"))
-
 
 @dataclass(frozen=True)
 class Manifest:

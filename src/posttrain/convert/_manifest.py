@@ -39,7 +39,7 @@ def load_manifest(out_dir: Path) -> dict:
 
 def manifest_entries(manifest: dict, fields: set[str]) -> dict:
     """The variant entries of a manifest, keeping only those with exactly `fields` (what
-    `Variant.to_json()` writes) and the right types where a later step relies on them."""
+    `BuiltVariant.to_json()` writes) and the right types where a later step relies on them."""
     listed = manifest.get("variants")
     if not isinstance(listed, dict):
         return {}
