@@ -110,8 +110,33 @@ def test_the_importance_matrix_is_computed_once_per_model_and_text(tools, tiny_g
     assert other.sha256 != first.sha256 and not remade[0].cached and remade[0].sha256 != made[0].sha256
 
     text.write_text("too short")
-    with pytest.raises(PosttrainError, match="too short"):
+    with pytest.raises(PosttrainError, match="too short .* is \\d+ tokens, and llama-imatrix needs at least two chunks "
+                                             "of 64 \\(128 tokens\\)"):
         compute_imatrix(tiny_gguf["F16"], text, tmp_path / "cache", chunk=64, tools=tools)
+
+
+def test_the_two_chunk_minimum_is_counted_as_llama_imatrix_counts_it(tools, tiny_gguf, tmp_path):
+    """One token short of two chunks is refused before llama-imatrix runs (its own message can be lost
+    from its log); exactly two chunks is computed. The count is llama.cpp's, BOS included."""
+    from posttrain import llamacpp
+    from posttrain.convert import compute_imatrix
+
+    text = tmp_path / "text.txt"
+    words = " ".join(corpus(200, seed=7)).split()
+    sizes = {}
+    for n in range(1, len(words)):
+        sizes.setdefault(llamacpp.count_tokens(tiny_gguf["F16"], " ".join(words[:n])), n)
+        if 129 in sizes:
+            break
+    short = next(c for c in (127, 126, 125) if c in sizes)
+    text.write_text(" ".join(words[:sizes[short]]))
+    with pytest.raises(PosttrainError, match=f"is {short} tokens"):
+        compute_imatrix(tiny_gguf["F16"], text, tmp_path / "cache", chunk=64, tools=tools)
+    assert not list((tmp_path / "cache").glob("*.log"))  # refused before llama-imatrix ran
+
+    enough = next(c for c in (128, 129) if c in sizes)
+    text.write_text(" ".join(words[:sizes[enough]]))
+    assert compute_imatrix(tiny_gguf["F16"], text, tmp_path / "cache", chunk=64, tools=tools).path.is_file()
 
 
 def test_ship_with_imatrix_text_measures_both_variants_side_by_side(tools, tiny_spm, tmp_path):

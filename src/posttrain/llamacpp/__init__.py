@@ -51,6 +51,8 @@ _LAZY = {
     "LlamaTools": "_tools_build",
     "ToolsNotBuilt": "_tools_build",
     "find_llama_tools": "_tools_build",
+    "count_tokens": "_vocab",
+    "open_vocab": "_vocab",
 }
 
 

@@ -19,20 +19,9 @@ def gguf_metadata(path: Path) -> dict[str, str]:
 
 def gguf_header(path: Path) -> tuple[dict[str, str], Tokens]:
     """The GGUF's key/value header and its special tokens, as llama.cpp reads them (vocabulary only)."""
-    from llama_cpp._utils import suppress_stdout_stderr
-
     from posttrain import llamacpp
 
-    Llama = llamacpp.load_llama_cpp().Llama
-
-    try:
-        # llama.cpp prints context warnings from C even with verbose=False; keep the CLI's output clean.
-        with suppress_stdout_stderr(disable=False):
-            model = Llama(model_path=str(path), vocab_only=True, verbose=False)
-    except (ValueError, RuntimeError) as e:
-        raise PosttrainError(f"{path} is not a GGUF file llama.cpp can read: {e}",
-                             remedy="re-run `posttrain convert`") from None
-    try:
+    with llamacpp.open_vocab(path) as model:
         vocab = model._model  # llama-cpp-python's vocabulary wrapper: the only place it exposes EOT and add_bos
 
         def text(token: int) -> str:
@@ -43,8 +32,6 @@ def gguf_header(path: Path) -> tuple[dict[str, str], Tokens]:
         tokens = Tokens(bos=text(vocab.token_bos()), eos=eos, eot="" if eot == eos else eot,
                         add_bos=bool(vocab.add_bos_token()))
         return dict(model.metadata), tokens
-    finally:
-        model.close()
 
 
 def _ftype_names() -> dict[int, str]:
