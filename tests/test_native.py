@@ -1,6 +1,8 @@
 """llama.cpp loaded safely on every machine: before numpy and torch, and without the extra CPU buffer
-types that crash on AMX CPUs (issue 10). The tests look at what llama.cpp itself reports: with its
-extra buffer types on, it repacks Q4_K weights into a "CPU_REPACK" buffer on any AVX2 CPU; every
+types that crash on AMX CPUs (issue 10) unless this machine's profile found them safe (issue 32:
+`tests/test_machine_profile.py`). The tests look at what llama.cpp itself reports: with its extra
+buffer types on, it repacks Q4_K weights into a "CPU_REPACK" buffer on any AVX2 CPU; with no profile
+(`POSTTRAIN_MACHINE_PROFILE=0`: the safe load, what a CPU whose self-test crashed gets) every
 posttrain load path must show no such buffer (nor an "AMX" one). The control that loads with
 llama.cpp's defaults asks the self-test first: on a CPU where those defaults crash (AMX in a virtual
 machine), it checks that the crash is contained instead (issue 29)."""
@@ -19,11 +21,20 @@ import pytest
 from posttrain import llamacpp
 
 EXTRA_BUFFER_MARKS = ("CPU_REPACK model buffer", "AMX model buffer")
+# The safe load: no machine profile read (a profile whose self-test passed turns the buffer types on).
+SAFE = {"POSTTRAIN_MACHINE_PROFILE": "0"}
+
+
+@pytest.fixture(autouse=True)
+def safe_load(monkeypatch):
+    for name, value in SAFE.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv(llamacpp.EXTRA_BUFTS_ENV, raising=False)
 
 
 def _python(code: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **SAFE, **(env or {})})
 
 
 def _extra_buffers(log: str) -> list[str]:
@@ -120,11 +131,13 @@ def test_the_conversion_check_loads_without_extra_buffer_types(tiny_gguf):
         llm.close()
 
 
-def test_the_user_can_turn_extra_buffer_types_back_on(monkeypatch):
+def test_the_user_can_turn_extra_buffer_types_on_and_off(monkeypatch):
     monkeypatch.setenv(llamacpp.EXTRA_BUFTS_ENV, "1")
     assert llamacpp.model_params().use_extra_bufts is True
-    monkeypatch.delenv(llamacpp.EXTRA_BUFTS_ENV)
+    monkeypatch.setenv(llamacpp.EXTRA_BUFTS_ENV, "0")
     assert llamacpp.model_params().use_extra_bufts is False
+    monkeypatch.delenv(llamacpp.EXTRA_BUFTS_ENV)
+    assert llamacpp.model_params().use_extra_bufts is False  # the safe load: no profile
 
 
 def test_gpu_layers_default_to_all_on_a_build_that_offloads_and_none_on_cpu():

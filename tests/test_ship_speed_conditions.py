@@ -15,7 +15,7 @@ import time
 
 import psutil
 
-from posttrain.ship._conditions import BUSY_OTHERS_PCT, CpuWatch
+from posttrain._run_conditions import BUSY_OTHERS_PCT, CpuWatch
 from posttrain.ship._speed import measure_speed
 
 SPIN_S = 60  # each spinner ends by itself after this, whatever happens to the test

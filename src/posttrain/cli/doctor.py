@@ -49,12 +49,55 @@ def _selftest_rows(row, table: Table, system_info: str, n_gpu_layers: int | None
                    f"e.g. without AMX: POSTTRAIN_LLAMA_CMAKE_ARGS=\"{llamacpp.cmake_args_without_amx(system_info)}\" "
                    f"bash scripts/setup.sh"))
     if control.ok:
-        table.add_row("llama.cpp defaults", "[green]ok[/]", "extra CPU buffer types (repacking, AMX) work here too")
+        table.add_row("llama.cpp defaults", "[green]ok[/]", "extra CPU buffer types (repacking, AMX) work here too: "
+                                                            "the machine profile turns them on")
     else:
         # Not a failure of posttrain's: its own loads avoid this. Other llama.cpp programs here may crash.
         table.add_row("llama.cpp defaults", "[yellow]crash[/]" if control.status == "crashed" else "[yellow]fails[/]",
                       esc(f"{control.status}: {control.detail} with llama.cpp's extra CPU buffer types on; "
-                             f"posttrain keeps them off ({llamacpp.EXTRA_BUFTS_ENV} unset)"))
+                             f"posttrain keeps them off (unless {llamacpp.EXTRA_BUFTS_ENV}=1)"))
+
+
+def _profile_rows(table: Table, display, reprofile: bool) -> None:
+    """This machine's llama.cpp profile (measured once per CPU and build): what every load uses, why,
+    and what overrides it."""
+    from posttrain import llamacpp
+    from posttrain.llamacpp import _settings
+
+    if reprofile:
+        llamacpp.forget_machine_profile()
+    profile = llamacpp.ensure_profile(say=display.begin)
+    if profile is None:
+        table.add_row("machine profile", "[yellow]off[/]",
+                      f"{_settings.PROFILE_ENV}=0: the safe settings (no extra CPU buffer types, every CPU, "
+                      f"micro-batch {_settings.SAFE_UBATCH}, F16)")
+        return
+    when = f"{profile.cpu}, measured {profile.measured_at} in {profile.seconds:.0f} s"
+    conditions = profile.conditions
+    if profile.fallback:
+        table.add_row("machine profile", "[yellow]fallback[/]",
+                      esc(f"{when}; the safe settings, because {profile.fallback}; `posttrain doctor --reprofile` "
+                          f"measures again"))
+    elif conditions is not None and conditions.busy:
+        table.add_row("machine profile", "[yellow]busy[/]",
+                      esc(f"{when}, while other work used {conditions.others_cpu_pct:.0f} % of the CPUs: its "
+                          f"choices may be off; `posttrain doctor --reprofile` on a quiet machine"))
+    else:
+        table.add_row("machine profile", "[green]ok[/]", esc(when))
+    table.add_row("  extra CPU buffer types", "on" if _settings.extra_bufts_allowed() else "off",
+                  esc(f"the self-test's decode with them on: {profile.extra_bufts_detail}"))
+    rates = {(p.reference, p.threads, p.n_ubatch): p.tokens_per_s for p in profile.probes}
+    best = rates.get((profile.reference, profile.threads, profile.n_ubatch))
+    table.add_row("  threads, micro-batch", f"{_settings.threads()}, {_settings.n_ubatch()}",
+                  esc("; ".join(f"{r} {t} threads n_ubatch {u}: {v:,.0f} tok/s" for (r, t, u), v in rates.items())
+                      or "not measured"))
+    speedup = profile.speedup("BF16")
+    table.add_row("  faster reference", _settings.reference_type(),
+                  esc(f"BF16 prefills {speedup:.2f}x as fast as F16 on the probe" if speedup else "not measured")
+                  + (f" (best {best:,.0f} tok/s)" if best else ""))
+    overrides = _settings.overrides_set()
+    if overrides:
+        table.add_row("  overridden by", "env", esc(", ".join(f"{k}={v}" for k, v in overrides.items())))
 
 
 def _imatrix_tools_row(row, table: Table, build: bool) -> None:
@@ -96,13 +139,17 @@ def doctor(
                                   help="Load and decode a tiny quantized GGUF in child processes (seconds; the "
                                        "first run makes the model)."),
     n_gpu_layers: int | None = n_gpu_layers_option(),
+    reprofile: bool = typer.Option(False, "--reprofile",
+                                   help="Measure this machine's llama.cpp profile again (threads, micro-batch, "
+                                        "extra CPU buffer types, F16 or BF16), e.g. after a measurement on a busy "
+                                        "machine."),
 ) -> None:
     """Check the toolchain: llama.cpp, converter, lm-eval, torch, transformers, Ollama, disk."""
     # Each check that can take seconds (llama.cpp's load, provisioning, a build, the self-test) is a
     # stage of the display; what llama.cpp and the children print goes to the log.
     with long_command(command_log("doctor"), title="checking the toolchain") as display:
         table, ok = _checks(display, out, ollama_url, provision, build_imatrix_tools, llama_cpp_dir, selftest,
-                            n_gpu_layers, sdist)
+                            n_gpu_layers, sdist, reprofile)
     console.print(table)
     if not ok:
         raise typer.Exit(1)
@@ -110,7 +157,7 @@ def doctor(
 
 def _checks(display, out: Path, ollama_url: str, provision: bool, build_imatrix_tools: bool,
             llama_cpp_dir: Path | None, selftest: bool, n_gpu_layers: int | None,
-            sdist: Path | None = None) -> tuple[Table, bool]:
+            sdist: Path | None = None, reprofile: bool = False) -> tuple[Table, bool]:
     from posttrain import toolchain
 
     table = Table("component", "status", "detail / fix")
@@ -143,6 +190,7 @@ def _checks(display, out: Path, ollama_url: str, provision: bool, build_imatrix_
     if llama and selftest:
         display.begin("llama.cpp self-test (decoding a tiny GGUF in child processes)")
         _selftest_rows(row, table, info.get("system_info", ""), n_gpu_layers)
+        _profile_rows(table, display, reprofile)
     for dist, fix in (("lm-eval", "pip install 'lm-eval>=0.4.13'"), ("torch", "pip install torch==2.13.0"),
                       ("transformers", "pip install transformers"), ("ollama", "pip install ollama")):
         v = package_version(dist)

@@ -57,7 +57,7 @@ class LlamaCppLM(TemplateLM):
     model_args: `model` (path to the .gguf; `pretrained` is accepted as an alias), `max_length`
     (tokens of context + continuation, default the GGUF's trained context capped at 8192),
     `n_ctx` (KV cache size, default max(max_length, n_batch)), `n_batch` (tokens per llama_decode,
-    default 512: one micro-batch, so attention never spans more than 512 cells), `n_ubatch` (256: on CPU, 1.18x faster than 512 for SmolLM2-135M with the same answers, see docs/llamacpp-backend.md), `n_seq_max` (sequences per decode, 64), `n_threads`, `n_gpu_layers`
+    default 512: one micro-batch, so attention never spans more than 512 cells), `n_ubatch` (default: the machine profile's, 256 where none was measured; see docs/llamacpp-backend.md), `n_seq_max` (sequences per decode, 64), `n_threads`, `n_gpu_layers`
     (default: every layer on a build that offloads, else 0; -1 all),
     `max_gen_toks` (default for generation when a task sets none, 256), `batched` (false: score one
     request per decode, the simple reference path), `flash_attn` (false), `kv_type` (KV cache type: f16 as llama.cpp's default, f32, q8_0), `seed` (recorded;
@@ -71,7 +71,7 @@ class LlamaCppLM(TemplateLM):
         max_length: int | None = None,
         n_ctx: int | None = None,
         n_batch: int = 512,
-        n_ubatch: int = 256,
+        n_ubatch: int | None = None,
         n_seq_max: int = MAX_SEQUENCES,
         n_threads: int | None = None,
         n_gpu_layers: int | str | None = None,
@@ -110,7 +110,7 @@ class LlamaCppLM(TemplateLM):
             n_ctx=kv_size,
             n_ctx_cap=DEFAULT_MAX_LENGTH_CAP,
             n_batch=n_batch,
-            n_ubatch=int(n_ubatch),
+            n_ubatch=int(n_ubatch) if n_ubatch else None,
             n_threads=int(n_threads) if n_threads else None,
             n_gpu_layers=None if n_gpu_layers in (None, "") else int(n_gpu_layers),
             n_seq_max=int(n_seq_max),

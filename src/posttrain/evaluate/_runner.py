@@ -9,7 +9,7 @@ import platform
 import time
 from pathlib import Path
 
-from posttrain import _progress
+from posttrain import _progress, llamacpp
 from posttrain._versions import package_version
 from posttrain.evaluate._backends import ModelRef, make_lm, resolve_model, with_gpu_layers, with_lora
 from posttrain.evaluate._measured_lm import MeasuredLM
@@ -158,6 +158,11 @@ def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = Non
     return evaluate_request(ref, request, store=store, out_dir=Path(out_dir), label=label, shards=shards)
 
 
+def plan_uses_llamacpp(ref: ModelRef) -> bool:
+    """Whether this model is scored by llama.cpp in process (a GGUF, or Ollama's log-likelihood route)."""
+    return ref.kind == "gguf" or (ref.loglikelihood is not None and ref.loglikelihood.kind == "gguf")
+
+
 def evaluate_request(ref: ModelRef, request: EvalRequest, *, store: Store, out_dir: Path,
                      label: str | None = None, shards=None) -> list[EvalResult]:
     """Each task of the request: its stored result when the cache key matches, else run and stored."""
@@ -178,6 +183,11 @@ def evaluate_request(ref: ModelRef, request: EvalRequest, *, store: Store, out_d
                 results.append(cached)
                 _progress.end(f"n={cached.n}, cached")
                 continue
+            if session is None and plan_uses_llamacpp(ref):
+                # Measured once per CPU and llama.cpp build, before the first model is loaded, so
+                # that every load (here, in shards, in step children) finds it and this wait is named.
+                llamacpp.ensure_profile(say=_progress.begin)
+                _progress.begin(name, unit="requests")
             session = session or _Session(request, out_dir, label, source, shards)
             results.append(session.run(plan, store))
             _progress.end(f"n={results[-1].n}")

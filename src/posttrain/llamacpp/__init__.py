@@ -21,9 +21,7 @@ from typing import Any
 from posttrain._child_process import describe_exit, was_interrupted
 from posttrain.llamacpp._loading import (
     ALL_LAYERS,
-    EXTRA_BUFTS_ENV,
     cmake_args_without_amx,
-    cpu_threads,
     gpu_offload_supported,
     llama_kwargs,
     load_llama_cpp,
@@ -31,6 +29,7 @@ from posttrain.llamacpp._loading import (
     resolve_gpu_layers,
     system_info,
 )
+from posttrain.llamacpp._settings import EXTRA_BUFTS_ENV, cpu_threads
 
 # Public name → the private module that defines it, imported when the name is first asked for. The
 # self-test's module among them imports convert, in its child only (it converts its tiny model there).
@@ -51,6 +50,9 @@ _LAZY = {
     "LlamaTools": "_tools_build",
     "ToolsNotBuilt": "_tools_build",
     "find_llama_tools": "_tools_build",
+    "ensure_profile": "_profile",
+    "forget_machine_profile": "_profile",
+    "MachineProfile": "_profile_store",
     "count_tokens": "_vocab",
     "open_vocab": "_vocab",
 }
@@ -71,11 +73,16 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ALL_LAYERS",
+    "count_tokens",
+    "ensure_profile",
+    "forget_machine_profile",
+    "open_vocab",
     "EXTRA_BUFTS_ENV",
     "MAX_SEQUENCES",
     "QUANTIZE",
     "LlamaCppEngine",
     "LlamaTools",
+    "MachineProfile",
     "Outcome",
     "ScoreRequest",
     "Scored",

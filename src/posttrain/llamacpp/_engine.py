@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from posttrain.errors import PosttrainError
-from posttrain.llamacpp import _loading
+from posttrain.llamacpp import _loading, _settings
 from posttrain.llamacpp._batch import decode_entries, logits_rows
 from posttrain.llamacpp._generation import GenerationMixin
 from posttrain.llamacpp._scoring import Scored, ScoreRequest, ScoringMixin
@@ -50,7 +50,7 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
         n_ctx: int | None = None,
         n_ctx_cap: int = 8192,
         n_batch: int = 512,
-        n_ubatch: int = 256,  # llama.cpp's compute micro-batch; see docs/llamacpp-backend.md for why 256
+        n_ubatch: int | None = None,  # llama.cpp's compute micro-batch: the machine profile's (256 unmeasured)
         n_threads: int | None = None,
         n_gpu_layers: int | None = None,
         n_seq_max: int = MAX_SEQUENCES,
@@ -94,7 +94,8 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
         self.bos_id: int | None = bos if bos >= 0 else None
         self.eos_id: int | None = eos if eos >= 0 else None
 
-        self.n_threads = n_threads or _loading.cpu_threads()
+        # Threads and micro-batch as this machine's profile found fastest (docs/llamacpp-backend.md).
+        self.n_threads = n_threads or _settings.threads()
         # Default KV size: the trained context (capped), and at least one full batch.
         self.n_ctx = int(n_ctx) if n_ctx else max(min(self.n_ctx_train or 2048, n_ctx_cap), n_batch)
         self.n_batch = int(min(n_batch, self.n_ctx))
@@ -103,7 +104,8 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
         if kv is None:
             self.close()
             raise PosttrainError(f"unknown kv_type {kv_type!r}", remedy=f"use one of {', '.join(_KV_TYPES)}")
-        self._n_ubatch, self._flash_attn, self._kv_type_id = int(n_ubatch), bool(flash_attn), kv
+        self._n_ubatch = int(n_ubatch or _settings.n_ubatch())
+        self._flash_attn, self._kv_type_id = bool(flash_attn), kv
         # One KV buffer shared by all sequences: a context token can then belong to every ending's
         # sequence at once (no copies), and each sequence may use the whole n_ctx.
         self._ctx = self._new_context(self.n_ctx, self.n_seq_max, unified=True)

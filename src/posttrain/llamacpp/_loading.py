@@ -8,8 +8,8 @@ Two faults seen on real machines decide what this module does (`../shared/facts.
   types (`use_extra_bufts = False`), which also turns off llama.cpp's CPU weight repacking. The
   patch below applies that to `llama_model_default_params()` itself, so the high-level
   `llama_cpp.Llama` (the conversion check, the server) gets it as well as posttrain's own engine.
-  `POSTTRAIN_LLAMA_EXTRA_BUFTS=1` gives the extra buffer types back to whoever measured that their
-  machine is fine with them.
+  Where the machine profile's self-test decoded safely with them (`_profile`), they are on again;
+  `POSTTRAIN_LLAMA_EXTRA_BUFTS=1` or `0` decides instead of the profile.
 - **CUDA.** A CUDA build of llama-cpp-python segfaults in `llama_model_load_from_file` when numpy or
   torch was imported before `llama_cpp` in the same process. `import posttrain` imports llama_cpp
   first (`posttrain/__init__.py`), so every posttrain process, and every child it starts, has
@@ -18,26 +18,20 @@ Two faults seen on real machines decide what this module does (`../shared/facts.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 from posttrain.errors import PosttrainError
+from posttrain.llamacpp._settings import extra_bufts_allowed
 
 # llama-cpp-python's own spelling of "offload every layer" (INT32_MAX; llama.cpp clamps it).
 ALL_LAYERS = 0x7FFFFFFF
-EXTRA_BUFTS_ENV = "POSTTRAIN_LLAMA_EXTRA_BUFTS"
 # Libraries that must not be loaded before llama.cpp in a CUDA process.
 LOAD_AFTER = ("numpy", "torch")
 
 _patched = False
 # Which of LOAD_AFTER were already imported when llama_cpp was first imported through here.
 loaded_before: tuple[str, ...] = ()
-
-
-def extra_bufts_allowed() -> bool:
-    """Whether loads may use llama.cpp's extra CPU buffer types (AMX, repacking): off unless asked."""
-    return os.environ.get(EXTRA_BUFTS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _install_safe_defaults(lc: Any) -> None:
@@ -125,16 +119,6 @@ def system_info() -> str:
     if lc is None:
         return "llama-cpp-python not installed"
     return lc.llama_print_system_info().decode(errors="replace").strip()
-
-
-def cpu_threads() -> int:
-    """The CPUs this process may run on (affinity where the OS has it, e.g. Linux and Windows)."""
-    import psutil
-
-    try:
-        return max(1, len(psutil.Process().cpu_affinity()))
-    except (AttributeError, psutil.Error, OSError):  # macOS has no affinity API
-        return max(1, os.cpu_count() or 1)
 
 
 # llama.cpp's system-info names → the CMake options that build exactly those CPU features, without AMX.

@@ -4,10 +4,11 @@ A CPU feature llama.cpp mishandles (AMX on some Intel CPUs) or a broken GPU buil
 that decodes, with a signal and no Python exception. So the test runs in children and the parent
 reads how they ended:
 
-- "posttrain": the load posttrain itself uses (`posttrain.llamacpp._loading`: no extra CPU buffer types, GPU
-  layers as configured), then 32 greedy tokens;
+- "safe load": posttrain's load without llama.cpp's extra CPU buffer types (GPU layers as
+  configured), then 32 greedy tokens;
 - "llama.cpp defaults": the same with llama.cpp's extra buffer types on, as a plain `llama_cpp.Llama`
-  would load it. When this one crashes and the first does not, this machine needs posttrain's fix.
+  would load it. When this one crashes and the first does not, this machine needs posttrain's fix;
+  the machine profile (`_profile`) asks this question and keeps them on only where it ends well.
 
 The tiny GGUF (a random Llama, Q8_0) is made once per llama-cpp-python version, also in a child
 (`posttrain.convert._selftest_model`: making it takes the converter, a floor above this one), and
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain._child_process import child_args, describe_exit, run_module
-from posttrain.llamacpp import _loading
+from posttrain.llamacpp import _settings
 
 DECODE_TOKENS = 32
 TIMEOUT_S = 300.0
@@ -92,17 +93,26 @@ def selftest_gguf() -> Path:
     return path
 
 
-def run_selftest(n_gpu_layers: int | None = None) -> tuple[Outcome, Outcome]:
-    """Decode the tiny model the way posttrain does, then with llama.cpp's defaults (the control)."""
+def _decode_in_child(name: str, extra_bufts: bool, n_gpu_layers: int | None) -> Outcome:
     gguf = selftest_gguf()
-    results = []
     layers = [] if n_gpu_layers is None else ["--n-gpu-layers", str(n_gpu_layers)]
-    for name, env in (("posttrain", {_loading.EXTRA_BUFTS_ENV: "0"}),
-                      ("llama.cpp defaults", {_loading.EXTRA_BUFTS_ENV: "1"})):
-        started = time.monotonic()
-        code, output = _child(["decode", str(gguf), *layers], env=env)
-        results.append(_outcome(name, code, output, time.monotonic() - started))
-    return results[0], results[1]
+    # The profile is not read in the child: this child is what decides it.
+    env = {_settings.EXTRA_BUFTS_ENV: "1" if extra_bufts else "0", _settings.PROFILE_ENV: "0"}
+    started = time.monotonic()
+    code, output = _child(["decode", str(gguf), *layers], env=env)
+    return _outcome(name, code, output, time.monotonic() - started)
+
+
+def run_selftest(n_gpu_layers: int | None = None) -> tuple[Outcome, Outcome]:
+    """Decode the tiny model with the safe load (no extra CPU buffer types), then with llama.cpp's
+    defaults (the control: extra buffer types on)."""
+    return (_decode_in_child("safe load", False, n_gpu_layers),
+            _decode_in_child("llama.cpp defaults", True, n_gpu_layers))
+
+
+def decode_with_extra_bufts() -> Outcome:
+    """The control alone (the machine profile's first question), on the CPU."""
+    return _decode_in_child("llama.cpp defaults", True, 0)
 
 
 # -- the child side --------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 
 from posttrain.checkpoint import human_bytes
-from posttrain.ship._conditions import BUSY_OTHERS_PCT
+from posttrain._run_conditions import BUSY_OTHERS_PCT
 from posttrain.ship._verdict import fmt_margin
 
 STATUS_WORDS = {"equivalent": "equivalent", "not equivalent": "not shown equivalent", "undecided": "undecided (n)",

@@ -5,7 +5,7 @@ generation of 128 tokens one at a time from an empty context (`tg128`), each aft
 repeated, on random token ids (the content does not change the arithmetic). We report the median of
 the repetitions, the thread count and llama.cpp's own description of the build (CPU features,
 backends), since those decide the figures as much as the quantization does, and what else the
-machine was doing during the timed runs (`_conditions.py`: a busy machine gives lower figures).
+machine was doing during the timed runs (`posttrain/_run_conditions.py`: a busy machine gives lower figures).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from posttrain import llamacpp
-from posttrain.ship._conditions import CpuWatch
+from posttrain._run_conditions import CpuWatch
 from posttrain.ship._quality import _load
 
 DEFAULT_REPS = 3

@@ -51,7 +51,7 @@ class Rung:
     # (its file is a few hundred bytes larger, only for the matrix's metadata).
     order_size: int | None = None
     kld_se: float | None = None  # standard error of kld_mean (over scored tokens, as llama.cpp prints it)
-    speed_busy: bool = False  # its speed was measured while other work used the CPUs (_conditions.py)
+    speed_busy: bool = False  # its speed was measured while other work used the CPUs (posttrain/_run_conditions.py)
 
 
 def decide(rungs: list[Rung], *, margin: float = DEFAULT_MARGIN_POINTS / 100, alpha: float = 0.05,
