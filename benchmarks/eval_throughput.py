@@ -7,6 +7,12 @@ offline YAMLs over local data files), scored by:
   server lm-eval's `gguf` backend against llama-cpp-python's server (--logits_all true); very slow,
          so only a small subset is run and its time extrapolated (optional: --server-requests 0 skips)
 
+First the machine profile the run uses (`posttrain.llamacpp`: measured once per CPU and build), and
+at the end one table: ours with the safe settings (F16, every CPU, micro-batch 256, no extra buffer
+types: posttrain before the profile), ours with the profile's settings (the default now), ours on
+the BF16 GGUF (`--bf16`, the profile's reference type where BF16 is faster), lm-eval `hf`, and
+llama.cpp's prefill limit, each with its ratio to `hf` and its per-item agreement with `hf`.
+
 Printed: wall times and ratios, tokens evaluated, per-item agreement of the chosen answer with `hf`,
 llama.cpp's own prefill throughput for this GGUF (a 512-token batch, last-token logits only), the
 token bill with each distinct context counted once, bill / throughput = the physical limit of this
@@ -16,7 +22,7 @@ evaluation on this machine, and how close `ours` comes to it. Then the generatio
 
     python benchmarks/eval_throughput.py --gguf smollm2-f16.gguf --hf /tmp/smollm2 \\
         --data /work/shared/data/benchmarks --hellaswag 200 --mmlu-per-subject 2 --gsm8k 30 \\
-        --also smollm2-Q8_0.gguf --also smollm2-Q4_K_M.gguf
+        --bf16 smollm2-BF16.gguf --also smollm2-Q8_0.gguf --also smollm2-Q4_K_M.gguf
 """
 
 from __future__ import annotations
@@ -210,6 +216,55 @@ def run_server(gguf: Path, instances, n_threads: int):
         proc.wait(timeout=30)
 
 
+SAFE_SETTINGS = {"POSTTRAIN_LLAMA_EXTRA_BUFTS": "0", "POSTTRAIN_LLAMA_UBATCH": "256"}
+
+
+def run_with_settings(env: dict[str, str], fn, *args, **kwargs):
+    """`fn(...)` with these environment variables set (the engine reads its settings at each load)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def describe_profile() -> str:
+    from posttrain import llamacpp
+    from posttrain.llamacpp import _settings
+
+    profile = llamacpp.ensure_profile(say=print)
+    if profile is None:
+        return "machine profile: off (POSTTRAIN_MACHINE_PROFILE=0): the safe settings"
+    busy = profile.conditions is not None and profile.conditions.busy
+    speedup = profile.speedup("BF16")
+    return (f"machine profile: {profile.cpu}; extra CPU buffer types {'on' if _settings.extra_bufts_allowed() else 'off'} "
+            f"({profile.extra_bufts_detail.split(':')[0]}); {_settings.threads()} threads; n_ubatch "
+            f"{_settings.n_ubatch()}; faster reference {_settings.reference_type()}"
+            + (f" (BF16 {speedup:.2f}x F16 on the probe)" if speedup else "")
+            + ("; measured while busy: the safe settings" if busy else "")
+            + (f"; fallback: {profile.fallback}" if profile.fallback else ""))
+
+
+def summary_table(rows: list[tuple[str, float, float | None]], t_hf: float | None, limit: float) -> None:
+    """One table: each route's wall time, its speed against hf, its agreement with hf, % of the limit."""
+    print()
+    print(f"| route | wall s | x hf | same answer as hf | % of llama.cpp's prefill limit ({limit:.1f} s) |")
+    print("|---|---|---|---|---|")
+    for name, seconds, agree in rows:
+        ratio = f"{t_hf / seconds:.2f}x" if t_hf else "-"
+        same = f"{100 * agree:.1f} %" if agree is not None else "-"
+        print(f"| {name} | {seconds:.1f} | {ratio} | {same} | {100 * limit / seconds:.0f} % |")
+    if t_hf:
+        print(f"| lm-eval hf, float32 | {t_hf:.1f} | 1.00x | - | {100 * limit / t_hf:.0f} % |")
+    print(f"| llama.cpp prefill limit (F16) | {limit:.1f} | {t_hf / limit:.2f}x | - | 100 % |" if t_hf else
+          f"| llama.cpp prefill limit (F16) | {limit:.1f} | - | - | 100 % |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gguf", type=Path, required=True)
@@ -224,7 +279,8 @@ def main() -> None:
     ap.add_argument("--also", type=Path, action="append", default=[], metavar="GGUF",
                     help="also time this GGUF (e.g. the Q8_0 and Q4_K_M of the same model) on the same items, "
                          "with its agreement with the --gguf reference (repeatable)")
-    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all usable cores)")
+    ap.add_argument("--bf16", type=Path, help="the BF16 GGUF of the same model: a row of its own in the table")
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: the machine profile's)")
     ap.add_argument("--sequential", action="store_true", help="also time the one-request-per-decode path")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--try", dest="settings", action="append", default=[], metavar="K=V[,K=V]",
@@ -239,6 +295,9 @@ def main() -> None:
     print(f"items {n_items}, loglikelihood requests {len(instances)}; load average {load[0]:.2f} on {os.cpu_count()} cores")
 
     figures: dict = {"items": n_items, "requests": len(instances), "loadavg_start": load[0]}
+    profile_line = describe_profile()
+    print(profile_line)
+    figures["machine_profile"] = profile_line
     from posttrain.evaluate._llamacpp_lm import LlamaCppLM
 
     lm0 = LlamaCppLM(model=str(args.gguf), n_threads=args.threads)
@@ -262,6 +321,22 @@ def main() -> None:
     print(f"ours (posttrain-llamacpp, batched): {t_ours:.1f} s wall / {cpu_ours:.1f} CPU-s, {lm.tokens_evaluated} tokens "
           f"evaluated -> {100 * limit / t_ours:.0f}% of the limit by wall time, {100 * limit_cpu / cpu_ours:.0f}% by CPU time")
     ours_choice = chosen(instances, ours)
+    table_rows: list[tuple[str, object, float]] = [("ours, F16, profile settings (the default)", ours, t_ours)]
+    from posttrain import llamacpp
+
+    safe = {**SAFE_SETTINGS, "POSTTRAIN_LLAMA_THREADS": str(llamacpp.cpu_threads())}
+    _, res_safe, t_safe, _ = run_with_settings(safe, run_ours, args.gguf, instances,
+                                               n_threads=args.threads)
+    figures.update(safe_s=t_safe)
+    print(f"ours with the safe settings (F16, n_ubatch 256, no extra buffer types): {t_safe:.1f} s; the profile's "
+          f"settings are {t_safe / t_ours:.2f}x as fast")
+    table_rows.insert(0, ("ours, F16, safe settings (before the profile)", res_safe, t_safe))
+    if args.bf16:
+        _, res_bf16, t_bf16, _ = run_ours(args.bf16, instances, n_threads=args.threads)
+        figures.update(bf16_s=t_bf16, bf16_agreement_with_f16=agreement(chosen(instances, res_bf16), ours_choice))
+        print(f"ours on {args.bf16.name}: {t_bf16:.1f} s = {t_ours / t_bf16:.2f}x F16; chosen answer = F16's on "
+              f"{100 * figures['bf16_agreement_with_f16']:.1f} %")
+        table_rows.append(("ours, BF16, profile settings", res_bf16, t_bf16))
 
     for setting in args.settings:
         extra = dict(kv.split("=", 1) for kv in setting.split(",") if kv)
@@ -307,6 +382,11 @@ def main() -> None:
             by_task["hellaswag" if k[0] == "hellaswag" else "mmlu"].append(ours_choice[k] == hf_choice[k])
         for task, flags in sorted(by_task.items()):
             print(f"  {task}: agreement {100 * sum(flags) / len(flags):.1f}% of {len(flags)} items")
+
+    hf_choice_all = chosen(instances, ref) if not args.skip_hf else None
+    summary_table([(name, t, agreement(chosen(instances, res), hf_choice_all) if hf_choice_all else None)
+                   for name, res, t in table_rows], None if args.skip_hf else t_hf, limit)
+    figures["table"] = [{"route": name, "s": t} for name, _, t in table_rows]
 
     if args.server_requests:
         subset = instances[: args.server_requests]

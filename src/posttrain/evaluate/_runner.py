@@ -12,6 +12,7 @@ from pathlib import Path
 from posttrain import _progress, llamacpp
 from posttrain._versions import package_version
 from posttrain.evaluate._backends import ModelRef, make_lm, resolve_model, with_gpu_layers, with_lora
+from posttrain.evaluate._lm_eval_files import remove_abandoned_staging, save_lm_eval_files
 from posttrain.evaluate._measured_lm import MeasuredLM
 from posttrain.evaluate._results import EvalResult, metrics_from_items, metrics_from_json, metrics_to_json
 from posttrain.evaluate._samples import items_from_samples
@@ -31,22 +32,6 @@ def _environment() -> dict:
     return {"python": platform.python_version(), "platform": platform.platform(),
             **{d: package_version(d) for d in ("posttrain", "lm_eval", "llama_cpp_python", "transformers", "torch",
                                                 "datasets", "ollama")}}
-
-
-def _save_lm_eval_files(tracker, runs: list[tuple[dict, dict]]) -> None:
-    merged: dict = {}
-    samples: dict = {}
-    for res, task_samples in runs:
-        for key, value in res.items():
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key].update(value)
-            else:
-                merged.setdefault(key, value)
-        samples.update(task_samples)
-    tracker.save_results_aggregated(results=merged, samples=samples)
-    for leaf in merged.get("configs", {}):
-        if leaf in samples:
-            tracker.save_results_samples(task_name=leaf, samples=samples[leaf])
 
 
 def _cached(store: Store, plan: TaskPlan) -> EvalResult | None:
@@ -129,7 +114,7 @@ class _Session:
         # it, so tools that read the newest run of a folder see every task; written even when a later
         # task failed, for the tasks that finished.
         if self.runs:
-            _save_lm_eval_files(self.tracker, self.runs)
+            save_lm_eval_files(self.tracker, self.runs, self.out_dir / "lm_eval")
 
 
 def evaluate(model: str | Path, tasks: list[str], *, data_dir: Path | None = None, limit: int | None = None,
@@ -172,6 +157,7 @@ def evaluate_request(ref: ModelRef, request: EvalRequest, *, store: Store, out_d
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     source = task_source(request, out_dir)
+    remove_abandoned_staging(out_dir)  # a save killed midway, whose rerun may find every task cached
     session: _Session | None = None
     results: list[EvalResult] = []
     try:
