@@ -243,7 +243,7 @@ def describe_profile() -> str:
     busy = profile.conditions is not None and profile.conditions.busy
     speedup = profile.speedup("BF16")
     return (f"machine profile: {profile.cpu}; extra CPU buffer types {'on' if _settings.extra_bufts_allowed() else 'off'} "
-            f"({profile.extra_bufts_detail.split(':')[0]}); {_settings.threads()} threads; n_ubatch "
+            f"({profile.extra_bufts_detail.split(':')[0]}); {_settings.best_threads()} threads; n_ubatch "
             f"{_settings.n_ubatch()}; faster reference {_settings.reference_type()}"
             + (f" (BF16 {speedup:.2f}x F16 on the probe)" if speedup else "")
             + ("; measured while busy: the safe settings" if busy else "")

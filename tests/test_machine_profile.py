@@ -81,7 +81,7 @@ def test_each_choice_is_overridden_by_its_environment_variable(cache, tiny_gguf,
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(_settings.PROFILE_ENV, "0")
     assert ensure_profile() is None and _settings.current_profile() is None
-    assert (_settings.threads(), _settings.n_ubatch(), _settings.extra_bufts_allowed(), _settings.reference_type()) \
+    assert (_settings.best_threads(), _settings.n_ubatch(), _settings.extra_bufts_allowed(), _settings.reference_type()) \
         == (_settings.cpu_threads(), 256, False, "F16")
 
 
@@ -93,7 +93,7 @@ def test_a_profile_of_another_cpu_or_build_or_a_damaged_one_is_not_used(cache):
         other = {**json.loads(saved), "key": "0" * 20, "threads": 99}  # another machine's, under this name
         path.write_text(json.dumps(other), encoding="utf-8")
         _settings.forget_profile()
-        assert _settings.current_profile() is None and _settings.threads() != 99
+        assert _settings.current_profile() is None and _settings.best_threads() != 99
         path.write_text('{"schema": "posttrain.machine-profile/1", "key"', encoding="utf-8")  # torn
         _settings.forget_profile()
         assert _settings.current_profile() is None

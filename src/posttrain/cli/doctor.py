@@ -88,7 +88,7 @@ def _profile_rows(table: Table, display, reprofile: bool) -> None:
                   esc(f"the self-test's decode with them on: {profile.extra_bufts_detail}"))
     rates = {(p.reference, p.threads, p.n_ubatch): p.tokens_per_s for p in profile.probes}
     best = rates.get((profile.reference, profile.threads, profile.n_ubatch))
-    table.add_row("  threads, micro-batch", f"{_settings.threads()}, {_settings.n_ubatch()}",
+    table.add_row("  threads, micro-batch", f"{_settings.best_threads()}, {_settings.n_ubatch()}",
                   esc("; ".join(f"{r} {t} threads n_ubatch {u}: {v:,.0f} tok/s" for (r, t, u), v in rates.items())
                       or "not measured"))
     speedup = profile.speedup("BF16")

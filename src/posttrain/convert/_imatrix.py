@@ -94,7 +94,7 @@ def compute_imatrix(f16: Path, text_file: Path, cache: Path, *, chunk: int = DEF
         # The text is named relative to its folder: llama-imatrix stores the name in the matrix (and
         # llama-quantize in each variant), which must not depend on a temporary folder's random name.
         cmd = [str(tools.imatrix), "-m", str(f16.resolve()), "-f", text_file.name, "-o", str(partial.resolve()),
-               "--output-format", "gguf", "-c", str(chunk), "-t", str(threads or llamacpp.cpu_threads()),
+               "--output-format", "gguf", "-c", str(chunk), "-t", str(threads or llamacpp.best_threads()),
                "--no-ppl"]
         if max_chunks:
             cmd += ["--chunks", str(max_chunks)]

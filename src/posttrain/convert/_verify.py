@@ -48,7 +48,7 @@ def _load(path: Path, n_ctx: int, n_gpu_layers: int | None = None):
     try:
         with stderr_to(os.devnull):
             return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False,
-                         n_threads=llamacpp.cpu_threads(), seed=0, **llamacpp.llama_kwargs(n_gpu_layers))
+                         n_threads=llamacpp.best_threads(), seed=0, **llamacpp.llama_kwargs(n_gpu_layers))
     except (ValueError, RuntimeError) as e:
         raise PosttrainError(f"llama.cpp cannot load {path.name}: {e}",
                              remedy="if the converter was given --pre-tokenizer, use a name llama.cpp knows "

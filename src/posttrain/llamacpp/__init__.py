@@ -29,7 +29,7 @@ from posttrain.llamacpp._loading import (
     resolve_gpu_layers,
     system_info,
 )
-from posttrain.llamacpp._settings import EXTRA_BUFTS_ENV, cpu_threads
+from posttrain.llamacpp._settings import EXTRA_BUFTS_ENV, best_threads, cpu_threads
 
 # Public name → the private module that defines it, imported when the name is first asked for. The
 # self-test's module among them imports convert, in its child only (it converts its tiny model there).
@@ -73,6 +73,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ALL_LAYERS",
+    "best_threads",
     "count_tokens",
     "ensure_profile",
     "forget_machine_profile",

@@ -95,7 +95,7 @@ class LlamaCppEngine(ScoringMixin, GenerationMixin):
         self.eos_id: int | None = eos if eos >= 0 else None
 
         # Threads and micro-batch as this machine's profile found fastest (docs/llamacpp-backend.md).
-        self.n_threads = n_threads or _settings.threads()
+        self.n_threads = n_threads or _settings.best_threads()
         # Default KV size: the trained context (capped), and at least one full batch.
         self.n_ctx = int(n_ctx) if n_ctx else max(min(self.n_ctx_train or 2048, n_ctx_cap), n_batch)
         self.n_batch = int(min(n_batch, self.n_ctx))

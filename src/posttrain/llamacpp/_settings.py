@@ -104,7 +104,7 @@ def extra_bufts_allowed() -> bool:
     return bool(profile and profile.extra_bufts)
 
 
-def threads() -> int:
+def best_threads() -> int:
     profile = current_profile()
     chosen = _env_int(THREADS_ENV) or (profile.threads if profile else None) or cpu_threads()
     return max(1, chosen)

@@ -48,7 +48,7 @@ def _load(path: str | Path, n_ctx: int, n_gpu_layers: int | None):
         with stderr_to(os.devnull):
             # The whole chunk in one batch; logits are asked for per position (_scored_logprobs), not for all.
             return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=False,
-                         verbose=False, n_threads=llamacpp.cpu_threads(), n_threads_batch=llamacpp.cpu_threads(),
+                         verbose=False, n_threads=llamacpp.best_threads(), n_threads_batch=llamacpp.best_threads(),
                          seed=0, **llamacpp.llama_kwargs(n_gpu_layers))
     except (ValueError, RuntimeError) as e:
         raise PosttrainError(f"llama.cpp cannot load {Path(path).name}: {e}") from None

@@ -61,6 +61,6 @@ def measure_speed(path: str | Path, *, n_prompt: int = 512, n_gen: int = 128, re
     return {"pp_tokens": n_prompt, "tg_tokens": n_gen, "reps": reps,
             "pp_tok_s": n_prompt / statistics.median(pp_s), "tg_tok_s": n_gen / statistics.median(tg_s),
             "pp_tok_s_all": [n_prompt / s for s in pp_s], "tg_tok_s_all": [n_gen / s for s in tg_s],
-            "threads": llamacpp.cpu_threads(), "build": llamacpp.system_info(),
+            "threads": llamacpp.best_threads(), "build": llamacpp.system_info(),
             "n_gpu_layers": llamacpp.resolve_gpu_layers(n_gpu_layers), "conditions": watch.conditions.to_json(),
             "size_bytes": size, "n_params": n_params, "bits_per_weight": 8 * size / n_params if n_params else None}
