@@ -17,9 +17,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
+
+# psutil is imported where it is used: the record (RunConditions) is read at every llama.cpp load
+# (the machine profile's), and `import posttrain` must stay cheap and work without POSIX-only modules.
 
 BUSY_OTHERS_PCT = 25.0
 # Fields of psutil.cpu_times() that make up the machine's time; guest time is already inside `user` on
@@ -46,6 +50,8 @@ class RunConditions:
 
 def _machine() -> tuple[float, float, float | None]:
     """(total, busy, steal) CPU seconds of the whole machine so far."""
+    import psutil
+
     t = psutil.cpu_times()
     total = sum(getattr(t, f, 0.0) for f in _FIELDS)
     idle = sum(getattr(t, f, 0.0) for f in _IDLE)
@@ -63,6 +69,8 @@ class CpuWatch:
     conditions: RunConditions | None = None
 
     def __enter__(self) -> Self:
+        import psutil
+
         self._proc = psutil.Process(os.getpid())
         psutil.getloadavg()  # on Windows the first call starts psutil's sampler (and returns zeros)
         self._machine0, self._own0 = _machine(), _own(self._proc)
@@ -71,6 +79,8 @@ class CpuWatch:
 
     def __exit__(self, *exc) -> None:
         wall = time.perf_counter() - self._t0
+        import psutil
+
         (total1, busy1, steal1), own1 = _machine(), _own(self._proc)
         total0, busy0, steal0 = self._machine0
         cpus = psutil.cpu_count() or 1
