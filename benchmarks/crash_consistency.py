@@ -7,7 +7,8 @@ in a fresh home:
 
 - for N instants evenly spread over that wall time: the same run, killed with its whole process tree
   (kill -9) at the instant, then run again to completion;
-- for every write k (or --every-write STEP: every STEP-th), alternately ENOSPC and EIO at the k-th
+- for every write k (or --every-write STEP: every STEP-th), alternately ENOSPC and EIO (--errors
+  swapped: the other one; both: each) at the k-th
   write, then the same command again with the fault cleared.
 
 Each case must end with the clean run's report (times, memory, paths aside), `PRAGMA
@@ -39,6 +40,9 @@ def main() -> int:
     ap.add_argument("--every-write", type=int, default=1, metavar="STEP",
                     help="inject a fault at every STEP-th write (default 1: every write; 0: none)")
     ap.add_argument("--max-faults", type=int, default=0, help="at most this many fault cases, spread (0: no bound)")
+    ap.add_argument("--errors", choices=("alternate", "swapped", "both"), default="alternate",
+                    help="which error at write k: ENOSPC at odd k and EIO at even k (alternate, the default), "
+                         "the other one (swapped: run after alternate, every write has had both), or both")
     ap.add_argument("--root", type=Path, default=None, help="work folder (default: a new temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep every case's home, not only the failing ones")
     args = ap.parse_args()
@@ -73,8 +77,11 @@ def main() -> int:
     if args.max_faults and len(ks) > args.max_faults:
         ks = [ks[round(j * (len(ks) - 1) / max(1, args.max_faults - 1))] for j in range(args.max_faults)]
     for j, k in enumerate(ks):
-        home = root / f"fault-{k:03d}"
-        record(h.fault_case(inputs, home, k, "ENOSPC" if j % 2 == 0 else "EIO", clean), home)
+        first, other = ("ENOSPC", "EIO") if j % 2 == 0 else ("EIO", "ENOSPC")
+        errors = {"alternate": [first], "swapped": [other], "both": [first, other]}[args.errors]
+        for error in errors:
+            home = root / f"fault-{k:03d}-{error}"
+            record(h.fault_case(inputs, home, k, error, clean), home)
 
     kills = [c for c in cases if c.kind == "kill"]
     faults = [c for c in cases if c.kind == "fault"]
