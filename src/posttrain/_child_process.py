@@ -17,13 +17,14 @@ loads llama.cpp, so psutil is imported where a child is watched, not at import.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,6 +196,17 @@ def child_args(argv: Sequence[str]) -> list[str] | None:
     the other arguments, or None when that parent is already gone (the child should exit)."""
     *args, parent = argv
     return list(args) if die_with_parent(int(parent)) else None
+
+
+def print_answer(work: Callable[[], dict[str, Any]]) -> int:
+    """The child side of an answer in one JSON line on stdout (the self-test's children, which the
+    parent reads from the log): `work()`'s dict, or `ok` false with the error; exit 0 when ok, else 1."""
+    try:
+        doc = work()
+    except Exception as e:  # noqa: BLE001 - the parent reports it
+        doc = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    print(json.dumps(doc), flush=True)
+    return 0 if doc.get("ok") else 1
 
 
 def tree_rss(proc: psutil.Process) -> int:

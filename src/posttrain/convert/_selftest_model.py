@@ -14,13 +14,12 @@ module for its child, so `posttrain.llamacpp` imports nothing from the stages.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from posttrain._child_process import child_args
+from posttrain._child_process import child_args, print_answer
 
 MODULE = "posttrain.convert._selftest_model"
 
@@ -63,16 +62,15 @@ def main(argv: list[str]) -> int:
     args = child_args(argv)
     if args is None or len(args) != 2:  # `posttrain doctor` is gone already, or a wrong call
         return 1
-    try:
+
+    def work() -> dict:
         if args[1] == "probe":
             make_probe(Path(args[0]))
         else:
             make(Path(args[0]), args[1])
-        doc = {"ok": True}
-    except Exception as e:  # noqa: BLE001 - the parent reports it
-        doc = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-    print(json.dumps(doc), flush=True)
-    return 0 if doc["ok"] else 1
+        return {"ok": True}
+
+    return print_answer(work)
 
 
 if __name__ == "__main__":

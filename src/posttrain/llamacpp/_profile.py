@@ -18,7 +18,6 @@ minute and says so on the terminal first.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from posttrain._child_process import child_args, describe_exit, run_module
+from posttrain._child_process import child_args, describe_exit, last_line, run_module
 from posttrain._run_conditions import CpuWatch, RunConditions
 from posttrain.llamacpp import _settings
 from posttrain.llamacpp._loading import load_llama_cpp, system_info
@@ -47,7 +46,6 @@ REPEATS = 3  # best of: the first decode of a context also warms caches
 UBATCHES = (256, 512)
 MARGIN = 0.05  # a setting other than the safe one must be this much faster to be chosen
 PROBE_TIMEOUT_S = 300.0
-_MAKER = "posttrain.convert._selftest_model"  # named, not imported: it converts, a floor above this one
 
 
 def thread_candidates() -> list[int]:
@@ -149,16 +147,20 @@ def _extra_bufts_decode_safely() -> tuple[bool, str]:
     return outcome.ok, f"{outcome.status}: {outcome.detail}"
 
 
-def _probe_models() -> Path:
-    from posttrain import paths
+def _probe_file(folder: Path, reference: str) -> Path:
+    return folder / f"probe-{reference}.gguf"  # as `convert._selftest_model.probe_path` writes it
 
-    folder = paths.cache_dir() / "selftest" / _version()
-    if not all((folder / f"probe-{t}.gguf").is_file() for t in _settings.REFERENCE_TYPES):
+
+def _probe_models() -> Path:
+    from posttrain.llamacpp._selftest import MAKER, models_dir
+
+    folder = models_dir()
+    if not all(_probe_file(folder, t).is_file() for t in _settings.REFERENCE_TYPES):
         with tempfile.TemporaryDirectory(prefix="posttrain-profile-") as tmp:
-            ended = run_module(_MAKER, [str(folder), "probe"], log=Path(tmp) / "make.log", timeout_s=PROBE_TIMEOUT_S)
+            ended = run_module(MAKER, [str(folder), "probe"], log=Path(tmp) / "make.log", timeout_s=PROBE_TIMEOUT_S)
             if ended.returncode != 0:
                 raise RuntimeError(f"could not make the probe model ({_how(ended.returncode)}): "
-                                   f"{_tail(ended.log)}")
+                                   f"{last_line(ended.log) or 'no output'}")
     return folder
 
 
@@ -166,26 +168,19 @@ def _time_probes(folder: Path, extra_bufts: bool) -> tuple[tuple[Probe, ...], Ru
     threads = ",".join(map(str, thread_candidates()))
     ubatches = ",".join(map(str, UBATCHES))
     env = {_settings.EXTRA_BUFTS_ENV: "1" if extra_bufts else "0", _settings.PROFILE_ENV: "0"}
-    args = ["probe", *(str(folder / f"probe-{t}.gguf") for t in _settings.REFERENCE_TYPES), threads, ubatches]
+    args = ["probe", *(str(_probe_file(folder, t)) for t in _settings.REFERENCE_TYPES), threads, ubatches]
     with tempfile.TemporaryDirectory(prefix="posttrain-profile-") as tmp:
         result = Path(tmp) / "probe.json"
         ended = run_module("posttrain.llamacpp._profile", [*args, str(result)], log=Path(tmp) / "probe.log",
                            env=env, result=result, timeout_s=PROBE_TIMEOUT_S)
         if ended.returncode != 0 or not isinstance(ended.result, dict):
-            raise RuntimeError(f"the timing probe ended badly ({_how(ended.returncode)}): {_tail(ended.log)}")
+            raise RuntimeError(f"the timing probe ended badly ({_how(ended.returncode)}): "
+                               f"{last_line(ended.log) or 'no output'}")
     return tuple(Probe(**p) for p in ended.result["probes"]), RunConditions(**ended.result["conditions"])
 
 
 def _how(code: int | None) -> str:
     return "timed out" if code is None else describe_exit(code) or f"exit status {code}"
-
-
-def _tail(log: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "no output"
-    return lines[-1][:300] if lines else "no output"
 
 
 # -- the child side --------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from posttrain._child_process import child_args, describe_exit, run_module
+from posttrain._child_process import child_args, describe_exit, print_answer, run_module
 from posttrain.llamacpp import _settings
 
 DECODE_TOKENS = 32
@@ -50,7 +50,7 @@ class Outcome:
         return self.status == "ok"
 
 
-_MAKER = "posttrain.convert._selftest_model"  # named, not imported: it runs in its own child
+MAKER = "posttrain.convert._selftest_model"  # named, not imported: it runs in its own child
 
 
 def _child(args: list[str], env: dict[str, str] | None = None, timeout: float = TIMEOUT_S,
@@ -78,14 +78,19 @@ def _outcome(name: str, code: int | None, output: str, seconds: float) -> Outcom
                                f"{doc['decode_s']:.2f} s", seconds)
 
 
-def selftest_gguf() -> Path:
-    """The tiny quantized GGUF the self-test decodes, made (in a child) on first use."""
+def models_dir() -> Path:
+    """Where the models of the self-test and of the machine profile's probe are kept: one folder per
+    llama-cpp-python version (a GGUF the converter of another version wrote may not load)."""
     from posttrain import paths, toolchain
 
-    version = toolchain.llama_cpp_python_version() or "unknown"
-    path = paths.cache_dir() / "selftest" / version / f"selftest-{SELFTEST_QUANT.upper()}.gguf"
+    return paths.cache_dir() / "selftest" / (toolchain.llama_cpp_python_version() or "unknown")
+
+
+def selftest_gguf() -> Path:
+    """The tiny quantized GGUF the self-test decodes, made (in a child) on first use."""
+    path = models_dir() / f"selftest-{SELFTEST_QUANT.upper()}.gguf"
     if not path.is_file():
-        code, output = _child([str(path), SELFTEST_QUANT], module=_MAKER)
+        code, output = _child([str(path), SELFTEST_QUANT], module=MAKER)
         if code != 0 or not path.is_file():
             how = describe_exit(code) if code is not None else "timed out"
             tail = " ".join(output.strip().splitlines()[-3:])
@@ -141,12 +146,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("path", type=Path)
     parser.add_argument("--n-gpu-layers", type=int, default=None)
     ns = parser.parse_args(args)
-    try:
-        doc = _decode(ns.path, ns.n_gpu_layers)
-    except Exception as e:  # noqa: BLE001 - the parent reports it
-        doc = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-    print(json.dumps(doc), flush=True)
-    return 0 if doc["ok"] else 1
+    return print_answer(lambda: _decode(ns.path, ns.n_gpu_layers))
 
 
 if __name__ == "__main__":
