@@ -13,6 +13,9 @@ import posttrain  # noqa: F401  before any test module imports numpy or torch, a
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Which 16-bit type is faster depends on the CPU (BF16 on AVX512_BF16): runs in tests evaluate F16 as
+# their reference wherever they run. tests/test_reference_choice.py sets it itself to test the choice.
+os.environ.setdefault("POSTTRAIN_REFERENCE_TYPE", "F16")
 
 
 @pytest.fixture(scope="session")

@@ -139,11 +139,21 @@ def test_a_mistyped_posttrain_variable_is_an_error_that_names_the_right_one(monk
 
 
 def test_every_posttrain_variable_the_code_reads_is_known(monkeypatch):
+    """A variable the code reads must not be refused as a typo by `run` and `watch` (it was, for
+    POSTTRAIN_LLAMA_THREADS and POSTTRAIN_NODE_CACHE): every name spelled in the sources and scripts."""
+    import re
+
+    from posttrain.pipeline._config import check_variables
+
+    root = Path(__file__).resolve().parents[1]
+    spelled = {m for f in [*(root / "src" / "posttrain").rglob("*.py"), *(root / "scripts").iterdir()] if f.is_file()
+               for m in re.findall(r"\bPOSTTRAIN_[A-Z0-9_]*[A-Z0-9]\b", f.read_text(encoding="utf-8", errors="replace"))}
+    assert {"POSTTRAIN_LLAMA_THREADS", "POSTTRAIN_REFERENCE_TYPE", "POSTTRAIN_NODE_CACHE"} <= spelled
+    for name in sorted(spelled):
+        check_variables({name: "1"})
     # Nested settings, and the variables read outside the config (setup.sh, the toolchain, tests).
     for name in ("POSTTRAIN_OLLAMA__URL", "POSTTRAIN_WATCH__SETTLE_S", "POSTTRAIN_N_GPU_LAYERS", "POSTTRAIN_HOME",
                  "POSTTRAIN_LLAMA_EXTRA_BUFTS", "POSTTRAIN_TEST_CRASH", "POSTTRAIN_CUDA"):
         monkeypatch.setenv(name, "0" if "LAYERS" in name or "SETTLE" in name else "http://127.0.0.1:9"
                            if "URL" in name else "")
-    from posttrain.pipeline._config import check_variables
-
     check_variables()

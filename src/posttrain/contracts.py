@@ -214,11 +214,25 @@ class AdapterRoutes:
 
 
 @dataclass(frozen=True)
+class ReferenceChoice:
+    """Which 16-bit GGUF a run evaluates as the model itself (F16 or BF16), and why, in a sentence the
+    report prints. `agreement`: BF16's top-1 agreement with F16 on convert's probe text, where measured;
+    `speedup`: BF16's probe throughput over F16's on this CPU, where the machine profile has both."""
+
+    quant: str
+    reason: str
+    checkpoint_dtype: str | None = None
+    agreement: float | None = None
+    speedup: float | None = None
+
+
+@dataclass(frozen=True)
 class ConvertOut:
     model_name: str
     manifest: Path
     variants: tuple[Variant, ...]
     routes: AdapterRoutes | None = None
+    reference: ReferenceChoice | None = None  # None in a run made before the choice existed: F16
 
     def intact(self) -> bool:
         """Every variant is still there at its size, and the adapter route's files too."""

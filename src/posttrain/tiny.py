@@ -94,18 +94,22 @@ def _bpe_tokenizer(lines: list[str], vocab_size: int, add_bos: bool):
 def make_tiny(out: str | Path, *, tokenizer: str = "spm", add_bos: bool = True, seed: int = 0,
               hidden_size: int = 256, intermediate_size: int = 512, num_layers: int = 2,
               num_heads: int = 4, num_kv_heads: int = 2, vocab_size: int = 512,
-              init_std: float = 0.08, chat_template: str | None = None, force: bool = False) -> Path:
+              init_std: float = 0.08, chat_template: str | None = None, dtype: str = "float32",
+              force: bool = False) -> Path:
     """Write a tiny, randomly initialised (seeded) Llama checkpoint to `out` and return it.
 
     `tokenizer`: "spm" (SentencePiece, what Llama 2 uses) or "bpe" (byte-level BPE, GPT-2 style;
     llama.cpp's converter does not know its pre-tokenizer hash, so converting it needs an explicit
     pre-tokenizer name). `add_bos=False` makes a model that, like SmolLM2 or Qwen, starts without BOS.
+    `dtype`: the weights' type on disk, "float32", "bfloat16" (as most fine-tunes are saved) or "float16".
 
     `out` may be missing, empty, or an unchanged earlier make_tiny output (its marker file lists
     what it wrote); anything else is refused with a PosttrainError unless `force=True`.
     """
     if tokenizer not in ("spm", "bpe"):
         raise ValueError(f"tokenizer must be 'spm' or 'bpe', not {tokenizer!r}")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', not {dtype!r}")
     out = Path(out)
     _check_replaceable(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +121,7 @@ def make_tiny(out: str | Path, *, tokenizer: str = "spm", add_bos: bool = True, 
         _write_model(tmp, tokenizer=tokenizer, add_bos=add_bos, seed=seed, hidden_size=hidden_size,
                      intermediate_size=intermediate_size, num_layers=num_layers, num_heads=num_heads,
                      num_kv_heads=num_kv_heads, vocab_size=vocab_size, init_std=init_std,
-                     chat_template=chat_template)
+                     chat_template=chat_template, dtype=dtype)
         _write_marker(tmp)
         _check_replaceable(out, force)  # again: the user may have written there in the meantime
         _swap_in(tmp, out)
@@ -129,7 +133,7 @@ def make_tiny(out: str | Path, *, tokenizer: str = "spm", add_bos: bool = True, 
 
 def _write_model(tmp: Path, *, tokenizer: str, add_bos: bool, seed: int, hidden_size: int,
                  intermediate_size: int, num_layers: int, num_heads: int, num_kv_heads: int, vocab_size: int,
-                 init_std: float, chat_template: str | None) -> None:
+                 init_std: float, chat_template: str | None, dtype: str = "float32") -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -145,7 +149,7 @@ def _write_model(tmp: Path, *, tokenizer: str, add_bos: bool, seed: int, hidden_
         max_position_embeddings=2048, initializer_range=init_std, rms_norm_eps=1e-5,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))  # initialised in float32, then rounded
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     _pin_bos_setting(tmp, add_bos)

@@ -21,6 +21,7 @@ from posttrain.checkpoint._adapter import (
     is_adapter_dir,
     tokenizer_source,
 )
+from posttrain.checkpoint._dtype import checkpoint_dtype
 from posttrain.checkpoint._full import TOKENIZER_SETS, Verdict, checkpoint_sha256
 from posttrain.checkpoint._inspect import inspect_checkpoint
 from posttrain.checkpoint._read import safetensors_expected_size, tensor_sizes
@@ -31,6 +32,7 @@ __all__ = [
     "TOKENIZER_SETS",
     "AdapterVerdict",
     "Verdict",
+    "checkpoint_dtype",
     "checkpoint_sha256",
     "human_bytes",
     "inspect_adapter",

@@ -89,6 +89,7 @@ class PipelineOptions:
     baseline: str | None = None
     config: Path | None = None
     quant: list[str] | None = None
+    reference: str | None = None
     tasks: list[str] | None = None
     limit: int | None = None
     home: Path | None = None
@@ -109,7 +110,7 @@ class PipelineOptions:
         from posttrain.pipeline import load_config
 
         return load_config(self.config, home=self.home, baseline=self.baseline,
-                           quants=",".join(self.quant) if self.quant else None,
+                           quants=",".join(self.quant) if self.quant else None, reference=self.reference,
                            tasks=",".join(self.tasks) if self.tasks else None, limit=self.limit, jobs=self.jobs,
                            data_dir=self.data_dir, notify={"urls": list(self.notify)} if self.notify else None,
                            n_gpu_layers=self.n_gpu_layers, track=_joined(self.track),
@@ -128,6 +129,9 @@ def _pipeline_option_params() -> list[inspect.Parameter]:
         "baseline": typer.Option(None, "--baseline", "-b", help="HF directory, .gguf file, or ollama:NAME to compare against."),
         "config": config_option(),
         "quant": quant_option(help="GGUF types (default f16,q8_0,q4_k_m)"),
+        "reference": typer.Option(None, "--reference", metavar="auto|f16|bf16",
+                                  help="The 16-bit type evaluated as the model (default auto: BF16 where this CPU "
+                                       "runs it faster and the checkpoint allows it, else F16)."),
         "tasks": tasks_option(help="lm-eval tasks (default mmlu,gsm8k,hellaswag)"),
         "limit": typer.Option(None, "--limit", help="Evaluate only N items per task."),
         "home": home_option(),

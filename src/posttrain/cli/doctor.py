@@ -94,7 +94,9 @@ def _profile_rows(table: Table, display, reprofile: bool) -> None:
     speedup = profile.speedup("BF16")
     table.add_row("  faster reference", _settings.reference_type(),
                   esc(f"BF16 prefills {speedup:.2f}x as fast as F16 on the probe" if speedup else "not measured")
-                  + (f" (best {best:,.0f} tok/s)" if best else ""))
+                  + (f" (best {best:,.0f} tok/s)" if best else "")
+                  + ("; runs evaluate BF16 where the checkpoint allows it (docs/hardware.md)"
+                     if _settings.reference_type() == "BF16" else ""))
     overrides = _settings.overrides_set()
     if overrides:
         table.add_row("  overridden by", "env", esc(", ".join(f"{k}={v}" for k, v in overrides.items())))

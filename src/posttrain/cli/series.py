@@ -19,7 +19,7 @@ def series_cmd(
     # One variant, not a ladder: --variant, so that -q/--quant keeps one meaning (a list) on every command.
     quant: str | None = typer.Option(None, "--variant", metavar="QUANT",
                                      help="Which GGUF variant stands for each checkpoint "
-                                          "(default: the first quant of the runs, f16 by default)."),
+                                          "(default: the first quant of the runs, f16 by default, which stands for each run's reference: BF16 where it chose that)."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level (Holm over the series) and 1 − CI level."),
 ) -> None:
     """Score per task against the training step, each checkpoint paired with the previous and the final

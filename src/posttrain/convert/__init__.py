@@ -19,10 +19,24 @@ from posttrain.convert._quant_types import (
     parse_quant_list,
     quantizer_types,
 )
+from posttrain.convert._reference import (
+    AGREEMENT_FLOOR,
+    REFERENCE_MODES,
+    ReferencePlan,
+    evaluated_quants,
+    plan_reference,
+    settle_reference,
+)
 from posttrain.convert._remote import quantizing_executor
 
 __all__ = [
+    "AGREEMENT_FLOOR",
     "MANIFEST",
+    "REFERENCE_MODES",
+    "ReferencePlan",
+    "evaluated_quants",
+    "plan_reference",
+    "settle_reference",
     "BuiltVariant",
     "ConvertResult",
     "IMATRIX_MAX_CHUNKS",

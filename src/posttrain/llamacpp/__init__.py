@@ -29,7 +29,15 @@ from posttrain.llamacpp._loading import (
     resolve_gpu_layers,
     system_info,
 )
-from posttrain.llamacpp._settings import EXTRA_BUFTS_ENV, best_threads, cpu_threads
+from posttrain.llamacpp._settings import (
+    EXTRA_BUFTS_ENV,
+    REFERENCE_ENV,
+    SETTING_VARIABLES,
+    best_threads,
+    cpu_threads,
+    current_profile,
+    reference_type,
+)
 
 # Public name → the private module that defines it, imported when the name is first asked for. The
 # self-test's module among them imports convert, in its child only (it converts its tiny model there).
@@ -79,6 +87,8 @@ __all__ = [
     "forget_machine_profile",
     "open_vocab",
     "EXTRA_BUFTS_ENV",
+    "REFERENCE_ENV",
+    "SETTING_VARIABLES",
     "MAX_SEQUENCES",
     "QUANTIZE",
     "LlamaCppEngine",
@@ -90,6 +100,7 @@ __all__ = [
     "ToolsNotBuilt",
     "cmake_args_without_amx",
     "cpu_threads",
+    "current_profile",
     "decode_entries",
     "describe_exit",
     "find_llama_tools",
@@ -101,6 +112,7 @@ __all__ = [
     "logits_rows",
     "model_params",
     "quiet_libraries",
+    "reference_type",
     "resolve_gpu_layers",
     "run_selftest",
     "stderr_to",

@@ -21,6 +21,7 @@ UBATCH_ENV = "POSTTRAIN_LLAMA_UBATCH"
 REFERENCE_ENV = "POSTTRAIN_REFERENCE_TYPE"  # F16 or BF16: what `doctor` recommends converting the reference to
 PROFILE_ENV = "POSTTRAIN_MACHINE_PROFILE"  # 0: never measure nor read a profile (the safe settings)
 OVERRIDES = (EXTRA_BUFTS_ENV, THREADS_ENV, UBATCH_ENV, REFERENCE_ENV, PROFILE_ENV)
+SETTING_VARIABLES = frozenset(OVERRIDES)  # for the pipeline's check of POSTTRAIN_* names
 REFERENCE_TYPES = ("F16", "BF16")
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")

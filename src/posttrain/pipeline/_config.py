@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
@@ -95,6 +95,9 @@ class Config(BaseSettings):
 
     home: Path | None = None
     quants: StrList = Field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"], min_length=1)
+    # The 16-bit type evaluated as the model itself (f16 in `quants` stands for it): auto picks BF16
+    # where this CPU runs it faster and the checkpoint allows it (convert/_reference.py), else F16.
+    reference: Literal["auto", "f16", "bf16"] = "auto"
     tasks: StrList = Field(default_factory=lambda: ["mmlu", "gsm8k", "hellaswag"], min_length=1)
     data_dir: Path | None = None
     # Extra directories of lm-eval task YAMLs (your own tasks, e.g. the demo's), searched by name.
@@ -152,6 +155,11 @@ class Config(BaseSettings):
             if q not in out:
                 out.append(q)
         return out
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _reference(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("tasks")
     @classmethod
@@ -224,6 +232,8 @@ class Config(BaseSettings):
         """The settings that change a run's results. Where outputs go, retries or notification do not."""
         return {
             "quants": self.quants, "tasks": self.tasks,
+            # Only when set, so that runs from before the choice keep their fingerprint.
+            **({"reference": self.reference} if self.reference != "auto" else {}),
             "data_dir": str(self.data_dir) if self.data_dir else None,
             "task_paths": [str(p) for p in self.task_paths],
             "limit": self.limit, "per_subject": self.per_subject, "seed": self.seed, "baseline": self.baseline,
@@ -307,15 +317,19 @@ def _explain(e: ValidationError, source: Path | None) -> PosttrainError:
 
 
 # POSTTRAIN_* variables that are not settings of Config: read elsewhere (paths, the toolchain,
-# scripts/setup.sh, the tests' crash hook, notify's voice command).
+# scripts/setup.sh, the tests' crash hook, notify's voice command); llama.cpp's load settings are
+# added from posttrain.llamacpp. tests/test_pipeline_config.py finds every name the code spells.
 OTHER_VARIABLES = {"POSTTRAIN_HOME", "POSTTRAIN_CACHE", "POSTTRAIN_CONFIG", "POSTTRAIN_LLAMA_CPP_DIR",
-                   "POSTTRAIN_LLAMA_EXTRA_BUFTS", "POSTTRAIN_TEST_CRASH", "POSTTRAIN_CUDA", "POSTTRAIN_CUDA_ARCH",
+                   "POSTTRAIN_TEST_CRASH", "POSTTRAIN_CUDA", "POSTTRAIN_CUDA_ARCH",
                    "POSTTRAIN_LLAMA_CMAKE_ARGS", "POSTTRAIN_SAY",
+                   "POSTTRAIN_NODE_CACHE",  # a Ray worker's file cache (executors/_files.py)
                    "POSTTRAIN_PROGRESS_DIR"}  # set by a progress display for its child processes (_progress)
 
 
 def _known_variables() -> set[str]:
-    known = set(OTHER_VARIABLES)
+    from posttrain.llamacpp import SETTING_VARIABLES  # each load's llama.cpp settings (docs/hardware.md)
+
+    known = set(OTHER_VARIABLES) | SETTING_VARIABLES
     for name, field in Config.model_fields.items():
         known.add(f"POSTTRAIN_{name.upper()}")
         section = field.annotation if isinstance(field.annotation, type) else None

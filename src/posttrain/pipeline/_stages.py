@@ -161,7 +161,17 @@ class Stages:
                          model_name=spec.model_name, adapter=adapter_facts(verdict))
 
     def convert(self, ctx: RunContext) -> ConvertOut:
-        from posttrain.convert import convert_checkpoint, load_manifest, quantizing_executor
+        from posttrain import _progress
+        from posttrain.checkpoint import checkpoint_dtype
+        from posttrain.convert import (
+            convert_checkpoint,
+            evaluated_quants,
+            load_manifest,
+            parse_quant_list,
+            plan_reference,
+            quantizing_executor,
+            settle_reference,
+        )
 
         name = ctx.spec.model_name or "model"
         detect = ctx.output("detect", DetectOut)
@@ -172,10 +182,15 @@ class Stages:
                                   name, lambda quants: self._base_gguf(base, quants))
             checkpoint = routes.merged
         c = self.config
+        # F16 or BF16 as the model's reference (convert/_reference.py): BF16 is made beside F16 where
+        # it may be the one, and chosen once convert has checked it against F16.
+        plan = plan_reference(c.reference, checkpoint_dtype(Path(checkpoint)), say=_progress.begin)
+        listed = parse_quant_list(c.quants)
+        made = [*listed, "BF16"] if plan.makes_bf16 and "BF16" not in listed else listed
         # The quantizer's variants as units on the executor (docs/executors.md), cancelled by a stop request.
-        with quantizing_executor(c.quants, c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir,
+        with quantizing_executor(made, c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir,
                                  stop=ctx.stop_requested) as executor:
-            result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), self.config.quants,
+            result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), made,
                                         model_name=name, allow_pickle=self.config.allow_pickle,
                                         n_gpu_layers=self.config.n_gpu_layers,
                                         checkpoint_sha256=detect.sha256, executor=executor)
@@ -185,8 +200,11 @@ class Stages:
             ctx.store.variants.put(sha256=v.sha256, path=str(v.path), quant=v.quant, model_name=result.model_name,
                                    checkpoint_sha256=result.checkpoint_sha256, size_bytes=v.size_bytes,
                                    toolchain=toolchain and f"llama-cpp-python {toolchain}", manifest=manifest)
+        reference = settle_reference(plan, result.variants)
+        evaluated = evaluated_quants(listed, reference.quant)
+        handed = sorted((v for v in result.handover() if v.quant in evaluated), key=lambda v: evaluated.index(v.quant))
         return ConvertOut(model_name=result.model_name, manifest=Path(result.manifest_path),
-                          variants=tuple(result.handover()), routes=routes)
+                          variants=tuple(handed), routes=routes, reference=reference)
 
     def _base_gguf(self, path: Path, quants: list[str]) -> dict[str, Path]:
         from posttrain.convert import convert_checkpoint, default_model_name
@@ -217,7 +235,8 @@ class Stages:
         return RegisterOut(tuple(Registration(name=r.name, quant=r.quant, status=r.status, template=r.template_family,
                                               warnings=tuple(r.warnings)) for r in regs))
 
-    # baseline: an HF directory (converted to F16 once, cached by content), a .gguf, or ollama:NAME.
+    # baseline: an HF directory (converted once, cached by content: F16, or BF16 beside a BF16 reference
+    # where that is its exact weights), a .gguf, or ollama:NAME.
     def baseline(self, ctx: RunContext) -> BaselineOut:
         ref = self.config.baseline or ctx.spec.baseline  # an adapter's base when none was given
         if not ref:
@@ -232,11 +251,23 @@ class Stages:
             from posttrain.convert import convert_checkpoint, default_model_name
 
             name = f"{default_model_name(path)}"
-            result = convert_checkpoint(path, self.config.gguf_dir(name), ["f16"], model_name=name,
+            quant = self._baseline_reference(path)
+            result = convert_checkpoint(path, self.config.gguf_dir(name), [quant], model_name=name,
                                         allow_pickle=self.config.allow_pickle, n_gpu_layers=self.config.n_gpu_layers)
-            f16 = result.variant("F16")
-            return BaselineOut(model=str(f16.path), source=ref, sha256=f16.sha256)
+            made = result.variant(quant)
+            return BaselineOut(model=str(made.path), source=ref, sha256=made.sha256)
         raise baseline.not_found()
+
+    def _baseline_reference(self, path: Path) -> str:
+        """BF16 for a bfloat16 baseline checkpoint where BF16 is the faster type here (its exact weights,
+        as for the model's own reference), or where the configuration asks for BF16; else F16. No
+        agreement is measured for a baseline: F16 is what it was always converted to."""
+        from posttrain.checkpoint import checkpoint_dtype
+        from posttrain.convert import plan_reference
+
+        dtype = checkpoint_dtype(path)
+        plan = plan_reference(self.config.reference, dtype)
+        return "BF16" if plan.mode == "bf16" or (plan.makes_bf16 and dtype == "bfloat16") else "F16"
 
     @staticmethod
     def _baseline_ok(out: BaselineOut) -> bool:

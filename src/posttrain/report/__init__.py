@@ -49,12 +49,13 @@ def write_report(out_dir: Path, *, compare: dict[str, Any], run: dict[str, Any],
                  evals: list[dict[str, Any]], steps: list[dict[str, Any]], environment: dict[str, Any],
                  failures: list[dict[str, Any]] | None = None,
                  tracking: list[dict[str, Any]] | None = None,
-                 adapter: dict[str, Any] | None = None, ship: dict[str, Any] | None = None) -> dict[str, Path]:
+                 adapter: dict[str, Any] | None = None, ship: dict[str, Any] | None = None,
+                 reference: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write report.html, report.md and report.json into `out_dir` (atomically) and return
     {"html": path, "md": path, "json": path}. See the module docstring for what each input holds."""
     data = ReportInput(compare=compare, run=run, variants=variants, evals=evals, steps=steps,
                        environment=environment, failures=failures or [], tracking=tracking or [],
-                       adapter=adapter, ship=ship or {})
+                       adapter=adapter, ship=ship or {}, reference=reference)
     view = build_view(data)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

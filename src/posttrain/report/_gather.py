@@ -7,6 +7,7 @@ from __future__ import annotations
 import platform
 from collections import defaultdict
 from collections.abc import Collection
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from posttrain import __version__
 from posttrain._ci import mean_interval
 from posttrain._versions import package_version
 from posttrain.compare import read_compare
-from posttrain.contracts import RunLayout, step_outputs
+from posttrain.contracts import ConvertOut, DetectOut, RunLayout, step_outputs
 from posttrain.errors import PosttrainError
 from posttrain.store import Store, loads
 from posttrain.track import read_tracking
@@ -153,13 +154,24 @@ def environment(store: Store, run_id: str, variants: list[dict[str, Any]]) -> di
     return {k: v for k, v in env.items() if v is not None}
 
 
-def _adapter(store: Store, run_id: str, compare: dict[str, Any], variants: list[dict[str, Any]]) -> dict | None:
-    """The LoRA section, from what the detect and convert steps recorded (None for full weights)."""
-    from posttrain.report._adapter import adapter_section
-
+def _detect_and_convert(store: Store, run_id: str) -> tuple[DetectOut | None, ConvertOut | None]:
+    """What the detect and convert steps recorded, as their typed outputs (None where not done)."""
     outputs = {r["name"]: step_outputs(r["name"], r["outputs_json"]) for r in store.steps.of_run(run_id)
                if r["name"] in ("detect", "convert")}
     detect, convert = outputs.get("detect"), outputs.get("convert")
+    return (detect if isinstance(detect, DetectOut) else None, convert if isinstance(convert, ConvertOut) else None)
+
+
+def _reference(convert: ConvertOut | None) -> dict[str, Any] | None:
+    """The reference the convert step chose, and why; None for a run made before the choice existed."""
+    return asdict(convert.reference) if convert and convert.reference else None
+
+
+def _adapter(detect: DetectOut | None, convert: ConvertOut | None, compare: dict[str, Any],
+             variants: list[dict[str, Any]]) -> dict | None:
+    """The LoRA section, from what the detect and convert steps recorded (None for full weights)."""
+    from posttrain.report._adapter import adapter_section
+
     return adapter_section(detect.adapter if detect else None, convert.routes if convert else None,
                            list(compare.get("comparisons") or []),
                            {v["quant"]: v["size_bytes"] or 0 for v in variants})
@@ -188,5 +200,7 @@ def gather(store: Store, run_id: str, compare: dict[str, Any] | None = None,
         "tracking": read_tracking(folder),
         "ship": _ship(RunLayout(folder).ship_json),
     }
-    inputs["adapter"] = _adapter(store, run_id, inputs["compare"], variants)
+    detect, convert = _detect_and_convert(store, run_id)
+    inputs["adapter"] = _adapter(detect, convert, inputs["compare"], variants)
+    inputs["reference"] = _reference(convert)
     return inputs, folder

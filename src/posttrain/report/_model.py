@@ -110,6 +110,16 @@ class TrackingInfo(_Loose):
     error: str | None = None
 
 
+class ReferenceInfo(_Loose):
+    """Which 16-bit GGUF the run evaluated as the model itself, and why (convert/_reference.py)."""
+
+    quant: str
+    reason: str
+    checkpoint_dtype: str | None = None
+    agreement: float | None = None
+    speedup: float | None = None
+
+
 class ReportInput(BaseModel):
     """Everything `write_report` renders. `compare` is the `posttrain.compare/1` document, kept as a
     dict so report.json can embed it byte-for-byte equal in content."""
@@ -124,6 +134,8 @@ class ReportInput(BaseModel):
     tracking: list[TrackingInfo] = Field(default_factory=list)
     # The LoRA section (report/_adapter.py) when the checkpoint was an adapter; None otherwise.
     adapter: dict[str, Any] | None = None
+    # The reference the convert step chose (None for a run made before the choice existed: F16).
+    reference: ReferenceInfo | None = None
     # The ship document (posttrain.ship/1) when the run measured a quant ladder, else {}.
     ship: dict[str, Any] = Field(default_factory=dict)
 

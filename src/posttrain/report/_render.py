@@ -204,7 +204,7 @@ def build_view(data: ReportInput) -> dict[str, Any]:
         "steps": steps, "failures": failures, "environment": environment, "task_hashes": task_hashes,
         "disagreements": disagreements, "n_disagreements": n_disagreements,
         "forest_rows": forest_rows, "tracking": [t.model_dump() for t in data.tracking], "adapter": data.adapter,
-        "ship": _ship_view(data.ship),
+        "ship": _ship_view(data.ship), "reference": data.reference.model_dump() if data.reference else None,
     }
 
 
@@ -253,6 +253,7 @@ def render_json(data: ReportInput, view: dict[str, Any]) -> str:
         "tracking": [t.model_dump(mode="json") for t in data.tracking],
         "compare": data.compare,
         "adapter": data.adapter,
+        "reference": data.reference.model_dump(mode="json") if data.reference else None,
         **({"ship": data.ship} if data.ship else {}),
     }
     return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False, default=str) + "\n"

@@ -67,7 +67,11 @@ def gather(store: Store, folder: Path, quant: str | None = None) -> Gathered:
                                     "checkpoint) with the same --home first")
     key = _settings_key(runs[0])
     settings = loads(runs[0].get("config_json")) or {}
+    given = quant is not None
     quant = (quant or (settings.get("quants") or ["f16"])[0]).lower()
+    # "f16" in a run's settings stands for its reference, which is BF16 where the run chose it
+    # (convert/_reference.py): unless the user named the type, either stands for the checkpoint.
+    suffixes = [f"-{quant}", "-bf16"] if quant == "f16" and not given else [f"-{quant}"]
     others = {r["checkpoint"] for r in runs if _settings_key(r) != key}
     if others:
         log.info("series of %s: %d checkpoint(s) have runs with other settings; only the newest settings count",
@@ -80,7 +84,7 @@ def gather(store: Store, folder: Path, quant: str | None = None) -> Gathered:
         if run["checkpoint"] in seen or _settings_key(run) != key:
             continue
         status, evals = _evaluated(store, run["id"])
-        label = next((lbl for lbl in sorted(evals) if lbl.lower().endswith(f"-{quant}")), None)
+        label = next((lbl for suffix in suffixes for lbl in sorted(evals) if lbl.lower().endswith(suffix)), None)
         if label is None:
             seen.add(run["checkpoint"])
             why = (f"run {run['id']} has no {quant} evaluation" if status == "done"
