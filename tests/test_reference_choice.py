@@ -137,3 +137,30 @@ def test_a_run_of_a_bfloat16_fine_tune_evaluates_bf16_and_the_report_says_why(tm
     assert report["reference"]["quant"] == "BF16" and report["reference"]["checkpoint_dtype"] == "bfloat16"
     assert "Reference: **BF16**" in (run_dir / "report.md").read_text()
     assert "the checkpoint is bfloat16, so BF16 holds its exact weights" in (run_dir / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_bf16_that_cannot_be_made_leaves_f16_as_the_reference_and_the_run_goes_on(tmp_path):
+    """BF16 is only tried: here a file of the user's already has its name, which convert never replaces."""
+    from posttrain.tiny import make_tiny
+
+    ckpt = make_tiny(tmp_path / "runs" / "exp1" / "final_model")
+    home = tmp_path / "home"
+    theirs = home / "gguf" / "exp1" / "exp1-BF16.gguf"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"the user's own file")
+    config = tmp_path / "posttrain.toml"
+    config.write_text(f'quants = ["f16"]\ntasks = ["hellaswag"]\ndata_dir = "{_hellaswag(tmp_path)}"\nlimit = 4\n'
+                      f'[ollama]\nurl = "http://127.0.0.1:9"\n')
+    env = {**os.environ, "POSTTRAIN_REFERENCE_TYPE": "BF16"}
+    done = subprocess.run([sys.executable, "-m", "posttrain", "run", str(ckpt), "--config", str(config),
+                           "--home", str(home)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert theirs.read_bytes() == b"the user's own file"
+    store = Store(home / "posttrain.db")
+    (run,) = store.runs.newest_first()
+    assert {label for _, label in store.run_evals.labels(run["id"])} == {"exp1-F16"}
+    report = json.loads((home / "runs" / run["id"] / "report.json").read_text())
+    assert report["reference"]["quant"] == "F16"
+    assert report["reference"]["reason"].startswith("BF16 could not be made (")
+    assert "exp1-BF16.gguf" in report["reference"]["reason"]

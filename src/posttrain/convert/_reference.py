@@ -85,8 +85,10 @@ def agreement_of(variants: Sequence[BuiltVariant]) -> tuple[float, int] | None:
     return float(check["top1_agreement"]), int(check.get("n_positions") or 0)
 
 
-def settle_reference(plan: ReferencePlan, variants: Sequence[BuiltVariant]) -> ReferenceChoice:
-    """The reference, once the variants are made and checked, with the sentence that says why."""
+def settle_reference(plan: ReferencePlan, variants: Sequence[BuiltVariant],
+                     bf16_failed: str | None = None) -> ReferenceChoice:
+    """The reference, once the variants are made and checked, with the sentence that says why.
+    `bf16_failed`: why BF16, only tried, could not be made (the run went on without it)."""
     measured = agreement_of(variants)
     agreement = measured[0] if measured else None
     dtype = plan.checkpoint_dtype
@@ -95,6 +97,8 @@ def settle_reference(plan: ReferencePlan, variants: Sequence[BuiltVariant]) -> R
         return ReferenceChoice(quant=quant, reason=reason, checkpoint_dtype=dtype, agreement=agreement,
                                speedup=plan.speedup)
 
+    if bf16_failed is not None:
+        return choice("F16", f"BF16 could not be made ({bf16_failed})")
     if plan.mode != "auto":
         return choice(plan.faster, f"reference = {plan.mode} in posttrain.toml")
     if plan.faster == "F16":

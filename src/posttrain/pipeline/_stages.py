@@ -190,17 +190,29 @@ class Stages:
         # The quantizer's variants as units on the executor (docs/executors.md), cancelled by a stop request.
         with quantizing_executor(made, c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir,
                                  stop=ctx.stop_requested) as executor:
-            result = convert_checkpoint(checkpoint, self.config.gguf_dir(name), made,
-                                        model_name=name, allow_pickle=self.config.allow_pickle,
-                                        n_gpu_layers=self.config.n_gpu_layers,
-                                        checkpoint_sha256=detect.sha256, executor=executor)
+            def convert(quants: list[str]):
+                return convert_checkpoint(checkpoint, c.gguf_dir(name), quants, model_name=name,
+                                          allow_pickle=c.allow_pickle, n_gpu_layers=c.n_gpu_layers,
+                                          checkpoint_sha256=detect.sha256, executor=executor)
+
+            bf16_failed = None
+            try:
+                result = convert(made)
+            except PosttrainError as e:
+                if made == listed:
+                    raise
+                # BF16 was only tried: without it the run goes on as it would have (what was made is
+                # reused; a failure of the listed types fails again, with its own error).
+                bf16_failed = e.one_line()
+                log.warning("run %s: BF16 could not be made, F16 stays the reference: %s", ctx.run_id, bf16_failed)
+                result = convert(listed)
         manifest = load_manifest(result.out_dir)  # kept with each variant's row: its checks and toolchain
         toolchain = result.toolchain.get("llama_cpp_python")
         for v in result.variants:
             ctx.store.variants.put(sha256=v.sha256, path=str(v.path), quant=v.quant, model_name=result.model_name,
                                    checkpoint_sha256=result.checkpoint_sha256, size_bytes=v.size_bytes,
                                    toolchain=toolchain and f"llama-cpp-python {toolchain}", manifest=manifest)
-        reference = settle_reference(plan, result.variants)
+        reference = settle_reference(plan, result.variants, bf16_failed=bf16_failed)
         evaluated = evaluated_quants(listed, reference.quant)
         handed = sorted((v for v in result.handover() if v.quant in evaluated), key=lambda v: evaluated.index(v.quant))
         return ConvertOut(model_name=result.model_name, manifest=Path(result.manifest_path),
