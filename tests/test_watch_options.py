@@ -33,6 +33,7 @@ SAMPLES = {
     "baseline": (["--baseline", "ollama:base"], lambda s: s["config"]["baseline"] == "ollama:base"),
     "config": (["--config", "my.toml"], lambda s: s["config"]["seed"] == 5),
     "quant": (["-q", "f16,q6_k"], lambda s: s["config"]["quants"] == ["f16", "q6_k"]),
+    "reference": (["--reference", "BF16"], lambda s: s["config"]["reference"] == "bf16"),
     "tasks": (["--tasks", "hellaswag,arc_easy"], lambda s: s["config"]["tasks"] == ["hellaswag", "arc_easy"]),
     "limit": (["--limit", "7"], lambda s: s["config"]["limit"] == 7),
     "home": (["--home", "home"], lambda s: Path(s["config"]["home"]).is_absolute()),
