@@ -8,7 +8,7 @@ offline YAMLs over local data files), scored by:
          so only a small subset is run and its time extrapolated (optional: --server-requests 0 skips)
 
 First the machine profile the run uses (`posttrain.llamacpp`: measured once per CPU and build), and
-at the end one table: ours with the safe settings (F16, every CPU, micro-batch 256, no extra buffer
+at the end one table: ours with the safe settings (every CPU, micro-batch 256, no extra buffer
 types: posttrain before the profile), ours with the profile's settings (the default now), ours on
 the BF16 GGUF (`--bf16`, the profile's reference type where BF16 is faster), lm-eval `hf`, and
 llama.cpp's prefill limit, each with its ratio to `hf` and its per-item agreement with `hf`.
@@ -250,7 +250,8 @@ def describe_profile() -> str:
             + (f"; fallback: {profile.fallback}" if profile.fallback else ""))
 
 
-def summary_table(rows: list[tuple[str, float, float | None]], t_hf: float | None, limit: float) -> None:
+def summary_table(rows: list[tuple[str, float, float | None]], t_hf: float | None, limit: float,
+                  kind: str = "F16") -> None:
     """One table: each route's wall time, its speed against hf, its agreement with hf, % of the limit."""
     print()
     print(f"| route | wall s | x hf | same answer as hf | % of llama.cpp's prefill limit ({limit:.1f} s) |")
@@ -261,8 +262,16 @@ def summary_table(rows: list[tuple[str, float, float | None]], t_hf: float | Non
         print(f"| {name} | {seconds:.1f} | {ratio} | {same} | {100 * limit / seconds:.0f} % |")
     if t_hf:
         print(f"| lm-eval hf, float32 | {t_hf:.1f} | 1.00x | - | {100 * limit / t_hf:.0f} % |")
-    print(f"| llama.cpp prefill limit (F16) | {limit:.1f} | {t_hf / limit:.2f}x | - | 100 % |" if t_hf else
-          f"| llama.cpp prefill limit (F16) | {limit:.1f} | - | - | 100 % |")
+    print(f"| llama.cpp prefill limit ({kind}) | {limit:.1f} | {t_hf / limit:.2f}x | - | 100 % |" if t_hf else
+          f"| llama.cpp prefill limit ({kind}) | {limit:.1f} | - | - | 100 % |")
+
+
+def gguf_type(path: Path) -> str:
+    """The type in a GGUF's usual file name (`model-BF16.gguf` → BF16), for the table's labels."""
+    import re
+
+    found = re.search(r"-([A-Za-z0-9_]+)\.gguf$", path.name)
+    return found.group(1).upper() if found else "GGUF"
 
 
 def main() -> None:
@@ -321,16 +330,17 @@ def main() -> None:
     print(f"ours (posttrain-llamacpp, batched): {t_ours:.1f} s wall / {cpu_ours:.1f} CPU-s, {lm.tokens_evaluated} tokens "
           f"evaluated -> {100 * limit / t_ours:.0f}% of the limit by wall time, {100 * limit_cpu / cpu_ours:.0f}% by CPU time")
     ours_choice = chosen(instances, ours)
-    table_rows: list[tuple[str, object, float]] = [("ours, F16, profile settings (the default)", ours, t_ours)]
+    kind = gguf_type(args.gguf)
+    table_rows: list[tuple[str, object, float]] = [(f"ours, {kind}, profile settings (the default)", ours, t_ours)]
     from posttrain import llamacpp
 
     safe = {**SAFE_SETTINGS, "POSTTRAIN_LLAMA_THREADS": str(llamacpp.cpu_threads())}
     _, res_safe, t_safe, _ = run_with_settings(safe, run_ours, args.gguf, instances,
                                                n_threads=args.threads)
     figures.update(safe_s=t_safe)
-    print(f"ours with the safe settings (F16, n_ubatch 256, no extra buffer types): {t_safe:.1f} s; the profile's "
+    print(f"ours with the safe settings (every CPU, n_ubatch 256, no extra buffer types): {t_safe:.1f} s; the profile's "
           f"settings are {t_safe / t_ours:.2f}x as fast")
-    table_rows.insert(0, ("ours, F16, safe settings (before the profile)", res_safe, t_safe))
+    table_rows.insert(0, (f"ours, {kind}, safe settings (before the profile)", res_safe, t_safe))
     if args.bf16:
         _, res_bf16, t_bf16, _ = run_ours(args.bf16, instances, n_threads=args.threads)
         figures.update(bf16_s=t_bf16, bf16_agreement_with_f16=agreement(chosen(instances, res_bf16), ours_choice))
@@ -385,7 +395,7 @@ def main() -> None:
 
     hf_choice_all = chosen(instances, ref) if not args.skip_hf else None
     summary_table([(name, t, agreement(chosen(instances, res), hf_choice_all) if hf_choice_all else None)
-                   for name, res, t in table_rows], None if args.skip_hf else t_hf, limit)
+                   for name, res, t in table_rows], None if args.skip_hf else t_hf, limit, kind)
     figures["table"] = [{"route": name, "s": t} for name, _, t in table_rows]
 
     if args.server_requests:
