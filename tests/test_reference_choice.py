@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from platforms import posix_only
 
 from posttrain.contracts import ConvertOut, step_outputs
 from posttrain.convert import (
@@ -164,3 +166,33 @@ def test_a_bf16_that_cannot_be_made_leaves_f16_as_the_reference_and_the_run_goes
     assert report["reference"]["quant"] == "F16"
     assert report["reference"]["reason"].startswith("BF16 could not be made (")
     assert "exp1-BF16.gguf" in report["reference"]["reason"]
+
+
+@posix_only
+@pytest.mark.slow
+def test_the_first_run_on_a_cpu_measures_it_in_the_convert_step_and_then_says_what_it_does(tmp_path):
+    """No profile yet (a cache of its own): `run` measures it before converting, the convert step's
+    line in a terminal says so and then moves on to the conversion (it used to stay on "measuring"
+    while the converter ran), and the choice names the profile as its evidence."""
+    from test_cli_quiet import TerminalRun
+
+    from posttrain.tiny import make_tiny
+
+    ckpt = make_tiny(tmp_path / "runs" / "exp1" / "final_model", dtype="bfloat16")
+    config = tmp_path / "posttrain.toml"
+    config.write_text(f'quants = ["f16"]\ntasks = ["hellaswag"]\ndata_dir = "{_hellaswag(tmp_path)}"\nlimit = 4\n'
+                      f'[ollama]\nurl = "http://127.0.0.1:9"\n')
+    cache, home, log = tmp_path / "cache", tmp_path / "home", tmp_path / "terminal.log"
+    env = {k: v for k, v in os.environ.items() if k != "POSTTRAIN_REFERENCE_TYPE"} | {"POSTTRAIN_CACHE": str(cache)}
+    terminal = TerminalRun([sys.executable, "-m", "posttrain", "run", str(ckpt), "--config", str(config),
+                            "--home", str(home)], tmp_path, env, log)
+    code = terminal.wait(900)
+    screen = re.sub(r"\x1b\[[0-?]*[ -/]*[@-~]", "", log.read_text(errors="replace"))
+    assert code == 0, screen[-3000:]
+    assert list((cache / "machine-profile").glob("*.json"))  # measured, once, in this cache
+    assert "convert · measuring llama.cpp on this CPU" in screen
+    assert screen.rindex("convert · converting to GGUF") > screen.rindex("convert · measuring llama.cpp")
+    store = Store(home / "posttrain.db")
+    (run,) = store.runs.newest_first()
+    reason = json.loads((home / "runs" / run["id"] / "report.json").read_text())["reference"]["reason"]
+    assert "the machine profile" in reason or "could not time BF16" in reason, reason

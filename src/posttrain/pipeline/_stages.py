@@ -184,7 +184,11 @@ class Stages:
         c = self.config
         # F16 or BF16 as the model's reference (convert/_reference.py): BF16 is made beside F16 where
         # it may be the one, and chosen once convert has checked it against F16.
-        plan = plan_reference(c.reference, checkpoint_dtype(Path(checkpoint)), say=_progress.begin)
+        measured: list[str] = []  # the machine profile, measured now if this CPU has none yet
+        plan = plan_reference(c.reference, checkpoint_dtype(Path(checkpoint)),
+                              say=lambda text: (measured.append(text), _progress.begin(text)))
+        if measured:  # the display's line moves on from the measuring to what the step does next
+            _progress.begin("converting to GGUF")
         listed = parse_quant_list(c.quants)
         made = [*listed, "BF16"] if plan.makes_bf16 and "BF16" not in listed else listed
         # The quantizer's variants as units on the executor (docs/executors.md), cancelled by a stop request.
