@@ -196,3 +196,31 @@ def test_the_first_run_on_a_cpu_measures_it_in_the_convert_step_and_then_says_wh
     (run,) = store.runs.newest_first()
     reason = json.loads((home / "runs" / run["id"] / "report.json").read_text())["reference"]["reason"]
     assert "the machine profile" in reason or "could not time BF16" in reason, reason
+
+
+@pytest.mark.slow
+def test_a_lora_on_a_bfloat16_base_is_evaluated_on_bf16_by_both_routes(tmp_path):
+    """PEFT merges into the base's dtype (bfloat16), and the adapter route applies the GGUF LoRA to the
+    base's BF16: both routes and the baseline (the base) on their exact weights where BF16 is faster."""
+    from lora_helpers import train_lora
+
+    from posttrain.tiny import make_tiny
+
+    base = make_tiny(tmp_path / "base", dtype="bfloat16")
+    adapter = train_lora(base, tmp_path / "runs" / "exp1" / "final_model")
+    config = tmp_path / "posttrain.toml"
+    config.write_text(f'quants = ["f16"]\ntasks = ["hellaswag"]\ndata_dir = "{_hellaswag(tmp_path)}"\nlimit = 8\n'
+                      f'[ollama]\nurl = "http://127.0.0.1:9"\n')
+    home = tmp_path / "home"
+    env = {**os.environ, "POSTTRAIN_REFERENCE_TYPE": "BF16"}
+    done = subprocess.run([sys.executable, "-m", "posttrain", "run", str(adapter), "--config", str(config),
+                           "--home", str(home)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    store = Store(home / "posttrain.db")
+    (run,) = store.runs.newest_first()
+    assert {label for _, label in store.run_evals.labels(run["id"])} == {"exp1-BF16", "exp1-BF16+LoRA", "baseline"}
+    assert (home / "gguf" / "base" / "base-BF16.gguf").is_file()
+    report = json.loads((home / "runs" / run["id"] / "report.json").read_text())
+    assert report["reference"]["quant"] == "BF16" and report["reference"]["checkpoint_dtype"] == "bfloat16"
+    assert report["adapter"]["routes"] == ["merge", "adapter"] and report["adapter"]["ship"] is not None
+    assert {g["route"] for g in report["adapter"]["gaps"]} == {"exp1-BF16+LoRA"}

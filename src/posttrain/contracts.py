@@ -198,6 +198,12 @@ class AdapterRoute:
     lora_sha256: str
     size_bytes: int
     base_4bit_gguf: Path | None = None  # a QLoRA's base at 4 bits: the condition it was trained in
+    base_type: str = "F16"  # the base GGUF's type: the base's reference (BF16 for a bfloat16 base where faster)
+
+    @property
+    def label(self) -> str:
+        """The route's evaluation label after the model's name: the base's type + LoRA ("F16+LoRA")."""
+        return f"{self.base_type}+LoRA"
 
     def intact(self) -> bool:
         files = [self.base_gguf, self.lora, *([self.base_4bit_gguf] if self.base_4bit_gguf else [])]

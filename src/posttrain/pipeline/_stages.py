@@ -37,7 +37,6 @@ from posttrain.contracts import (
 )
 from posttrain.errors import CheckpointIncomplete, PosttrainError
 from posttrain.pipeline._adapter_route import (
-    ADAPTER_ROUTE,
     QLORA_ROUTE,
     adapter_facts,
     build_routes,
@@ -179,7 +178,7 @@ class Stages:
         if detect.adapter:  # a LoRA: merged here, its GGUF adapter beside the base
             base = Path(detect.adapter.base)
             routes = build_routes(checkpoint, self.config.base, detect.sha256, ctx.run_dir, self.config.gguf_dir(name),
-                                  name, lambda quants: self._base_gguf(base, quants))
+                                  name, lambda quants: self._base_gguf(base, quants), self._base_reference(base))
             checkpoint = routes.merged
         c = self.config
         # F16 or BF16 as the model's reference (convert/_reference.py): BF16 is made beside F16 where
@@ -238,8 +237,8 @@ class Stages:
         convert = ctx.output("convert", ConvertOut)
         variants = list(convert.variants)
         lora = convert.adapter
-        if lora:  # the base's F16 GGUF with the adapter on top: Ollama's ADAPTER
-            variants.append(Variant(path=lora.base_gguf, quant=ADAPTER_ROUTE.replace("+", "-"),
+        if lora:  # the base's 16-bit GGUF with the adapter on top: Ollama's ADAPTER
+            variants.append(Variant(path=lora.base_gguf, quant=lora.label.replace("+", "-"),
                                     sha256=lora.base_sha256, model_name=convert.model_name,
                                     checkpoint=Path(ctx.spec.checkpoint), adapter=lora.lora,
                                     adapter_sha256=lora.lora_sha256))
@@ -267,17 +266,18 @@ class Stages:
             from posttrain.convert import convert_checkpoint, default_model_name
 
             name = f"{default_model_name(path)}"
-            quant = self._baseline_reference(path)
+            quant = self._base_reference(path)
             result = convert_checkpoint(path, self.config.gguf_dir(name), [quant], model_name=name,
                                         allow_pickle=self.config.allow_pickle, n_gpu_layers=self.config.n_gpu_layers)
             made = result.variant(quant)
             return BaselineOut(model=str(made.path), source=ref, sha256=made.sha256)
         raise baseline.not_found()
 
-    def _baseline_reference(self, path: Path) -> str:
-        """BF16 for a bfloat16 baseline checkpoint where BF16 is the faster type here (its exact weights,
+    def _base_reference(self, path: Path) -> str:
+        """The GGUF type of a baseline checkpoint, and of an adapter's base (by default the same model,
+        converted once): BF16 where it is bfloat16 and BF16 is the faster type here (its exact weights,
         as for the model's own reference), or where the configuration asks for BF16; else F16. No
-        agreement is measured for a baseline: F16 is what it was always converted to."""
+        agreement is measured for these: F16 is what they were always converted to."""
         from posttrain.checkpoint import checkpoint_dtype
         from posttrain.convert import plan_reference
 
@@ -322,8 +322,8 @@ class Stages:
             sources[label] = str(v.path)
             ctx.store.run_evals.link(ctx.run_id, "candidate", label, list(evals[label]))
         lora = convert.adapter
-        if lora:  # the adapter route: the base's F16 GGUF with the GGUF LoRA applied by llama.cpp
-            for suffix, base in ((ADAPTER_ROUTE, lora.base_gguf), (QLORA_ROUTE, lora.base_4bit_gguf)):
+        if lora:  # the adapter route: the base's 16-bit GGUF with the GGUF LoRA applied by llama.cpp
+            for suffix, base in ((lora.label, lora.base_gguf), (QLORA_ROUTE, lora.base_4bit_gguf)):
                 if base:  # the 4-bit base only for a QLoRA: the condition it was trained in
                     label = f"{name}-{suffix}"
                     evals[label] = self._evaluate_one(ctx, base, label, lora=lora.lora)

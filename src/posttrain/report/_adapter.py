@@ -13,8 +13,7 @@ from typing import Any
 
 from posttrain.contracts import AdapterFacts, AdapterRoutes
 
-ADAPTER_SUFFIX = "-F16+LoRA"  # the pipeline's label of the adapter route's evaluation
-ROUTE_MARK = "+LoRA"  # every base + adapter evaluation (F16, and the 4-bit base of a QLoRA)
+ROUTE_MARK = "+LoRA"  # every base + adapter evaluation (the 16-bit base, and the 4-bit base of a QLoRA)
 
 
 def _worse(comparisons: list[dict[str, Any]], label: str) -> set[tuple[str, str, str]]:
@@ -29,7 +28,9 @@ def adapter_section(facts: AdapterFacts | None, routes: AdapterRoutes | None,
     if facts is None:
         return None
     labels = sorted({c.get("new_label") for c in comparisons if isinstance(c.get("new_label"), str)})
-    adapter_label = next((label for label in labels if label.endswith(ADAPTER_SUFFIX)), None)
+    # The adapter route's own label ends in its base's type + LoRA (F16+LoRA, or BF16+LoRA).
+    suffix = f"-{routes.adapter.label}" if routes and routes.adapter else None
+    adapter_label = next((label for label in labels if suffix and label.endswith(suffix)), None)
     applied = [label for label in labels if label.endswith(ROUTE_MARK)]
     merged = [label for label in labels if label not in applied]
     notes = []
