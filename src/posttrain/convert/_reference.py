@@ -17,12 +17,18 @@ machine counts as faster.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from posttrain.contracts import ReferenceChoice
+from posttrain.contracts import ReferenceChoice, Variant
 from posttrain.convert._built import BuiltVariant
+from posttrain.convert._convert import ConvertResult
+from posttrain.convert._quant_types import parse_quant_list
 from posttrain.errors import PosttrainError
+
+log = logging.getLogger("posttrain.convert")
 
 AGREEMENT_FLOOR = 0.995  # BF16's top-1 agreement with F16 needed to stand for a float16/float32 checkpoint
 REFERENCE_MODES = ("auto", "f16", "bf16")
@@ -129,3 +135,47 @@ def evaluated_quants(listed: Sequence[str], reference: str) -> list[str]:
         if quant not in out:
             out.append(quant)
     return out
+
+
+@dataclass(frozen=True)
+class ReferencedConversion:
+    """A conversion with its reference chosen: `variants` are what the stages after convert take (the
+    reference in F16's place); `result` holds every file made, F16 and a BF16 only tried included."""
+
+    result: ConvertResult
+    reference: ReferenceChoice
+    variants: tuple[Variant, ...]
+
+
+def convert_with_reference(convert: Callable[[list[str]], ConvertResult], plan: ReferencePlan,
+                           quants: str | Sequence[str]) -> ReferencedConversion:
+    """`convert(types)` of the listed `quants`, with BF16 beside them where the plan tries it, then the
+    choice. BF16 is only tried: where it cannot be made, the listed types are converted as they would
+    have been (what was made is reused; a failure of theirs fails again, with its own error)."""
+    listed = parse_quant_list(list(quants) if not isinstance(quants, str) else quants)
+    made = [*listed, "BF16"] if plan.makes_bf16 and "BF16" not in listed else listed
+    bf16_failed = None
+    try:
+        result = convert(made)
+    except PosttrainError as e:
+        if made == listed:
+            raise
+        bf16_failed = e.one_line()
+        log.warning("BF16 could not be made, F16 stays the reference: %s", bf16_failed)
+        result = convert(listed)
+    reference = settle_reference(plan, result.variants, bf16_failed=bf16_failed)
+    evaluated = evaluated_quants(listed, reference.quant)
+    handed = sorted((v for v in result.handover() if v.quant in evaluated), key=lambda v: evaluated.index(v.quant))
+    return ReferencedConversion(result, reference, tuple(handed))
+
+
+def base_reference(mode: str, checkpoint: Path) -> str:
+    """The GGUF type of a baseline checkpoint, and of an adapter's base (by default the same model,
+    converted once): BF16 where it is bfloat16 and BF16 is the faster type here (its exact weights, as
+    for a run's own reference), or where the configuration asks for BF16; else F16. No agreement is
+    measured for these: F16 is what they were always converted to."""
+    from posttrain.checkpoint import checkpoint_dtype
+
+    dtype = checkpoint_dtype(checkpoint)
+    plan = plan_reference(mode, dtype)
+    return "BF16" if plan.mode == "bf16" or (plan.makes_bf16 and dtype == "bfloat16") else "F16"

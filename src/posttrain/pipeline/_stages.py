@@ -163,24 +163,22 @@ class Stages:
         from posttrain import _progress
         from posttrain.checkpoint import checkpoint_dtype
         from posttrain.convert import (
+            base_reference,
             convert_checkpoint,
-            evaluated_quants,
+            convert_with_reference,
             load_manifest,
-            parse_quant_list,
             plan_reference,
             quantizing_executor,
-            settle_reference,
         )
 
         name = ctx.spec.model_name or "model"
         detect = ctx.output("detect", DetectOut)
-        checkpoint, routes = ctx.spec.checkpoint, None
+        checkpoint, routes, c = ctx.spec.checkpoint, None, self.config
         if detect.adapter:  # a LoRA: merged here, its GGUF adapter beside the base
             base = Path(detect.adapter.base)
-            routes = build_routes(checkpoint, self.config.base, detect.sha256, ctx.run_dir, self.config.gguf_dir(name),
-                                  name, lambda quants: self._base_gguf(base, quants), self._base_reference(base))
+            routes = build_routes(checkpoint, c.base, detect.sha256, ctx.run_dir, c.gguf_dir(name), name,
+                                  lambda quants: self._base_gguf(base, quants), base_reference(c.reference, base))
             checkpoint = routes.merged
-        c = self.config
         # F16 or BF16 as the model's reference (convert/_reference.py): BF16 is made beside F16 where
         # it may be the one, and chosen once convert has checked it against F16.
         measured: list[str] = []  # the machine profile, measured now if this CPU has none yet
@@ -188,38 +186,23 @@ class Stages:
                               say=lambda text: (measured.append(text), _progress.begin(text)))
         if measured:  # the display's line moves on from the measuring to what the step does next
             _progress.begin("converting to GGUF")
-        listed = parse_quant_list(c.quants)
-        made = [*listed, "BF16"] if plan.makes_bf16 and "BF16" not in listed else listed
         # The quantizer's variants as units on the executor (docs/executors.md), cancelled by a stop request.
-        with quantizing_executor(made, c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir,
+        with quantizing_executor(c.quants, c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir,
                                  stop=ctx.stop_requested) as executor:
-            def convert(quants: list[str]):
-                return convert_checkpoint(checkpoint, c.gguf_dir(name), quants, model_name=name,
-                                          allow_pickle=c.allow_pickle, n_gpu_layers=c.n_gpu_layers,
-                                          checkpoint_sha256=detect.sha256, executor=executor)
-
-            bf16_failed = None
-            try:
-                result = convert(made)
-            except PosttrainError as e:
-                if made == listed:
-                    raise
-                # BF16 was only tried: without it the run goes on as it would have (what was made is
-                # reused; a failure of the listed types fails again, with its own error).
-                bf16_failed = e.one_line()
-                log.warning("run %s: BF16 could not be made, F16 stays the reference: %s", ctx.run_id, bf16_failed)
-                result = convert(listed)
+            converted = convert_with_reference(
+                lambda quants: convert_checkpoint(checkpoint, c.gguf_dir(name), quants, model_name=name,
+                                                  allow_pickle=c.allow_pickle, n_gpu_layers=c.n_gpu_layers,
+                                                  checkpoint_sha256=detect.sha256, executor=executor),
+                plan, c.quants)
+        result = converted.result
         manifest = load_manifest(result.out_dir)  # kept with each variant's row: its checks and toolchain
         toolchain = result.toolchain.get("llama_cpp_python")
         for v in result.variants:
             ctx.store.variants.put(sha256=v.sha256, path=str(v.path), quant=v.quant, model_name=result.model_name,
                                    checkpoint_sha256=result.checkpoint_sha256, size_bytes=v.size_bytes,
                                    toolchain=toolchain and f"llama-cpp-python {toolchain}", manifest=manifest)
-        reference = settle_reference(plan, result.variants, bf16_failed=bf16_failed)
-        evaluated = evaluated_quants(listed, reference.quant)
-        handed = sorted((v for v in result.handover() if v.quant in evaluated), key=lambda v: evaluated.index(v.quant))
         return ConvertOut(model_name=result.model_name, manifest=Path(result.manifest_path),
-                          variants=tuple(handed), routes=routes, reference=reference)
+                          variants=converted.variants, routes=routes, reference=converted.reference)
 
     def _base_gguf(self, path: Path, quants: list[str]) -> dict[str, Path]:
         from posttrain.convert import convert_checkpoint, default_model_name
@@ -263,27 +246,15 @@ class Stages:
         if baseline.is_gguf:
             return BaselineOut(model=str(path), source=ref, sha256=sha256_file(path))
         if baseline.is_checkpoint:
-            from posttrain.convert import convert_checkpoint, default_model_name
+            from posttrain.convert import base_reference, convert_checkpoint, default_model_name
 
             name = f"{default_model_name(path)}"
-            quant = self._base_reference(path)
+            quant = base_reference(self.config.reference, path)
             result = convert_checkpoint(path, self.config.gguf_dir(name), [quant], model_name=name,
                                         allow_pickle=self.config.allow_pickle, n_gpu_layers=self.config.n_gpu_layers)
             made = result.variant(quant)
             return BaselineOut(model=str(made.path), source=ref, sha256=made.sha256)
         raise baseline.not_found()
-
-    def _base_reference(self, path: Path) -> str:
-        """The GGUF type of a baseline checkpoint, and of an adapter's base (by default the same model,
-        converted once): BF16 where it is bfloat16 and BF16 is the faster type here (its exact weights,
-        as for the model's own reference), or where the configuration asks for BF16; else F16. No
-        agreement is measured for these: F16 is what they were always converted to."""
-        from posttrain.checkpoint import checkpoint_dtype
-        from posttrain.convert import plan_reference
-
-        dtype = checkpoint_dtype(path)
-        plan = plan_reference(self.config.reference, dtype)
-        return "BF16" if plan.mode == "bf16" or (plan.makes_bf16 and dtype == "bfloat16") else "F16"
 
     @staticmethod
     def _baseline_ok(out: BaselineOut) -> bool:
