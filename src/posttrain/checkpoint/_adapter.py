@@ -9,9 +9,7 @@ with matching shapes. Everything is read from headers: no tensor is loaded.
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,6 +20,7 @@ from posttrain.checkpoint._read import (
     inside,
     parse_json,
     safetensors_expected_size,
+    safetensors_header,
     shown,
 )
 
@@ -71,12 +70,6 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 def _fail(path: Path, reason: str, remedy: str | None = None, **kw) -> AdapterVerdict:
     return AdapterVerdict(path, False, reason, remedy=remedy, **kw)
-
-
-def _read_header(path: Path) -> dict:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n))
 
 
 def _resolve_base(path: Path, named: object, given: Path | None) -> tuple[Path | None, str | None, str | None]:
@@ -139,11 +132,11 @@ def _check_shapes(adapter: Path, base: Verdict, rank: int, rank_pattern: bool) -
     base_shapes: dict[str, list[int]] = {}
     for shard in base.weight_files:
         if shard.suffix == ".safetensors":
-            for name, info in _read_header(shard).items():
+            for name, info in safetensors_header(shard).items():
                 if name != "__metadata__" and isinstance(info, dict):
                     base_shapes[name] = info.get("shape")
     pairs: dict[str, dict[str, list[int]]] = {}
-    for name, info in _read_header(adapter).items():
+    for name, info in safetensors_header(adapter).items():
         m = _LORA_KEY.match(name)
         if m and isinstance(info, dict):
             pairs.setdefault(m["module"].removeprefix(_PEFT_PREFIX), {})[m["which"]] = info.get("shape")
@@ -191,7 +184,7 @@ def inspect_adapter(path: str | Path, *, base: str | Path | None = None, allow_p
         return _fail(path, f"cannot read {e.filename or path}: permission denied")
     except OSError as e:
         return _fail(path, f"cannot read {e.filename or path}: {e.strerror}")
-    except (ValueError, struct.error, RecursionError) as e:  # a header that changed between checks
+    except (ValueError, RecursionError) as e:  # a header that changed between checks
         return _fail(path, f"unreadable adapter or base header ({type(e).__name__}; still being written?)")
 
 

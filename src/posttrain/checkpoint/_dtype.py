@@ -9,11 +9,10 @@ cannot be listed without unpickling them.
 
 from __future__ import annotations
 
-import struct
 from collections import Counter
 from pathlib import Path
 
-from posttrain.checkpoint._read import _MAX_HEADER, parse_json
+from posttrain.checkpoint._read import parse_json, safetensors_header
 
 # safetensors' spelling → torch's, for the floating-point types a checkpoint's weights come in.
 _SAFETENSORS_FLOATS = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
@@ -37,18 +36,11 @@ def checkpoint_dtype(folder: Path) -> str | None:
 def _tensor_bytes(path: Path) -> list[tuple[str, int]]:
     """(dtype, bytes) per tensor of one safetensors file, from its header; [] for a file that is not one."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) != 8:
-                return []
-            (n,) = struct.unpack("<Q", raw)
-            if n > _MAX_HEADER:
-                return []
-            header, _ = parse_json(fh.read(n))
-    except OSError:
+        header = safetensors_header(path)
+    except (OSError, ValueError):
         return []
     out = []
-    for key, info in (header.items() if isinstance(header, dict) else ()):
+    for key, info in header.items():
         if key == "__metadata__" or not isinstance(info, dict):
             continue
         offsets, dtype = info.get("data_offsets"), info.get("dtype")

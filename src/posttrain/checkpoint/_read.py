@@ -29,12 +29,7 @@ def _is_count(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def safetensors_expected_size(path: Path) -> int:
-    """The length the file must have according to its own header (8 + header + tensor data).
-
-    Raises ValueError, with the reason, for any header that is not a safetensors header: the file
-    comes from outside, so every field is checked before it is used.
-    """
+def _header_and_length(path: Path) -> tuple[dict, int]:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -50,6 +45,22 @@ def safetensors_expected_size(path: Path) -> int:
         raise ValueError(f"its JSON header does not parse ({error})")
     if not isinstance(header, dict):
         raise ValueError(f"its JSON header is a {type(header).__name__}, not an object")
+    return header, n
+
+
+def safetensors_header(path: Path) -> dict:
+    """A safetensors file's JSON header (tensor name → dtype, shape, data_offsets), read without the
+    tensors. Raises ValueError, with the reason, for anything that is not such a header."""
+    return _header_and_length(path)[0]
+
+
+def safetensors_expected_size(path: Path) -> int:
+    """The length the file must have according to its own header (8 + header + tensor data).
+
+    Raises ValueError, with the reason, for any header that is not a safetensors header: the file
+    comes from outside, so every field is checked before it is used.
+    """
+    header, n = _header_and_length(path)
     end = 0
     for name, info in header.items():
         if name == "__metadata__":
@@ -71,10 +82,7 @@ def tensor_sizes(weight_files: list[Path]) -> list[int]:
         if f.suffix != ".safetensors":
             sizes.append(f.stat().st_size // 2)
             continue
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header, _ = parse_json(fh.read(n))
-        for key, info in (header.items() if isinstance(header, dict) else ()):
+        for key, info in safetensors_header(f).items():
             shape = info.get("shape") if isinstance(info, dict) and key != "__metadata__" else None
             if isinstance(shape, list) and all(map(_is_count, shape)):
                 sizes.append(math.prod(shape))
