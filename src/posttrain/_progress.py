@@ -17,7 +17,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # A command whose work is over within this shows nothing of its display: its result, or its one error
@@ -285,6 +285,22 @@ def end(note: str = "") -> None:
 def advance(n: int = 1) -> None:
     if _current is not None:
         _current.advance(n)
+
+
+@contextlib.contextmanager
+def aside(then: str, unit: str = "items") -> Iterator[Callable[[str], None]]:
+    """A `say` for a wait that happens only sometimes (measuring the machine profile): what it says
+    begins a stage of its own, and after the block the display comes back to `then`. When nothing was
+    said, nothing is begun (the stage in progress stays as it is)."""
+    said: list[str] = []
+
+    def say(text: str) -> None:
+        said.append(text)
+        begin(text)
+
+    yield say
+    if said:
+        begin(then, unit=unit)
 
 
 @contextlib.contextmanager

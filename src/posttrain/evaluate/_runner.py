@@ -173,10 +173,8 @@ def evaluate_request(ref: ModelRef, request: EvalRequest, *, store: Store, out_d
                 # Measured once per CPU and llama.cpp build, before the first model is loaded, so
                 # that every load (here, in shards, in step children) finds it and this wait is named
                 # as a stage of its own; the task's stage comes back after it.
-                measured: list[str] = []
-                llamacpp.ensure_profile(say=lambda text: (measured.append(text), _progress.begin(text)))
-                if measured:
-                    _progress.begin(name, unit="requests")
+                with _progress.aside(then=name, unit="requests") as say:
+                    llamacpp.ensure_profile(say=say)
             session = session or _Session(request, out_dir, label, source, shards)
             results.append(session.run(plan, store))
             _progress.end(f"n={results[-1].n}")

@@ -35,7 +35,6 @@ from posttrain.llamacpp._settings import (
     SETTING_VARIABLES,
     best_threads,
     cpu_threads,
-    current_profile,
     reference_type,
 )
 
@@ -100,7 +99,6 @@ __all__ = [
     "ToolsNotBuilt",
     "cmake_args_without_amx",
     "cpu_threads",
-    "current_profile",
     "decode_entries",
     "describe_exit",
     "find_llama_tools",

@@ -181,11 +181,10 @@ class Stages:
             checkpoint = routes.merged
         # F16 or BF16 as the model's reference (convert/_reference.py): BF16 is made beside F16 where
         # it may be the one, and chosen once convert has checked it against F16.
-        measured: list[str] = []  # the machine profile, measured now if this CPU has none yet
-        plan = plan_reference(c.reference, checkpoint_dtype(Path(checkpoint)),
-                              say=lambda text: (measured.append(text), _progress.begin(text)))
-        if measured:  # the display's line moves on from the measuring to what the step does next
-            _progress.begin("converting to GGUF")
+        # The machine profile, measured now if this CPU has none yet: a stage of its own on the display,
+        # which then moves on to the conversion.
+        with _progress.aside(then="converting to GGUF") as say:
+            plan = plan_reference(c.reference, checkpoint_dtype(Path(checkpoint)), say=say)
         # The quantizer's variants as units on the executor (docs/executors.md), cancelled by a stop request.
         with quantizing_executor(c.quants, c.executor, ray_address=c.ray_address, shared_dir=c.shared_dir,
                                  stop=ctx.stop_requested) as executor:
